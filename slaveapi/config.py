@@ -1,0 +1,401 @@
+"""
+Configuration: the ini file and the credentials JSON, read into typed records.
+
+The ini keeps the 2015 sample's sections and keys (C{[server]},
+C{[secrets]}, C{[slavealloc]}, C{[inventory]}, C{[bugzilla]}, C{[buildapi]},
+C{[slaves]}, C{[logging]}) and adds sections with working defaults (C{[dns]},
+C{[ssh]}, C{[http]}, C{[devices]}, C{[timeouts]}, C{[auth]}). Anything
+missing or malformed raises L{ConfigError}, whose message is one line naming
+the file, the section and key, and what was expected.
+
+Secrets are held in L{Secret}, which never shows its value when printed,
+logged or put in a repr.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+_REQUIRED: Any = object()
+
+_TRUE = ("1", "yes", "true", "on", "y")
+_FALSE = ("0", "no", "false", "off", "n")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line saying why."""
+
+
+class Secret:
+    """A password, key or token: shown as asterisks everywhere but L{reveal}."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one call that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """C{[server]}: where to listen and how much to run at once."""
+
+    listen: str = "tcp:9999:interface=127.0.0.1"
+    concurrency: int = 50
+    daemonize: bool = False
+    pidfile: str = "slaveapi.pid"
+
+
+@dataclass(frozen=True)
+class ServiceURL:
+    """A remote HTTP API and the user name we log in with, if any."""
+
+    api_url: str
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildapiConfig:
+    """C{[buildapi]}: recent jobs; C{max_concurrent} limits calls in flight."""
+
+    api_url: str
+    max_concurrent: int = 3
+
+
+@dataclass(frozen=True)
+class SlavesConfig:
+    """C{[slaves]}: how short names become hosts, and the BMC user."""
+
+    default_domain: str
+    ipmi_username: str = "ADMIN"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """C{[logging]}: level and optional rotating file."""
+
+    level: str = "info"
+    file: str | None = None
+    maxsize: int = 10 * 1024 * 1024
+    maxfiles: int = 5
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """C{[dns]}: resolvers (host, port); none means the system's."""
+
+    servers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    """
+    C{[ssh]}: port, timeouts, and what to do with host keys.
+
+    C{host_keys}: C{tofu} records a host's key on first use and refuses a
+    changed one; C{strict} accepts only keys already in C{known_hosts};
+    C{off} checks nothing (labs only).
+    """
+
+    port: int = 22
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    host_keys: str = "tofu"
+    known_hosts: str = "known_hosts"
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """C{[http]}: the limit on every HTTP call to a remote API."""
+
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """C{[auth]}: whether reads need a token too (writes do whenever tokens exist)."""
+
+    protect_reads: bool = False
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    The credentials JSON.
+
+    @ivar ssh: user name to the passwords tried in order.
+    @ivar api_tokens: client name to bearer token; empty turns authentication off.
+    """
+
+    ssh: Mapping[str, tuple[Secret, ...]]
+    inventory: Secret | None = None
+    ipmi: Secret | None = None
+    bugzilla: Secret | None = None
+    snmp_community: Secret | None = None
+    api_tokens: Mapping[str, Secret] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the service is configured with."""
+
+    path: str
+    server: ServerConfig
+    slavealloc: ServiceURL
+    inventory: ServiceURL
+    bugzilla: ServiceURL
+    buildapi: BuildapiConfig
+    slaves: SlavesConfig
+    credentials: Credentials
+    logging: LoggingConfig = LoggingConfig()
+    dns: DNSConfig = DNSConfig()
+    ssh: SSHConfig = SSHConfig()
+    http: HTTPConfig = HTTPConfig()
+    auth: AuthConfig = AuthConfig()
+    devices_url: str | None = None
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+
+
+class _Section:
+    """Typed reads from one ini section, with errors that name the key."""
+
+    def __init__(self, parser: configparser.RawConfigParser, path: str, name: str) -> None:
+        self._parser = parser
+        self._path = path
+        self.name = name
+
+    def _fail(self, key: str, expected: str, got: str | None = None) -> ConfigError:
+        found = f", got {got!r}" if got is not None else ""
+        return ConfigError(f"{self._path}: [{self.name}] {key}: expected {expected}{found}")
+
+    def _raw(self, key: str, default: Any, expected: str) -> str | None:
+        if self._parser.has_option(self.name, key):
+            return self._parser.get(self.name, key).strip()
+        if default is _REQUIRED:
+            raise ConfigError(f"{self._path}: [{self.name}] {key}: missing; expected {expected}")
+        return None
+
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
+        raw = self._raw(key, default, "a value")
+        if raw is None:
+            return default
+        if raw == "" and default is _REQUIRED:
+            raise self._fail(key, "a non-empty value", raw)
+        return raw
+
+    def url(self, key: str, default: Any = _REQUIRED) -> Any:
+        raw = self._raw(key, default, "an http:// or https:// URL")
+        if raw is None:
+            return default
+        if not raw.startswith(("http://", "https://")):
+            raise self._fail(key, "an http:// or https:// URL", raw)
+        return raw.rstrip("/")
+
+    def number(self, key: str, default: Any, convert: Callable[[str], T], minimum: float) -> T:
+        kind = "an integer" if convert is int else "a number"
+        raw = self._raw(key, default, f"{kind} >= {minimum:g}")
+        if raw is None:
+            return default  # type: ignore[no-any-return]
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise self._fail(key, f"{kind} >= {minimum:g}", raw) from None
+        if value < minimum:  # type: ignore[operator]
+            raise self._fail(key, f"{kind} >= {minimum:g}", raw)
+        return value
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        raw = self._raw(key, default, "true or false")
+        if raw is None:
+            return default
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise self._fail(key, "true or false", raw)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(key, default, " or ".join(choices))
+        if raw is None:
+            return default
+        if raw.lower() not in choices:
+            raise self._fail(key, "one of " + ", ".join(choices), raw)
+        return raw.lower()
+
+    def host_ports(self, key: str, default_port: int) -> tuple[tuple[str, int], ...]:
+        raw = self._raw(key, "", "host:port pairs separated by spaces or commas")
+        pairs = []
+        for item in (raw or "").replace(",", " ").split():
+            host, _, port = item.rpartition(":")
+            if not host:
+                host, port = item, str(default_port)
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise self._fail(key, "host:port pairs separated by spaces or commas", item)
+            pairs.append((host, int(port)))
+        return tuple(pairs)
+
+
+def _listen_endpoint(server: _Section) -> str:
+    if server._parser.has_option("server", "endpoint"):
+        return server.string("endpoint")
+    interface = server.string("listen", "127.0.0.1")
+    port = server.number("port", 9999, int, 0)
+    return f"tcp:{port}:interface={interface}"
+
+
+def load_credentials(path: str) -> Credentials:
+    """Read the credentials JSON; errors name the file and the key."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: credentials file not found") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not readable as JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+
+    def secret(key: str) -> Secret | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key}: expected a string")
+        return Secret(value)
+
+    def mapping(key: str, required: bool) -> dict[str, Any]:
+        if key not in data:
+            if required:
+                raise ConfigError(f"{path}: {key}: missing; expected an object")
+            return {}
+        value = data[key]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key}: expected an object")
+        return value
+
+    ssh: dict[str, tuple[Secret, ...]] = {}
+    for user, passwords in mapping("ssh", required=True).items():
+        if isinstance(passwords, str):
+            passwords = [passwords]
+        if not isinstance(passwords, list) or not all(isinstance(p, str) for p in passwords):
+            raise ConfigError(f"{path}: ssh.{user}: expected a list of passwords")
+        ssh[user] = tuple(Secret(p) for p in passwords)
+    tokens: dict[str, Secret] = {}
+    for client, token in mapping("api_tokens", required=False).items():
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigError(f"{path}: api_tokens.{client}: expected a token of at least 16 characters")
+        tokens[client] = Secret(token)
+    return Credentials(
+        ssh=ssh,
+        inventory=secret("inventory"),
+        ipmi=secret("ipmi"),
+        bugzilla=secret("bugzilla"),
+        snmp_community=secret("snmp_community"),
+        api_tokens=tokens,
+    )
+
+
+def load_config(path: str) -> Config:
+    """
+    Read the ini at C{path} and the credentials file it names.
+
+    Relative paths in the ini are taken relative to the ini's directory.
+    """
+    parser = configparser.RawConfigParser()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, configparser.Error) as error:
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not a readable ini file ({first_line})") from None
+
+    base = os.path.dirname(os.path.abspath(path))
+
+    def section(name: str, required: bool = True) -> _Section:
+        if required and not parser.has_section(name):
+            raise ConfigError(f"{path}: [{name}]: missing section")
+        return _Section(parser, path, name)
+
+    def relative(value: str) -> str:
+        return value if os.path.isabs(value) else os.path.join(base, value)
+
+    server = section("server", required=False)
+    secrets = section("secrets")
+    slavealloc = section("slavealloc")
+    inventory = section("inventory")
+    bugzilla = section("bugzilla")
+    buildapi = section("buildapi")
+    slaves = section("slaves")
+    logging = section("logging", required=False)
+    dns = section("dns", required=False)
+    ssh = section("ssh", required=False)
+    http = section("http", required=False)
+    auth = section("auth", required=False)
+    devices = section("devices", required=False)
+
+    log_file = logging.string("file", None)
+    timeouts = {}
+    if parser.has_section("timeouts"):
+        timeouts_section = section("timeouts")
+        for key in parser.options("timeouts"):
+            timeouts[key] = timeouts_section.number(key, _REQUIRED, float, 1)
+
+    return Config(
+        path=os.path.abspath(path),
+        server=ServerConfig(
+            listen=_listen_endpoint(server),
+            concurrency=server.number("concurrency", 50, int, 1),
+            daemonize=server.boolean("daemonize", False),
+            pidfile=server.string("pidfile", "slaveapi.pid"),
+        ),
+        slavealloc=ServiceURL(slavealloc.url("api_url")),
+        inventory=ServiceURL(inventory.url("api_url"), inventory.string("username", None)),
+        bugzilla=ServiceURL(bugzilla.url("api_url"), bugzilla.string("username", None)),
+        buildapi=BuildapiConfig(buildapi.url("api_url"), buildapi.number("max_concurrent", 3, int, 1)),
+        slaves=SlavesConfig(
+            default_domain=slaves.string("default_domain").strip("."),
+            ipmi_username=slaves.string("ipmi_username", "ADMIN"),
+        ),
+        credentials=load_credentials(relative(secrets.string("credentials_file"))),
+        logging=LoggingConfig(
+            level=logging.choice("level", "info", ("debug", "info", "warn", "warning", "error", "critical")),
+            file=relative(log_file) if log_file else None,
+            maxsize=logging.number("maxsize", 10 * 1024 * 1024, int, 1024),
+            maxfiles=logging.number("maxfiles", 5, int, 1),
+        ),
+        dns=DNSConfig(servers=dns.host_ports("servers", 53), timeout=dns.number("timeout", 5.0, float, 0.1)),
+        ssh=SSHConfig(
+            port=ssh.number("port", 22, int, 1),
+            connect_timeout=ssh.number("connect_timeout", 30.0, float, 0.1),
+            command_timeout=ssh.number("command_timeout", 60.0, float, 0.1),
+            host_keys=ssh.choice("host_keys", "tofu", ("tofu", "strict", "off")),
+            known_hosts=ssh.string("known_hosts", "known_hosts"),
+        ),
+        http=HTTPConfig(timeout=http.number("timeout", 30.0, float, 0.1)),
+        auth=AuthConfig(protect_reads=auth.boolean("protect_reads", False)),
+        devices_url=devices.url("url", None),
+        timeouts=timeouts,
+    )
