@@ -1,0 +1,1 @@
+"""Clients for the remote systems SlaveAPI talks to, one module each, all asynchronous."""

@@ -1,0 +1,61 @@
+"""
+The devices.json client: which foopy drives a device.
+
+Mobile test devices do not run buildbot themselves; a "foopy" host runs it
+for them. devices.json maps each device to its foopy (and PDU details).
+The file is optional: with no URL configured nothing is a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from twisted.logger import Logger
+
+from slaveapi.clients.http import JSONClient, RemoteError
+
+_SERVICE = "devices"
+
+
+@dataclass(frozen=True)
+class Device:
+    """
+    One device from devices.json.
+
+    @ivar foopy: the host that runs the device's buildbot, if any.
+    @ivar fields: everything devices.json says about the device.
+    """
+
+    name: str
+    foopy: str | None
+    fields: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+class DevicesClient:
+    """Looks devices up in the devices.json at C{url} (C{None}: not configured)."""
+
+    _log = Logger()
+
+    def __init__(self, url: str | None, json_client: JSONClient) -> None:
+        self._url = url
+        self._http = json_client
+
+    async def get_device(self, name: str) -> Device | None:
+        """The device called C{name}, or C{None} when it is not one (or no URL is configured)."""
+        if not self._url:
+            return None
+        data = await self._http.get_json(self._url)
+        if not isinstance(data, dict):
+            raise RemoteError(_SERVICE, "GET", self._url, "malformed answer: expected an object of devices")
+        entry = data.get(name)
+        if entry is None:
+            return None
+        if not isinstance(entry, dict):
+            raise RemoteError(_SERVICE, "GET", self._url, f"malformed answer: device {name} is not an object")
+        foopy = entry.get("foopy")
+        if foopy is not None and (not isinstance(foopy, str) or not foopy):
+            self._log.warn("devices: {device}: ignoring malformed foopy value", device=name)
+            foopy = None
+        return Device(name=name, foopy=foopy, fields=MappingProxyType(dict(entry)))

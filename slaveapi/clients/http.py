@@ -1,0 +1,415 @@
+"""
+The shared HTTP helper every JSON-speaking client (slavealloc, inventory,
+buildapi, Bugzilla, devices.json) goes through.
+
+It exists so that the things every remote call must get right live in one
+place: each call is bounded by a timeout that covers connecting, sending and
+reading the whole body; every way a call can go wrong (a non-2xx status, a
+timeout, a refused connection, a body that is not JSON) becomes one
+L{RemoteError} whose message is a single line naming the service, the method
+and the URL; and nothing secret (headers, basic-auth passwords) is ever put in
+that message.
+
+L{JSONClient} takes any object with treq's C{request(method, url, **kwargs)}
+API, so tests can hand it a L{treq.testing.StubTreq}; the service hands it the
+client built by L{make_http_client} on the one shared connection pool.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError as ConnectTimeoutError,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+
+#: The largest body we are willing to hold in memory (a slavealloc listing of
+#: a few thousand slaves is a few MB).
+_MAX_BODY = 64 * 1024 * 1024
+
+#: Query parameter values: one value, or several for a repeated parameter.
+ParamValue = str | int | float | bool | Sequence[str | int]
+
+
+class RemoteError(Exception):
+    """
+    A remote HTTP API could not be used for one call.
+
+    C{str()} is one line: C{"<service>: <METHOD> <url> failed: <reason>"}. It
+    never contains request headers or credentials.
+
+    @ivar service: the remote system's name, e.g. C{"slavealloc"}.
+    @ivar method: the HTTP method.
+    @ivar url: the URL asked for (query included, user info removed).
+    @ivar reason: what went wrong, e.g. C{"HTTP 500 Internal Server Error"}.
+    @ivar status: the HTTP status when the server answered, else C{None}.
+    @ivar body: the decoded JSON error body when the server sent one, for
+        callers that need the remote's own error code (Bugzilla's C{code});
+        never part of the message.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        url: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.url = _without_userinfo(url)
+        self.reason = " ".join(reason.split())
+        self.status = status
+        self.body = body
+        super().__init__(f"{service}: {method} {self.url} failed: {self.reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotFound(RemoteError):
+    """The remote system answered HTTP 404: what was asked for does not exist."""
+
+
+class JSONClient:
+    """
+    JSON requests to one remote service, each bounded by C{timeout} seconds.
+
+    @param service: the name errors and log lines carry.
+    @param http: treq's L{HTTPClient} (or anything with its C{request} API,
+        such as L{treq.testing.StubTreq}).
+    @param timeout: seconds allowed for one whole call, from sending the
+        request to having read the last byte of the answer.
+    @param reactor: provides C{callLater}; the timeout runs on it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, service: str, http: HTTPClient | Any, timeout: float, reactor: Any) -> None:
+        self.service = service
+        self._http = http
+        self._timeout = timeout
+        self._reactor = reactor
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, ParamValue] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        limit: DeferredSemaphore | None = None,
+    ) -> Any:
+        """
+        Send one request and return the decoded JSON answer.
+
+        @param params: query parameters, added to C{url}; a sequence value
+            repeats the parameter.
+        @param json_body: sent as a JSON body when not C{None}.
+        @param headers: extra request headers (API keys go here).
+        @param auth: user and password for HTTP basic authentication.
+        @param limit: a semaphore held while the call is in flight, to bound
+            how many calls run at once. Waiting for it is not counted
+            against the timeout.
+        @raise NotFound: the server answered 404.
+        @raise RemoteError: any other non-2xx status, a timeout, a
+            connection failure, or an answer that is not JSON.
+        """
+        method = method.upper()
+        full_url = url_with_params(url, params)
+        if limit is None:
+            return await self._bounded(method, full_url, json_body, headers, auth)
+        await limit.acquire()
+        try:
+            result = await self._bounded(method, full_url, json_body, headers, auth)
+        except GeneratorExit:
+            # The coroutine is being garbage-collected together with everything
+            # waiting on it: waking the semaphore's next waiter now would resume
+            # a coroutine in the middle of its own collection.
+            raise
+        except BaseException:
+            limit.release()
+            raise
+        limit.release()
+        return result
+
+    async def get_json(self, url: str, **kwargs: Any) -> Any:
+        """C{GET url}; see L{request_json} for the keyword arguments."""
+        return await self.request_json("GET", url, **kwargs)
+
+    async def put_json(self, url: str, **kwargs: Any) -> Any:
+        """C{PUT url}; see L{request_json} for the keyword arguments."""
+        return await self.request_json("PUT", url, **kwargs)
+
+    async def post_json(self, url: str, **kwargs: Any) -> Any:
+        """C{POST url}; see L{request_json} for the keyword arguments."""
+        return await self.request_json("POST", url, **kwargs)
+
+    async def _bounded(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        headers: dict[str, str] | None,
+        auth: tuple[str, str] | None,
+    ) -> Any:
+        """Run L{_exchange} under the timeout, cancelling it when time is up."""
+        timed_out: list[bool] = []
+        started = time.monotonic()
+        exchange = Deferred.fromCoroutine(self._exchange(method, url, json_body, headers, auth))
+
+        def expire() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        call = self._reactor.callLater(self._timeout, expire)
+        try:
+            result = await exchange
+        except Exception as error:
+            if timed_out:
+                self._log.warn(
+                    "{service}: {method} {url} timed out after {timeout}s",
+                    service=self.service,
+                    method=method,
+                    url=_without_userinfo(url),
+                    timeout=self._timeout,
+                )
+                raise RemoteError(
+                    self.service, method, url, f"timed out after {self._timeout:g}s"
+                ) from None
+            if isinstance(error, RemoteError):
+                log = self._log.debug if isinstance(error, NotFound) else self._log.info
+                log(
+                    "{service}: {method} {url} failed: {reason}",
+                    service=self.service,
+                    method=method,
+                    url=error.url,
+                    reason=error.reason,
+                    status=error.status,
+                )
+            raise
+        finally:
+            if call.active():
+                call.cancel()
+        self._log.debug(
+            "{service}: {method} {url} answered in {elapsed:.3f}s",
+            service=self.service,
+            method=method,
+            url=_without_userinfo(url),
+            elapsed=time.monotonic() - started,
+        )
+        return result
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        headers: dict[str, str] | None,
+        auth: tuple[str, str] | None,
+    ) -> Any:
+        """Send the request, read the whole body, decode it; no timeout here."""
+        request_headers = {"Accept": "application/json"}
+        request_headers.update(headers or {})
+        # No redirects: treq would send our API-key header on to wherever a
+        # redirect points. A 3xx is reported like any other unexpected status.
+        kwargs: dict[str, Any] = {"headers": request_headers, "allow_redirects": False}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        if auth is not None:
+            kwargs["auth"] = auth
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except CancelledError:
+            raise
+        except Exception as error:
+            if _was_cancelled(error):
+                raise CancelledError() from None
+            raise RemoteError(self.service, method, url, _connection_reason(error)) from None
+
+        try:
+            body = await _read_body(response)
+        except CancelledError:
+            raise
+        except _BodyTooLarge:
+            raise RemoteError(
+                self.service, method, url, f"answer larger than {_MAX_BODY} bytes", status=response.code
+            ) from None
+        except Exception as error:
+            if _was_cancelled(error):
+                raise CancelledError() from None
+            raise RemoteError(
+                self.service,
+                method,
+                url,
+                f"HTTP {response.code}, body not read: {_connection_reason(error)}",
+                status=response.code,
+            ) from None
+
+        code = response.code
+        if not 200 <= code < 300:
+            phrase = _phrase(response)
+            error_class = NotFound if code == 404 else RemoteError
+            raise error_class(
+                self.service,
+                method,
+                url,
+                f"HTTP {code} {phrase}".rstrip(),
+                status=code,
+                body=_decode_or_none(body),
+            )
+        if code == 204 or (not body.strip() and method != "GET"):
+            return None
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise RemoteError(self.service, method, url, "answer is not JSON", status=code) from None
+
+
+def make_http_client(reactor: Any, pool: HTTPConnectionPool) -> HTTPClient:
+    """
+    The treq client every remote JSON API is reached with.
+
+    It sits on an L{Agent} using the service's one shared connection pool;
+    TLS certificates are verified (the Agent's default browser-like policy).
+    """
+    return HTTPClient(Agent(reactor, pool=pool))  # type: ignore[arg-type]  # zope interface
+
+
+class _BodyTooLarge(Exception):
+    """The answer exceeded L{_MAX_BODY}."""
+
+
+class _BodyReader(Protocol):
+    """
+    Collects a response body into C{done}.
+
+    Cancelling C{done} drops the connection, so that a server that stops
+    sending halfway does not keep it open after the caller gave up.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > _MAX_BODY:
+            self._chunks = []
+            if self.transport is not None:
+                self.transport.stopProducing()
+            if not self.done.called:
+                self.done.errback(_BodyTooLarge())
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+
+async def _read_body(response: Any) -> bytes:
+    """The whole body of C{response}."""
+    if response.length == 0:
+        return b""
+    reader = _BodyReader()
+    response.deliverBody(reader)
+    return await reader.done
+
+
+def _phrase(response: Any) -> str:
+    phrase = getattr(response, "phrase", b"") or b""
+    if isinstance(phrase, bytes):
+        phrase = phrase.decode("latin-1", "replace")
+    return str(phrase)
+
+
+def _decode_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _was_cancelled(error: BaseException) -> bool:
+    """Whether the agent gave up on the request because we cancelled it."""
+    reasons = getattr(error, "reasons", None) or []
+    return isinstance(error, (ResponseNeverReceived, ResponseFailed)) and any(
+        isinstance(reason, Failure) and reason.check(CancelledError) for reason in reasons
+    )
+
+
+def _connection_reason(error: BaseException) -> str:
+    """A short description of why a request could not be sent or answered."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, DNSLookupError):
+        return "host not found"
+    if isinstance(error, ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
+        reasons = [
+            _connection_reason(reason.value) for reason in getattr(error, "reasons", []) if reason.value
+        ]
+        detail = "; ".join(dict.fromkeys(reasons)) or "unknown reason"
+        return f"connection lost: {detail}"
+    if isinstance(error, ConnectError):
+        return f"connection failed: {type(error).__name__}"
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else ""
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+def url_with_params(url: str, params: Mapping[str, ParamValue] | None) -> str:
+    """
+    C{url} with C{params} appended to its query string, as L{JSONClient}
+    requests it (and as L{RemoteError} messages show it).
+    """
+    if not params:
+        return url
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, bool):
+                item = int(item)
+            pairs.append((key, str(item)))
+    query = urlencode(pairs)
+    return f"{url}&{query}" if "?" in url else f"{url}?{query}"
+
+
+def _without_userinfo(url: str) -> str:
+    """C{url} without any C{user:password@} part, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -1,0 +1,775 @@
+"""
+SSH client: run commands on a machine over an exec channel (twisted.conch).
+
+Actions use it to read uptime, tail a buildbot log and ask a machine to
+reboot. Logins come from the credentials file: for each user, passwords tried
+in order, like the 2015 client; the login that worked last on a host is tried
+first next time. Host keys are checked against a known_hosts file per the
+configured policy (trust on first use, strict, or off), and no key from
+C{~/.ssh} or an ssh-agent is ever used.
+
+Everything is bounded: connecting and logging in by C{connect_timeout}, each
+command by its own timeout. Failures are L{SSHError} subclasses whose
+one-line messages name the host and port and never a password. A connection
+that drops after a command was sent is not an error: the result has
+C{exit_code=None}, which is what asking a machine to reboot looks like.
+
+Built directly on C{twisted.conch.ssh} rather than
+C{SSHCommandClientEndpoint}, because the endpoint discards stderr, cannot
+tell exit status 0 from a dropped connection, tries one password per
+connection and closes its connection after the first command.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Mapping
+
+from twisted.conch.client.knownhosts import KnownHostsFile
+from twisted.conch.ssh import common
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.connection import EXTENDED_DATA_STDERR, SSHConnection
+from twisted.conch.ssh.keys import FingerprintFormats, Key
+from twisted.conch.ssh.transport import (
+    DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+    SSHClientTransport,
+)
+from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+
+from slaveapi.config import Secret, SSHConfig
+
+# Collected output per stream beyond this is dropped: results are meant for
+# uptime lines and log tails, not bulk transfers.
+_MAX_OUTPUT = 8 * 1024 * 1024
+
+# How long close() waits for the TCP connection to go before aborting it.
+_CLOSE_GRACE = 5.0
+
+_log = Logger(namespace="slaveapi.clients.ssh")
+
+
+class SSHError(Exception):
+    """Talking to a host over SSH failed; the message is one line naming host and port."""
+
+
+class SSHConnectionRefused(SSHError):
+    """Nothing listens on the host's SSH port (the TCP connection was refused)."""
+
+
+class SSHAuthenticationFailed(SSHError):
+    """Every configured user and password was rejected."""
+
+
+class SSHTimeout(SSHError):
+    """Logging in or a command took longer than allowed."""
+
+
+class SSHHostKeyMismatch(SSHError):
+    """The host's key differs from the recorded one, or (strict) none is recorded."""
+
+
+class SSHUnreachable(SSHError):
+    """The host cannot be reached: its name does not resolve, no route, or no answer at all."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """
+    What a remote command did.
+
+    @ivar exit_code: its exit status; C{None} when none arrived (the
+        connection dropped, e.g. because the machine went down for a reboot,
+        or the command was killed by a signal).
+    @ivar stdout: its standard output, decoded as UTF-8 (invalid bytes replaced).
+    @ivar stderr: its standard error, decoded likewise.
+    """
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited with status 0."""
+        return self.exit_code == 0
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _known_hosts_name(host: str, port: int) -> bytes:
+    """The name OpenSSH files a host's key under: C{host}, or C{[host]:port} off port 22."""
+    return (host if port == 22 else f"[{host}]:{port}").encode("utf-8")
+
+
+class _HostKeys:
+    """
+    The host key policy, applied against one known_hosts file.
+
+    Checking and recording happen in one synchronous call, so concurrent
+    connections to new hosts cannot interleave between the check and the
+    write; each recorded key is appended to the file at once.
+    """
+
+    def __init__(self, policy: str, path: str) -> None:
+        if policy not in ("tofu", "strict", "off"):
+            raise ValueError(f"unknown host key policy {policy!r}")
+        self._policy = policy
+        self._path = path
+        file_path = FilePath(path)
+        if policy != "off" and not file_path.exists():
+            parent = file_path.parent()
+            if not parent.isdir():
+                parent.makedirs()
+            file_path.touch()
+        self._file = KnownHostsFile.fromPath(file_path)
+
+    def check(self, host: str, port: int, key: Key) -> None:
+        """
+        Accept C{key} for C{host}:C{port} or raise L{SSHHostKeyMismatch}.
+
+        Unlike C{KnownHostsFile.hasHostKey}, a recorded key of another type
+        counts as a mismatch, so that a server cannot dodge the check by
+        offering a different key type.
+        """
+        if self._policy == "off":
+            return
+        name = _known_hosts_name(host, port)
+        recorded = False
+        entry: Any
+        for entry in self._file.iterentries():
+            if entry.matchesHost(name):
+                if entry.matchesKey(key):
+                    return
+                recorded = True
+        fingerprint = key.fingerprint(format=FingerprintFormats.SHA256_BASE64)
+        if recorded:
+            _log.error(
+                "ssh {host}:{port}: host key {fingerprint} does not match {path}",
+                host=host,
+                port=port,
+                fingerprint=fingerprint,
+                path=self._path,
+            )
+            raise SSHHostKeyMismatch(
+                f"ssh {host}:{port}: host key changed ({key.sshType().decode()} SHA256:{fingerprint}"
+                f" does not match the key recorded in {self._path})"
+            )
+        if self._policy == "strict":
+            raise SSHHostKeyMismatch(
+                f"ssh {host}:{port}: unknown host key ({key.sshType().decode()} SHA256:{fingerprint}"
+                f" is not in {self._path} and host_keys is strict)"
+            )
+        self._file.addHostKey(name, key)
+        self._file.save()
+        _log.info(
+            "ssh {host}:{port}: recorded host key {fingerprint} on first use",
+            host=host,
+            port=port,
+            fingerprint=fingerprint,
+        )
+
+
+class _Rejected(Exception):
+    """
+    Internal: the server rejected C{tried} passwords of this user on one connection.
+
+    @ivar exhausted: no password of this user is left to try on another connection.
+    """
+
+    def __init__(self, tried: int, exhausted: bool, offered_password: bool) -> None:
+        super().__init__(tried)
+        self.tried = tried
+        self.exhausted = exhausted
+        self.offered_password = offered_password
+
+
+def _connect_error(host: str, port: int, reason: Failure) -> SSHError:
+    """Map a failure to open the TCP connection to an L{SSHError}."""
+    where = f"ssh {host}:{port}"
+    value = reason.value
+    if isinstance(value, net_error.ConnectionRefusedError):
+        return SSHConnectionRefused(f"{where}: connection refused")
+    if isinstance(value, net_error.DNSLookupError):
+        return SSHUnreachable(f"{where}: host name does not resolve")
+    if isinstance(value, (net_error.NoRouteError, net_error.TCPTimedOutError, net_error.TimeoutError)):
+        return SSHUnreachable(f"{where}: host unreachable ({type(value).__name__})")
+    os_error = getattr(value, "osError", None)
+    if os_error in (errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETUNREACH):
+        return SSHUnreachable(f"{where}: host unreachable ({errno.errorcode[os_error]})")
+    return SSHUnreachable(f"{where}: cannot connect ({type(value).__name__}: {_one_line(str(value))})")
+
+
+class _Link:
+    """
+    One TCP connection to a host, from connecting until it is closed.
+
+    It logs in as one user, trying that user's passwords in turn on this
+    connection. C{ready} fires with the authenticated L{_Connection}, or fails
+    with an L{SSHError}, or with L{_Rejected} when the passwords ran out or
+    the server cut the connection after some were rejected (the caller then
+    tries the rest on a new connection).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host_keys: _HostKeys,
+        host: str,
+        port: int,
+        user: str,
+        passwords: list[tuple[int, Secret]],
+        first: bool,
+    ) -> None:
+        self.reactor = reactor
+        self.host_keys = host_keys
+        self.host = host
+        self.port = port
+        self.user = user
+        self.passwords = passwords
+        self.first = first
+        self.label = f"ssh {host}:{port}"
+        self.phase = "connecting"  # -> securing -> authenticating -> connected -> closed
+        self.tried = 0
+        self.accepted_index: int | None = None
+        self.offered_password = False
+        self.host_key_error: SSHHostKeyMismatch | None = None
+        self.we_disconnected: int | None = None
+        self.server_said: str | None = None
+        self.transport: _ClientTransport | None = None
+        self.connection: _Connection | None = None
+        self.closed: Deferred[None] = Deferred()
+        self.ready: Deferred[_Connection] = Deferred(self._cancel)
+        self._connecting: Deferred[Any] | None = None
+        self._timer: Any = None
+        self._cancelled = False
+
+    def start(self, remaining: float) -> Deferred[_Connection]:
+        """Connect and log in, giving up after C{remaining} seconds."""
+        # Our own timer bounds the whole login; the endpoint's only the TCP part.
+        endpoint: Any
+        if isIPAddress(self.host):
+            endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=remaining + 1)
+        elif isIPv6Address(self.host):
+            endpoint = TCP6ClientEndpoint(self.reactor, self.host, self.port, timeout=remaining + 1)
+        else:
+            # Resolves the name without blocking; tries IPv6 and IPv4 addresses.
+            endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=remaining + 1)
+        self._timer = self.reactor.callLater(remaining, self._time_out, remaining)
+        self._connecting = connectProtocol(endpoint, _ClientTransport(self))
+        self._connecting.addErrback(self._connect_failed)
+        return self.ready
+
+    def _settle(self, outcome: _Connection | Exception) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._cancelled or self.ready.called:
+            return
+        if isinstance(outcome, Exception):
+            self.ready.errback(Failure(outcome))
+        else:
+            self.ready.callback(outcome)
+
+    def _abort(self) -> None:
+        if self._connecting is not None and not self._connecting.called:
+            self._connecting.cancel()
+        if self.transport is not None and self.transport.transport is not None:
+            self.transport.transport.abortConnection()
+
+    def _cancel(self, ready: Deferred[_Connection]) -> None:
+        self._cancelled = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._abort()
+
+    def _time_out(self, seconds: float) -> None:
+        if self.phase == "connecting" and self.first:
+            error: SSHError = SSHUnreachable(f"{self.label}: host unreachable (no answer within {seconds:g}s)")
+        else:
+            error = SSHTimeout(f"{self.label}: not logged in within the connect timeout")
+        self._settle(error)
+        self._abort()
+
+    def _connect_failed(self, reason: Failure) -> None:
+        if self._cancelled or self.ready.called:
+            return None
+        self._settle(_connect_error(self.host, self.port, reason))
+        return None
+
+    # Events from the transport, the user-auth service and the connection.
+
+    def connection_made(self, transport: _ClientTransport) -> None:
+        self.transport = transport
+        self.phase = "securing"
+
+    def verify_host_key(self, blob: bytes) -> Deferred[bool]:
+        try:
+            self.host_keys.check(self.host, self.port, Key.fromString(blob))
+        except SSHHostKeyMismatch as mismatch:
+            self.host_key_error = mismatch
+            return fail(mismatch)
+        except Exception as error:
+            self.host_key_error = SSHHostKeyMismatch(
+                f"{self.label}: host key not usable ({type(error).__name__}: {_one_line(str(error))})"
+            )
+            return fail(self.host_key_error)
+        return succeed(True)
+
+    def secured(self, transport: _ClientTransport) -> None:
+        self.phase = "authenticating"
+        self.connection = _Connection(self)
+        transport.requestService(_PasswordAuth(self.user.encode("utf-8"), self.connection, self))
+
+    def next_password(self) -> bytes | None:
+        self.offered_password = True
+        if self.tried >= len(self.passwords):
+            return None
+        index, secret = self.passwords[self.tried]
+        self.tried += 1
+        self.accepted_index = index
+        _log.debug(
+            "ssh {host}:{port}: trying password #{index} for {user}",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            index=index + 1,
+        )
+        return secret.reveal().encode("utf-8")
+
+    def authenticated(self, connection: _Connection) -> None:
+        self.phase = "connected"
+        _log.debug(
+            "ssh {host}:{port}: logged in as {user}",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+        )
+        self._settle(connection)
+
+    def lost(self, reason: Failure) -> None:
+        phase, self.phase = self.phase, "closed"
+        if not self.closed.called:
+            self.closed.callback(None)
+        if phase == "connected" or self._cancelled or self.ready.called:
+            return
+        detail = f" ({_one_line(self.server_said)})" if self.server_said else ""
+        outcome: Exception
+        if self.host_key_error is not None:
+            outcome = self.host_key_error
+        elif phase == "authenticating":
+            gave_up = self.we_disconnected == DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
+            if gave_up or self.tried >= len(self.passwords):
+                outcome = _Rejected(self.tried, exhausted=True, offered_password=self.offered_password)
+            elif self.tried > 0:
+                # The server hung up after some rejections (MaxAuthTries):
+                # the rest go on a new connection.
+                outcome = _Rejected(self.tried, exhausted=False, offered_password=True)
+            else:
+                outcome = SSHError(f"{self.label}: connection closed during authentication{detail}")
+        else:
+            outcome = SSHError(f"{self.label}: connection closed before authentication{detail}")
+        self._settle(outcome)
+
+
+class _ClientTransport(SSHClientTransport):
+    """The SSH transport of one L{_Link}: host key check, then password login."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def connectionMade(self) -> None:
+        self._link.connection_made(self)
+        super().connectionMade()
+
+    def verifyHostKey(self, pubKey: bytes, fingerprint: bytes) -> Deferred[bool]:
+        return self._link.verify_host_key(pubKey)
+
+    def connectionSecure(self) -> None:
+        self._link.secured(self)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        text = description.decode("utf-8", errors="replace")
+        self._link.server_said = text
+        _log.debug(
+            "ssh {host}:{port}: server disconnected: {description}",
+            host=self._link.host,
+            port=self._link.port,
+            description=_one_line(text),
+        )
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self._link.we_disconnected is None:
+            self._link.we_disconnected = reason
+        super().sendDisconnect(reason, desc)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        self._link.lost(reason or Failure(net_error.ConnectionDone()))
+
+
+class _PasswordAuth(SSHUserAuthClient):
+    """Password authentication only, with the passwords the L{_Link} hands out in turn."""
+
+    preferredOrder = [b"password"]
+
+    def __init__(self, user: bytes, instance: SSHConnection, link: _Link) -> None:
+        super().__init__(user, instance)
+        self._link = link
+
+    def tryAuth(self, kind: bytes) -> Any:
+        if kind != b"password":
+            return None
+        return super().tryAuth(kind)
+
+    def getPublicKey(self) -> None:
+        return None
+
+    def getPassword(self, prompt: bytes | None = None) -> Deferred[bytes] | None:
+        password = self._link.next_password()
+        return None if password is None else succeed(password)
+
+    def ssh_USERAUTH_PK_OK_password(self, packet: bytes) -> None:
+        # The server accepted the password but wants it changed: never do
+        # that unattended; count it as rejected and go on.
+        _log.warn(
+            "ssh {host}:{port}: password for {user} has expired",
+            host=self._link.host,
+            port=self._link.port,
+            user=self._link.user,
+        )
+        self.askForAuth(b"none", b"")
+
+
+class _Connection(SSHConnection):
+    """The authenticated connection service of one L{_Link}."""
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__()
+        self.link = link
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.link.authenticated(self)
+
+
+class _ExecChannel(SSHChannel):
+    """
+    A session channel running one command with C{exec}.
+
+    C{done} fires with the L{CommandResult} when the channel closes (for
+    whatever reason, once the exec request was sent), or fails with an
+    L{SSHError} when the command could not be started.
+    """
+
+    name = b"session"
+
+    def __init__(self, command: bytes, connection: _Connection, label: str) -> None:
+        super().__init__(conn=connection)
+        self._command = command
+        self._label = label
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        self._exit_code: int | None = None
+        self._refused = False
+        self.done: Deferred[CommandResult] = Deferred(lambda _: self.stop())
+
+    def _finish(self, outcome: CommandResult | SSHError) -> None:
+        if self.done.called:
+            return
+        if isinstance(outcome, SSHError):
+            self.done.errback(Failure(outcome))
+        else:
+            self.done.callback(outcome)
+
+    def stop(self) -> None:
+        """Kill the command if the server allows, and close the channel."""
+        if self.localClosed or self.id is None or self.conn is None:
+            return
+        if self in self.conn.channelsToRemoteChannel:
+            self.conn.sendRequest(self, b"signal", common.NS(b"KILL"))
+            self.loseConnection()
+
+    def openFailed(self, reason: Any) -> None:
+        self._finish(SSHError(f"{self._label}: cannot open a session channel ({_one_line(str(reason))})"))
+
+    def channelOpen(self, specificData: bytes) -> None:
+        assert self.conn is not None
+        request = self.conn.sendRequest(self, b"exec", common.NS(self._command), wantReply=True)
+        if request is not None:
+            request.addErrback(self._exec_failed)
+
+    def _exec_failed(self, reason: Failure) -> None:
+        if self.localClosed and self.remoteClosed:
+            # The channel is going away (e.g. the connection dropped);
+            # closed() reports what we have.
+            return None
+        self._refused = True
+        self.loseConnection()
+        return None
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self._stdout) < _MAX_OUTPUT:
+            self._stdout += data[: _MAX_OUTPUT - len(self._stdout)]
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        if dataType == EXTENDED_DATA_STDERR and len(self._stderr) < _MAX_OUTPUT:
+            self._stderr += data[: _MAX_OUTPUT - len(self._stderr)]
+
+    def request_exit_status(self, data: bytes) -> int:
+        (self._exit_code,) = struct.unpack(">L", data[:4])
+        return 1
+
+    def request_exit_signal(self, data: bytes) -> int:
+        signal_name = common.getNS(data)[0].decode("ascii", errors="replace")
+        _log.info("{label}: command killed by signal {signal}", label=self._label, signal=signal_name)
+        return 1
+
+    def eofReceived(self) -> None:
+        pass
+
+    def closeReceived(self) -> None:
+        self.loseConnection()
+
+    def closed(self) -> None:
+        if self._refused:
+            self._finish(SSHError(f"{self._label}: the server refused to run the command"))
+            return
+        self._finish(
+            CommandResult(
+                exit_code=self._exit_code,
+                stdout=self._stdout.decode("utf-8", errors="replace"),
+                stderr=self._stderr.decode("utf-8", errors="replace"),
+            )
+        )
+
+
+class SSHSession:
+    """
+    One authenticated SSH connection, for running several commands of one action.
+
+    Get one from L{SSHClient.session}; close it with L{close}, or use it as
+    C{async with await client.session(host) as session:}.
+    """
+
+    def __init__(self, reactor: Any, link: _Link, command_timeout: float) -> None:
+        self._reactor = reactor
+        self._link = link
+        self._command_timeout = command_timeout
+
+    @property
+    def host(self) -> str:
+        """The host as it was given to L{SSHClient.session}."""
+        return self._link.host
+
+    @property
+    def port(self) -> int:
+        """The port connected to."""
+        return self._link.port
+
+    @property
+    def user(self) -> str:
+        """The user logged in as."""
+        return self._link.user
+
+    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """
+        Run C{command} (a shell command line) in a new exec channel.
+
+        @param timeout: seconds the command may take; default the configured
+            C{command_timeout}.
+        @return: its exit status and output; C{exit_code} is C{None} when the
+            connection dropped after the command was sent.
+        @raise SSHTimeout: it ran longer than C{timeout} (it is killed where
+            the server allows and its channel closed).
+        @raise SSHError: the connection is closed, or the server would not run it.
+        """
+        link = self._link
+        connection = link.connection
+        if link.phase != "connected" or connection is None:
+            raise SSHError(f"{link.label}: connection closed")
+        limit = timeout or self._command_timeout
+        channel = _ExecChannel(command.encode("utf-8"), connection, link.label)
+
+        def time_out() -> None:
+            # Stop first: failing `done` resumes our caller at once, and
+            # run() then disconnects.
+            channel.stop()
+            channel._finish(SSHTimeout(f"{link.label}: command did not finish within {limit:g}s"))
+
+        timer = self._reactor.callLater(limit, time_out)
+        try:
+            connection.openChannel(channel)
+            result = await channel.done
+        finally:
+            if timer.active():
+                timer.cancel()
+        _log.debug(
+            "{label}: command as {user} exited with {exit_code}",
+            label=link.label,
+            user=link.user,
+            exit_code=result.exit_code,
+        )
+        return result
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connection; the returned Deferred fires once it is closed.
+
+        Safe to call more than once, and after the connection dropped.
+        """
+        link = self._link
+        if link.closed.called:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        guard = None
+        transport = link.transport
+        if transport is not None and transport.transport is not None:
+            # A clean SSH disconnect; abort if the TCP close hangs.
+            guard = self._reactor.callLater(_CLOSE_GRACE, transport.transport.abortConnection)
+            transport.loseConnection()
+
+        def closed(_: object) -> None:
+            if guard is not None and guard.active():
+                guard.cancel()
+            if not done.called:
+                done.callback(None)
+
+        link.closed.addBoth(closed)
+        return done
+
+    async def __aenter__(self) -> SSHSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class SSHClient:
+    """
+    Runs commands on hosts over SSH with password logins.
+
+    @param reactor: the reactor to connect and time with.
+    @param config: ports, timeouts and the host key policy.
+    @param logins: user name to the passwords tried in order (the
+        credentials file's C{ssh}); users are tried in this order too.
+    @param known_hosts_path: the known_hosts file for the C{tofu} and
+        C{strict} policies; created if missing.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: SSHConfig,
+        logins: Mapping[str, tuple[Secret, ...]],
+        known_hosts_path: str,
+    ) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._logins = {user: tuple(passwords) for user, passwords in logins.items()}
+        self._host_keys = _HostKeys(config.host_keys, known_hosts_path)
+        # (host, port) -> (user, password index) that logged in last time.
+        self._last_login: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def _plan(self, host: str, port: int) -> list[tuple[str, list[tuple[int, Secret]]]]:
+        """Users and their (index, password)s in the order to try them on C{host}."""
+        plan = [(user, list(enumerate(passwords))) for user, passwords in self._logins.items() if passwords]
+        remembered = self._last_login.get((host, port))
+        if remembered is not None:
+            user, index = remembered
+            for position, (name, passwords) in enumerate(plan):
+                if name == user:
+                    passwords.sort(key=lambda item: item[0] != index)
+                    plan.insert(0, plan.pop(position))
+                    break
+        return plan
+
+    async def session(self, host: str, *, port: int | None = None) -> SSHSession:
+        """
+        Connect to C{host} and log in: one connection for several commands.
+
+        @raise SSHConnectionRefused: nothing listens on the port.
+        @raise SSHUnreachable: the name does not resolve or the host does not answer.
+        @raise SSHHostKeyMismatch: the host key fails the configured policy.
+        @raise SSHAuthenticationFailed: every login was rejected.
+        @raise SSHTimeout: not logged in within C{connect_timeout}.
+        @raise SSHError: anything else that stopped the login.
+        """
+        port = port or self._config.port
+        label = f"ssh {host}:{port}"
+        plan = self._plan(host, port)
+        if not plan:
+            raise SSHAuthenticationFailed(f"{label}: no SSH logins configured")
+        deadline = self._reactor.seconds() + self._config.connect_timeout
+        first = True
+        rejected = 0
+        offered_password = False
+        for user, passwords in plan:
+            remaining = passwords
+            while remaining:
+                left = deadline - self._reactor.seconds()
+                if left <= 0:
+                    raise SSHTimeout(f"{label}: not logged in within {self._config.connect_timeout:g}s")
+                link = _Link(self._reactor, self._host_keys, host, port, user, remaining, first)
+                first = False
+                try:
+                    connection = await link.start(left)
+                except _Rejected as rejection:
+                    rejected += rejection.tried
+                    offered_password = offered_password or rejection.offered_password
+                    remaining = [] if rejection.exhausted else remaining[rejection.tried :]
+                    _log.info(
+                        "{label}: login as {user} rejected ({count} passwords tried)",
+                        label=label,
+                        user=user,
+                        count=rejection.tried,
+                    )
+                    continue
+                assert link.accepted_index is not None and connection is link.connection
+                self._last_login[(host, port)] = (user, link.accepted_index)
+                return SSHSession(self._reactor, link, self._config.command_timeout)
+        if not offered_password:
+            raise SSHAuthenticationFailed(f"{label}: the server does not accept password authentication")
+        users = len(plan)
+        raise SSHAuthenticationFailed(
+            f"{label}: every login was rejected ({users} user{'s' if users != 1 else ''},"
+            f" {rejected} password{'s' if rejected != 1 else ''} tried)"
+        )
+
+    async def run(
+        self, host: str, command: str, *, timeout: float | None = None, port: int | None = None
+    ) -> CommandResult:
+        """
+        Connect, log in, run C{command} (a shell command line), disconnect.
+
+        @param timeout: seconds the command may take; default the configured
+            C{command_timeout}. Logging in is bounded by C{connect_timeout}.
+        @return: exit status and output; C{exit_code} is C{None} when the
+            connection dropped after the command was sent (e.g. a reboot).
+        @raise SSHError: see L{session} and L{SSHSession.run}.
+        """
+        session = await self.session(host, port=port)
+        try:
+            return await session.run(command, timeout=timeout)
+        finally:
+            await session.close()

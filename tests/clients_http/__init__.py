@@ -1,0 +1,1 @@
+"""Tests of the HTTP-based clients (slaveapi/clients/http.py and the clients built on it)."""

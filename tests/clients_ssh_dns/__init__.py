@@ -1,0 +1,1 @@
+"""Tests of the SSH and DNS clients against real peers on loopback."""

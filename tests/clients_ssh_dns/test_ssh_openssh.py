@@ -1,0 +1,493 @@
+"""
+Tests for slaveapi.clients.ssh against a real OpenSSH sshd on loopback.
+
+Each sshd is started by a fixture with a throwaway ed25519 host key and its
+own config (password logins for a local test user, no PAM), on a free
+127.0.0.1 port; it is stopped by its PID at teardown. Readiness is awaited by
+polling a TCP connect on the reactor. The tests run as root: the test user
+is created (or its password reset) idempotently.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.conch.client.knownhosts import KnownHostsFile
+from twisted.conch.ssh.keys import Key
+from twisted.internet import error as net_error
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+
+from slaveapi.clients.ssh import (
+    CommandResult,
+    SSHAuthenticationFailed,
+    SSHClient,
+    SSHConnectionRefused,
+    SSHError,
+    SSHHostKeyMismatch,
+    SSHTimeout,
+    SSHUnreachable,
+    _connect_error,
+)
+from slaveapi.config import Secret, SSHConfig
+
+reactor: Any = _reactor
+
+SSHD = "/usr/sbin/sshd"
+USER = "slaveapitest"
+# The password of a throwaway local account that only a loopback sshd started
+# by these tests accepts.
+PASSWORD = "slaveapi-Test-pw-4711"
+WRONG = ("wrong-one", "wrong-two", "wrong-three")
+# sshd listens on these loopback addresses (one host key, several "hosts").
+ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _host_key(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
+    return path
+
+
+class _Sshd:
+    """One OpenSSH sshd in the foreground, with its own config, log and PID file."""
+
+    def __init__(self, directory: Path, host_key: Path, port: int) -> None:
+        self.directory = directory
+        self.host_key = host_key
+        self.port = port
+        self.log = directory / "sshd.log"
+        self.config = directory / "sshd_config"
+        listen = "".join(f"ListenAddress {address}\n" for address in ADDRESSES)
+        self.config.write_text(
+            f"Port {port}\n"
+            f"{listen}"
+            f"HostKey {host_key}\n"
+            f"PidFile {directory / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}\n"
+            "UsePAM no\n"
+            "StrictModes no\n"
+            "PasswordAuthentication yes\n"
+            "KbdInteractiveAuthentication no\n"
+            "PubkeyAuthentication no\n"
+            "PermitRootLogin no\n"
+            "MaxAuthTries 6\n"
+            "MaxStartups 50\n"
+            "LogLevel VERBOSE\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> _Sshd:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-f", str(self.config.resolve()), "-E", str(self.log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await self._wait_listening()
+        return self
+
+    async def _wait_listening(self) -> None:
+        """Poll a TCP connect until sshd accepts, for at most 10 seconds."""
+        assert self.process is not None
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=1)
+        for _attempt in range(500):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log_text()}")
+            try:
+                probe = await connectProtocol(endpoint, Protocol())
+            except net_error.ConnectError:
+                await deferLater(reactor, 0.02, lambda: None)
+                continue
+            probe.transport.loseConnection()
+            return
+        raise RuntimeError(f"sshd not listening on port {self.port}: {self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def count(self, text: str) -> int:
+        return self.log_text().count(text)
+
+    def stop(self) -> None:
+        """SIGTERM the listener by its PID and wait for it (its port is free afterwards)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def test_user() -> str:
+    """A local account with a known password; created if missing, password reset every run."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True)
+    return USER
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def sshd(test_user: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[_Sshd]:
+    """The sshd most tests share."""
+    directory = tmp_path_factory.mktemp("sshd")
+    server = _Sshd(directory, _host_key(directory / "host_key"), _free_port())
+    await server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def new_sshd(test_user: str, tmp_path: Path) -> Iterator[Callable[..., Deferred[_Sshd]]]:
+    """Start extra sshds (e.g. with another host key on a given port); all stopped at teardown."""
+    started: list[_Sshd] = []
+
+    def start(key_name: str, port: int | None = None) -> Deferred[_Sshd]:
+        directory = tmp_path / f"sshd-{len(started)}"
+        directory.mkdir()
+        key = tmp_path / key_name
+        if not key.exists():
+            _host_key(key)
+        server = _Sshd(directory, key, port or _free_port())
+        started.append(server)
+        return Deferred.fromCoroutine(server.start())
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _client(
+    known_hosts: Path,
+    logins: dict[str, tuple[str, ...]] | None = None,
+    *,
+    host_keys: str = "tofu",
+    connect_timeout: float = 10.0,
+    command_timeout: float = 10.0,
+) -> SSHClient:
+    if logins is None:
+        logins = {USER: (PASSWORD,)}
+    config = SSHConfig(
+        port=22, connect_timeout=connect_timeout, command_timeout=command_timeout, host_keys=host_keys
+    )
+    secrets = {user: tuple(Secret(p) for p in passwords) for user, passwords in logins.items()}
+    return SSHClient(reactor, config, secrets, str(known_hosts))
+
+
+class _Silent(Protocol):
+    """Accepts a TCP connection and never says anything."""
+
+
+class _Hangup(Protocol):
+    """Closes every connection at once."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.loseConnection()
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[[type[Protocol]], int]]:
+    """Listen on a free loopback port with the given protocol; the port is closed at teardown."""
+    ports: list[Any] = []
+
+    def start(protocol: type[Protocol]) -> int:
+        port = reactor.listenTCP(0, Factory.forProtocol(protocol), interface="127.0.0.1")
+        ports.append(port)
+        return int(port.getHost().port)
+
+    yield start
+    for port in ports:
+        port.stopListening()
+
+
+# --- running commands -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_collects_exit_status_stdout_and_stderr(sshd: _Sshd, tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts")
+    result = await client.run("127.0.0.1", "echo hello; echo err >&2; exit 3", port=sshd.port)
+    assert result == CommandResult(exit_code=3, stdout="hello\n", stderr="err\n")
+    assert result.ok is False
+    success = await client.run("127.0.0.1", "printf 'caf\\303\\251 \\377'", port=sshd.port)
+    assert success == CommandResult(exit_code=0, stdout="café \ufffd", stderr="")
+    assert success.ok is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_proc_uptime_parses_as_two_floats(sshd: _Sshd, tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts")
+    result = await client.run("127.0.0.1", "cat /proc/uptime", port=sshd.port)
+    assert result.exit_code == 0 and result.stderr == ""
+    up, idle = (float(field) for field in result.stdout.split())
+    assert up > 0 and idle >= 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_runs_two_commands_on_one_connection(sshd: _Sshd, tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts")
+    logins_before = sshd.count(f"Accepted password for {USER}")
+    async with await client.session("127.0.0.1", port=sshd.port) as session:
+        assert (session.host, session.port, session.user) == ("127.0.0.1", sshd.port, USER)
+        first = await session.run('echo "one $SSH_CONNECTION"')
+        second = await session.run('echo "two $SSH_CONNECTION" >&2; exit 1')
+    # SSH_CONNECTION names the client's source port: the same connection ran both.
+    connection = first.stdout.split(" ", 1)[1]
+    assert connection.startswith("127.0.0.1 ") and connection.endswith(f" 127.0.0.1 {sshd.port}\n")
+    assert first == CommandResult(0, f"one {connection}", "")
+    assert second == CommandResult(1, "", f"two {connection}")
+    assert sshd.count(f"Accepted password for {USER}") == logins_before + 1
+    with pytest.raises(SSHError) as caught:
+        await session.run("true")
+    assert str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: connection closed"
+    await session.close()  # closing again is harmless
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_timeout(sshd: _Sshd, tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts", command_timeout=30.0)
+    started = reactor.seconds()
+    with pytest.raises(SSHTimeout) as caught:
+        await client.run("127.0.0.1", "sleep 30.25", timeout=0.5, port=sshd.port)
+    assert reactor.seconds() - started < 5
+    assert str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: command did not finish within 0.5s"
+    # On a session, a timed-out command leaves the connection usable.
+    async with await client.session("127.0.0.1", port=sshd.port) as session:
+        with pytest.raises(SSHTimeout):
+            await session.run("sleep 30.5", timeout=0.3)
+        assert await session.run("echo still here") == CommandResult(0, "still here\n", "")
+        # Both timed-out commands were killed (sshd honours the "signal" request).
+        leftovers = await session.run("pgrep -f 'sleep 3[0][.]' || echo none")
+        assert leftovers == CommandResult(0, "none\n", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dropped_connection_gives_no_exit_status(sshd: _Sshd, tmp_path: Path) -> None:
+    # The command kills the sshd process serving its connection: the
+    # connection drops after the command was sent, as in a reboot.
+    client = _client(tmp_path / "known_hosts")
+    result = await client.run("127.0.0.1", "kill -9 $PPID; exec sleep 1", port=sshd.port)
+    assert result == CommandResult(exit_code=None, stdout="", stderr="")
+    assert result.ok is False
+
+
+# --- logging in ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_then_right_one_and_the_right_one_is_remembered(
+    sshd: _Sshd, tmp_path: Path
+) -> None:
+    client = _client(tmp_path / "known_hosts", {USER: (WRONG[0], PASSWORD)})
+    failed = f"Failed password for {USER}"
+    before = sshd.count(failed)
+    assert (await client.run("127.0.0.1", "echo in", port=sshd.port)).stdout == "in\n"
+    assert sshd.count(failed) == before + 1
+    # The next call tries the password that worked first.
+    assert (await client.run("127.0.0.1", "echo again", port=sshd.port)).stdout == "again\n"
+    assert sshd.count(failed) == before + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_user_after_one_is_rejected(sshd: _Sshd, tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts", {"nosuchuser-slaveapi": (PASSWORD,), USER: (WRONG[0], PASSWORD)})
+    result = await client.run("127.0.0.1", "id -un", port=sshd.port)
+    assert result == CommandResult(0, f"{USER}\n", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_wrong_passwords_than_the_server_allows_per_connection(sshd: _Sshd, tmp_path: Path) -> None:
+    # sshd hangs up after MaxAuthTries (6) failures; the rest of the list is
+    # tried on a new connection.
+    wrong = tuple(f"wrong-{n}" for n in range(8))
+    client = _client(tmp_path / "known_hosts", {USER: (*wrong, PASSWORD)})
+    before = sshd.count(f"Failed password for {USER}")
+    result = await client.run("127.0.0.1", "echo finally", port=sshd.port)
+    assert result == CommandResult(0, "finally\n", "")
+    assert sshd.count(f"Failed password for {USER}") == before + 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_passwords_wrong(sshd: _Sshd, tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        client = _client(tmp_path / "known_hosts", {USER: WRONG, "nosuchuser-slaveapi": (PASSWORD,)})
+        with pytest.raises(SSHAuthenticationFailed) as caught:
+            await client.run("127.0.0.1", "true", port=sshd.port)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    message = str(caught.value)
+    assert message == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (2 users, 4 passwords tried)"
+    logged = "\n".join(formatEvent(event) + repr(event) for event in events)
+    assert events
+    for secret in (*WRONG, PASSWORD):
+        assert secret not in logged
+        assert secret not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_logins_configured(tmp_path: Path) -> None:
+    client = _client(tmp_path / "known_hosts", {USER: ()})
+    with pytest.raises(SSHAuthenticationFailed) as caught:
+        await client.run("127.0.0.1", "true", port=1)
+    assert str(caught.value) == "ssh 127.0.0.1:1: no SSH logins configured"
+
+
+# --- connection failures --------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_port_is_connection_refused(tmp_path: Path) -> None:
+    port = _free_port()
+    client = _client(tmp_path / "known_hosts")
+    with pytest.raises(SSHConnectionRefused) as caught:
+        await client.run("127.0.0.1", "true", port=port)
+    assert str(caught.value) == f"ssh 127.0.0.1:{port}: connection refused"
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_server_times_out_logging_in(listen: Callable[[type[Protocol]], int], tmp_path: Path) -> None:
+    port = listen(_Silent)
+    client = _client(tmp_path / "known_hosts", connect_timeout=0.5)
+    started = reactor.seconds()
+    with pytest.raises(SSHTimeout) as caught:
+        await client.run("127.0.0.1", "true", port=port)
+    assert 0.5 <= reactor.seconds() - started < 3
+    assert str(caught.value) == f"ssh 127.0.0.1:{port}: not logged in within the connect timeout"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_hanging_up_is_an_ssh_error(listen: Callable[[type[Protocol]], int], tmp_path: Path) -> None:
+    port = listen(_Hangup)
+    client = _client(tmp_path / "known_hosts")
+    with pytest.raises(SSHError) as caught:
+        await client.run("127.0.0.1", "true", port=port)
+    assert type(caught.value) is SSHError
+    assert str(caught.value) == f"ssh 127.0.0.1:{port}: connection closed before authentication"
+
+
+def test_connect_errors_are_mapped() -> None:
+    def mapped(error: Exception) -> SSHError:
+        return _connect_error("b-1.example", 22, Failure(error))
+
+    refused = mapped(net_error.ConnectionRefusedError())
+    assert type(refused) is SSHConnectionRefused
+    lookup = mapped(net_error.DNSLookupError("b-1.example"))
+    assert type(lookup) is SSHUnreachable and str(lookup) == "ssh b-1.example:22: host name does not resolve"
+    route = mapped(net_error.NoRouteError())
+    assert type(route) is SSHUnreachable and str(route) == "ssh b-1.example:22: host unreachable (NoRouteError)"
+    down = mapped(net_error.ConnectError(osError=errno.EHOSTUNREACH))
+    assert type(down) is SSHUnreachable and str(down) == "ssh b-1.example:22: host unreachable (EHOSTUNREACH)"
+    timed_out = mapped(net_error.TimeoutError())
+    assert type(timed_out) is SSHUnreachable
+
+
+# --- host keys --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tofu_records_key_and_refuses_a_changed_one(
+    new_sshd: Callable[..., Deferred[_Sshd]], tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "state" / "known_hosts"
+    client = _client(known_hosts)
+    assert known_hosts.read_text() == ""  # created when missing
+    first = await new_sshd("key-a")
+    assert (await client.run("127.0.0.1", "echo first", port=first.port)).stdout == "first\n"
+    assert len(known_hosts.read_text().splitlines()) == 1
+    assert (await client.run("127.0.0.1", "echo known", port=first.port)).stdout == "known\n"
+    assert len(known_hosts.read_text().splitlines()) == 1
+
+    first.stop()
+    await new_sshd("key-b", port=first.port)
+    with pytest.raises(SSHHostKeyMismatch) as caught:
+        await client.run("127.0.0.1", "true", port=first.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{first.port}: host key changed (ssh-ed25519 SHA256:")
+    # A new client reading the same file refuses it too.
+    with pytest.raises(SSHHostKeyMismatch):
+        await _client(known_hosts).run("127.0.0.1", "true", port=first.port)
+    assert len(known_hosts.read_text().splitlines()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_are_recorded_under_the_name_connected_to(sshd: _Sshd, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    client = _client(known_hosts)
+    # A name goes through the (non-blocking) resolver: /etc/hosts maps localhost to loopback.
+    result = await client.run("localhost", "echo by name", port=sshd.port)
+    assert result == CommandResult(0, "by name\n", "")
+    key = Key.fromFile(str(sshd.host_key) + ".pub")
+    recorded = KnownHostsFile.fromPath(FilePath(str(known_hosts)))
+    # OpenSSH's convention off port 22: "[host]:port".
+    assert recorded.hasHostKey(f"[localhost]:{sshd.port}".encode(), key) is True
+    assert recorded.hasHostKey(f"[127.0.0.1]:{sshd.port}".encode(), key) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_strict_accepts_only_recorded_keys(sshd: _Sshd, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    strict = _client(known_hosts, host_keys="strict")
+    with pytest.raises(SSHHostKeyMismatch) as caught:
+        await strict.run("127.0.0.1", "true", port=sshd.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{sshd.port}: unknown host key (ssh-ed25519 SHA256:")
+    assert str(caught.value).endswith(f" is not in {known_hosts} and host_keys is strict)")
+    assert known_hosts.read_text() == ""
+    await _client(known_hosts).run("127.0.0.1", "true", port=sshd.port)  # tofu records it
+    assert (await strict.run("127.0.0.1", "echo ok", port=sshd.port)).stdout == "ok\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_off_accepts_any_key_and_records_nothing(
+    new_sshd: Callable[..., Deferred[_Sshd]], tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    recorder = _client(known_hosts)
+    first = await new_sshd("key-a")
+    await recorder.run("127.0.0.1", "true", port=first.port)
+    recorded = known_hosts.read_text()
+    first.stop()
+    await new_sshd("key-b", port=first.port)
+    off = _client(known_hosts, host_keys="off")
+    assert (await off.run("127.0.0.1", "echo off", port=first.port)).stdout == "off\n"
+    assert known_hosts.read_text() == recorded
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_first_use_records_every_host(sshd: _Sshd, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    client = _client(known_hosts)
+    runs = [Deferred.fromCoroutine(client.run(address, "echo $SSH_CONNECTION", port=sshd.port)) for address in ADDRESSES]
+    results = await DeferredList(runs, fireOnOneErrback=True, consumeErrors=True)
+    for (succeeded, result), address in zip(results, ADDRESSES):
+        assert succeeded and result.exit_code == 0
+        assert result.stdout.endswith(f" {address} {sshd.port}\n")
+    assert len(known_hosts.read_text().splitlines()) == len(ADDRESSES)
+    strict = _client(known_hosts, host_keys="strict")
+    for address in ADDRESSES:
+        assert (await strict.run(address, "echo ok", port=sshd.port)).stdout == "ok\n"
