@@ -1,0 +1,235 @@
+"""
+The lab as one object: the fleet and every fake service, started together.
+
+L{Lab.start} builds the fleet and starts the DNS, SSH and HTTP servers at
+once (listening is synchronous, so it works before the reactor runs, from a
+twistd plugin's C{makeService}); L{Lab.write_config} writes the ini and
+credentials that point SlaveAPI at it; L{Lab.stop} closes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from slaveapi.lab.bugzilla import BugzillaFake
+from slaveapi.lab.dns import LabDNS
+from slaveapi.lab.fleet import SSH_USER, Fleet, LabMachine, build_fleet
+from slaveapi.lab.http import LabHTTP
+from slaveapi.lab.power import PowerControl
+from slaveapi.lab.ssh import LabSSHServer, generate_host_key
+
+DEFAULT_DOMAIN = "build.scl3.slaveapi.test"
+_MIN_TOKEN_LENGTH = 16
+
+
+class Lab:
+    """
+    A running simulated fleet.
+
+    @ivar fleet: the machines and masters.
+    @ivar power: reboots and power changes over time.
+    @ivar dns: the DNS server (C{add_address} / C{remove_address}).
+    @ivar ssh: the SSH servers.
+    @ivar http: the HTTP fakes; C{bugzilla} is its Bugzilla.
+    @ivar ssh_password: the password of C{cltbld} everywhere.
+    @ivar inventory_user: the inventory's basic-auth user; C{inventory_password} its password.
+    @ivar bugzilla_api_key: the only API key Bugzilla accepts.
+    @ivar ipmi_username: the BMC user; C{ipmi_password} its password.
+    @ivar snmp_community: the PDUs' write community.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        fleet: Fleet,
+        workdir: str,
+        boot_time: float,
+        clock: Callable[[], float],
+        shutdown_delay: float = 0.1,
+    ) -> None:
+        """Set the lab up without listening yet; L{start} is the usual way in."""
+        self.reactor = reactor
+        self.fleet = fleet
+        self.domain = fleet.domain
+        self.workdir = workdir
+        self.boot_time = boot_time
+        self.clock = clock
+        self.ssh_password = "lab-" + secrets.token_urlsafe(12)
+        self.inventory_user = "lab-inventory"
+        self.inventory_password = "lab-" + secrets.token_urlsafe(12)
+        self.bugzilla_user = "slaveapi@example.test"
+        self.bugzilla_api_key = "lab" + secrets.token_hex(18)
+        self.ipmi_username = "ADMIN"
+        self.ipmi_password = "lab-" + secrets.token_urlsafe(9)
+        self.snmp_community = "lab-" + secrets.token_hex(6)
+        self.host_key = generate_host_key()
+        self.power = PowerControl(reactor, clock, boot_time)
+        self.bugzilla = BugzillaFake(fleet, self.bugzilla_api_key, self.bugzilla_user, clock)
+        self.http = LabHTTP(reactor, fleet, self.bugzilla, self.inventory_user, self.inventory_password)
+        self.dns = LabDNS(reactor, fleet)
+        self.ssh = LabSSHServer(
+            reactor, fleet.all_hosts(), self.power, self.ssh_password, self.host_key, clock, shutdown_delay
+        )
+        self.power.add_observer(self.ssh)
+        self.http_port = self.dns_port = self.ssh_port = 0
+        self._stopping: defer.Deferred[None] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        reactor: Any,
+        slaves: int = 12,
+        workdir: str | None = None,
+        boot_time: float = 3.0,
+        domain: str = DEFAULT_DOMAIN,
+        *,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        shutdown_delay: float = 0.1,
+    ) -> Lab:
+        """
+        Build a fleet of C{slaves} machines and start every fake service.
+
+        @param workdir: where the lab keeps its files (the SSH host key and a
+            known_hosts file); a new temporary directory when None.
+        @param boot_time: seconds a rebooted machine stays down.
+        @param clock: the wall clock uptimes and log times follow.
+        @param shutdown_delay: seconds from answering a reboot command to
+            the machine going down.
+        """
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
+        os.makedirs(workdir, exist_ok=True)
+        lab = cls(reactor, build_fleet(slaves, domain, clock(), seed), workdir, boot_time, clock, shutdown_delay)
+        try:
+            lab.http_port = lab.http.start()
+            for master in lab.fleet.masters:
+                master.http_port = lab.http_port
+            lab.dns_port = lab.dns.start()
+            lab.ssh_port = lab.ssh.start()
+        except BaseException:
+            lab.stop()
+            raise
+        lab._write_host_files()
+        lab._log.info(
+            "lab: {count} machines in {domain}; http {http}, dns {dns}, ssh {ssh}",
+            count=len(lab.fleet), domain=domain, http=lab.http_port, dns=lab.dns_port, ssh=lab.ssh_port,
+        )
+        return lab
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP fakes (C{http://127.0.0.1:<port>})."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def machine(self, name: str) -> LabMachine:
+        """A slave or foopy by short name or fqdn; KeyError if there is none."""
+        return self.fleet[name]
+
+    def power_off(self, name: str) -> None:
+        """Cut a machine's power (it goes down at once and stays down)."""
+        self.power.power_off(self.machine(name))
+
+    def power_on(self, name: str) -> None:
+        """Power a machine on; it is up after C{boot_time} (unless it never comes back)."""
+        self.power.power_on(self.machine(name))
+
+    def reboot(self, name: str, graceful: bool = False) -> None:
+        """Reboot a machine now (a reset, or from the OS when C{graceful})."""
+        self.power.reboot(self.machine(name), graceful)
+
+    def write_config(
+        self,
+        directory: str,
+        *,
+        listen: str = "tcp:9999:interface=127.0.0.1",
+        api_tokens: dict[str, str] | None = None,
+    ) -> str:
+        """
+        Write C{slaveapi.ini} and C{credentials.json} pointing at this lab.
+
+        @param listen: the endpoint SlaveAPI itself listens on.
+        @param api_tokens: client name to bearer token (16 characters at
+            least); none turns SlaveAPI's authentication off.
+        @return: the path of the ini.
+        """
+        tokens = dict(api_tokens or {})
+        for client, token in tokens.items():
+            if len(token) < _MIN_TOKEN_LENGTH:
+                raise ValueError(f"api token for {client!r} is shorter than {_MIN_TOKEN_LENGTH} characters")
+        os.makedirs(directory, exist_ok=True)
+        credentials = {
+            "ssh": {SSH_USER: ["wrong-first", self.ssh_password]},
+            "inventory": self.inventory_password,
+            "bugzilla": self.bugzilla_api_key,
+            "ipmi": self.ipmi_password,
+            "snmp_community": self.snmp_community,
+            "api_tokens": tokens,
+        }
+        credentials_path = os.path.join(directory, "credentials.json")
+        descriptor = os.open(credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(credentials, handle, indent=2)
+            handle.write("\n")
+        ini_path = os.path.join(directory, "slaveapi.ini")
+        with open(ini_path, "w", encoding="utf-8") as handle:
+            handle.write(self.config_text(listen))
+        return ini_path
+
+    def config_text(self, listen: str = "tcp:9999:interface=127.0.0.1") -> str:
+        """The ini L{write_config} writes (it names C{credentials.json} beside it)."""
+        url = self.http_url
+        return (
+            "# SlaveAPI against the simulated fleet; written by slaveapi.lab.\n"
+            f"[server]\nendpoint = {listen}\n\n"
+            "[secrets]\ncredentials_file = credentials.json\n\n"
+            f"[slavealloc]\napi_url = {url}/slavealloc/api\n\n"
+            f"[inventory]\napi_url = {url}/inventory/api\nusername = {self.inventory_user}\n\n"
+            f"[bugzilla]\napi_url = {url}/bugzilla/rest\nusername = {self.bugzilla_user}\n\n"
+            f"[buildapi]\napi_url = {url}/buildapi\n\n"
+            f"[slaves]\ndefault_domain = {self.domain}\nipmi_username = {self.ipmi_username}\n\n"
+            f"[dns]\nservers = 127.0.0.1:{self.dns_port}\n\n"
+            f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = off\n\n"
+            f"[devices]\nurl = {url}/devices.json\n"
+        )
+
+    def stop(self) -> defer.Deferred[None]:
+        """Close every listener and connection and cancel pending reboots."""
+        if self._stopping is None:
+            self.power.stop()
+            stops = [self.ssh.stop(), self.dns.stop(), self.http.stop()]
+            self._stopping = defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
+        return self._stopping
+
+    def _write_host_files(self) -> None:
+        """The host key's public half and a known_hosts for every machine (for strict host checking)."""
+        public = self.host_key.public().toString("openssh").decode("ascii")
+        with open(os.path.join(self.workdir, "ssh_host_ed25519_key.pub"), "w", encoding="ascii") as handle:
+            handle.write(public + "\n")
+        with open(os.path.join(self.workdir, "known_hosts"), "w", encoding="ascii") as handle:
+            for machine in self.fleet.all_hosts():
+                handle.write(f"[{machine.fqdn}]:{self.ssh_port},[{machine.ip}]:{self.ssh_port} {public}\n")
+
+
+class LabService(Service):
+    """A started L{Lab} in a service hierarchy: stopping the service stops the lab."""
+
+    name = "lab"  # type: ignore[assignment]
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.lab.stop()
