@@ -1,0 +1,133 @@
+"""
+Steps several actions share: finding the machine, logging in, reading uptime and logs.
+
+They report progress through the L{ActionRun} and turn client errors into
+L{ActionFailure}s that say which step failed and why.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from datetime import datetime, timezone
+
+from slaveapi.actions._base import ActionFailure, ActionRun
+from slaveapi.clients.ssh import (
+    CommandResult,
+    SSHConnectionRefused,
+    SSHError,
+    SSHSession,
+    SSHTimeout,
+    SSHUnreachable,
+)
+from slaveapi.machines import Slave, SlaveNotFound, find_slave
+from slaveapi.uptime import UptimeParseError, parse_net_statistics, parse_proc_uptime, parse_uptime_output
+
+#: Errors that mean the machine is not there, as opposed to refusing us.
+OFFLINE_ERRORS = (SSHConnectionRefused, SSHTimeout, SSHUnreachable)
+
+_WINDOWS_NAME = re.compile(r"^(t-w|b-20|y-20|w64-|w32-|t-xp|win)", re.IGNORECASE)
+
+
+class Offline(ActionFailure):
+    """The machine did not answer over SSH."""
+
+
+async def locate(run: ActionRun) -> Slave:
+    """Find the machine this action is about, or fail saying it is unknown."""
+    try:
+        slave = await find_slave(run.ctx, run.slave)
+    except SlaveNotFound:
+        raise ActionFailure(f"{run.slave} - Slave is not known to DNS or slavealloc.") from None
+    for system, reason in slave.errors.items():
+        run.log.warn("Lookup in {system} failed: {reason}", system=system, reason=reason)
+    return slave
+
+
+def is_windows(slave: Slave) -> bool:
+    """Whether the machine runs Windows (its distro says so, or its name does)."""
+    distro = (slave.slavealloc.distro or "") if slave.slavealloc else ""
+    return "win" in distro.lower() or bool(_WINDOWS_NAME.match(slave.name))
+
+
+async def connect(run: ActionRun, host: str, label: str) -> SSHSession:
+    """
+    Log in to C{host}; L{Offline} if it does not answer, L{ActionFailure} otherwise.
+
+    @param label: how the host is named in messages.
+    """
+    run.log.info("Connecting over SSH to {host}", host=host)
+    try:
+        return await run.ctx.clients.ssh.session(host)
+    except OFFLINE_ERRORS as error:
+        run.log.info("SSH to {host} failed: {reason}", host=host, reason=str(error))
+        raise Offline(f"{label} did not answer over SSH: {error}") from None
+    except SSHError as error:
+        raise ActionFailure(f"Could not log in to {label} over SSH: {error}") from None
+
+
+async def _command(run: ActionRun, session: SSHSession, command: str) -> CommandResult:
+    try:
+        return await session.run(command)
+    except SSHError as error:
+        raise ActionFailure(f"Running '{command}' on {run.slave} failed: {error}") from None
+
+
+async def read_uptime(run: ActionRun, slave: Slave, session: SSHSession) -> int:
+    """
+    The machine's uptime in seconds: C{cat /proc/uptime}, else C{uptime}, or on
+    Windows C{net statistics server}.
+    """
+    attempts = [
+        ("cat /proc/uptime", parse_proc_uptime),
+        ("uptime", parse_uptime_output),
+    ]
+    windows = ("net statistics server", lambda text: parse_net_statistics(text, datetime.now(timezone.utc)))
+    if is_windows(slave):
+        attempts.insert(0, windows)
+    else:
+        attempts.append(windows)
+    reasons = []
+    for command, parse in attempts:
+        result = await _command(run, session, command)
+        if not result.ok:
+            reasons.append(f"'{command}' exited {result.exit_code}")
+            continue
+        try:
+            return parse(result.stdout)
+        except UptimeParseError as error:
+            reasons.append(f"'{command}': {error}")
+    raise ActionFailure(f"{slave.name} - Could not read uptime: " + "; ".join(reasons))
+
+
+def log_paths(basedir: str) -> list[str]:
+    """The rotated and the current twistd.log under C{basedir}, oldest first."""
+    return [posixpath.join(basedir, "twistd.log.1"), posixpath.join(basedir, "twistd.log")]
+
+
+async def tail_logs(run: ActionRun, session: SSHSession, basedir: str, lines: int = 100) -> list[str]:
+    """The last C{lines} lines of twistd.log.1 then twistd.log; a missing file gives none."""
+    collected: list[str] = []
+    for path in log_paths(basedir):
+        result = await _command(run, session, f"tail -n {int(lines)} {shlex.quote(path)}")
+        if result.ok:
+            collected.extend(result.stdout.splitlines())
+        else:
+            run.log.info("No log at {path} (exit {code})", path=path, code=result.exit_code)
+    return collected
+
+
+async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
+    """
+    Where to read the machine's twistd.log: its own address, or its foopy's.
+
+    @return: the address to connect to and a label for messages.
+    """
+    host = slave.buildbot_host
+    if host is None or host == slave.fqdn or host == slave.name:
+        return slave.address, slave.name
+    info = await run.ctx.clients.dns.lookup_host(host)
+    if info is None:
+        raise ActionFailure(f"{slave.name} - its foopy {host} is not in DNS.")
+    return info.ip, f"{slave.name}'s foopy {host}"

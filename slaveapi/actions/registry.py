@@ -1,0 +1,9 @@
+"""Every action SlaveAPI knows, by the name its results are stored under."""
+
+from types import MappingProxyType
+
+from slaveapi.actions import buildslave_last_activity, buildslave_uptime
+
+ACTIONS = MappingProxyType(
+    {action.name: action for action in (buildslave_uptime.ACTION, buildslave_last_activity.ACTION)}
+)

@@ -1,0 +1,196 @@
+"""
+Runs actions in the background: limits, per-slave locks, timeouts, results.
+
+Each submitted action gets a PENDING result at once. It then waits for its
+slave's lock (exclusive actions only) and for a free slot under the
+concurrency limit, runs as RUNNING with its progress shown in the result's
+text, and finishes as SUCCESS or FAILURE. A finished result is persisted
+before anyone waiting on it is told.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    DeferredSemaphore,
+    TimeoutError as DeferredTimeoutError,
+)
+from twisted.logger import Logger
+
+from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
+from slaveapi.store import INTERRUPTED_TEXT, IResultStore
+
+if TYPE_CHECKING:
+    from slaveapi.context import Context
+
+
+def one_line_reason(error: BaseException) -> str:
+    """A short, single-line description of an unexpected error."""
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else ""
+    name = type(error).__name__
+    return f"{name}: {detail}" if detail else name
+
+
+class ActionProcessor(Service):
+    """
+    Queues and runs actions.
+
+    @param context: returns the context new actions run in; it changes when
+        configuration is reloaded, while running actions keep the one they
+        started with.
+    @param timeouts: per action name, overall limits that override the
+        action's own default.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: IResultStore,
+        context: Callable[[], "Context"],
+        concurrency: int,
+        reactor: Any,
+        timeouts: Callable[[], dict[str, float]] = dict,
+    ) -> None:
+        self._store = store
+        self._context = context
+        self._slots = DeferredSemaphore(concurrency)
+        self._reactor = reactor
+        self._timeouts = timeouts
+        self._slave_locks: dict[str, DeferredLock] = {}
+        self._in_flight: dict[tuple[str, str], ActionResult] = {}
+        self._waiters: dict[int, list[Deferred[None]]] = {}
+        self._running: set[Deferred[None]] = set()
+
+    def stopService(self) -> Deferred[None] | None:
+        """Cancel running actions; the store marks them interrupted on the next start."""
+        super().stopService()
+        for running in list(self._running):
+            running.cancel()
+        return None
+
+    async def submit(
+        self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
+    ) -> ActionResult:
+        """
+        Queue C{action} for C{slave} and return its (PENDING) result.
+
+        For a single-flight action already pending or running on this slave,
+        return that request's result instead.
+        """
+        key = (slave, action.name)
+        if action.single_flight and key in self._in_flight:
+            return self._in_flight[key]
+        result = await self._store.create(slave, action.name, client)
+        if action.single_flight:
+            if key in self._in_flight:
+                # Another request won the race while ours was being written.
+                result.state = FAILURE
+                result.text = f"Superseded by request {self._in_flight[key].requestid}."
+                result.finish_timestamp = int(self._reactor.seconds())
+                await self._store.save(result)
+                return self._in_flight[key]
+            self._in_flight[key] = result
+        running = Deferred.fromCoroutine(self._execute(result, action, arguments or {}))
+        self._running.add(running)
+        running.addBoth(lambda _: self._running.discard(running))
+        return result
+
+    def wait(self, result: ActionResult, seconds: float) -> Deferred[None]:
+        """Fire when C{result} is finished, or after C{seconds}, whichever is first."""
+        if result.is_done() or seconds <= 0:
+            return Deferred.fromCoroutine(_nothing())
+        waiter: Deferred[None] = Deferred()
+        self._waiters.setdefault(result.requestid, []).append(waiter)
+        waiter.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda _value, _timeout: None)
+        return waiter
+
+    async def _execute(self, result: ActionResult, action: Action, arguments: dict[str, Any]) -> None:
+        ctx = self._context()
+        log = ActionLog(self._log, result.slave, result.requestid, action.name)
+        lock = None
+        try:
+            if action.exclusive:
+                slave_lock = self._slave_locks.setdefault(result.slave, DeferredLock())
+                await slave_lock.acquire()
+                lock = slave_lock
+            await self._slots.acquire()
+            try:
+                await self._run(result, action, arguments, ctx, log)
+            finally:
+                self._slots.release()
+        except CancelledError:
+            self._finish(result, FAILURE, INTERRUPTED_TEXT, log)
+        finally:
+            if lock is not None:
+                lock.release()
+                if not lock.locked and not lock.waiting:
+                    self._slave_locks.pop(result.slave, None)
+            if self._in_flight.get((result.slave, action.name)) is result:
+                del self._in_flight[(result.slave, action.name)]
+            await self._persist_and_notify(result, log)
+
+    async def _run(
+        self, result: ActionResult, action: Action, arguments: dict[str, Any], ctx: "Context", log: ActionLog
+    ) -> None:
+        result.state = RUNNING
+        result.start_timestamp = int(self._reactor.seconds())
+        self._save_progress(result, log)
+        run = ActionRun(ctx, result.slave, result.requestid, action.name, log, lambda text: self._report(result, text, log))
+        timeout = self._timeouts().get(action.name, action.timeout)
+        log.info("Starting (timeout {timeout}s)", timeout=timeout)
+        work = Deferred.fromCoroutine(action.run(run, **arguments))
+        work.addTimeout(timeout, self._reactor)
+        try:
+            payload = await work
+        except ActionFailure as failure:
+            self._finish(result, FAILURE, failure.payload, log)
+        except DeferredTimeoutError:
+            where = f" Last progress:\n{run.status}" if run.status else ""
+            self._finish(result, FAILURE, f"Timed out after {timeout:g} seconds.{where}", log)
+        except CancelledError:
+            raise
+        except Exception as error:
+            log.failure("Action raised an unexpected error")
+            where = f"{run.status}\n" if run.status else ""
+            self._finish(result, FAILURE, f"{where}Unexpected error: {one_line_reason(error)}", log)
+        else:
+            self._finish(result, SUCCESS, payload, log)
+
+    def _finish(self, result: ActionResult, state: int, payload: Any, log: ActionLog) -> None:
+        result.state = state
+        result.text = payload
+        result.finish_timestamp = int(self._reactor.seconds())
+        log.info("Finished: {state_name}", state_name="SUCCESS" if state == SUCCESS else "FAILURE")
+
+    def _report(self, result: ActionResult, text: str, log: ActionLog) -> None:
+        if result.is_done():
+            return
+        result.text = text
+        self._save_progress(result, log)
+
+    def _save_progress(self, result: ActionResult, log: ActionLog) -> None:
+        def failed(failure: Any) -> None:
+            log.error("Could not persist progress: {reason}", reason=failure.getErrorMessage())
+
+        self._store.save(result).addErrback(failed)
+
+    async def _persist_and_notify(self, result: ActionResult, log: ActionLog) -> None:
+        try:
+            await self._store.save(result)
+        except Exception as error:
+            log.error("Could not persist the finished result: {reason}", reason=one_line_reason(error))
+        for waiter in self._waiters.pop(result.requestid, []):
+            if not waiter.called:
+                waiter.callback(None)
+
+
+async def _nothing() -> None:
+    return None

@@ -1,0 +1,225 @@
+"""
+Builds the running service: web server, action processor, results store,
+configuration reloads, logging, and in C{--lab} mode the simulated fleet.
+
+The children of the top L{MultiService} start in order (store, processor,
+web) and stop in reverse, so the port closes first and the store last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Site
+
+from slaveapi.config import Config, ConfigError, LoggingConfig, load_config
+from slaveapi.context import Context, build_context
+from slaveapi.processor import ActionProcessor
+from slaveapi.store import SQLiteResultStore, default_store_path
+from slaveapi.web.routes import SlaveAPIWeb
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is one line saying why."""
+
+
+@dataclass
+class ServiceOptions:
+    """What C{twistd slaveapi} was asked for on its command line."""
+
+    config: str | None = None
+    listen: str | None = None
+    data: str = "."
+    lab: int | None = None
+    lab_boot_time: float = 5.0
+
+
+class ContextHolder(Service):
+    """
+    Holds the current context and replaces it when configuration is reloaded.
+
+    SIGHUP re-reads the ini and the credentials; a configuration that does not
+    load is refused with a log line and the old one stays. Actions already
+    queued or running keep the context they have.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, data_dir: str) -> None:
+        self._reactor = reactor
+        self._data_dir = data_dir
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 10
+        self._current = build_context(config, reactor, self._pool, data_dir)
+        self._previous_handler: Any = None
+
+    def context(self) -> Context:
+        """The context new requests and actions use."""
+        return self._current
+
+    def reload(self) -> bool:
+        """Re-read the configuration files; True if the new configuration took effect."""
+        path = self._current.config.path
+        try:
+            config = load_config(path)
+        except ConfigError as error:
+            self._log.error("Configuration reload refused, keeping the old one: {reason}", reason=str(error))
+            return False
+        self._current = build_context(config, self._reactor, self._pool, self._data_dir)
+        self._log.info("Configuration reloaded from {path}", path=path)
+        return True
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP"):
+            self._previous_handler = signal.signal(
+                signal.SIGHUP, lambda _signum, _frame: self._reactor.callFromThread(self.reload)
+            )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+        return self._pool.closeCachedConnections()
+
+
+class StoreService(Service):
+    """Opens the results store at start and closes it, writes flushed, at stop."""
+
+    def __init__(self, store: SQLiteResultStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        self.store.open()
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.close()
+
+
+class LogFileService(Service):
+    """Writes the log to C{[logging] file}, rotated by size, at C{[logging] level}."""
+
+    def __init__(self, config: LoggingConfig) -> None:
+        self._config = config
+        self._observer: Any = None
+        self._file: LogFile | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._config.file:
+            return
+        directory, name = os.path.split(self._config.file)
+        self._file = LogFile(
+            name, directory or ".", rotateLength=self._config.maxsize, maxRotatedFiles=self._config.maxfiles
+        )
+        predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[self._config.level])
+        self._observer = FilteringLogObserver(textFileLogObserver(self._file), [predicate])
+        globalLogPublisher.addObserver(self._observer)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def check_reactor(reactor: Any) -> None:
+    """Refuse any reactor but asyncio's: pysnmp 7 runs only on asyncio."""
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise StartupError(
+            f"slaveapi needs the asyncio reactor, not {type(reactor).__name__}: "
+            "run it as 'twistd -r asyncio slaveapi ...'"
+        )
+
+
+def make_service(options: ServiceOptions, reactor: Any) -> MultiService:
+    """
+    Assemble SlaveAPI.
+
+    @raise StartupError: for a reactor, configuration or listening address
+        that cannot work.
+    """
+    check_reactor(reactor)
+    data_dir = os.path.abspath(options.data)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as error:
+        raise StartupError(f"--data {options.data}: cannot create the directory ({error.strerror})") from None
+    top = MultiService()
+    config_path = options.config
+    if options.lab is not None:
+        config_path = _start_lab(options, reactor, data_dir, top)
+    assert config_path is not None
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+    listen = options.listen or config.server.listen
+    try:
+        endpoint = serverFromString(reactor, listen)
+    except (ValueError, KeyError, TypeError) as error:
+        raise StartupError(f"--listen {listen}: not a server endpoint string ({error})") from None
+
+    LogFileService(config.logging).setServiceParent(top)
+    store = SQLiteResultStore(default_store_path(data_dir), reactor)
+    StoreService(store).setServiceParent(top)
+    holder = ContextHolder(config, reactor, data_dir)
+    holder.setServiceParent(top)
+    processor = ActionProcessor(
+        store,
+        holder.context,
+        config.server.concurrency,
+        reactor,
+        timeouts=lambda: dict(holder.context().config.timeouts),
+    )
+    processor.setServiceParent(top)
+    web = SlaveAPIWeb(processor, store, holder.context)
+    site = Site(web.resource())
+    site.displayTracebacks = False
+    listener = StreamServerEndpointService(endpoint, site)
+    # A port that cannot be bound stops start-up instead of leaving a deaf service.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    return top
+
+
+def _start_lab(options: ServiceOptions, reactor: Any, data_dir: str, top: MultiService) -> str:
+    from slaveapi.lab import Lab, LabService
+
+    lab_dir = os.path.join(data_dir, "lab")
+    os.makedirs(lab_dir, exist_ok=True)
+    lab = Lab.start(reactor, slaves=options.lab or 0, workdir=lab_dir, boot_time=options.lab_boot_time)
+    LabService(lab).setServiceParent(top)
+    return lab.write_config(lab_dir, listen=options.listen or "tcp:9999:interface=127.0.0.1")

@@ -1,0 +1,1 @@
+"""The web front: Klein routes, request validation, authentication and JSON answers."""

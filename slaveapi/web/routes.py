@@ -1,0 +1,124 @@
+"""
+Every HTTP route of SlaveAPI, in one place.
+
+The routes only check the request (slave name, authentication) and hand over
+to the views in L{slaveapi.web.actions}, L{slaveapi.web.slaves} and
+L{slaveapi.web.results}. Every answer, errors included, is JSON.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from slaveapi.actions.registry import ACTIONS
+from slaveapi.context import Context
+from slaveapi.processor import ActionProcessor
+from slaveapi.store import IResultStore
+from slaveapi.web import params
+from slaveapi.web.actions import ActionView
+from slaveapi.web.auth import authenticate
+from slaveapi.web.errors import HTTPProblem, json_body, not_found, problem_body
+from slaveapi.web.results import all_results
+from slaveapi.web.slaves import list_slaves, show_slave
+
+#: URL segment under /slaves/<slave>/actions/ -> its view.
+ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
+    {
+        "buildslave_uptime": ActionView(ACTIONS["buildslave_uptime"]),
+        "buildslave_last_activity": ActionView(ACTIONS["buildslave_last_activity"]),
+    }
+)
+
+
+class SlaveAPIWeb:
+    """
+    The Klein application.
+
+    @param context: the current context (configuration and clients); asked
+        on every request so that a reload takes effect at once.
+    """
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(
+        self,
+        processor: ActionProcessor,
+        store: IResultStore,
+        context: Callable[[], Context],
+        action_views: Mapping[str, ActionView] = ACTION_VIEWS,
+    ) -> None:
+        self._processor = processor
+        self._store = store
+        self._context = context
+        self._action_views = action_views
+
+    def resource(self) -> Any:
+        """The twisted.web resource serving this application."""
+        return self.app.resource()
+
+    def _client(self, request: IRequest, write: bool) -> str | None:
+        config = self._context().config
+        required = write or config.auth.protect_reads
+        return authenticate(request, config.credentials.api_tokens, required)
+
+    def _view(self, route: str) -> ActionView:
+        view = self._action_views.get(route)
+        if view is None:
+            raise not_found(f"action: no action {route!r}; expected one of {', '.join(sorted(self._action_views))}")
+        return view
+
+    @app.route("/results", methods=["GET"])
+    def results(self, request: IRequest) -> bytes:
+        self._client(request, write=False)
+        return all_results(self._store, request)
+
+    @app.route("/slaves", methods=["GET"])
+    async def slaves(self, request: IRequest) -> bytes:
+        self._client(request, write=False)
+        return await list_slaves(self._context(), request)
+
+    @app.route("/slaves/<string:slave>", methods=["GET"])
+    async def slave(self, request: IRequest, slave: str) -> bytes:
+        self._client(request, write=False)
+        return await show_slave(self._context(), request, params.slave_name(slave))
+
+    @app.route("/slaves/<string:slave>/actions/<string:action>", methods=["GET", "POST"])
+    async def action(self, request: IRequest, slave: str, action: str) -> bytes:
+        name = params.slave_name(slave)
+        view = self._view(action)
+        if request.method == b"POST":
+            client = self._client(request, write=True)
+            return await view.post(self._processor, request, name, client)
+        self._client(request, write=False)
+        return view.get(self._store, request, name)
+
+    @app.handle_errors(HTTPProblem)
+    def _problem(self, request: IRequest, failure: Failure) -> bytes:
+        problem = failure.value
+        if problem.status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="slaveapi"')
+        return problem_body(request, problem)
+
+    @app.handle_errors(HTTPException)
+    def _routing(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        status = error.code or 500
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+        msg = {
+            404: f"no such endpoint: {request.path.decode('latin-1', 'replace')[:200]}",
+            405: f"method {request.method.decode('latin-1', 'replace')} is not allowed here",
+        }.get(status, error.description or "bad request")
+        return problem_body(request, HTTPProblem(status, kind, msg))
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        self._log.failure("Unexpected error answering {path}", failure, path=request.path)
+        return json_body(request, {"error": "internal_error", "msg": "internal error; see the server log"}, 500)

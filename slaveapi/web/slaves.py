@@ -1,0 +1,42 @@
+"""C{GET /slaves} (slavealloc's list, filtered) and C{GET /slaves/<slave>} (one machine)."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from slaveapi.clients.http import RemoteError
+from slaveapi.clients.slavealloc import filter_slaves
+from slaveapi.context import Context
+from slaveapi.machines import SlaveNotFound, find_slave, load_slave_info
+from slaveapi.web import params
+from slaveapi.web.errors import HTTPProblem, json_body, not_found
+
+
+async def list_slaves(ctx: Context, request: IRequest) -> bytes:
+    """
+    C{{"slaves": [...]}}, each with slavealloc's fields, filtered by
+    C{purpose}, C{environment}, C{pool} (repeatable: any of them) and C{enabled}.
+    """
+    enabled = params.boolean(request, "enabled")
+    try:
+        slaves = await ctx.clients.slavealloc.list_slaves()
+    except RemoteError as error:
+        raise HTTPProblem(502, "bad_gateway", str(error)) from None
+    chosen = filter_slaves(
+        slaves,
+        purpose=params.value(request, "purpose"),
+        environment=params.value(request, "environment"),
+        pools=params.values(request, "pool"),
+        enabled=enabled,
+    )
+    return json_body(request, {"slaves": [slave.to_json() for slave in chosen]})
+
+
+async def show_slave(ctx: Context, request: IRequest, name: str) -> bytes:
+    """The machine's dict; 404 when neither DNS nor slavealloc knows it."""
+    try:
+        slave = await find_slave(ctx, name)
+    except SlaveNotFound:
+        raise not_found(f"slave: {name} is not known to DNS or slavealloc") from None
+    await load_slave_info(ctx, slave)
+    return json_body(request, slave.to_dict())

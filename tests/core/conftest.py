@@ -1,0 +1,63 @@
+"""Fixtures for the core tests: a store, a processor and configuration built in memory."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from slaveapi.config import (
+    AuthConfig,
+    BuildapiConfig,
+    Config,
+    Credentials,
+    Secret,
+    ServerConfig,
+    ServiceURL,
+    SlavesConfig,
+)
+from slaveapi.processor import ActionProcessor
+from slaveapi.store import SQLiteResultStore
+
+
+def make_config(tokens: dict[str, str] | None = None, protect_reads: bool = False) -> Config:
+    """A configuration whose remote systems are never called."""
+    return Config(
+        path="/nonexistent/slaveapi.ini",
+        server=ServerConfig(),
+        slavealloc=ServiceURL("http://127.0.0.1:1/slavealloc"),
+        inventory=ServiceURL("http://127.0.0.1:1/inventory"),
+        bugzilla=ServiceURL("http://127.0.0.1:1/bugzilla"),
+        buildapi=BuildapiConfig("http://127.0.0.1:1/buildapi"),
+        slaves=SlavesConfig(default_domain="example.test"),
+        credentials=Credentials(
+            ssh={}, api_tokens={name: Secret(token) for name, token in (tokens or {}).items()}
+        ),
+        auth=AuthConfig(protect_reads=protect_reads),
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path: Any) -> Any:
+    from twisted.internet import reactor
+
+    result_store = SQLiteResultStore(str(tmp_path / "results.sqlite"), reactor)
+    result_store.open()
+    yield result_store
+    await result_store.close()
+
+
+@pytest.fixture
+def context_box() -> SimpleNamespace:
+    """Holds the context the processor and the web app see; tests may replace .context."""
+    from twisted.internet import reactor
+
+    return SimpleNamespace(context=SimpleNamespace(config=make_config(), clients=None, reactor=reactor))
+
+
+@pytest.fixture
+def processor(store: Any, context_box: SimpleNamespace) -> ActionProcessor:
+    from twisted.internet import reactor
+
+    return ActionProcessor(store, lambda: context_box.context, concurrency=2, reactor=reactor)
