@@ -13,6 +13,7 @@ import shlex
 from datetime import datetime, timezone
 
 from slaveapi.actions._base import ActionFailure, ActionRun
+from slaveapi.clients.dns import DNSError
 from slaveapi.clients.ssh import (
     CommandResult,
     SSHConnectionRefused,
@@ -127,7 +128,10 @@ async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
     host = slave.buildbot_host
     if host is None or host == slave.fqdn or host == slave.name:
         return slave.address, slave.name
-    info = await run.ctx.clients.dns.lookup_host(host)
+    try:
+        info = await run.ctx.clients.dns.lookup_host(host)
+    except DNSError as error:
+        raise ActionFailure(f"{slave.name} - Looking up its foopy {host} failed: {error}") from None
     if info is None:
         raise ActionFailure(f"{slave.name} - its foopy {host} is not in DNS.")
     return info.ip, f"{slave.name}'s foopy {host}"

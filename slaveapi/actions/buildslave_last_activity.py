@@ -4,7 +4,8 @@ The C{buildslave_last_activity} action: what the machine's buildbot last did, an
 A machine up for less than three minutes is C{booting}. Otherwise the last
 100 lines of C{twistd.log.1} and C{twistd.log} under the slave's basedir (on
 its foopy, for a device) go through the reference state machine in
-L{slaveapi.twistdlog}. The payload is always
+L{slaveapi.twistdlog}. For a device, uptime and log both come from the
+foopy its buildbot runs on. The payload is always
 C{{"last_state", "last_activity_seconds", "uptime"}}.
 """
 
@@ -15,8 +16,6 @@ from typing import Any
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun
 from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, read_uptime, tail_logs
-from slaveapi.clients.ssh import SSHSession
-from slaveapi.machines import Slave
 from slaveapi.twistdlog import BOOT_GRACE_SECONDS, last_activity
 
 
@@ -24,8 +23,9 @@ async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
     """Return the buildbot's last state, the age of its last activity and the uptime."""
     slave = await locate(run)
     run.progress("Connecting over SSH...")
+    address, label = await buildbot_address(run, slave)
     try:
-        session = await connect(run, slave.address, slave.name)
+        session = await connect(run, address, label)
     except Offline:
         raise ActionFailure(f"{slave.name} - Slave is offline, cannot get last activity!") from None
     try:
@@ -33,7 +33,10 @@ async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
         uptime = await read_uptime(run, slave, session)
         if uptime < BOOT_GRACE_SECONDS:
             return {"last_state": "booting", "last_activity_seconds": uptime, "uptime": uptime}
-        lines = await _read_logs(run, slave, session, uptime)
+        if not slave.basedir:
+            raise ActionFailure(f"{slave.name} - No basedir in slavealloc, cannot find twistd.log.")
+        run.progress(f"Uptime is {uptime} seconds.\nReading twistd.log...")
+        lines = await tail_logs(run, session, slave.basedir)
     finally:
         session.close()
     activity = last_activity(lines, datetime.now(timezone.utc), uptime)
@@ -45,22 +48,3 @@ async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
 
 
 ACTION = Action(name="buildslave_last_activity", run=buildslave_last_activity, timeout=300.0)
-
-
-async def _read_logs(run: ActionRun, slave: Slave, session: SSHSession, uptime: int) -> list[str]:
-    """The tail of twistd.log, read where the machine's buildbot runs."""
-    basedir = slave.basedir
-    if not basedir:
-        raise ActionFailure(f"{slave.name} - No basedir in slavealloc, cannot find twistd.log.")
-    address, label = await buildbot_address(run, slave)
-    run.progress(f"Uptime is {uptime} seconds.\nReading twistd.log on {label}...")
-    if address == slave.address:
-        return await tail_logs(run, session, basedir)
-    try:
-        foopy = await connect(run, address, label)
-    except Offline as offline:
-        raise ActionFailure(f"{slave.name} - {offline.payload}") from None
-    try:
-        return await tail_logs(run, foopy, basedir)
-    finally:
-        foopy.close()

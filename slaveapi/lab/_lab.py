@@ -200,7 +200,8 @@ class Lab:
             f"[buildapi]\napi_url = {url}/buildapi\n\n"
             f"[slaves]\ndefault_domain = {self.domain}\nipmi_username = {self.ipmi_username}\n\n"
             f"[dns]\nservers = 127.0.0.1:{self.dns_port}\n\n"
-            f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = off\n\n"
+            f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = strict\n"
+            f"known_hosts = {os.path.join(os.path.abspath(self.workdir), 'known_hosts')}\n\n"
             f"[devices]\nurl = {url}/devices.json\n"
         )
 

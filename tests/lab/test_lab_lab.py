@@ -41,7 +41,8 @@ def test_write_config_loads_and_points_at_the_lab(lab: Lab, tmp_path) -> None:  
     assert config.devices_url == f"{url}/devices.json"
     assert (config.slaves.default_domain, config.slaves.ipmi_username) == ("build.scl3.slaveapi.test", "ADMIN")
     assert config.dns.servers == (("127.0.0.1", lab.dns_port),)
-    assert (config.ssh.port, config.ssh.host_keys) == (lab.ssh_port, "off")
+    assert (config.ssh.port, config.ssh.host_keys) == (lab.ssh_port, "strict")
+    assert config.ssh.known_hosts == os.path.join(lab.workdir, "known_hosts")
     credentials = config.credentials
     assert credentials.ssh == {"cltbld": (Secret("wrong-first"), Secret(lab.ssh_password))}
     assert credentials.inventory == Secret(lab.inventory_password)
