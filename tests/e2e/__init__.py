@@ -1,0 +1,1 @@
+"""End-to-end tests: a real twistd process serving the simulated lab, driven over HTTP."""

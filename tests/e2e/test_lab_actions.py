@@ -1,0 +1,230 @@
+"""
+The two read-only actions and the machine routes, end to end: a real twistd
+process serving a 12-machine lab, asked over HTTP, answering from real SSH,
+DNS and HTTP conversations with the lab.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+import treq
+
+from slaveapi.lab.fleet import build_fleet
+from tests.e2e.harness import ServiceProcess, request_json, start_service
+
+DOMAIN = "build.scl3.slaveapi.test"
+#: Polling a running action: at most this many tries, this far apart.
+POLL_TRIES, POLL_INTERVAL = 300, 0.1
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: Any) -> Iterator[ServiceProcess]:
+    running = start_service(str(tmp_path_factory.mktemp("e2e")), "--lab", "12")
+    running.started = time.time()  # type: ignore[attr-defined]
+    yield running
+    running.stop()
+    assert "Server Shut Down." in running.log_text()
+
+
+def expected_uptime(name: str) -> int:
+    """How long the lab said the machine had been up when it started."""
+    now = time.time()
+    return build_fleet(12, DOMAIN, now).machine(name).uptime(now)
+
+
+async def post(service: ServiceProcess, slave: str, action: str, waittime: float = 30, **fields: str) -> tuple[int, Any]:
+    data = {"waittime": str(waittime), **fields}
+    return await request_json("POST", f"{service.url}/slaves/{slave}/actions/{action}", data=data)
+
+
+async def finished(service: ServiceProcess, slave: str, action: str, requestid: int) -> dict[str, Any]:
+    """Poll the result, bounded, until it is finished."""
+    url = f"{service.url}/slaves/{slave}/actions/{action}?requestid={requestid}"
+    for _ in range(POLL_TRIES):
+        code, result = await request_json("GET", url)
+        assert code == 200
+        if result["state"] in (2, 3):
+            return result
+        await _pause(POLL_INTERVAL)
+    raise AssertionError(f"request {requestid} did not finish")
+
+
+async def _pause(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.mark.parametrize(
+    "slave",
+    ["bld-linux64-lab-001", "tst-linux64-lab-002", "t-yosemite-r7-lab-003", "t-w864-lab-004", "dev-linux64-ec2-lab5"],
+)
+@pytest_twisted.ensureDeferred
+async def test_uptime_of_linux_macos_and_windows_machines(service: ServiceProcess, slave: str) -> None:
+    before = expected_uptime(slave)
+    code, result = await post(service, slave, "buildslave_uptime")
+    elapsed = time.time() - service.started  # type: ignore[attr-defined]
+    assert code == 200, result
+    assert result["state"] == 2, result
+    assert isinstance(result["text"], int)
+    # The lab started before this test; its clock has moved on since. macOS's
+    # uptime only counts whole minutes.
+    slack = 60 if slave.startswith("t-yosemite") else 2
+    assert before - slack <= result["text"] <= before + elapsed + slack
+    assert result["request_timestamp"] <= result["start_timestamp"] <= result["finish_timestamp"]
+    assert isinstance(result["requestid"], int)
+
+
+@pytest.mark.parametrize(
+    ("slave", "state"),
+    [
+        ("bld-linux64-lab-001", "ready"),
+        ("tst-linux64-lab-002", "running_command"),
+        ("t-yosemite-r7-lab-003", "booting"),
+        ("t-w864-lab-004", "ready"),
+        ("dev-linux64-ec2-lab5", "stopped"),
+        ("panda-0008", "ready"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_last_activity_states(service: ServiceProcess, slave: str, state: str) -> None:
+    code, result = await post(service, slave, "buildslave_last_activity")
+    assert code == 200, result
+    assert result["state"] == 2, result
+    payload = result["text"]
+    assert set(payload) == {"last_state", "last_activity_seconds", "uptime"}
+    assert payload["last_state"] == state
+    assert isinstance(payload["uptime"], int) and payload["uptime"] > 0
+    assert 0 <= payload["last_activity_seconds"]
+    if state == "booting":
+        assert payload["last_activity_seconds"] == payload["uptime"] < 180
+
+
+@pytest.mark.parametrize(
+    ("slave", "action", "text"),
+    [
+        ("t-linux64-lab-007", "buildslave_uptime", "t-linux64-lab-007 - Slave is offline, cannot get uptime!"),
+        (
+            "t-linux64-lab-007",
+            "buildslave_last_activity",
+            "t-linux64-lab-007 - Slave is offline, cannot get last activity!",
+        ),
+        ("no-such-slave-01", "buildslave_uptime", "no-such-slave-01 - Slave is not known to DNS or slavealloc."),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_failures_say_what_happened(service: ServiceProcess, slave: str, action: str, text: str) -> None:
+    code, result = await post(service, slave, action)
+    assert (code, result["state"], result["text"]) == (200, 3, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_login_is_a_failure_naming_ssh(service: ServiceProcess) -> None:
+    code, result = await post(service, "bld-linux64-lab-006", "buildslave_uptime")
+    assert (code, result["state"]) == (200, 3)
+    assert result["text"].startswith("Could not log in to bld-linux64-lab-006 over SSH:")
+    assert "rejected" in result["text"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_without_waittime_answers_202_then_polls_to_the_result(service: ServiceProcess) -> None:
+    code, queued = await request_json(
+        "POST", f"{service.url}/slaves/bld-linux64-lab-010/actions/buildslave_uptime", data={}
+    )
+    assert code == 202
+    assert queued["state"] in (0, 1)
+    requestid = queued["requestid"]
+    result = await finished(service, "bld-linux64-lab-010", "buildslave_uptime", requestid)
+    assert result["state"] == 2 and isinstance(result["text"], int)
+    assert "requestid" not in result
+
+    code, everything = await request_json("GET", f"{service.url}/slaves/bld-linux64-lab-010/actions/buildslave_uptime")
+    assert code == 200
+    assert everything["buildslave_uptime"][str(requestid)] == result
+    code, nested = await request_json("GET", f"{service.url}/results")
+    assert nested["bld-linux64-lab-010"]["buildslave_uptime"][str(requestid)] == result
+
+
+@pytest_twisted.ensureDeferred
+async def test_waittime_in_the_query_string(service: ServiceProcess) -> None:
+    code, result = await request_json(
+        "POST", f"{service.url}/slaves/bld-linux64-lab-001/actions/buildslave_uptime?waittime=30"
+    )
+    assert (code, result["state"]) == (200, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slaves_list_and_filters(service: ServiceProcess) -> None:
+    code, listing = await request_json("GET", f"{service.url}/slaves")
+    assert code == 200
+    names = [slave["name"] for slave in listing["slaves"]]
+    assert len(names) == 12 and "bld-linux64-lab-001" in names
+    assert all({"name", "purpose", "environment", "pool", "enabled"} <= set(slave) for slave in listing["slaves"])
+
+    code, disabled = await request_json("GET", f"{service.url}/slaves?enabled=false")
+    assert [slave["name"] for slave in disabled["slaves"]] == ["dev-linux64-ec2-lab5"]
+
+    code, builds = await request_json("GET", f"{service.url}/slaves?purpose=build&environment=prod")
+    assert builds["slaves"] and all(
+        (slave["purpose"], slave["environment"]) == ("build", "prod") for slave in builds["slaves"]
+    )
+    pools = sorted({slave["pool"] for slave in listing["slaves"]})[:2]
+    code, pooled = await request_json("GET", f"{service.url}/slaves", params=[("pool", pool) for pool in pools])
+    assert {slave["pool"] for slave in pooled["slaves"]} == set(pools)
+    assert len(pooled["slaves"]) == sum(1 for slave in listing["slaves"] if slave["pool"] in pools)
+
+    code, error = await request_json("GET", f"{service.url}/slaves?enabled=maybe")
+    assert code == 400 and error["error"] == "bad_request" and error["msg"].startswith("enabled:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_slave_in_full(service: ServiceProcess) -> None:
+    code, slave = await request_json("GET", f"{service.url}/slaves/bld-linux64-lab-001")
+    assert code == 200
+    assert slave["name"] == "bld-linux64-lab-001"
+    assert slave["fqdn"] == f"bld-linux64-lab-001.{DOMAIN}"
+    assert (slave["domain"], slave["colo"], slave["ip"]) == (DOMAIN, "scl3", "127.0.1.1")
+    assert slave["ipmi"] == {"fqdn": f"bld-linux64-lab-001-mgmt.{DOMAIN}"}
+    assert slave["enabled"] is True and slave["basedir"] == "/builds/slave"
+    assert slave["master"]["nickname"] and slave["master"]["fqdn"].endswith(DOMAIN)
+    jobs = slave["recent_jobs"]
+    assert jobs and all({"buildername", "buildnumber", "starttime", "endtime", "result", "master"} <= set(j) for j in jobs)
+    assert [job["starttime"] for job in jobs] == sorted((job["starttime"] for job in jobs), reverse=True)
+    assert "errors" not in slave
+
+    code, device = await request_json("GET", f"{service.url}/slaves/panda-0008")
+    assert device["buildbotslave"]["name"].startswith("foopy")
+    assert device["mozpool_server"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "field"),
+    [
+        ("/slaves/bad_name!/actions/buildslave_uptime", "POST", 400, "slave:"),
+        ("/slaves/" + "a" * 300, "GET", 400, "slave:"),
+        ("/slaves/bld-linux64-lab-001/actions/buildslave_uptime?requestid=abc", "GET", 400, "requestid:"),
+        ("/slaves/bld-linux64-lab-001/actions/buildslave_uptime?waittime=-1", "POST", 400, "waittime:"),
+        ("/slaves/bld-linux64-lab-001/actions/buildslave_uptime?waittime=soon", "POST", 400, "waittime:"),
+        ("/slaves/bld-linux64-lab-001/actions/buildslave_uptime?requestid=987654", "GET", 404, "requestid:"),
+        ("/slaves/bld-linux64-lab-001/actions/explode", "POST", 404, "action:"),
+        ("/slaves/no-such-slave-02", "GET", 404, "slave:"),
+        ("/nowhere", "GET", 404, "no such endpoint"),
+        ("/results", "DELETE", 405, "method DELETE"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_get_json_errors(
+    service: ServiceProcess, path: str, method: str, status: int, field: str
+) -> None:
+    response = await treq.request(method, service.url + path, timeout=30)
+    body = await response.json()
+    assert response.code == status
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert set(body) == {"error", "msg"}
+    assert body["msg"].startswith(field)
+    assert "Traceback" not in body["msg"]
