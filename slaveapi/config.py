@@ -133,6 +133,95 @@ class HTTPConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """
+    C{[probes]}: how to tell whether a machine is up, and how long to wait
+    for a reboot to take it down and bring it back.
+
+    C{method}: C{tcp} connects to the SSH port; C{icmp} runs the system
+    C{ping} (C{ping_count} packets, C{ping_deadline} seconds).
+    """
+
+    method: str = "icmp"
+    ping_count: int = 3
+    ping_deadline: float = 5.0
+    tcp_timeout: float = 3.0
+    interval: float = 5.0
+    down_timeout: float = 300.0
+    up_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class IPMIConfig:
+    """
+    C{[ipmi]}: BMC power control through pyghmi worker processes.
+
+    @ivar timeout: the deadline of one IPMI call (pyghmi has none of its own).
+    @ivar retries: further attempts when setting up a session fails.
+    @ivar workers: how many worker processes serve IPMI calls in parallel.
+    @ivar off_timeout: how long a soft power-off may take before a hard one.
+    @ivar power_delay: seconds between power off and power on.
+    """
+
+    port: int = 623
+    timeout: float = 20.0
+    retries: int = 2
+    workers: int = 8
+    off_timeout: float = 60.0
+    poll_interval: float = 2.0
+    power_delay: float = 5.0
+
+
+@dataclass(frozen=True)
+class SNMPConfig:
+    """
+    C{[snmp]}: PDU outlet control.
+
+    C{version} C{2c} uses the credentials' C{snmp_community}; C{3} uses USM
+    with C{v3_user} and the credentials' C{snmp_v3_auth_key} and
+    C{snmp_v3_priv_key}. C{pdu_types} maps a PDU host to C{sentry} or C{apc}
+    (from C{[pdus]}); others are C{default_pdu_type}.
+    """
+
+    port: int = 161
+    timeout: float = 2.0
+    retries: int = 1
+    version: str = "2c"
+    v3_user: str | None = None
+    v3_auth_protocol: str = "sha"
+    v3_priv_protocol: str = "aes"
+    default_pdu_type: str = "sentry"
+    pdu_types: Mapping[str, str] = field(default_factory=dict)
+    state_timeout: float = 30.0
+    poll_interval: float = 1.0
+    power_delay: float = 5.0
+
+
+@dataclass(frozen=True)
+class MozpoolConfig:
+    """C{[mozpool]}: how to reach the imaging server named in inventory."""
+
+    scheme: str = "http"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class RebootConfig:
+    """
+    C{[reboot]}: the Bugzilla hand-off when every reboot method failed.
+
+    Summaries are templates with C{{name}} (the short name).
+    """
+
+    bug_product: str = "Infrastructure & Operations"
+    bug_component: str = "DCOps"
+    bug_summary: str = "{name} is unreachable"
+    tracking_product: str = "Release Engineering"
+    tracking_component: str = "Buildduty"
+    tracking_summary: str = "{name} problem tracking"
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """C{[auth]}: whether reads need a token too (writes do whenever tokens exist)."""
 
@@ -153,6 +242,8 @@ class Credentials:
     ipmi: Secret | None = None
     bugzilla: Secret | None = None
     snmp_community: Secret | None = None
+    snmp_v3_auth_key: Secret | None = None
+    snmp_v3_priv_key: Secret | None = None
     api_tokens: Mapping[str, Secret] = field(default_factory=dict)
 
 
@@ -173,6 +264,11 @@ class Config:
     ssh: SSHConfig = SSHConfig()
     http: HTTPConfig = HTTPConfig()
     auth: AuthConfig = AuthConfig()
+    probes: ProbeConfig = ProbeConfig()
+    ipmi: IPMIConfig = IPMIConfig()
+    snmp: SNMPConfig = SNMPConfig()
+    mozpool: MozpoolConfig = MozpoolConfig()
+    reboot: RebootConfig = RebootConfig()
     devices_url: str | None = None
     timeouts: Mapping[str, float] = field(default_factory=dict)
 
@@ -312,6 +408,8 @@ def load_credentials(path: str) -> Credentials:
         ipmi=secret("ipmi"),
         bugzilla=secret("bugzilla"),
         snmp_community=secret("snmp_community"),
+        snmp_v3_auth_key=secret("snmp_v3_auth_key"),
+        snmp_v3_priv_key=secret("snmp_v3_priv_key"),
         api_tokens=tokens,
     )
 
@@ -355,6 +453,16 @@ def load_config(path: str) -> Config:
     http = section("http", required=False)
     auth = section("auth", required=False)
     devices = section("devices", required=False)
+    probes = section("probes", required=False)
+    ipmi = section("ipmi", required=False)
+    snmp = section("snmp", required=False)
+    mozpool = section("mozpool", required=False)
+    reboot = section("reboot", required=False)
+    pdu_types = {}
+    if parser.has_section("pdus"):
+        pdus = section("pdus")
+        for host in parser.options("pdus"):
+            pdu_types[host] = pdus.choice(host, "sentry", ("sentry", "apc"))
 
     log_file = logging.string("file", None)
     timeouts = {}
@@ -396,6 +504,50 @@ def load_config(path: str) -> Config:
         ),
         http=HTTPConfig(timeout=http.number("timeout", 30.0, float, 0.1)),
         auth=AuthConfig(protect_reads=auth.boolean("protect_reads", False)),
+        probes=ProbeConfig(
+            method=probes.choice("method", "icmp", ("icmp", "tcp")),
+            ping_count=probes.number("ping_count", 3, int, 1),
+            ping_deadline=probes.number("ping_deadline", 5.0, float, 1),
+            tcp_timeout=probes.number("tcp_timeout", 3.0, float, 0.1),
+            interval=probes.number("interval", 5.0, float, 0.05),
+            down_timeout=probes.number("down_timeout", 300.0, float, 0.1),
+            up_timeout=probes.number("up_timeout", 600.0, float, 0.1),
+        ),
+        ipmi=IPMIConfig(
+            port=ipmi.number("port", 623, int, 1),
+            timeout=ipmi.number("timeout", 20.0, float, 0.1),
+            retries=ipmi.number("retries", 2, int, 0),
+            workers=ipmi.number("workers", 8, int, 1),
+            off_timeout=ipmi.number("off_timeout", 60.0, float, 0),
+            poll_interval=ipmi.number("poll_interval", 2.0, float, 0.05),
+            power_delay=ipmi.number("power_delay", 5.0, float, 0),
+        ),
+        snmp=SNMPConfig(
+            port=snmp.number("port", 161, int, 1),
+            timeout=snmp.number("timeout", 2.0, float, 0.1),
+            retries=snmp.number("retries", 1, int, 0),
+            version=snmp.choice("version", "2c", ("2c", "3")),
+            v3_user=snmp.string("v3_user", None),
+            v3_auth_protocol=snmp.choice("v3_auth_protocol", "sha", ("md5", "sha", "sha256")),
+            v3_priv_protocol=snmp.choice("v3_priv_protocol", "aes", ("none", "des", "aes")),
+            default_pdu_type=snmp.choice("default_pdu_type", "sentry", ("sentry", "apc")),
+            pdu_types=pdu_types,
+            state_timeout=snmp.number("state_timeout", 30.0, float, 0.1),
+            poll_interval=snmp.number("poll_interval", 1.0, float, 0.05),
+            power_delay=snmp.number("power_delay", 5.0, float, 0),
+        ),
+        mozpool=MozpoolConfig(
+            scheme=mozpool.choice("scheme", "http", ("http", "https")),
+            port=mozpool.number("port", None, int, 1),
+        ),
+        reboot=RebootConfig(
+            bug_product=reboot.string("bug_product", RebootConfig.bug_product),
+            bug_component=reboot.string("bug_component", RebootConfig.bug_component),
+            bug_summary=reboot.string("bug_summary", RebootConfig.bug_summary),
+            tracking_product=reboot.string("tracking_product", RebootConfig.tracking_product),
+            tracking_component=reboot.string("tracking_component", RebootConfig.tracking_component),
+            tracking_summary=reboot.string("tracking_summary", RebootConfig.tracking_summary),
+        ),
         devices_url=devices.url("url", None),
         timeouts=timeouts,
     )
