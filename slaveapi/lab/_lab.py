@@ -76,7 +76,9 @@ class Lab:
         self.host_key = generate_host_key()
         self.power = PowerControl(reactor, clock, boot_time)
         self.bugzilla = BugzillaFake(fleet, self.bugzilla_api_key, self.bugzilla_user, clock)
-        self.http = LabHTTP(reactor, fleet, self.bugzilla, self.inventory_user, self.inventory_password)
+        self.http = LabHTTP(
+            reactor, fleet, self.bugzilla, self.inventory_user, self.inventory_password, power=self.power
+        )
         self.dns = LabDNS(reactor, fleet)
         self.ssh = LabSSHServer(
             reactor, fleet.all_hosts(), self.power, self.ssh_password, self.host_key, clock, shutdown_delay

@@ -163,7 +163,7 @@ class LabMachine:
 
     def files(self) -> dict[str, list[str]]:
         """The readable log files by path: its own twistd.log(s) and its devices'."""
-        found = _own_logs(self) if self.ssh != SSH_NONE else {}
+        found = _own_logs(self) if self.ssh == SSH_OK else {}
         for device in self.devices:
             found.update(_own_logs(device))
         return found
@@ -342,7 +342,7 @@ _MIX = (
     _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "dead",
           logs.STYLE_08, "-0800", 45 * _DAY, 1, pdu=True, bug=True),
     _Role("panda-{n:04d}", LINUX, "tests", "prod", "panda-scl3", "android", "device",
-          logs.STYLE_08, "-0700", 20 * _MINUTE + 15, 2, pdu=True, ssh=SSH_NONE, device=True),
+          logs.STYLE_08, "-0700", 20 * _MINUTE + 15, 2, pdu=True, ssh=SSH_REFUSE_LOGIN, device=True),
 )
 
 # The foopy that runs the devices' buildbots.

@@ -25,6 +25,7 @@ from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from slaveapi.lab.bugzilla import BugzillaFake
+from slaveapi.lab.power import PowerControl
 from slaveapi.lab.fleet import Fleet, LabMachine
 
 _DEFAULT_NUMBUILDS = 25
@@ -65,8 +66,10 @@ class LabHTTP:
         bugzilla: BugzillaFake,
         inventory_user: str,
         inventory_password: str,
+        power: PowerControl | None = None,
     ) -> None:
         self._reactor = reactor
+        self._power = power
         self.fleet = fleet
         self.bugzilla = bugzilla
         self._inventory_user = inventory_user.encode("utf-8")
@@ -288,6 +291,15 @@ class LabHTTP:
     @app.route("/bugzilla/rest/", branch=True)
     def bugzilla_rest(self, request: IRequest) -> IResource:
         return self.bugzilla.app.resource()  # type: ignore[no-any-return]
+
+    @app.route("/api/device/<name>/power-cycle/", methods=["POST"])
+    def mozpool_power_cycle(self, request: IRequest, name: str) -> bytes:
+        """Mozpool's device power-cycle: the device reboots."""
+        machine = self.fleet.machine(name)
+        if machine is None or machine.imaging_server is None or self._power is None:
+            return _json(request, {"error": "not found", "msg": f"no device {name}"}, 404)
+        self._power.reboot(machine)
+        return _json(request, {})
 
     @app.route("/devices.json", methods=["GET"])
     def devices(self, request: IRequest) -> bytes:

@@ -67,7 +67,7 @@ def test_the_mix_is_complete(count: int) -> None:
     assert (dead.powered, dead.up, dead.comes_back, dead.bmc, dead.pdu) == (
         False, False, False, False, f"pdu1.{DOMAIN}:AA3")
     device = fleet["panda-0008"]
-    assert (device.ssh, device.foopy, device.imaging_server) == (SSH_NONE, "foopy01", f"mobile-imaging-001.{DOMAIN}")
+    assert (device.ssh, device.foopy, device.imaging_server) == (SSH_REFUSE_LOGIN, "foopy01", f"mobile-imaging-001.{DOMAIN}")
     assert [m.name for m in fleet.foopies] == ["foopy01"]
     assert fleet["foopy01"].files().keys() == {"/builds/panda-0008/twistd.log", "/builds/panda-0008/twistd.log.1"}
     # The cases folded into the eight.

@@ -1,0 +1,132 @@
+"""
+Liveness probes: is a machine up, and did a reboot take it down and bring it back?
+
+Two kinds, chosen by C{[probes] method}: C{icmp} runs the system C{ping} as a
+child process (count and deadline from config; the process is killed if it
+overstays), C{tcp} connects to the machine's SSH port. The lab uses C{tcp}:
+every loopback address answers ping.
+
+L{Prober.wait_for_reboot} polls, every C{interval}, first for the machine to
+go down (at most C{down_timeout}), then for it to come back (at most
+C{up_timeout}).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from slaveapi.config import ProbeConfig
+
+#: Where the system ping usually lives; the first that exists is used.
+_PING_PATHS = ("/usr/bin/ping", "/bin/ping", "/sbin/ping", "/usr/sbin/ping")
+
+
+@dataclass(frozen=True)
+class RebootWait:
+    """What was seen while waiting for a reboot."""
+
+    went_down: bool
+    came_back: bool
+    waited: float
+
+
+class _PingProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[int] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
+        self.ended.callback(code if code is not None else -1)
+
+
+class _Closer(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class Prober:
+    """
+    Answers "is it up?" by ICMP or TCP, and waits for reboots.
+
+    @param ssh_port: the port the TCP probe connects to.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, config: ProbeConfig, ssh_port: int) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._ssh_port = ssh_port
+
+    async def alive(self, host: str) -> bool:
+        """Whether C{host} answers the configured probe now."""
+        if self._config.method == "tcp":
+            return await self._tcp(host)
+        return await self._ping(host)
+
+    async def _tcp(self, host: str) -> bool:
+        endpoint = HostnameEndpoint(self._reactor, host, self._ssh_port, timeout=self._config.tcp_timeout)
+        attempt = endpoint.connect(Factory.forProtocol(_Closer))
+        attempt.addTimeout(self._config.tcp_timeout + 1, self._reactor)
+        try:
+            await attempt
+        except Exception:
+            return False
+        return True
+
+    async def _ping(self, host: str) -> bool:
+        ping = next((path for path in _PING_PATHS if os.path.exists(path)), None)
+        if ping is None:
+            raise RuntimeError("no ping command found (install iputils-ping) or set [probes] method = tcp")
+        protocol = _PingProtocol()
+        deadline = self._config.ping_deadline
+        args = [ping, "-n", "-q", "-c", str(self._config.ping_count), "-w", f"{deadline:g}", "--", host]
+        process = self._reactor.spawnProcess(protocol, ping, args, env={"LC_ALL": "C"})
+        ended = protocol.ended
+        ended.addTimeout(deadline + 2, self._reactor)
+        try:
+            code = await ended
+        except DeferredTimeoutError:
+            self._log.warn("ping {host} overstayed its deadline; killed", host=host)
+            try:
+                process.signalProcess("KILL")
+            except Exception:
+                pass
+            return False
+        return code == 0
+
+    async def wait_for(self, host: str, up: bool, limit: float) -> bool:
+        """Poll until C{host} is up (or down); False if C{limit} seconds pass first."""
+        started = self._reactor.seconds()
+        while True:
+            if await self.alive(host) == up:
+                return True
+            if self._reactor.seconds() - started >= limit:
+                return False
+            await deferLater(self._reactor, self._config.interval, lambda: None)
+
+    async def wait_for_reboot(self, host: str, progress: Callable[[str], None] | None = None) -> RebootWait:
+        """
+        Wait, bounded, for C{host} to go down and then to come back.
+
+        A machine that never goes down is reported as such; whether it
+        rebooted too fast to be seen is for the caller to decide.
+        """
+        started = self._reactor.seconds()
+        went_down = await self.wait_for(host, up=False, limit=self._config.down_timeout)
+        if not went_down:
+            return RebootWait(False, False, self._reactor.seconds() - started)
+        if progress:
+            progress("down")
+        came_back = await self.wait_for(host, up=True, limit=self._config.up_timeout)
+        return RebootWait(True, came_back, self._reactor.seconds() - started)
