@@ -1,11 +1,12 @@
 """
 The simulated fleet: which machines exist and what state each one is in.
 
-L{build_fleet} makes a deterministic fleet whose first eight machines cover
+L{build_fleet} makes a deterministic fleet whose first nine machines cover
 every case SlaveAPI must handle (healthy Linux, macOS and Windows machines,
 a busy 0.8 slave, a stopped buildbot, a machine refusing SSH logins, one
 that is off for good, an AWS loaner, a Mozpool device, a machine just
-booted); further machines are ordinary Linux build and test slaves.
+booted, a hung machine only its PDU can revive); further machines are
+ordinary Linux build and test slaves.
 
 The records here are plain state. The fake services (DNS, SSH, HTTP) read
 them; L{slaveapi.lab.power} changes them over time (reboots), and the
@@ -97,7 +98,7 @@ class LabMachine:
     @ivar log_style: L{logs.STYLE_4X} or L{logs.STYLE_08}.
     @ivar scenario: which case of the fleet mix it is (C{"idle"},
         C{"running_command"}, C{"stopped"}, C{"booting"}, C{"refuse_login"},
-        C{"dead"}, C{"device"}, C{"foopy"}).
+        C{"dead"}, C{"device"}, C{"hung"}, C{"foopy"}).
     @ivar users, load: what C{uptime} shows besides the uptime.
     @ivar master_address: C{host:port} its buildbot connects to (in boot lines).
     @ivar locked_masterid: slavealloc's field of that name.
@@ -343,6 +344,9 @@ _MIX = (
           logs.STYLE_08, "-0800", 45 * _DAY, 1, pdu=True, bug=True),
     _Role("panda-{n:04d}", LINUX, "tests", "prod", "panda-scl3", "android", "device",
           logs.STYLE_08, "-0700", 20 * _MINUTE + 15, 2, pdu=True, ssh=SSH_REFUSE_LOGIN, device=True),
+    # Hung: off the network until its power is cycled, then it boots (the PDU path).
+    _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "hung",
+          logs.STYLE_08, "-0800", 6 * _DAY, 1, pdu=True),
 )
 
 # The foopy that runs the devices' buildbots.
@@ -511,6 +515,8 @@ def _make_machine(
     )
     if role.scenario == "dead":
         machine.powered = machine.up = machine.comes_back = False
+    elif role.scenario == "hung":
+        machine.up = False
     _write_history(machine, role, now, masters, rng)
     return machine
 
@@ -577,7 +583,7 @@ def _write_history(
         start = now - rng.randint(2 * _MINUTE, 20 * _MINUTE)
         jobs.append((start, None))
         cursor = start - rng.randint(_MINUTE, 10 * _MINUTE)
-    elif scenario == "dead":
+    elif scenario in ("dead", "hung"):
         cursor = now - 3 * _DAY
     elif recently_booted:
         cursor = booted - 5 * _MINUTE
