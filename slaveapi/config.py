@@ -317,7 +317,7 @@ class _Section:
             value = convert(raw)
         except ValueError:
             raise self._fail(key, f"{kind} >= {minimum:g}", raw) from None
-        if value < minimum:  # type: ignore[operator]
+        if value != value or value < minimum:  # type: ignore[operator]  # NaN is not a number here
             raise self._fail(key, f"{kind} >= {minimum:g}", raw)
         return value
 
@@ -343,9 +343,15 @@ class _Section:
         raw = self._raw(key, "", "host:port pairs separated by spaces or commas")
         pairs = []
         for item in (raw or "").replace(",", " ").split():
-            host, _, port = item.rpartition(":")
-            if not host:
-                host, port = item, str(default_port)
+            if item.startswith("["):
+                host, _, rest = item[1:].partition("]")
+                port = rest[1:] if rest.startswith(":") else (str(default_port) if not rest else "x")
+            elif item.count(":") > 1:
+                host, port = item, str(default_port)  # a bare IPv6 address
+            else:
+                host, _, port = item.rpartition(":")
+                if not host:
+                    host, port = item, str(default_port)
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise self._fail(key, "host:port pairs separated by spaces or commas", item)
             pairs.append((host, int(port)))

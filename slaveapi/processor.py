@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import INTERRUPTED_TEXT, IResultStore
+from slaveapi.store import IResultStore, interrupted_text
 
 if TYPE_CHECKING:
     from slaveapi.context import Context
@@ -68,10 +68,13 @@ class ActionProcessor(Service):
         self._in_flight: dict[tuple[str, str], ActionResult] = {}
         self._waiters: dict[int, list[Deferred[None]]] = {}
         self._running: set[Deferred[None]] = set()
+        self._stopping = False
 
     def stopService(self) -> Deferred[None] | None:
         """Cancel running actions; the store marks them interrupted on the next start."""
         super().stopService()
+        # Cancelling frees slots and locks: nothing queued may start because of that.
+        self._stopping = True
         for running in list(self._running):
             running.cancel()
         return None
@@ -123,11 +126,14 @@ class ActionProcessor(Service):
                 lock = slave_lock
             await self._slots.acquire()
             try:
+                if self._stopping:
+                    raise CancelledError()
                 await self._run(result, action, arguments, ctx, log)
             finally:
                 self._slots.release()
         except CancelledError:
-            self._finish(result, FAILURE, INTERRUPTED_TEXT, log)
+            progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
+            self._finish(result, FAILURE, interrupted_text(progress), log)
         finally:
             if lock is not None:
                 lock.release()

@@ -29,6 +29,11 @@ from slaveapi.results import FAILURE, PENDING, RUNNING, ActionResult
 #: stopped; the progress it had reached is appended.
 INTERRUPTED_TEXT = "Interrupted by a restart of SlaveAPI before it finished."
 
+
+def interrupted_text(progress: str) -> str:
+    """The text of a result a stop interrupted, with the progress it had reached."""
+    return INTERRUPTED_TEXT + (f" Progress so far:\n{progress}" if progress else "")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     requestid INTEGER PRIMARY KEY,
@@ -140,8 +145,7 @@ class SQLiteResultStore:
         if self._results:
             self._next_id = max(self._results) + 1
         for result in interrupted:
-            progress = result.text if isinstance(result.text, str) else ""
-            result.text = INTERRUPTED_TEXT + (f" Progress so far:\n{progress}" if progress else "")
+            result.text = interrupted_text(result.text if isinstance(result.text, str) else "")
             result.state = FAILURE
             result.finish_timestamp = int(self._reactor.seconds())
             self._db.execute(_UPSERT, _row(result))

@@ -1,0 +1,471 @@
+"""
+Configuration loading: typed values from a full ini, and one exact,
+single-line, secret-free message per kind of mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slaveapi.config import (
+    AuthConfig,
+    BuildapiConfig,
+    ConfigError,
+    Credentials,
+    DNSConfig,
+    HTTPConfig,
+    LoggingConfig,
+    Secret,
+    ServerConfig,
+    ServiceURL,
+    SlavesConfig,
+    SSHConfig,
+    load_config,
+    load_credentials,
+)
+
+_SSH_PASSWORD = "ssh-password-one"
+_SSH_PASSWORD_2 = "ssh-password-two"
+_INVENTORY_PASSWORD = "inventory-pw-4242"
+_IPMI_PASSWORD = "ipmi-pw-7777"
+_BUGZILLA_KEY = "bugzilla-api-key-31337"
+_COMMUNITY = "snmp-private-xyz"
+_TOKEN = "dashboard-token-0123456789abcdef"
+
+#: Every secret value the files below hold, to check no message shows one.
+_SECRETS = (_SSH_PASSWORD, _SSH_PASSWORD_2, _INVENTORY_PASSWORD, _IPMI_PASSWORD, _BUGZILLA_KEY, _COMMUNITY, _TOKEN)
+
+_CREDENTIALS: dict[str, Any] = {
+    "ssh": {"cltbld": [_SSH_PASSWORD, _SSH_PASSWORD_2], "root": _SSH_PASSWORD},
+    "inventory": _INVENTORY_PASSWORD,
+    "ipmi": _IPMI_PASSWORD,
+    "bugzilla": _BUGZILLA_KEY,
+    "snmp_community": _COMMUNITY,
+    "api_tokens": {"dashboard": _TOKEN},
+}
+
+_FULL_INI = """\
+[server]
+listen = 0.0.0.0
+port = 8080
+concurrency = 20
+daemonize = yes
+pidfile = run/slaveapi.pid
+
+[secrets]
+credentials_file = credentials.json
+
+[slavealloc]
+api_url = http://127.0.0.1:8001/api/
+
+[inventory]
+api_url = https://127.0.0.1:8002/en-US/tasty-api/v1
+username = slaveapi
+
+[bugzilla]
+api_url = http://127.0.0.1:8003/rest
+username = slaveapi@example.test
+
+[buildapi]
+api_url = http://127.0.0.1:8004/buildapi
+max_concurrent = 4
+
+[slaves]
+default_domain = .build.example.test.
+ipmi_username = IPMIADMIN
+
+[logging]
+level = DEBUG
+file = logs/slaveapi.log
+maxsize = 2048
+maxfiles = 3
+
+[dns]
+servers = 127.0.0.1:5353, 127.0.0.2 127.0.0.3:53
+timeout = 2.5
+
+[ssh]
+port = 2222
+connect_timeout = 7
+command_timeout = 9.5
+host_keys = Strict
+known_hosts = /var/lib/slaveapi/known_hosts
+
+[http]
+timeout = 12
+
+[auth]
+protect_reads = true
+
+[devices]
+url = http://127.0.0.1:8005/devices.json
+
+[timeouts]
+reboot = 900
+buildslave_uptime = 1.5
+"""
+
+#: The smallest ini that loads: required sections and keys only.
+_MINIMAL_INI = """\
+[secrets]
+credentials_file = credentials.json
+
+[slavealloc]
+api_url = http://127.0.0.1:8001/api
+
+[inventory]
+api_url = http://127.0.0.1:8002/api
+
+[bugzilla]
+api_url = http://127.0.0.1:8003/rest
+
+[buildapi]
+api_url = http://127.0.0.1:8004/buildapi
+
+[slaves]
+default_domain = build.example.test
+"""
+
+
+def _write(directory: Path, ini: str, credentials: Any = None, raw_credentials: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "slaveapi.ini"
+    path.write_text(ini, encoding="utf-8")
+    if raw_credentials is not None:
+        (directory / "credentials.json").write_text(raw_credentials, encoding="utf-8")
+    else:
+        (directory / "credentials.json").write_text(
+            json.dumps(_CREDENTIALS if credentials is None else credentials), encoding="utf-8"
+        )
+    return path
+
+
+def _replace(ini: str, old: str, new: str) -> str:
+    assert old in ini, old
+    return ini.replace(old, new, 1)
+
+
+def _error(path: Path) -> str:
+    """The message load_config fails with, checked to be one secret-free line."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    message = str(caught.value)
+    assert "\n" not in message and "\r" not in message
+    for secret in _SECRETS:
+        assert secret not in message
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__ or caught.value.__context__ is None
+    return message
+
+
+# -- a full, valid configuration ------------------------------------------------------------
+
+
+def test_full_ini_loads_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    path = _write(conf, _FULL_INI)
+    # Relative paths follow the ini, not the working directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(os.path.relpath(path, elsewhere))
+
+    assert config.path == str(path)
+    assert config.server == ServerConfig(
+        listen="tcp:8080:interface=0.0.0.0", concurrency=20, daemonize=True, pidfile="run/slaveapi.pid"
+    )
+    assert config.slavealloc == ServiceURL("http://127.0.0.1:8001/api")
+    assert config.inventory == ServiceURL("https://127.0.0.1:8002/en-US/tasty-api/v1", "slaveapi")
+    assert config.bugzilla == ServiceURL("http://127.0.0.1:8003/rest", "slaveapi@example.test")
+    assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=4)
+    assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="IPMIADMIN")
+    assert config.logging == LoggingConfig(
+        level="debug", file=str(conf / "logs" / "slaveapi.log"), maxsize=2048, maxfiles=3
+    )
+    assert config.dns == DNSConfig(
+        servers=(("127.0.0.1", 5353), ("127.0.0.2", 53), ("127.0.0.3", 53)), timeout=2.5
+    )
+    assert config.ssh == SSHConfig(
+        port=2222,
+        connect_timeout=7.0,
+        command_timeout=9.5,
+        host_keys="strict",
+        known_hosts="/var/lib/slaveapi/known_hosts",
+    )
+    assert config.http == HTTPConfig(timeout=12.0)
+    assert config.auth == AuthConfig(protect_reads=True)
+    assert config.devices_url == "http://127.0.0.1:8005/devices.json"
+    assert dict(config.timeouts) == {"reboot": 900.0, "buildslave_uptime": 1.5}
+    assert all(type(value) is float for value in config.timeouts.values())
+
+    credentials = config.credentials
+    assert dict(credentials.ssh) == {
+        "cltbld": (Secret(_SSH_PASSWORD), Secret(_SSH_PASSWORD_2)),
+        "root": (Secret(_SSH_PASSWORD),),
+    }
+    assert [p.reveal() for p in credentials.ssh["cltbld"]] == [_SSH_PASSWORD, _SSH_PASSWORD_2]
+    assert credentials.inventory is not None and credentials.inventory.reveal() == _INVENTORY_PASSWORD
+    assert credentials.ipmi is not None and credentials.ipmi.reveal() == _IPMI_PASSWORD
+    assert credentials.bugzilla is not None and credentials.bugzilla.reveal() == _BUGZILLA_KEY
+    assert credentials.snmp_community is not None and credentials.snmp_community.reveal() == _COMMUNITY
+    assert {name: token.reveal() for name, token in credentials.api_tokens.items()} == {"dashboard": _TOKEN}
+
+    # Nothing secret shows when the whole configuration is printed.
+    for text in (repr(config), str(config), f"{config}", repr(credentials)):
+        for secret in _SECRETS:
+            assert secret not in text
+
+
+def test_minimal_ini_gets_the_defaults(tmp_path: Path) -> None:
+    config = load_config(str(_write(tmp_path, _MINIMAL_INI, credentials={"ssh": {}})))
+    assert config.server == ServerConfig(
+        listen="tcp:9999:interface=127.0.0.1", concurrency=50, daemonize=False, pidfile="slaveapi.pid"
+    )
+    assert config.inventory == ServiceURL("http://127.0.0.1:8002/api", None)
+    assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=3)
+    assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="ADMIN")
+    assert config.logging == LoggingConfig()
+    assert config.dns == DNSConfig(servers=(), timeout=5.0)
+    assert config.ssh == SSHConfig()
+    assert config.ssh.host_keys == "tofu"
+    assert config.http == HTTPConfig()
+    assert config.auth == AuthConfig(protect_reads=False)
+    assert config.devices_url is None
+    assert dict(config.timeouts) == {}
+    assert config.credentials == Credentials(ssh={})
+    assert dict(config.credentials.api_tokens) == {}
+
+
+def test_dns_servers_may_be_ipv6(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "servers = 127.0.0.1:5353, 127.0.0.2 127.0.0.3:53", "servers = ::1 [::1]:5353")
+    assert load_config(str(_write(tmp_path, ini))).dns.servers == (("::1", 53), ("::1", 5353))
+
+
+def test_endpoint_overrides_listen_and_port(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "port = 8080\n", "port = 8080\nendpoint = ssl:8443:privateKey=key.pem\n")
+    config = load_config(str(_write(tmp_path, ini)))
+    assert config.server.listen == "ssl:8443:privateKey=key.pem"
+
+
+def test_listen_alone_uses_the_default_port(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "port = 8080\n", "")
+    assert load_config(str(_write(tmp_path, ini))).server.listen == "tcp:9999:interface=0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("1", True), ("YES", True), ("true", True), ("On", True), ("y", True),
+     ("0", False), ("no", False), ("False", False), ("off", False), ("n", False)],
+)
+def test_booleans(tmp_path: Path, raw: str, expected: bool) -> None:
+    ini = _replace(_FULL_INI, "daemonize = yes", f"daemonize = {raw}")
+    ini = _replace(ini, "protect_reads = true", f"protect_reads = {raw}")
+    config = load_config(str(_write(tmp_path, ini)))
+    assert (config.server.daemonize, config.auth.protect_reads) == (expected, expected)
+
+
+@pytest.mark.parametrize("choice", ["tofu", "strict", "off", "TOFU"])
+def test_ssh_host_keys_choices(tmp_path: Path, choice: str) -> None:
+    ini = _replace(_FULL_INI, "host_keys = Strict", f"host_keys = {choice}")
+    assert load_config(str(_write(tmp_path, ini))).ssh.host_keys == choice.lower()
+
+
+def test_absolute_credentials_path_is_used_as_is(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "secret" / "creds.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps({"ssh": {"cltbld": ["only-this-one"]}}), encoding="utf-8")
+    ini = _replace(_FULL_INI, "credentials_file = credentials.json", f"credentials_file = {elsewhere}")
+    config = load_config(str(_write(tmp_path / "conf", ini)))
+    assert [p.reveal() for p in config.credentials.ssh["cltbld"]] == ["only-this-one"]
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret(_TOKEN)
+    masked = "Secret('********')"
+    assert repr(secret) == masked
+    assert str(secret) == masked
+    assert f"{secret}" == masked
+    assert format(secret) == masked
+    assert "%s %r" % (secret, secret) == f"{masked} {masked}"
+    assert _TOKEN not in repr([secret, {"token": secret}])
+    assert secret.reveal() == _TOKEN
+    assert secret == Secret(_TOKEN)
+    assert secret != Secret("something-else-entirely")
+    assert secret != _TOKEN
+
+
+# -- the ini file: one message per mistake --------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.ini"
+    assert _error(path) == f"{path}: config file not found"
+
+
+def test_not_an_ini_file(tmp_path: Path) -> None:
+    path = tmp_path / "slaveapi.ini"
+    path.write_text("api_url = http://x\n[server\n", encoding="utf-8")
+    message = _error(path)
+    assert message.startswith(f"{path}: not a readable ini file (")
+
+
+def test_missing_section(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "[slavealloc]\napi_url = http://127.0.0.1:8001/api/\n", "")
+    path = _write(tmp_path, ini)
+    assert _error(path) == f"{path}: [slavealloc]: missing section"
+
+
+def test_missing_key(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "[slavealloc]\napi_url = http://127.0.0.1:8001/api/\n", "[slavealloc]\n")
+    path = _write(tmp_path, ini)
+    assert _error(path) == f"{path}: [slavealloc] api_url: missing; expected an http:// or https:// URL"
+
+
+def test_missing_credentials_file_key(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "credentials_file = credentials.json\n", "")
+    path = _write(tmp_path, ini)
+    assert _error(path) == f"{path}: [secrets] credentials_file: missing; expected a value"
+
+
+def test_empty_required_value(tmp_path: Path) -> None:
+    ini = _replace(_FULL_INI, "default_domain = .build.example.test.", "default_domain =")
+    path = _write(tmp_path, ini)
+    assert _error(path) == f"{path}: [slaves] default_domain: expected a non-empty value, got ''"
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("port = 8080", "port = abc", "[server] port: expected an integer >= 0, got 'abc'"),
+        ("concurrency = 20", "concurrency = 0", "[server] concurrency: expected an integer >= 1, got '0'"),
+        ("concurrency = 20", "concurrency = 2.5", "[server] concurrency: expected an integer >= 1, got '2.5'"),
+        ("daemonize = yes", "daemonize = maybe", "[server] daemonize: expected true or false, got 'maybe'"),
+        (
+            "api_url = http://127.0.0.1:8001/api/",
+            "api_url = ftp://x",
+            "[slavealloc] api_url: expected an http:// or https:// URL, got 'ftp://x'",
+        ),
+        (
+            "host_keys = Strict",
+            "host_keys = sometimes",
+            "[ssh] host_keys: expected one of tofu, strict, off, got 'sometimes'",
+        ),
+        ("reboot = 900", "reboot = x", "[timeouts] reboot: expected a number >= 1, got 'x'"),
+        ("reboot = 900", "reboot = 0.5", "[timeouts] reboot: expected a number >= 1, got '0.5'"),
+        (
+            "servers = 127.0.0.1:5353, 127.0.0.2 127.0.0.3:53",
+            "servers = 127.0.0.1:53 host:99999",
+            "[dns] servers: expected host:port pairs separated by spaces or commas, got 'host:99999'",
+        ),
+        (
+            "servers = 127.0.0.1:5353, 127.0.0.2 127.0.0.3:53",
+            "servers = 127.0.0.1:dns",
+            "[dns] servers: expected host:port pairs separated by spaces or commas, got '127.0.0.1:dns'",
+        ),
+        ("timeout = 2.5", "timeout = soon", "[dns] timeout: expected a number >= 0.1, got 'soon'"),
+        ("reboot = 900", "reboot = nan", "[timeouts] reboot: expected a number >= 1, got 'nan'"),
+        ("timeout = 12", "timeout = NaN", "[http] timeout: expected a number >= 0.1, got 'NaN'"),
+        ("max_concurrent = 4", "max_concurrent = 0", "[buildapi] max_concurrent: expected an integer >= 1, got '0'"),
+        (
+            "level = DEBUG",
+            "level = loud",
+            "[logging] level: expected one of debug, info, warn, warning, error, critical, got 'loud'",
+        ),
+        (
+            "protect_reads = true",
+            "protect_reads = sure",
+            "[auth] protect_reads: expected true or false, got 'sure'",
+        ),
+        (
+            "url = http://127.0.0.1:8005/devices.json",
+            "url = 127.0.0.1/devices.json",
+            "[devices] url: expected an http:// or https:// URL, got '127.0.0.1/devices.json'",
+        ),
+    ],
+)
+def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    path = _write(tmp_path, _replace(_FULL_INI, old, new))
+    assert _error(path) == f"{path}: {expected}"
+
+
+# -- the credentials file -------------------------------------------------------------------
+
+
+def test_credentials_file_missing(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI)
+    (tmp_path / "credentials.json").unlink()
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: credentials file not found"
+
+
+def test_credentials_not_json(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, raw_credentials='{"ssh": {"cltbld": ["' + _SSH_PASSWORD + '"]},\n oops')
+    message = _error(path)
+    assert message.startswith(f"{tmp_path / 'credentials.json'}: not readable as JSON (")
+    assert message.endswith(")")
+
+
+def test_credentials_not_an_object(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=[_SSH_PASSWORD])
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: expected a JSON object"
+
+
+def test_credentials_without_ssh(tmp_path: Path) -> None:
+    credentials = {key: value for key, value in _CREDENTIALS.items() if key != "ssh"}
+    path = _write(tmp_path, _FULL_INI, credentials=credentials)
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh: missing; expected an object"
+
+
+def test_credentials_ssh_not_an_object(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh=[_SSH_PASSWORD]))
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh: expected an object"
+
+
+@pytest.mark.parametrize("passwords", [{"first": _SSH_PASSWORD}, 12345, [_SSH_PASSWORD, 6789], None])
+def test_credentials_ssh_user_not_a_list(tmp_path: Path, passwords: Any) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh={"cltbld": passwords}))
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh.cltbld: expected a list of passwords"
+
+
+def test_credentials_short_api_token(tmp_path: Path) -> None:
+    short = "too-short-tok"
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, api_tokens={"dashboard": short}))
+    message = _error(path)
+    assert message == (
+        f"{tmp_path / 'credentials.json'}: api_tokens.dashboard: expected a token of at least 16 characters"
+    )
+    assert short not in message
+
+
+def test_credentials_token_not_a_string(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, api_tokens={"dashboard": 1234567890123456789}))
+    message = _error(path)
+    assert message == (
+        f"{tmp_path / 'credentials.json'}: api_tokens.dashboard: expected a token of at least 16 characters"
+    )
+    assert "1234567890123456789" not in message
+
+
+def test_credentials_secret_not_a_string(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ipmi=["ipmi-secret-in-a-list"]))
+    message = _error(path)
+    assert message == f"{tmp_path / 'credentials.json'}: ipmi: expected a string"
+    assert "ipmi-secret-in-a-list" not in message
+
+
+def test_load_credentials_alone(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"ssh": {"root": _SSH_PASSWORD}}), encoding="utf-8")
+    credentials = load_credentials(str(path))
+    assert credentials == Credentials(ssh={"root": (Secret(_SSH_PASSWORD),)})
+    assert (credentials.inventory, credentials.ipmi, credentials.bugzilla, credentials.snmp_community) == (
+        None,
+        None,
+        None,
+        None,
+    )

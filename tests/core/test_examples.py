@@ -1,0 +1,226 @@
+"""
+The example configuration stays true to the loader, and the docs to the example.
+
+C{examples/slaveapi.ini} must load with L{load_config}, show every key the
+loader reads (and nothing it ignores: unknown keys would otherwise pass
+silently), describe each key in a comment, and have every key documented in
+C{docs/configuration.rst}. C{examples/credentials.json} must fill every field
+of L{Credentials}.
+
+Which keys the loader reads is found by watching it: every option is asked
+for with C{RawConfigParser.has_option} before it is read.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import pytest
+
+from slaveapi.actions.registry import ACTIONS
+from slaveapi.config import Config, Credentials, Secret, load_config
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE_INI = os.path.join(_ROOT, "examples", "slaveapi.ini")
+EXAMPLE_CREDENTIALS = os.path.join(_ROOT, "examples", "credentials.json")
+CONFIGURATION_DOC = os.path.join(_ROOT, "docs", "configuration.rst")
+
+#: Sections whose keys are free-form (action names, PDU host names).
+_FREE_FORM = ("timeouts", "pdus")
+
+#: A commented-out alternative setting: ";key = value".
+_ALTERNATIVE = re.compile(r"^;\s*([A-Za-z0-9_.-]+)\s*=")
+_SECTION = re.compile(r"^\[([^\]]+)\]\s*$")
+_KEY = re.compile(r"^([A-Za-z0-9_.-]+)\s*=")
+
+
+def _ini_keys(path: str) -> set[tuple[str, str]]:
+    """(section, key) of every setting in the ini, as configparser sees them."""
+    parser = configparser.RawConfigParser()
+    with open(path, encoding="utf-8") as handle:
+        parser.read_file(handle)
+    return {(section, key) for section in parser.sections() for key in parser.options(section)}
+
+
+def _alternatives(path: str) -> set[tuple[str, str]]:
+    """(section, key) of every ";key = value" alternative in the ini."""
+    found = set()
+    section = None
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            header = _SECTION.match(line)
+            if header:
+                section = header.group(1)
+                continue
+            alternative = _ALTERNATIVE.match(line)
+            if alternative and section is not None:
+                found.add((section, alternative.group(1).lower()))
+    return found
+
+
+def _load_watching(path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, set[tuple[str, str]]]:
+    """Load C{path} and return the (section, key) pairs the loader asked for."""
+    asked: set[tuple[str, str]] = set()
+    real_has_option = configparser.RawConfigParser.has_option
+
+    def has_option(self: configparser.RawConfigParser, section: str, option: str) -> bool:
+        asked.add((section, option.lower()))
+        return real_has_option(self, section, option)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(configparser.RawConfigParser, "has_option", has_option)
+        config = load_config(path)
+    return config, asked
+
+
+def _with_alternatives(tmp_path: Any) -> str:
+    """A copy of the example with its ";key = value" lines uncommented."""
+    with open(EXAMPLE_INI, encoding="utf-8") as handle:
+        text = handle.read()
+    uncommented = re.sub(r"(?m)^;\s*(?=[A-Za-z0-9_.-]+\s*=)", "", text)
+    assert uncommented != text
+    ini = tmp_path / "slaveapi.ini"
+    ini.write_text(uncommented, encoding="utf-8")
+    (tmp_path / "credentials.json").write_text(
+        open(EXAMPLE_CREDENTIALS, encoding="utf-8").read(), encoding="utf-8"
+    )
+    return str(ini)
+
+
+def test_example_loads_with_the_values_it_shows() -> None:
+    config = load_config(EXAMPLE_INI)
+    assert config.path == EXAMPLE_INI
+    assert config.server.listen == "tcp:9999:interface=127.0.0.1"
+    assert config.server.concurrency == 50
+    assert config.server.daemonize is False
+    assert config.slavealloc.api_url == "https://slavealloc.example.com/api"
+    assert config.slavealloc.username is None
+    assert config.inventory.username == "releng-slaveapi"
+    assert config.bugzilla.api_url == "https://bugzilla.example.com/rest"
+    assert config.buildapi.max_concurrent == 3
+    assert config.slaves.default_domain == "build.example.com"
+    assert config.slaves.ipmi_username == "ADMIN"
+    assert config.logging.level == "info"
+    assert config.logging.file == "/var/log/slaveapi/slaveapi.log"
+    assert (config.logging.maxsize, config.logging.maxfiles) == (10485760, 10)
+    assert config.dns.servers == (("10.26.75.40", 53), ("10.26.75.41", 53))
+    assert config.dns.timeout == 5.0
+    assert dataclasses.astuple(config.ssh) == (22, 30.0, 60.0, "tofu", "known_hosts")
+    assert config.http.timeout == 30.0
+    assert config.auth.protect_reads is False
+    assert config.probes.method == "icmp"
+    assert config.probes.up_timeout == 900.0
+    assert config.ipmi.port == 623
+    assert config.snmp.version == "2c"
+    assert config.snmp.v3_user == "slaveapi"
+    assert dict(config.snmp.pdu_types) == {
+        "pdu3.r601-11.build.example.com": "apc",
+        "pdu4.r601-11.build.example.com": "apc",
+    }
+    assert (config.mozpool.scheme, config.mozpool.port) == ("https", 443)
+    assert config.reboot.bug_summary.format(name="bld-linux64-ix-001") == "bld-linux64-ix-001 is unreachable"
+    assert config.devices_url == "https://hg.example.com/build/tools/raw-file/default/buildfarm/mobile/devices.json"
+    assert dict(config.timeouts) == {"buildslave_uptime": 120.0, "buildslave_last_activity": 180.0}
+    assert all(isinstance(seconds, float) for seconds in config.timeouts.values())
+
+
+def test_example_credentials_fill_every_field() -> None:
+    credentials = load_config(EXAMPLE_INI).credentials
+    with open(EXAMPLE_CREDENTIALS, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    fields = [field.name for field in dataclasses.fields(Credentials)]
+    assert sorted(raw) == sorted(fields)
+    for name in fields:
+        assert getattr(credentials, name), f"credentials.json leaves {name} empty"
+    assert list(credentials.ssh) == ["cltbld", "root"]
+    assert [p.reveal() for p in credentials.ssh["cltbld"]] == [
+        "fake-cltbld-current-password",
+        "fake-cltbld-previous-password",
+    ]
+    assert credentials.bugzilla == Secret("fake-bugzilla-api-key-0000000000000000")
+    assert sorted(credentials.api_tokens) == ["buildduty-dashboard", "idle-rebooter", "loan-service"]
+
+
+def test_no_example_secret_shows_in_the_config_repr() -> None:
+    shown = repr(load_config(EXAMPLE_INI))
+    with open(EXAMPLE_CREDENTIALS, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    secrets = [value for value in raw.values() if isinstance(value, str)]
+    secrets += [p for passwords in raw["ssh"].values() for p in passwords]
+    secrets += list(raw["api_tokens"].values())
+    assert len(secrets) == 12
+    assert [secret for secret in secrets if secret in shown] == []
+
+
+def test_every_key_in_the_example_is_read_by_the_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    _, asked = _load_watching(EXAMPLE_INI, monkeypatch)
+    _, asked_with_alternatives = _load_watching(_with_alternatives(tmp_path), monkeypatch)
+    shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
+    ignored = shown - (asked | asked_with_alternatives)
+    assert ignored == set(), f"examples/slaveapi.ini has keys load_config ignores: {sorted(ignored)}"
+
+
+def test_every_key_the_loader_reads_is_in_the_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, asked = _load_watching(EXAMPLE_INI, monkeypatch)
+    shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
+    missing = asked - shown
+    assert missing == set(), f"load_config reads keys examples/slaveapi.ini does not show: {sorted(missing)}"
+
+
+def test_endpoint_alternative_replaces_listen_and_port(tmp_path: Any) -> None:
+    config = load_config(_with_alternatives(tmp_path))
+    assert config.server.listen == (
+        "ssl:9443:interface=0.0.0.0:privateKey=/etc/slaveapi/tls/slaveapi.key"
+        ":certKey=/etc/slaveapi/tls/slaveapi.crt"
+    )
+    assert _alternatives(EXAMPLE_INI) == {("server", "endpoint")}
+
+
+def test_timeouts_name_real_actions() -> None:
+    assert sorted(load_config(EXAMPLE_INI).timeouts) == sorted(
+        key for section, key in _ini_keys(EXAMPLE_INI) if section == "timeouts"
+    )
+    assert {key for section, key in _ini_keys(EXAMPLE_INI) if section == "timeouts"} <= set(ACTIONS)
+
+
+def test_every_key_has_a_comment_naming_it() -> None:
+    undescribed = []
+    comments: list[str] = []
+    section = None
+    with open(EXAMPLE_INI, encoding="utf-8") as handle:
+        for line in handle:
+            stripped = line.strip()
+            if _SECTION.match(stripped):
+                section = stripped
+                comments = []
+            elif stripped.startswith(("#", ";")):
+                comments.append(stripped)
+            elif _KEY.match(stripped):
+                key = _KEY.match(stripped).group(1)  # type: ignore[union-attr]
+                if not any(comment.startswith(f"# {key}:") for comment in comments):
+                    undescribed.append(f"{section} {key}")
+                comments = []
+            elif not stripped:
+                comments = []
+    assert undescribed == []
+
+
+def test_configuration_doc_covers_every_section_and_key() -> None:
+    with open(CONFIGURATION_DOC, encoding="utf-8") as handle:
+        doc = handle.read()
+    shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
+    sections = {section for section, _ in shown}
+    missing = sorted(f"[{section}]" for section in sections if f"[{section}]" not in doc)
+    missing += sorted(
+        f"[{section}] {key}"
+        for section, key in shown
+        if section not in _FREE_FORM and f"``{key}``" not in doc
+    )
+    with open(EXAMPLE_CREDENTIALS, encoding="utf-8") as handle:
+        missing += sorted(f"credentials {key}" for key in json.load(handle) if f"``{key}``" not in doc)
+    assert missing == []
