@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import pytest
@@ -86,9 +87,7 @@ def _with_alternatives(tmp_path: Any) -> str:
     assert uncommented != text
     ini = tmp_path / "slaveapi.ini"
     ini.write_text(uncommented, encoding="utf-8")
-    (tmp_path / "credentials.json").write_text(
-        open(EXAMPLE_CREDENTIALS, encoding="utf-8").read(), encoding="utf-8"
-    )
+    shutil.copy(EXAMPLE_CREDENTIALS, tmp_path / "credentials.json")
     return str(ini)
 
 
@@ -200,14 +199,13 @@ def test_every_key_has_a_comment_naming_it() -> None:
                 comments = []
             elif stripped.startswith(("#", ";")):
                 comments.append(stripped)
-            elif _KEY.match(stripped):
-                key = _KEY.match(stripped).group(1)  # type: ignore[union-attr]
-                if not any(comment.startswith(f"# {key}:") for comment in comments):
-                    undescribed.append(f"{section} {key}")
+            elif key := _KEY.match(stripped):
+                if not any(comment.startswith(f"# {key.group(1)}:") for comment in comments):
+                    undescribed.append(f"{section} {key.group(1)}")
                 comments = []
             elif not stripped:
                 comments = []
-    assert undescribed == []
+    assert undescribed == [], f"keys without a '# <key>: ...' comment above them: {undescribed}"
 
 
 def test_configuration_doc_covers_every_section_and_key() -> None:
