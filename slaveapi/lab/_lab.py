@@ -22,8 +22,9 @@ from twisted.logger import Logger
 
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.dns import LabDNS
-from slaveapi.lab.fleet import SSH_USER, Fleet, LabMachine, build_fleet
+from slaveapi.lab.fleet import APC_PDU_NAME, SSH_USER, Fleet, LabMachine, build_fleet
 from slaveapi.lab.http import LabHTTP
+from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
 from slaveapi.lab.ssh import LabSSHServer, generate_host_key
 
@@ -85,6 +86,7 @@ class Lab:
         )
         self.power.add_observer(self.ssh)
         self.http_port = self.dns_port = self.ssh_port = 0
+        self.pdus: LabPDUs | None = None
         self._stopping: defer.Deferred[None] | None = None
 
     @classmethod
@@ -120,6 +122,9 @@ class Lab:
                 master.http_port = lab.http_port
             lab.dns_port = lab.dns.start()
             lab.ssh_port = lab.ssh.start()
+            lab.pdus = LabPDUs.start(
+                reactor, lab.fleet, lab.power, 0, lab.snmp_community, apc_hosts={f"{APC_PDU_NAME}.{domain}"}
+            )
         except BaseException:
             lab.stop()
             raise
@@ -204,14 +209,34 @@ class Lab:
             f"[dns]\nservers = 127.0.0.1:{self.dns_port}\n\n"
             f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = strict\n"
             f"known_hosts = {os.path.join(os.path.abspath(self.workdir), 'known_hosts')}\n\n"
-            f"[devices]\nurl = {url}/devices.json\n"
+            f"[devices]\nurl = {url}/devices.json\n\n"
+            + self._power_config_text()
         )
+
+    def _power_config_text(self) -> str:
+        """Probes, PDUs and Mozpool, tuned to the lab's quick boots."""
+        text = (
+            "[probes]\nmethod = tcp\ntcp_timeout = 1\ninterval = 0.2\ndown_timeout = 10\n"
+            f"up_timeout = {self.boot_time + 15:g}\n\n"
+            f"[mozpool]\nport = {self.http_port}\n\n"
+        )
+        if self.pdus is not None:
+            text += (
+                f"[snmp]\nport = {self.pdus.port}\ntimeout = 1\nretries = 1\nstate_timeout = 10\n"
+                "poll_interval = 0.2\npower_delay = 0.5\n\n"
+            )
+            apc = [host for host, kind in sorted(self.pdus.types.items()) if kind == "apc"]
+            if apc:
+                text += "[pdus]\n" + "".join(f"{host} = apc\n" for host in apc) + "\n"
+        return text
 
     def stop(self) -> defer.Deferred[None]:
         """Close every listener and connection and cancel pending reboots."""
         if self._stopping is None:
             self.power.stop()
             stops = [self.ssh.stop(), self.dns.stop(), self.http.stop()]
+            if self.pdus is not None:
+                stops.append(self.pdus.stop())
             self._stopping = defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
         return self._stopping
 

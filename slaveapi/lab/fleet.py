@@ -29,6 +29,9 @@ LINUX, MACOS, WINDOWS = "linux", "macos", "windows"
 #: How a machine's SSH server treats logins.
 SSH_OK = "ok"
 SSH_REFUSE_LOGIN = "refuse_login"
+#: The short name of the lab's APC rack PDU (the others are ServerTech Sentry).
+APC_PDU_NAME = "pdu-apc1"
+
 #: No SSH server at all (a Mozpool device: its buildbot runs on a foopy).
 SSH_NONE = "none"
 
@@ -316,6 +319,7 @@ class _Role:
     bug: bool = False
     is_aws: bool = False
     device: bool = False
+    apc: bool = False  # on the APC rack PDU rather than a Sentry
 
 
 _MASTERS = (
@@ -346,7 +350,7 @@ _MIX = (
           logs.STYLE_08, "-0700", 20 * _MINUTE + 15, 2, pdu=True, ssh=SSH_REFUSE_LOGIN, device=True),
     # Hung: off the network until its power is cycled, then it boots (the PDU path).
     _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "hung",
-          logs.STYLE_08, "-0800", 6 * _DAY, 1, pdu=True),
+          logs.STYLE_08, "-0800", 6 * _DAY, 1, pdu=True, apc=True),
 )
 
 # The foopy that runs the devices' buildbots.
@@ -406,13 +410,16 @@ def build_fleet(count: int, domain: str, now: float, seed: int = 0) -> Fleet:
         for i, (nickname, pool, dcname) in enumerate(_MASTERS)
     ]
     machines: list[LabMachine] = []
-    pdu_outlets = 0
+    pdu_outlets = apc_outlets = 0
     for index in range(count):
         # One generator per machine: a bigger fleet starts with the same machines.
         rng = random.Random(f"{seed}:{index}")
         role = _MIX[index] if index < len(_MIX) else _extra_role(rng)
         pdu = None
-        if role.pdu:
+        if role.apc:
+            apc_outlets += 1
+            pdu = f"{APC_PDU_NAME}.{domain}:AA{apc_outlets}"
+        elif role.pdu:
             pdu = _pdu_outlet(pdu_outlets, domain)
             pdu_outlets += 1
         machines.append(_make_machine(index, role, domain, colo, now, masters, pdu, rng))
@@ -428,6 +435,8 @@ def build_fleet(count: int, domain: str, now: float, seed: int = 0) -> Fleet:
 
     hosts = [LabHost(f"ns1.{domain}", "127.0.0.1")]
     hosts += [LabHost(f"pdu{i + 1}.{domain}", f"127.2.0.{i + 1}") for i in range((pdu_outlets + 31) // 32)]
+    if apc_outlets:
+        hosts.append(LabHost(f"{APC_PDU_NAME}.{domain}", "127.2.1.1"))
     if devices:
         hosts.append(LabHost(f"mobile-imaging-001.{domain}", "127.0.0.1"))
     alias = (f"buildbot-canary.{domain}", machines[0].fqdn) if machines else None
