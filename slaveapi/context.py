@@ -19,6 +19,10 @@ from slaveapi.clients.devices import DevicesClient
 from slaveapi.clients.dns import DNSClient
 from slaveapi.clients.http import JSONClient, make_http_client
 from slaveapi.clients.inventory import InventoryClient
+from slaveapi.clients.ipmi import IPMIClient
+from slaveapi.clients.mozpool import MozpoolClient
+from slaveapi.clients.pdu import PDUClient
+from slaveapi.clients.probe import Prober
 from slaveapi.clients.slavealloc import SlaveallocClient
 from slaveapi.clients.ssh import SSHClient
 from slaveapi.config import Config
@@ -35,6 +39,10 @@ class Clients:
     buildapi: BuildapiClient
     bugzilla: BugzillaClient
     devices: DevicesClient
+    prober: Prober
+    mozpool: MozpoolClient
+    ipmi: IPMIClient
+    pdu: PDUClient
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,18 @@ class Context:
     reactor: Any
 
 
-def build_context(config: Config, reactor: Any, pool: HTTPConnectionPool, data_dir: str) -> Context:
+def build_context(
+    config: Config, reactor: Any, pool: HTTPConnectionPool, data_dir: str, previous: Context | None = None
+) -> Context:
     """
     Make the clients for C{config}.
 
     @param pool: the one HTTP connection pool shared by every HTTP client.
     @param data_dir: where state of our own lives (the SSH known-hosts file,
         unless configured with an absolute path).
+    @param previous: the context this one replaces on a reload: its IPMI
+        worker processes and SNMP engine are kept when their settings did
+        not change.
     """
     http = make_http_client(reactor, pool)
     timeout = config.http.timeout
@@ -61,11 +74,12 @@ def build_context(config: Config, reactor: Any, pool: HTTPConnectionPool, data_d
         return JSONClient(service, http, timeout, reactor)
 
     credentials = config.credentials
+    dns = DNSClient(reactor, config.slaves.default_domain, config.dns.servers, config.dns.timeout)
     known_hosts = config.ssh.known_hosts
     if not os.path.isabs(known_hosts):
         known_hosts = os.path.join(data_dir, known_hosts)
     clients = Clients(
-        dns=DNSClient(reactor, config.slaves.default_domain, config.dns.servers, config.dns.timeout),
+        dns=dns,
         ssh=SSHClient(reactor, config.ssh, credentials.ssh, known_hosts),
         slavealloc=SlaveallocClient(config.slavealloc.api_url, json_client("slavealloc")),
         inventory=InventoryClient(
@@ -74,5 +88,53 @@ def build_context(config: Config, reactor: Any, pool: HTTPConnectionPool, data_d
         buildapi=BuildapiClient(config.buildapi.api_url, json_client("buildapi"), config.buildapi.max_concurrent),
         bugzilla=BugzillaClient(config.bugzilla.api_url, credentials.bugzilla, json_client("bugzilla")),
         devices=DevicesClient(config.devices_url, json_client("devices")),
+        prober=Prober(reactor, config.probes, config.ssh.port),
+        mozpool=MozpoolClient(config.mozpool, json_client("mozpool"), dns),
+        ipmi=_ipmi_client(config, reactor, previous),
+        pdu=_pdu_client(config, reactor, dns, previous),
     )
     return Context(config=config, clients=clients, reactor=reactor)
+
+
+def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMIClient:
+    if previous is not None and _ipmi_settings(previous.config) == _ipmi_settings(config):
+        return previous.clients.ipmi
+    return IPMIClient(reactor, config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
+
+
+def _ipmi_settings(config: Config) -> tuple[Any, ...]:
+    return (config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
+
+
+def _pdu_client(config: Config, reactor: Any, dns: DNSClient, previous: Context | None) -> PDUClient:
+    if previous is not None and _snmp_settings(previous.config) == _snmp_settings(config):
+        return previous.clients.pdu
+
+    async def resolve(host: str) -> str | None:
+        info = await dns.lookup_host(host)
+        return info.ip if info else None
+
+    credentials = config.credentials
+    return PDUClient(
+        reactor,
+        config.snmp,
+        credentials.snmp_community,
+        credentials.snmp_v3_auth_key,
+        credentials.snmp_v3_priv_key,
+        resolve=resolve,
+    )
+
+
+def _snmp_settings(config: Config) -> tuple[Any, ...]:
+    credentials = config.credentials
+    return (config.snmp, config.dns, credentials.snmp_community, credentials.snmp_v3_auth_key, credentials.snmp_v3_priv_key)
+
+
+async def close_contexts(contexts: list[Context]) -> None:
+    """Release what the contexts' clients hold (worker processes, sockets), each once."""
+    closables: dict[int, Any] = {}
+    for ctx in contexts:
+        for client in (ctx.clients.ipmi, ctx.clients.pdu):
+            closables.setdefault(id(client), client)
+    for client in closables.values():
+        await client.close()

@@ -66,6 +66,7 @@ class ActionProcessor(Service):
         self._timeouts = timeouts
         self._slave_locks: dict[str, DeferredLock] = {}
         self._in_flight: dict[tuple[str, str], ActionResult] = {}
+        self._joining: dict[tuple[str, str], list[Deferred[ActionResult]]] = {}
         self._waiters: dict[int, list[Deferred[None]]] = {}
         self._running: set[Deferred[None]] = set()
         self._stopping = False
@@ -89,18 +90,26 @@ class ActionProcessor(Service):
         return that request's result instead.
         """
         key = (slave, action.name)
-        if action.single_flight and key in self._in_flight:
+        if not action.single_flight:
+            result = await self._store.create(slave, action.name, client)
+        elif key in self._in_flight:
             return self._in_flight[key]
-        result = await self._store.create(slave, action.name, client)
-        if action.single_flight:
-            if key in self._in_flight:
-                # Another request won the race while ours was being written.
-                result.state = FAILURE
-                result.text = f"Superseded by request {self._in_flight[key].requestid}."
-                result.finish_timestamp = int(self._reactor.seconds())
-                await self._store.save(result)
-                return self._in_flight[key]
+        elif key in self._joining:
+            # Another request for it is being recorded right now: share it.
+            joined: Deferred[ActionResult] = Deferred()
+            self._joining[key].append(joined)
+            return await joined
+        else:
+            self._joining[key] = []
+            try:
+                result = await self._store.create(slave, action.name, client)
+            except Exception as error:
+                for joined in self._joining.pop(key):
+                    joined.errback(error)
+                raise
             self._in_flight[key] = result
+            for joined in self._joining.pop(key):
+                joined.callback(result)
         running = Deferred.fromCoroutine(self._execute(result, action, arguments or {}))
         self._running.add(running)
         running.addBoth(lambda _: self._running.discard(running))

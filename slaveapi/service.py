@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import (
     FilteringLogObserver,
@@ -29,7 +30,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from slaveapi.config import Config, ConfigError, LoggingConfig, load_config
-from slaveapi.context import Context, build_context
+from slaveapi.context import Context, build_context, close_contexts
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import SQLiteResultStore, default_store_path
 from slaveapi.web.routes import SlaveAPIWeb
@@ -76,6 +77,9 @@ class ContextHolder(Service):
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 10
         self._current = build_context(config, reactor, self._pool, data_dir)
+        # Contexts replaced by reloads; running actions may still use their
+        # clients, so they are released when the service stops.
+        self._retired: list[Context] = []
         self._previous_handler: Any = None
 
     def context(self) -> Context:
@@ -90,7 +94,9 @@ class ContextHolder(Service):
         except ConfigError as error:
             self._log.error("Configuration reload refused, keeping the old one: {reason}", reason=str(error))
             return False
-        self._current = build_context(config, self._reactor, self._pool, self._data_dir)
+        previous = self._current
+        self._current = build_context(config, self._reactor, self._pool, self._data_dir, previous)
+        self._retired.append(previous)
         self._log.info("Configuration reloaded from {path}", path=path)
         return True
 
@@ -105,7 +111,11 @@ class ContextHolder(Service):
         super().stopService()
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
-        return self._pool.closeCachedConnections()
+        return Deferred.fromCoroutine(self._release())
+
+    async def _release(self) -> None:
+        await close_contexts([*self._retired, self._current])
+        await self._pool.closeCachedConnections()
 
 
 class StoreService(Service):

@@ -2,8 +2,11 @@
 
 from types import MappingProxyType
 
-from slaveapi.actions import buildslave_last_activity, buildslave_uptime
+from slaveapi.actions import buildslave_last_activity, buildslave_uptime, reboot
 
 ACTIONS = MappingProxyType(
-    {action.name: action for action in (buildslave_uptime.ACTION, buildslave_last_activity.ACTION)}
+    {
+        action.name: action
+        for action in (buildslave_uptime.ACTION, buildslave_last_activity.ACTION, reboot.ACTION)
+    }
 )

@@ -19,11 +19,13 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.dns import LabDNS
 from slaveapi.lab.fleet import APC_PDU_NAME, SSH_USER, Fleet, LabMachine, build_fleet
 from slaveapi.lab.http import LabHTTP
+from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
 from slaveapi.lab.ssh import LabSSHServer, generate_host_key
@@ -87,6 +89,7 @@ class Lab:
         self.power.add_observer(self.ssh)
         self.http_port = self.dns_port = self.ssh_port = 0
         self.pdus: LabPDUs | None = None
+        self.bmcs: LabBMCs | None = None
         self._stopping: defer.Deferred[None] | None = None
 
     @classmethod
@@ -122,6 +125,9 @@ class Lab:
                 master.http_port = lab.http_port
             lab.dns_port = lab.dns.start()
             lab.ssh_port = lab.ssh.start()
+            lab.bmcs = LabBMCs.start(
+                reactor, lab.fleet.machines, lab.power, 0, lab.ipmi_username, lab.ipmi_password, clock=clock
+            )
             lab.pdus = LabPDUs.start(
                 reactor, lab.fleet, lab.power, 0, lab.snmp_community, apc_hosts={f"{APC_PDU_NAME}.{domain}"}
             )
@@ -213,13 +219,33 @@ class Lab:
             + self._power_config_text()
         )
 
+    def ready(self) -> defer.Deferred[None]:
+        """Fires when every part of the lab answers (the BMC processes start on their own time)."""
+        if self.bmcs is None:
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+
+        def relay(result: Any) -> None:
+            if isinstance(result, Failure):
+                waiting.errback(result)
+            else:
+                waiting.callback(None)
+
+        self.bmcs.ready.addBoth(relay)
+        return waiting
+
     def _power_config_text(self) -> str:
         """Probes, PDUs and Mozpool, tuned to the lab's quick boots."""
         text = (
             "[probes]\nmethod = tcp\ntcp_timeout = 1\ninterval = 0.2\ndown_timeout = 10\n"
-            f"up_timeout = {self.boot_time + 15:g}\n\n"
+            f"up_timeout = {self.boot_time * 2 + 3:g}\n\n"
             f"[mozpool]\nport = {self.http_port}\n\n"
         )
+        if self.bmcs is not None:
+            text += (
+                f"[ipmi]\nport = {self.bmcs.port}\ntimeout = 10\nretries = 1\nworkers = 4\noff_timeout = 5\n"
+                "poll_interval = 0.2\npower_delay = 0.5\n\n"
+            )
         if self.pdus is not None:
             text += (
                 f"[snmp]\nport = {self.pdus.port}\ntimeout = 1\nretries = 1\nstate_timeout = 10\n"
@@ -237,6 +263,8 @@ class Lab:
             stops = [self.ssh.stop(), self.dns.stop(), self.http.stop()]
             if self.pdus is not None:
                 stops.append(self.pdus.stop())
+            if self.bmcs is not None:
+                stops.append(self.bmcs.stop())
             self._stopping = defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
         return self._stopping
 

@@ -33,6 +33,7 @@ ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
     {
         "buildslave_uptime": ActionView(ACTIONS["buildslave_uptime"]),
         "buildslave_last_activity": ActionView(ACTIONS["buildslave_last_activity"]),
+        "reboot": ActionView(ACTIONS["reboot"]),
     }
 )
 

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from slaveapi.lab import LINUX, MACOS, SSH_NONE, SSH_REFUSE_LOGIN, WINDOWS, build_fleet
+from slaveapi.lab import LINUX, MACOS, SSH_REFUSE_LOGIN, WINDOWS, build_fleet
 from slaveapi.lab import logs, shell
 from slaveapi.lab.fleet import posix_path
 from slaveapi.twistdlog import last_activity, parse_log_line

@@ -1,0 +1,251 @@
+"""
+The C{reboot} action: escalate from peacefully to mercilessly until the machine is back.
+
+In the reference order: SSH (only if the machine answers the probe; C{reboot},
+C{sudo reboot}, C{shutdown -f -t 3 -r} until one is accepted), Mozpool (for a
+device with an imaging server), IPMI (when C{<name>-mgmt} resolves and the
+BMC answers), the PDU outlet, and finally a bug for the datacenter. Each
+method is followed by a bounded wait for the machine to come back; the first
+method after which it does ends the action with SUCCESS. Steps that do not
+apply say so in the status text, which reads like the reference's::
+
+    Attempting SSH reboot...Failed.
+    Attempting IPMI reboot...Success!
+
+When everything failed and C{update_bug} is on, the status goes to Bugzilla:
+an existing open reboot bug is left alone; otherwise the problem-tracking
+bug is created if missing, a reboot bug blocking it is filed, and the status
+is commented on the tracking bug (reopening it if closed).
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._remote import OFFLINE_ERRORS, locate
+from slaveapi.clients.bugzilla import Bug
+from slaveapi.clients.dns import DNSError
+from slaveapi.clients.http import RemoteError
+from slaveapi.clients.ipmi import IPMIError
+from slaveapi.clients.mozpool import MozpoolError
+from slaveapi.clients.pdu import PDUError
+from slaveapi.clients.ssh import SSHError
+from slaveapi.machines import Slave, load_slave_info
+
+#: Tried in order until one is accepted.
+REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
+
+_REMOTE_ERRORS = (IPMIError, PDUError, MozpoolError, RemoteError, DNSError, SSHError)
+
+
+class _Escalation:
+    """The status text of one reboot, built step by step, and the waits between."""
+
+    def __init__(self, run: ActionRun, slave: Slave) -> None:
+        self.run = run
+        self.slave = slave
+        self.lines: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def show(self, line: str) -> None:
+        self.lines.append(line)
+        self.run.progress(self.text)
+
+    def replace_last(self, line: str) -> None:
+        self.lines[-1] = line
+        self.run.progress(self.text)
+
+    def skip(self, method: str, why: str) -> None:
+        self.show(f"Skipping {method} reboot: {why}.")
+        self.run.log.info("Skipping {method} reboot: {why}", method=method, why=why)
+
+    async def attempt(
+        self, method: str, start: Callable[[], Awaitable[None]], wait: Callable[[], Awaitable[str | None]]
+    ) -> bool:
+        """
+        Run one method: C{start} initiates it, C{wait} returns C{None} once the
+        machine is back or a reason it is not. True when the machine is back.
+        """
+        heading = f"Attempting {method} reboot..."
+        self.show(heading)
+        self.run.log.info("Attempting {method} reboot", method=method)
+        try:
+            await start()
+        except _REMOTE_ERRORS as error:
+            self.replace_last(f"{heading}Failed ({_one_line(error)}).")
+            return False
+        self.replace_last(f"{heading}initiated, waiting for it to come back...")
+        problem = await wait()
+        if problem is None:
+            self.replace_last(f"{heading}Success!")
+            return True
+        self.replace_last(f"{heading}Failed ({problem}).")
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+async def reboot(run: ActionRun, update_bug: bool = True) -> str:
+    """Reboot the machine by the gentlest method that works; file a bug if none does."""
+    slave = await locate(run)
+    await load_slave_info(run.ctx, slave)
+    escalation = _Escalation(run, slave)
+    for method in (_ssh, _mozpool, _ipmi, _pdu):
+        if await method(escalation):
+            run.log.info("Rebooted")
+            return escalation.text
+    if not update_bug:
+        raise ActionFailure(escalation.text + "\nAll reboot methods failed; not filing a bug, as asked.")
+    raise ActionFailure(await _hand_off_to_bugzilla(escalation))
+
+
+async def _wait_for_reboot(escalation: _Escalation) -> str | None:
+    """Wait for the machine to go down and come back (after SSH or Mozpool)."""
+    outcome = await escalation.run.ctx.clients.prober.wait_for_reboot(escalation.slave.address)
+    if not outcome.went_down:
+        return "it never went down"
+    if not outcome.came_back:
+        return "it went down but did not come back"
+    return None
+
+
+async def _wait_for_up(escalation: _Escalation) -> str | None:
+    """Wait for the machine to come back after its power was cycled (it was seen off)."""
+    ctx = escalation.run.ctx
+    if await ctx.clients.prober.wait_for(escalation.slave.address, up=True, limit=ctx.config.probes.up_timeout):
+        return None
+    return "it did not come back"
+
+
+async def _ssh(escalation: _Escalation) -> bool:
+    run, slave = escalation.run, escalation.slave
+    clients = run.ctx.clients
+    if not await clients.prober.alive(slave.address):
+        escalation.skip("SSH", "the machine does not answer")
+        return False
+
+    async def start() -> None:
+        try:
+            session = await clients.ssh.session(slave.address)
+        except OFFLINE_ERRORS as error:
+            raise SSHError(f"could not connect: {_one_line(error)}") from None
+        try:
+            refusals = []
+            for command in REBOOT_COMMANDS:
+                result = await session.run(command)
+                if result.exit_code is None or result.ok:
+                    run.log.info("'{command}' accepted", command=command)
+                    return
+                refusals.append(f"'{command}' exited {result.exit_code}")
+            raise SSHError("every reboot command was refused: " + ", ".join(refusals))
+        finally:
+            session.close()
+
+    return await escalation.attempt("SSH", start, lambda: _wait_for_reboot(escalation))
+
+
+async def _mozpool(escalation: _Escalation) -> bool:
+    run, slave = escalation.run, escalation.slave
+    if not slave.mozpool_server:
+        escalation.skip("Mozpool", "no imaging server in inventory")
+        return False
+    server = slave.mozpool_server
+    return await escalation.attempt(
+        "Mozpool",
+        lambda: run.ctx.clients.mozpool.power_cycle(server, slave.name),
+        lambda: _wait_for_reboot(escalation),
+    )
+
+
+async def _ipmi(escalation: _Escalation) -> bool:
+    run, slave = escalation.run, escalation.slave
+    clients = run.ctx.clients
+    if not slave.ipmi:
+        escalation.skip("IPMI", "no -mgmt interface in DNS")
+        return False
+    bmc = await clients.dns.lookup_host(slave.ipmi)
+    if bmc is None:
+        escalation.skip("IPMI", f"{slave.ipmi} does not resolve")
+        return False
+    if not await clients.ipmi.available(bmc.ip):
+        escalation.skip("IPMI", f"the BMC at {slave.ipmi} does not answer")
+        return False
+    return await escalation.attempt(
+        "IPMI", lambda: clients.ipmi.powercycle(bmc.ip), lambda: _wait_for_up(escalation)
+    )
+
+
+async def _pdu(escalation: _Escalation) -> bool:
+    run, slave = escalation.run, escalation.slave
+    outlet = slave.pdu
+    if outlet is None:
+        escalation.skip("PDU", "no PDU outlet in inventory")
+        return False
+    return await escalation.attempt(
+        "PDU", lambda: run.ctx.clients.pdu.powercycle(outlet), lambda: _wait_for_up(escalation)
+    )
+
+
+async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
+    """File (or find) the datacenter's reboot bug; returns the final status text."""
+    run, slave = escalation.run, escalation.slave
+    bugzilla = run.ctx.clients.bugzilla
+    settings = run.ctx.config.reboot
+    try:
+        tracking = slave.bug or await bugzilla.get_bug(slave.name)
+        if tracking is not None:
+            existing = await _open_reboot_bug(run, tracking)
+            if existing is not None:
+                return f"{escalation.text}\n{slave.name} already has reboot bug ({existing.id}), nothing to do."
+        escalation.show("Filing a bug for the datacenter...")
+        if tracking is None:
+            tracking_id = await bugzilla.create_bug(
+                product=settings.tracking_product,
+                component=settings.tracking_component,
+                summary=settings.tracking_summary.format(name=slave.name),
+                alias=slave.name,
+                version="other",
+                description=f"Problem tracking bug for {slave.name}, filed by SlaveAPI.",
+            )
+            is_open = True
+        else:
+            tracking_id, is_open = tracking.id, tracking.is_open
+        bug_id = await bugzilla.create_bug(
+            product=settings.bug_product,
+            component=settings.bug_component,
+            summary=settings.bug_summary.format(name=slave.name),
+            blocks=[tracking_id],
+            version="other",
+            description=f"{slave.fqdn or slave.name} did not come back from any reboot SlaveAPI tried:\n\n"
+            + escalation.text,
+        )
+        escalation.replace_last(f"Filed reboot bug {bug_id}.")
+        if not is_open:
+            await bugzilla.update_bug(tracking_id, status="REOPENED")
+        await bugzilla.add_comment(tracking_id, escalation.text)
+    except _REMOTE_ERRORS as error:
+        return f"{escalation.text}\nCould not update Bugzilla: {_one_line(error)}"
+    return escalation.text
+
+
+async def _open_reboot_bug(run: ActionRun, tracking: Bug) -> Bug | None:
+    settings = run.ctx.config.reboot
+    summary = settings.bug_summary.format(name=run.slave.split(".")[0])
+    candidates = await run.ctx.clients.bugzilla.search(
+        product=settings.bug_product,
+        component=settings.bug_component,
+        blocks=tracking.id,
+        resolution="---",
+        summary=summary,
+    )
+    return next((bug for bug in candidates if bug.is_open and bug.summary == summary), None)
+
+
+ACTION = Action(name="reboot", run=reboot, exclusive=True, single_flight=True, timeout=3 * 3600.0)

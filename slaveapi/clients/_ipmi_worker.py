@@ -1,0 +1,149 @@
+"""
+The IPMI worker process: runs blocking pyghmi calls for L{slaveapi.clients.ipmi}.
+
+Started as C{python -m slaveapi.clients._ipmi_worker} by L{IPMIClient}'s pool
+(never by hand). It serves one request at a time over its pipes, as JSON
+lines: it writes C{{"ready": true}} once pyghmi is imported, then for each
+request line on stdin writes exactly one answer line on stdout.
+
+A request::
+
+    {"id": 7, "host": "10.0.0.5", "port": 623, "username": "ADMIN",
+     "password": "...", "op": "status"}            # or "op": "control", "directive": 0..5
+
+An answer::
+
+    {"id": 7, "ok": true, "powered": true}         # status
+    {"id": 7, "ok": true}                          # control
+    {"id": 7, "ok": false, "kind": "setup" | "auth" | "command", "message": "..."}
+
+C{kind} C{setup} means the session could not be set up (no BMC answered, or
+it broke off): the caller may retry. C{auth} means the BMC refused the user
+or password. C{command} means the session worked but the BMC refused or did
+not answer the command.
+
+Why a process of its own: pyghmi blocks, has no per-call timeout, deadlocks
+when threads of one process use it at once, and shares global session
+tables with pyghmi's BMC server. Here it runs alone and single-threaded (but
+for pyghmi's own I/O thread), so the service can enforce deadlines by
+killing this process. This module imports nothing from Twisted and never
+writes anything but answers to its stdout (pyghmi's stray prints go to
+stderr); the password only ever travels over the pipe, never on argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO, Any
+
+# Chassis control directives (IPMI 2.0, table 28-4) the client may send.
+_DIRECTIVES = frozenset({0, 1, 2, 3, 5})
+
+# Session set-up errors that mean the credentials (or the user's role) were refused.
+_AUTH_MARKERS = (
+    "password",
+    "unauthorized name",
+    "unauthorized role",
+    "invalid username",
+    "integrity code",
+    "privilege",
+)
+
+
+def _scrub(message: str, password: str) -> str:
+    """One line, without the password in it (pyghmi never puts it there; belt and braces)."""
+    line = " ".join(message.split()) or "no answer from the BMC"
+    if password:
+        line = line.replace(password, "********")
+    return line[:300]
+
+
+def _setup_kind(message: str) -> str:
+    lowered = message.lower()
+    return "auth" if any(marker in lowered for marker in _AUTH_MARKERS) else "setup"
+
+
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
+    """Carry out one request; never raises."""
+    from pyghmi.ipmi import command as ipmi_command
+
+    ident = request.get("id")
+    password = str(request.get("password") or "")
+    try:
+        host = str(request["host"])
+        port = int(request["port"])
+        username = str(request["username"])
+        op = request["op"]
+        directive = int(request.get("directive", -1))
+    except (KeyError, TypeError, ValueError) as error:
+        return {"id": ident, "ok": False, "kind": "command", "message": f"bad request: {type(error).__name__}"}
+    if op not in ("status", "control") or (op == "control" and directive not in _DIRECTIVES):
+        return {"id": ident, "ok": False, "kind": "command", "message": "bad request: unknown operation"}
+
+    try:
+        # Bytes, not str: with str credentials pyghmi 1.6.19 hangs on the
+        # second Command of a process (PEERS.md).
+        cmd = ipmi_command.Command(
+            bmc=host, userid=username.encode("utf-8"), password=password.encode("utf-8"), port=port
+        )
+    except Exception as error:  # pyghmi raises IpmiException, socket errors, struct errors...
+        message = _scrub(str(error) if str(error) != "None" else "", password)
+        return {"id": ident, "ok": False, "kind": _setup_kind(message), "message": message}
+
+    try:
+        if op == "status":
+            response = cmd.raw_command(netfn=0, command=1)
+        else:
+            response = cmd.raw_command(netfn=0, command=2, data=[directive])
+        if "error" in response:
+            return {"id": ident, "ok": False, "kind": "command", "message": _scrub(str(response["error"]), password)}
+        if op == "status":
+            data = response.get("data") or b""
+            if not data:
+                return {"id": ident, "ok": False, "kind": "command", "message": "empty chassis status"}
+            return {"id": ident, "ok": True, "powered": bool(data[0] & 1)}
+        return {"id": ident, "ok": True}
+    except Exception as error:
+        message = _scrub(str(error) if str(error) != "None" else "", password)
+        return {"id": ident, "ok": False, "kind": "command", "message": message}
+    finally:
+        try:
+            cmd.ipmi_session.logout()
+        except Exception:
+            pass
+
+
+def _write(out: IO[str], message: dict[str, Any]) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def main() -> int:
+    """Serve requests from stdin until it closes."""
+    # Answers go to a private copy of stdout; anything pyghmi prints lands on stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+
+    import pyghmi.ipmi.command  # noqa: F401  (pay the import before saying ready)
+
+    _write(out, {"ready": True})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            _write(out, {"id": None, "ok": False, "kind": "command", "message": "bad request: not JSON"})
+            continue
+        _write(out, _serve(request))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

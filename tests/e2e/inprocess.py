@@ -1,0 +1,43 @@
+"""
+SlaveAPI and its lab in the test's own process, listening on a real port.
+
+For end-to-end tests that must look behind the HTTP API at the lab (which
+bugs were filed, which machines are up) or change it between requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+
+from slaveapi.lab import Lab, LabService
+from slaveapi.service import ServiceOptions, make_service
+
+
+@dataclass
+class RunningService:
+    """A started service, its lab, and its URL."""
+
+    service: MultiService
+    lab: Lab
+    url: str
+
+    async def stop(self) -> None:
+        await self.service.stopService()
+
+
+async def start_in_process(data_dir: str, slaves: int = 12, boot_time: float = 1.0) -> RunningService:
+    """Start SlaveAPI with a lab of C{slaves} machines; wait until the lab's BMCs answer."""
+    from twisted.internet import reactor
+
+    options = ServiceOptions(lab=slaves, data=data_dir, listen="tcp:0:interface=127.0.0.1", lab_boot_time=boot_time)
+    service = make_service(options, reactor)
+    service.startService()
+    lab = next(child for child in service if isinstance(child, LabService)).lab
+    listener = next(child for child in service if isinstance(child, StreamServerEndpointService))
+    port: Any = await listener._waitingForPort
+    await lab.ready()
+    return RunningService(service, lab, f"http://127.0.0.1:{port.getHost().port}")

@@ -1,0 +1,240 @@
+"""
+slaveapi.clients.ipmi against OpenIPMI's ipmi_sim on loopback, and against BMCs that fail.
+
+Also covers the worker pool: deadlines kill and replace a worker, queued
+requests do not spend their deadline waiting, closing leaves no process,
+and the password stays out of argv, logs and errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import formatEvent, globalLogPublisher
+
+from slaveapi.clients.ipmi import IPMIAuthError, IPMIError, IPMITimeout, IPMIUnavailable
+from slaveapi.config import IPMIConfig
+
+from .conftest import SIM_PASSWORD, Clients, IPMISim, bounded, pid_alive
+
+reactor: Any = _reactor
+
+TIMEOUT = 2.0
+
+
+def _config(port: int, **changes: Any) -> IPMIConfig:
+    values: dict[str, Any] = dict(
+        port=port, timeout=TIMEOUT, retries=1, workers=2, off_timeout=2.0, poll_interval=0.05, power_delay=0.1
+    )
+    values.update(changes)
+    return IPMIConfig(**values)
+
+
+def _run(coroutine: Any, seconds: float = 20.0) -> Deferred[Any]:
+    return Deferred.fromCoroutine(coroutine).addTimeout(seconds, reactor)
+
+
+class _Swallow(DatagramProtocol):
+    """A hung BMC: takes every packet, answers none."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_power_state_and_set_power(ipmi_sim: IPMISim, clients: Clients) -> None:
+    client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
+    assert await _run(client.power_state("127.0.0.1")) is True
+    await _run(client.set_power("127.0.0.1", "off"))
+    assert ipmi_sim.powered is False
+    assert await _run(client.power_state("127.0.0.1")) is False
+    await _run(client.set_power("127.0.0.1", "on"))
+    assert ipmi_sim.powered is True
+    assert await _run(client.power_state("127.0.0.1")) is True
+    assert ipmi_sim.control_calls() == ["0x20 set power 0", "0x20 set power 1"]
+    assert await _run(client.available("127.0.0.1")) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_power_rejects_unknown_states(clients: Clients) -> None:
+    client = clients.make(_config(9), SIM_PASSWORD)
+    with pytest.raises(ValueError, match="unknown power state 'boot'"):
+        await client.set_power("127.0.0.1", "boot")
+    assert client.worker_pids == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_powercycle_soft_off_then_on(ipmi_sim: IPMISim, clients: Clients) -> None:
+    client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
+    lines: list[str] = []
+    await _run(client.powercycle("127.0.0.1", lines.append))
+    assert lines == ["soft power off requested", "powered off", "power on requested", "powered on"]
+    assert ipmi_sim.control_calls() == ["0x20 set shutdown 1", "0x20 set power 1"]
+    assert ipmi_sim.powered is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_powercycle_goes_hard_when_the_bmc_refuses_a_soft_off(ipmi_sim: IPMISim, clients: Clients) -> None:
+    ipmi_sim.refuse_soft_off()
+    client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
+    lines: list[str] = []
+    await _run(client.powercycle("127.0.0.1", lines.append))
+    assert lines == [
+        "soft power off refused (Unspecified); hard power off",
+        "powered off",
+        "power on requested",
+        "powered on",
+    ]
+    assert ipmi_sim.control_calls() == ["0x20 set shutdown 1", "0x20 set power 0", "0x20 set power 1"]
+    assert ipmi_sim.powered is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_powercycle_of_a_machine_that_is_off_just_powers_it_on(ipmi_sim: IPMISim, clients: Clients) -> None:
+    ipmi_sim.set_powered(False)
+    client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
+    lines: list[str] = []
+    await _run(client.powercycle("127.0.0.1", lines.append))
+    assert lines == ["already off", "power on requested", "powered on"]
+    assert ipmi_sim.control_calls() == ["0x20 set power 1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_an_auth_error_and_never_shown(ipmi_sim: IPMISim, clients: Clients) -> None:
+    wrong = "not-the-Password-42"
+    seen: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        seen.append(formatEvent(event) or "")
+        seen.append(repr(event))
+
+    client = clients.make(_config(ipmi_sim.port, retries=2), wrong)
+    globalLogPublisher.addObserver(observer)
+    try:
+        started = reactor.seconds()
+        with pytest.raises(IPMIAuthError) as caught:
+            await _run(client.power_state("127.0.0.1"))
+        assert reactor.seconds() - started < TIMEOUT + 3  # worker start-up plus one quick refusal
+        # The argv of the worker has no password either.
+        for pid in client.worker_pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                assert wrong.encode() not in handle.read()
+        assert await _run(client.available("127.0.0.1")) is False
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert str(caught.value) == "IPMI power status on 127.0.0.1: credentials refused (Incorrect password provided)"
+    assert isinstance(caught.value, IPMIError)
+    assert seen and not any(wrong in line for line in seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_listening_fails_within_the_deadline(ipmi_sim: IPMISim, clients: Clients) -> None:
+    client = clients.make(_config(ipmi_sim.port, retries=2), SIM_PASSWORD)
+    assert await _run(client.power_state("127.0.0.1")) is True  # a running worker: time only the call
+    started = reactor.seconds()
+    with pytest.raises((IPMIUnavailable, IPMITimeout)) as caught:
+        await _run(client.power_state("127.0.0.3"))  # nothing on this address
+    elapsed = reactor.seconds() - started
+    # pyghmi alone would give up after ~5 s per attempt; the deadline is not retried.
+    assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 1.5, elapsed
+    assert str(caught.value) == f"IPMI power status on 127.0.0.3: no answer within {TIMEOUT:g}s"
+    assert await _run(client.available("127.0.0.3")) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_bmc_times_out_its_worker_is_replaced_and_the_queue_waits_free(
+    ipmi_sim: IPMISim, clients: Clients
+) -> None:
+    swallow = _Swallow()
+    hung = reactor.listenUDP(ipmi_sim.port, swallow, interface="127.0.0.2")
+    try:
+        client = clients.make(_config(ipmi_sim.port, workers=1), SIM_PASSWORD)
+        assert await _run(client.power_state("127.0.0.1")) is True
+        [first] = client.worker_pids
+        started = reactor.seconds()
+        # One worker: the second call waits in the queue for the whole deadline of
+        # the first, then runs on the replacement worker with a deadline of its own.
+        stuck = Deferred.fromCoroutine(client.power_state("127.0.0.2"))
+        behind = Deferred.fromCoroutine(client.power_state("127.0.0.1"))
+        with pytest.raises(IPMITimeout) as caught:
+            await bounded(stuck, TIMEOUT + 5)
+        assert reactor.seconds() - started < TIMEOUT + 1.0
+        assert await bounded(behind, 10) is True
+        assert swallow.received >= 1
+        assert str(caught.value) == f"IPMI power status on 127.0.0.2: no answer within {TIMEOUT:g}s"
+        [second] = client.worker_pids
+        assert second != first
+        assert not pid_alive(first)
+    finally:
+        await hung.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_stops_busy_and_idle_workers(ipmi_sim: IPMISim, clients: Clients) -> None:
+    hung = reactor.listenUDP(ipmi_sim.port, _Swallow(), interface="127.0.0.2")
+    try:
+        client = clients.make(_config(ipmi_sim.port, workers=2, timeout=30.0), SIM_PASSWORD)
+        both = gatherResults([Deferred.fromCoroutine(client.power_state("127.0.0.1")) for _ in range(2)])
+        assert await bounded(both, 20) == [True, True]
+        pids = client.worker_pids
+        assert len(pids) == 2
+        # Both workers take a hung BMC (assigned at once: they are idle); a third call queues.
+        stuck = [Deferred.fromCoroutine(client.power_state("127.0.0.2")) for _ in range(2)]
+        queued = Deferred.fromCoroutine(client.power_state("127.0.0.1"))
+        started = reactor.seconds()
+        await bounded(Deferred.fromCoroutine(client.close()), 10)
+        assert reactor.seconds() - started < 4.0  # the grace period, then SIGKILL
+        assert client.worker_pids == []
+        assert not any(pid_alive(pid) for pid in pids)
+        for waiting in stuck:
+            with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.2: worker process died$"):
+                await bounded(waiting, 1)
+        with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.1: client closed$"):
+            await bounded(queued, 1)
+        with pytest.raises(IPMIError, match="client closed"):
+            await client.power_state("127.0.0.1")
+    finally:
+        await hung.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_set_up_failures_are_retried_then_unavailable(clients: Clients) -> None:
+    client = clients.make(_config(9, retries=2), SIM_PASSWORD)
+    answers = [
+        {"ok": False, "kind": "setup", "message": "Session no longer connected"},
+        {"ok": True, "powered": False},
+        {"ok": False, "kind": "setup", "message": "no answer from the BMC"},
+        {"ok": False, "kind": "setup", "message": "no answer from the BMC"},
+        {"ok": False, "kind": "setup", "message": "no answer from the BMC"},
+        {"ok": False, "kind": "command", "message": "Unrecognized command"},
+    ]
+    asked: list[dict[str, Any]] = []
+
+    def run(host: str, step: str, payload: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        asked.append(payload)
+        return succeed(answers.pop(0))
+
+    client._pool.run = run  # type: ignore[method-assign]
+    assert await client.power_state("bmc.example.test") is False
+    with pytest.raises(IPMIUnavailable) as caught:
+        await client.power_state("bmc.example.test")
+    assert str(caught.value) == (
+        "IPMI power status on bmc.example.test: no BMC session after 3 attempts (no answer from the BMC)"
+    )
+    with pytest.raises(IPMIError) as failed:
+        await client.set_power("bmc.example.test", "cycle")
+    assert type(failed.value) is IPMIError
+    assert str(failed.value) == "IPMI power cycle on bmc.example.test: Unrecognized command"
+    assert len(asked) == 6
+    assert asked[-1] == {
+        "op": "control", "directive": 2, "host": "bmc.example.test", "port": 9, "username": "ADMIN",
+        "password": SIM_PASSWORD,
+    }

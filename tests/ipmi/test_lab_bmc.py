@@ -1,0 +1,273 @@
+"""
+The lab's BMCs (slaveapi.lab.bmc) against ipmitool and against slaveapi's own IPMI client.
+
+ipmitool proves the lab speaks IPMI 2.0 as real tools do; the IPMI client
+(pyghmi, which proposes SHA-256 first) proves the cipher-suite fix of the
+lab's BMC server. Power commands really take lab machines away: their SSH
+listener closes, and comes back after the boot time.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import error as net_error
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+from slaveapi.clients.ipmi import IPMIAuthError, IPMITimeout
+from slaveapi.config import IPMIConfig
+from slaveapi.lab import Lab
+from slaveapi.lab.bmc import LabBMCError, LabBMCs
+from slaveapi.lab.fleet import LabMachine, build_fleet
+from slaveapi.lab.power import PowerControl
+
+from .conftest import Clients, PowerWatcher, bounded, ipmitool, pid_alive
+
+reactor: Any = _reactor
+
+BOOT_TIME = 0.3
+DOMAIN = "build.scl3.slaveapi.test"
+
+
+@dataclass
+class LabWithBMCs:
+    lab: Lab
+    bmcs: LabBMCs
+    watcher: PowerWatcher
+
+    @property
+    def password(self) -> str:
+        return self.lab.ipmi_password
+
+    def config(self, **changes: Any) -> IPMIConfig:
+        values: dict[str, Any] = dict(
+            port=self.bmcs.port, timeout=5.0, retries=1, workers=2, off_timeout=3.0, poll_interval=0.05,
+            power_delay=0.05,
+        )
+        values.update(changes)
+        return IPMIConfig(**values)
+
+
+@pytest_twisted.async_yield_fixture
+async def lab_bmcs(tmp_path: Path, watcher: PowerWatcher) -> AsyncIterator[LabWithBMCs]:
+    """A 12-machine lab (4 with a BMC) and its BMC process; both stopped afterwards."""
+    lab = Lab.start(reactor, slaves=12, workdir=str(tmp_path / "lab"), boot_time=BOOT_TIME, shutdown_delay=0.05)
+    bmcs = None
+    try:
+        bmcs = LabBMCs.start(
+            reactor, lab.fleet.machines, lab.power, 0, lab.ipmi_username, lab.ipmi_password, shutdown_delay=0.1
+        )
+        lab.power.add_observer(watcher)
+        await bounded(bmcs.ready, 20)
+        yield LabWithBMCs(lab, bmcs, watcher)
+    finally:
+        pids = bmcs.pids if bmcs is not None else []
+        if bmcs is not None:
+            await bounded(bmcs.stop(), 10)
+        await bounded(lab.stop(), 10)
+        assert not any(pid_alive(pid) for pid in pids)
+
+
+async def _ssh_port_open(machine: LabMachine, port: int) -> bool:
+    """Whether a TCP connection to the machine's SSH port is accepted."""
+    endpoint = TCP4ClientEndpoint(reactor, machine.ip, port, timeout=2)
+    try:
+        protocol = await bounded(connectProtocol(endpoint, Protocol()), 5)
+    except net_error.ConnectionRefusedError:
+        return False
+    protocol.transport.abortConnection()
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipmitool_status_off_on(lab_bmcs: LabWithBMCs) -> None:
+    lab, port, password = lab_bmcs.lab, lab_bmcs.bmcs.port, lab_bmcs.password
+    machine = lab.machine("bld-linux64-lab-001")
+    host = machine.mgmt_ip
+    assert host == "127.1.1.1"
+    booted = machine.booted_at
+
+    status = await ipmitool(host, port, password, "power", "status")
+    assert (status.code, status.out) == (0, "Chassis Power is on\n")
+
+    down = lab_bmcs.watcher.expect(machine.name, "down")
+    off = await ipmitool(host, port, password, "power", "off")
+    assert (off.code, off.out) == (0, "Chassis Power Control: Down/Off\n")
+    await bounded(down, 5)
+    assert (machine.powered, machine.up, lab.ssh.listening(machine)) == (False, False, False)
+    assert await _ssh_port_open(machine, lab.ssh_port) is False
+    status = await ipmitool(host, port, password, "power", "status")
+    assert (status.code, status.out) == (0, "Chassis Power is off\n")
+
+    up = lab_bmcs.watcher.expect(machine.name, "up")
+    on = await ipmitool(host, port, password, "power", "on")
+    assert (on.code, on.out) == (0, "Chassis Power Control: Up/On\n")
+    status = await ipmitool(host, port, password, "power", "status")
+    assert (status.code, status.out) == (0, "Chassis Power is on\n")
+    assert machine.up is False  # booting
+    await bounded(up, 5)
+    assert (machine.powered, machine.up, lab.ssh.listening(machine)) == (True, True, True)
+    assert await _ssh_port_open(machine, lab.ssh_port) is True
+    assert machine.booted_at > booted
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipmitool_wrong_password_is_refused(lab_bmcs: LabWithBMCs) -> None:
+    machine = lab_bmcs.lab.machine("t-w864-lab-004")
+    result = await ipmitool(machine.mgmt_ip, lab_bmcs.bmcs.port, "wrong-password", "power", "off")
+    assert result.code != 0
+    assert "RAKP 2 HMAC is invalid" in result.err or "Unable to establish" in result.err, result.err
+    assert machine.powered is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_power_state_follows_the_lab(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    lab = lab_bmcs.lab
+    client = clients.make(lab_bmcs.config(), lab_bmcs.password)
+    machine = lab.machine("bld-linux64-lab-006")
+    assert await client.power_state(machine.mgmt_ip) is True
+    down = lab_bmcs.watcher.expect(machine.name, "down")
+    lab.power_off(machine.name)  # the lab cuts the power (a PDU, say), not the BMC
+    await bounded(down, 5)
+    # The BMC process hears about it over its pipe; poll until it has (bounded).
+    assert await Deferred.fromCoroutine(_power_state_becomes(client, machine.mgmt_ip, False))
+
+
+async def _power_state_becomes(client: Any, host: str, powered: bool) -> bool:
+    from twisted.internet.task import deferLater
+
+    for _ in range(50):
+        if await client.power_state(host) is powered:
+            return True
+        await deferLater(reactor, 0.02)
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_powercycles_a_lab_machine(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    lab = lab_bmcs.lab
+    machine = lab.machine("bld-linux64-lab-001")
+    booted = machine.booted_at
+    client = clients.make(lab_bmcs.config(), lab_bmcs.password)
+    assert await client.available(machine.mgmt_ip) is True
+    down = lab_bmcs.watcher.expect(machine.name, "down")
+    up = lab_bmcs.watcher.expect(machine.name, "up")
+    lines: list[str] = []
+    await bounded(Deferred.fromCoroutine(client.powercycle(machine.mgmt_ip, lines.append)), 20)
+    assert lines == ["soft power off requested", "powered off", "power on requested", "powered on"]
+    assert down.called
+    await bounded(up, 5)
+    assert [event for event in lab_bmcs.watcher.events if event[0] == machine.name] == [
+        (machine.name, "down"),
+        (machine.name, "up"),
+    ]
+    assert (machine.powered, machine.up, lab.ssh.listening(machine)) == (True, True, True)
+    assert machine.booted_at > booted
+    # A soft off is a clean shutdown: the buildbot logged its SIGTERM before the boot lines.
+    sigterm = machine.twistd_log.index(next(line for line in machine.twistd_log if "Received SIGTERM" in line))
+    assert any("Server Shut Down." in line for line in machine.twistd_log[sigterm:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_powercycle_falls_back_to_hard_off_and_a_dead_machine_stays_dead(
+    lab_bmcs: LabWithBMCs, clients: Clients
+) -> None:
+    lab = lab_bmcs.lab
+    machine = lab.machine("t-w864-lab-004")
+    machine.comes_back = False
+    lab.reboot(machine.name)  # its OS is gone for good; the chassis stays on
+    assert (machine.powered, machine.up) == (True, False)
+    client = clients.make(lab_bmcs.config(off_timeout=0.5), lab_bmcs.password)
+    lines: list[str] = []
+    await bounded(Deferred.fromCoroutine(client.powercycle(machine.mgmt_ip, lines.append)), 20)
+    assert lines == [
+        "soft power off requested",
+        "still on after 0.5s; hard power off",
+        "powered off",
+        "power on requested",
+        "powered on",
+    ]
+    assert (machine.powered, machine.up, lab.power.booting(machine)) == (True, False, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_wrong_password_and_unknown_user(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    host = lab_bmcs.lab.machine("bld-linux64-lab-001").mgmt_ip
+    wrong = clients.make(lab_bmcs.config(), "wrong-password")
+    with pytest.raises(IPMIAuthError) as caught:
+        await bounded(Deferred.fromCoroutine(wrong.power_state(host)), 15)
+    assert str(caught.value) == "IPMI power status on 127.1.1.1: credentials refused (Incorrect password provided)"
+    # pyghmi's server never answers an unknown user: our deadline ends it.
+    stranger = clients.make(lab_bmcs.config(timeout=1.0), lab_bmcs.password, username="nobody")
+    started = reactor.seconds()
+    with pytest.raises(IPMITimeout):
+        await bounded(Deferred.fromCoroutine(stranger.power_state(host)), 15)
+    assert reactor.seconds() - started < 3.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_fails_when_the_bmc_process_cannot_listen() -> None:
+    fleet = build_fleet(1, DOMAIN, time.time())
+    [machine] = fleet.machines
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        taken.bind((machine.mgmt_ip, 0))
+        bmcs = LabBMCs.start(
+            reactor, fleet.machines, PowerControl(reactor, time.time, BOOT_TIME), taken.getsockname()[1], "ADMIN",
+            "pw-123456"
+        )
+        with pytest.raises(LabBMCError, match="^lab BMC process exited before it was ready: bmc_server: cannot listen"):
+            await bounded(bmcs.ready, 20)
+        await bounded(bmcs.stop(), 10)
+        assert bmcs.pids == []
+    finally:
+        taken.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_concurrent_powercycles_on_four_workers(clients: Clients, watcher: PowerWatcher) -> None:
+    fleet = build_fleet(120, DOMAIN, time.time())
+    machines = [m for m in fleet.machines if m.bmc][:50]
+    assert len(machines) == 50
+    power = PowerControl(reactor, time.time, 0.2)
+    power.add_observer(watcher)
+    # Two BMC processes (30 BMCs at most in each) to cover sharding too.
+    bmcs = LabBMCs.start(
+        reactor, fleet.machines, power, 0, "ADMIN", "load-pw-314159", shutdown_delay=0.05, per_process=30
+    )
+    pids: list[int] = []
+    try:
+        await bounded(bmcs.ready, 20)
+        pids = bmcs.pids
+        assert len(pids) == 2
+        client = clients.make(
+            IPMIConfig(port=bmcs.port, timeout=10.0, retries=1, workers=4, off_timeout=5.0, poll_interval=0.05,
+                       power_delay=0.05),
+            "load-pw-314159",
+        )
+        ups = [watcher.expect(m.name, "up") for m in machines]
+        started = reactor.seconds()
+        cycles = [Deferred.fromCoroutine(client.powercycle(m.mgmt_ip)) for m in machines]
+        results = await bounded(DeferredList(cycles, consumeErrors=True), 45)
+        elapsed = reactor.seconds() - started
+        failures = [(m.name, outcome.getErrorMessage()) for m, (ok, outcome) in zip(machines, results) if not ok]
+        assert failures == []
+        await bounded(gatherResults(ups), 10)
+        assert all(m.up and m.powered for m in machines)
+        assert len(client.worker_pids) == 4
+        assert client._pool.spawned == 4  # no deadline was hit, no worker died
+        assert elapsed < 30, elapsed
+    finally:
+        await bounded(bmcs.stop(), 10)
+        power.stop()
+    assert not any(pid_alive(pid) for pid in pids)
