@@ -59,6 +59,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _start_lab(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen[str], str]:
+    os.makedirs(workdir, exist_ok=True)
     lab = subprocess.Popen(
         [
             sys.executable, "-m", "slaveapi.lab", "--slaves", str(args.slaves), "--boot-time", str(args.boot_time),
@@ -163,7 +164,7 @@ def main() -> int:
     server = None
     try:
         server, port = _start_server(ini, os.path.join(workdir, "data"))
-        with open(os.path.join(workdir, "lab", "roles.json"), encoding="utf-8") as handle:
+        with open(os.path.join(workdir, "lab", "reboot-paths.json"), encoding="utf-8") as handle:
             roles = json.load(handle)
         ssh_names = [name for name, role in roles.items() if role == "ssh"]
         ipmi_names = [name for name, role in roles.items() if role == "ipmi"]

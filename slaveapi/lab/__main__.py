@@ -2,15 +2,19 @@
 Run the lab on its own: C{python -m slaveapi.lab --slaves N [--workdir DIR] [--boot-time S]}.
 
 Starts the simulated fleet on the asyncio reactor, writes C{slaveapi.ini}
-and C{credentials.json} into the work directory, prints the ini's path and
+and C{credentials.json} (and C{reboot-paths.json}, the reboot method each
+machine should need) into the work directory, prints the ini's path and
 text, and serves until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+from typing import Any
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -18,6 +22,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slaves", type=int, default=12, help="number of machines (default 12)")
     parser.add_argument("--workdir", default=None, help="where to write the config (default: a new temp dir)")
     parser.add_argument("--boot-time", type=float, default=3.0, help="seconds a reboot takes (default 3)")
+    parser.add_argument(
+        "--refuse-ssh-share", type=float, default=0.0,
+        help="share of ordinary machines with a BMC whose SSH refuses logins (their reboots go to IPMI)",
+    )
     parser.add_argument("--listen", default="tcp:9999:interface=127.0.0.1", help="SlaveAPI's endpoint in the ini")
     arguments = parser.parse_args(argv)
     if arguments.slaves < 0:
@@ -40,12 +48,29 @@ def main(argv: list[str] | None = None) -> int:
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     workdir = arguments.workdir or tempfile.mkdtemp(prefix="slaveapi-lab-")
-    lab = Lab.start(reactor, slaves=arguments.slaves, workdir=workdir, boot_time=arguments.boot_time)
+    lab = Lab.start(
+        reactor,
+        slaves=arguments.slaves,
+        workdir=workdir,
+        boot_time=arguments.boot_time,
+        refuse_ssh_share=arguments.refuse_ssh_share,
+    )
     ini = lab.write_config(workdir, listen=arguments.listen)
+    with open(os.path.join(workdir, "reboot-paths.json"), "w", encoding="utf-8") as handle:
+        json.dump(lab.reboot_paths(), handle, indent=1)
     with open(ini, encoding="utf-8") as handle:
         text = handle.read()
-    print(ini)
-    print(text, flush=True)
+
+    def announce(_: object) -> None:
+        # Printed once every part answers, so a reader of the first line can start at once.
+        print(ini)
+        print(text, flush=True)
+
+    def failed(failure: Any) -> None:
+        print(f"slaveapi.lab: the lab did not start: {failure.getErrorMessage()}", file=sys.stderr)
+        reactor.stop()  # type: ignore[attr-defined]
+
+    lab.ready().addCallbacks(announce, failed)
     reactor.addSystemEventTrigger("before", "shutdown", lab.stop)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return 0

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.dns import LabDNS
-from slaveapi.lab.fleet import APC_PDU_NAME, SSH_USER, Fleet, LabMachine, build_fleet
+from slaveapi.lab.fleet import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, Fleet, LabMachine, build_fleet
 from slaveapi.lab.http import LabHTTP
 from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.pdu import LabPDUs
@@ -104,6 +104,7 @@ class Lab:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         shutdown_delay: float = 0.1,
+        refuse_ssh_share: float = 0.0,
     ) -> Lab:
         """
         Build a fleet of C{slaves} machines and start every fake service.
@@ -114,11 +115,16 @@ class Lab:
         @param clock: the wall clock uptimes and log times follow.
         @param shutdown_delay: seconds from answering a reboot command to
             the machine going down.
+        @param refuse_ssh_share: the share of ordinary machines with a BMC
+            whose SSH refuses logins, so that their reboots go to IPMI (the
+            reboot-wave benchmark uses it).
         """
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
         os.makedirs(workdir, exist_ok=True)
-        lab = cls(reactor, build_fleet(slaves, domain, clock(), seed), workdir, boot_time, clock, shutdown_delay)
+        fleet = build_fleet(slaves, domain, clock(), seed)
+        _refuse_ssh(fleet, refuse_ssh_share)
+        lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay)
         try:
             lab.http_port = lab.http.start()
             for master in lab.fleet.masters:
@@ -219,6 +225,25 @@ class Lab:
             + self._power_config_text()
         )
 
+    def reboot_paths(self) -> dict[str, str]:
+        """
+        For each slave, the reboot method expected to bring it back: C{ssh},
+        C{mozpool}, C{ipmi} or C{pdu}; C{bug} for one that never comes back.
+        """
+        paths = {}
+        for machine in self.fleet.machines:
+            if not machine.comes_back:
+                paths[machine.name] = "bug"
+            elif machine.imaging_server:
+                paths[machine.name] = "mozpool"
+            elif machine.up and machine.ssh == SSH_OK:
+                paths[machine.name] = "ssh"
+            elif machine.bmc:
+                paths[machine.name] = "ipmi"
+            else:
+                paths[machine.name] = "pdu" if machine.pdu else "bug"
+        return paths
+
     def ready(self) -> defer.Deferred[None]:
         """Fires when every part of the lab answers (the BMC processes start on their own time)."""
         if self.bmcs is None:
@@ -276,6 +301,19 @@ class Lab:
         with open(os.path.join(self.workdir, "known_hosts"), "w", encoding="ascii") as handle:
             for machine in self.fleet.all_hosts():
                 handle.write(f"[{machine.fqdn}]:{self.ssh_port},[{machine.ip}]:{self.ssh_port} {public}\n")
+
+
+def _refuse_ssh(fleet: Fleet, share: float) -> None:
+    """Make C{share} of the ordinary machines with a BMC refuse SSH logins, spread evenly."""
+    if share <= 0:
+        return
+    candidates = [m for m in fleet.machines if m.bmc and m.ssh == SSH_OK and m.scenario in ("idle", "running_command")]
+    chosen = 0.0
+    for machine in candidates:
+        chosen += share
+        if chosen >= 1:
+            chosen -= 1
+            machine.ssh = SSH_REFUSE_LOGIN
 
 
 class LabService(Service):
