@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
@@ -59,14 +59,16 @@ class Prober:
     Answers "is it up?" by ICMP or TCP, and waits for reboots.
 
     @param ssh_port: the port the TCP probe connects to.
+    @param ping_path: the ping program; by default the system's.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, config: ProbeConfig, ssh_port: int) -> None:
+    def __init__(self, reactor: Any, config: ProbeConfig, ssh_port: int, ping_path: str | None = None) -> None:
         self._reactor = reactor
         self._config = config
         self._ssh_port = ssh_port
+        self._ping_path = ping_path
 
     async def alive(self, host: str) -> bool:
         """Whether C{host} answers the configured probe now."""
@@ -85,25 +87,31 @@ class Prober:
         return True
 
     async def _ping(self, host: str) -> bool:
-        ping = next((path for path in _PING_PATHS if os.path.exists(path)), None)
+        ping = self._ping_path or next((path for path in _PING_PATHS if os.path.exists(path)), None)
         if ping is None:
             raise RuntimeError("no ping command found (install iputils-ping) or set [probes] method = tcp")
         protocol = _PingProtocol()
         deadline = self._config.ping_deadline
         args = [ping, "-n", "-q", "-c", str(self._config.ping_count), "-w", f"{deadline:g}", "--", host]
         process = self._reactor.spawnProcess(protocol, ping, args, env={"LC_ALL": "C"})
-        ended = protocol.ended
-        ended.addTimeout(deadline + 2, self._reactor)
-        try:
-            code = await ended
-        except DeferredTimeoutError:
-            self._log.warn("ping {host} overstayed its deadline; killed", host=host)
+        overstayed: list[bool] = []
+
+        def kill() -> None:
+            overstayed.append(True)
+            self._log.warn("ping {host} overstayed its deadline; killing it", host=host)
             try:
                 process.signalProcess("KILL")
             except Exception:
                 pass
-            return False
-        return code == 0
+
+        # ping -w bounds itself; this is for a ping that does not.
+        timer = self._reactor.callLater(deadline + 2, kill)
+        try:
+            code = await protocol.ended
+        finally:
+            if timer.active():
+                timer.cancel()
+        return code == 0 and not overstayed
 
     async def wait_for(self, host: str, up: bool, limit: float) -> bool:
         """Poll until C{host} is up (or down); False if C{limit} seconds pass first."""
