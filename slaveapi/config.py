@@ -75,6 +75,13 @@ class ServiceURL:
 
 
 @dataclass(frozen=True)
+class InventoryConfig(ServiceURL):
+    """C{[inventory]}: systems by hostname, and the DNS records API (for AWS loaners)."""
+
+    dns_api_url: str | None = None
+
+
+@dataclass(frozen=True)
 class BuildapiConfig:
     """C{[buildapi]}: recent jobs; C{max_concurrent} limits calls in flight."""
 
@@ -222,6 +229,60 @@ class RebootConfig:
 
 
 @dataclass(frozen=True)
+class BuildbotConfig:
+    """
+    C{[buildbot]} and C{[masters]}: graceful shutdowns through Buildbot masters.
+
+    C{flavour} says how to ask a master: C{0.8} (POST to the old web
+    status's C{/buildslaves/<name>/shutdown}), C{modern} (the data API's
+    JSON-RPC C{stop} on the worker, Buildbot >= 1.0) or C{auto} (ask the
+    data API first, fall back to 0.8). C{[masters]} overrides it per master
+    (by fqdn or nickname). C{username} (with the credentials'
+    C{buildbot_master}) is sent as HTTP basic auth to masters that need it.
+    The shutdown is confirmed from twistd.log, polled every
+    C{poll_interval} for at most C{max_wait} seconds.
+    """
+
+    flavour: str = "auto"
+    username: str | None = None
+    masters: Mapping[str, str] = field(default_factory=dict)
+    poll_interval: float = 30.0
+    max_wait: float = 5 * 3600.0
+
+
+@dataclass(frozen=True)
+class AWSConfig:
+    """
+    C{[aws]}: EC2 instances, through boto3 in a bounded thread pool.
+
+    Credentials come from the credentials file (C{aws_access_key_id},
+    C{aws_secret_access_key}) or else boto3's standard chain. C{endpoint_url}
+    points at another EC2 endpoint (the lab's moto server). Loaners are
+    launched from the AMI or launch template of their type into C{subnet_id}
+    and named in C{build_domain} / C{test_domain}.
+    """
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    timeout: float = 30.0
+    retries: int = 3
+    threads: int = 10
+    poll_interval: float = 5.0
+    state_timeout: float = 600.0
+    dns_timeout: float = 1200.0
+    subnet_id: str | None = None
+    key_name: str | None = None
+    build_ami: str | None = None
+    test_ami: str | None = None
+    build_launch_template: str | None = None
+    test_launch_template: str | None = None
+    build_instance_type: str = "c5.2xlarge"
+    test_instance_type: str = "m5.large"
+    build_domain: str | None = None
+    test_domain: str | None = None
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """C{[auth]}: whether reads need a token too (writes do whenever tokens exist)."""
 
@@ -244,6 +305,9 @@ class Credentials:
     snmp_community: Secret | None = None
     snmp_v3_auth_key: Secret | None = None
     snmp_v3_priv_key: Secret | None = None
+    buildbot_master: Secret | None = None
+    aws_access_key_id: Secret | None = None
+    aws_secret_access_key: Secret | None = None
     api_tokens: Mapping[str, Secret] = field(default_factory=dict)
 
 
@@ -254,7 +318,7 @@ class Config:
     path: str
     server: ServerConfig
     slavealloc: ServiceURL
-    inventory: ServiceURL
+    inventory: InventoryConfig
     bugzilla: ServiceURL
     buildapi: BuildapiConfig
     slaves: SlavesConfig
@@ -269,6 +333,8 @@ class Config:
     snmp: SNMPConfig = SNMPConfig()
     mozpool: MozpoolConfig = MozpoolConfig()
     reboot: RebootConfig = RebootConfig()
+    buildbot: BuildbotConfig = BuildbotConfig()
+    aws: AWSConfig = AWSConfig()
     devices_url: str | None = None
     timeouts: Mapping[str, float] = field(default_factory=dict)
 
@@ -416,6 +482,9 @@ def load_credentials(path: str) -> Credentials:
         snmp_community=secret("snmp_community"),
         snmp_v3_auth_key=secret("snmp_v3_auth_key"),
         snmp_v3_priv_key=secret("snmp_v3_priv_key"),
+        buildbot_master=secret("buildbot_master"),
+        aws_access_key_id=secret("aws_access_key_id"),
+        aws_secret_access_key=secret("aws_secret_access_key"),
         api_tokens=tokens,
     )
 
@@ -464,6 +533,13 @@ def load_config(path: str) -> Config:
     snmp = section("snmp", required=False)
     mozpool = section("mozpool", required=False)
     reboot = section("reboot", required=False)
+    buildbot = section("buildbot", required=False)
+    aws = section("aws", required=False)
+    master_flavours = {}
+    if parser.has_section("masters"):
+        masters = section("masters")
+        for master in parser.options("masters"):
+            master_flavours[master] = masters.choice(master, "auto", ("auto", "0.8", "modern"))
     pdu_types = {}
     if parser.has_section("pdus"):
         pdus = section("pdus")
@@ -486,7 +562,11 @@ def load_config(path: str) -> Config:
             pidfile=server.string("pidfile", "slaveapi.pid"),
         ),
         slavealloc=ServiceURL(slavealloc.url("api_url")),
-        inventory=ServiceURL(inventory.url("api_url"), inventory.string("username", None)),
+        inventory=InventoryConfig(
+            inventory.url("api_url"),
+            inventory.string("username", None),
+            dns_api_url=inventory.url("dns_api_url", None) or inventory.url("api_url") + "/mozdns/api/v1_dns",
+        ),
         bugzilla=ServiceURL(bugzilla.url("api_url"), bugzilla.string("username", None)),
         buildapi=BuildapiConfig(buildapi.url("api_url"), buildapi.number("max_concurrent", 3, int, 1)),
         slaves=SlavesConfig(
@@ -553,6 +633,33 @@ def load_config(path: str) -> Config:
             tracking_product=reboot.string("tracking_product", RebootConfig.tracking_product),
             tracking_component=reboot.string("tracking_component", RebootConfig.tracking_component),
             tracking_summary=reboot.string("tracking_summary", RebootConfig.tracking_summary),
+        ),
+        buildbot=BuildbotConfig(
+            flavour=buildbot.choice("flavour", "auto", ("auto", "0.8", "modern")),
+            username=buildbot.string("username", None),
+            masters=master_flavours,
+            poll_interval=buildbot.number("poll_interval", 30.0, float, 0.05),
+            max_wait=buildbot.number("max_wait", 5 * 3600.0, float, 0.1),
+        ),
+        aws=AWSConfig(
+            region=aws.string("region", "us-east-1"),
+            endpoint_url=aws.url("endpoint_url", None),
+            timeout=aws.number("timeout", 30.0, float, 0.1),
+            retries=aws.number("retries", 3, int, 0),
+            threads=aws.number("threads", 10, int, 1),
+            poll_interval=aws.number("poll_interval", 5.0, float, 0.05),
+            state_timeout=aws.number("state_timeout", 600.0, float, 0.1),
+            dns_timeout=aws.number("dns_timeout", 1200.0, float, 0.1),
+            subnet_id=aws.string("subnet_id", None),
+            key_name=aws.string("key_name", None),
+            build_ami=aws.string("build_ami", None),
+            test_ami=aws.string("test_ami", None),
+            build_launch_template=aws.string("build_launch_template", None),
+            test_launch_template=aws.string("test_launch_template", None),
+            build_instance_type=aws.string("build_instance_type", "c5.2xlarge"),
+            test_instance_type=aws.string("test_instance_type", "m5.large"),
+            build_domain=aws.string("build_domain", None),
+            test_domain=aws.string("test_domain", None),
         ),
         devices_url=devices.url("url", None),
         timeouts=timeouts,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from slaveapi.config import (
+    InventoryConfig,
     AuthConfig,
     BuildapiConfig,
     ConfigError,
@@ -181,7 +182,7 @@ def test_full_ini_loads_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyP
         listen="tcp:8080:interface=0.0.0.0", concurrency=20, daemonize=True, pidfile="run/slaveapi.pid"
     )
     assert config.slavealloc == ServiceURL("http://127.0.0.1:8001/api")
-    assert config.inventory == ServiceURL("https://127.0.0.1:8002/en-US/tasty-api/v1", "slaveapi")
+    assert config.inventory == InventoryConfig("https://127.0.0.1:8002/en-US/tasty-api/v1", "slaveapi", dns_api_url="https://127.0.0.1:8002/en-US/tasty-api/v1" + "/mozdns/api/v1_dns")
     assert config.bugzilla == ServiceURL("http://127.0.0.1:8003/rest", "slaveapi@example.test")
     assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=4)
     assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="IPMIADMIN")
@@ -227,7 +228,7 @@ def test_minimal_ini_gets_the_defaults(tmp_path: Path) -> None:
     assert config.server == ServerConfig(
         listen="tcp:9999:interface=127.0.0.1", concurrency=50, daemonize=False, pidfile="slaveapi.pid"
     )
-    assert config.inventory == ServiceURL("http://127.0.0.1:8002/api", None)
+    assert config.inventory == InventoryConfig("http://127.0.0.1:8002/api", None, dns_api_url="http://127.0.0.1:8002/api" + "/mozdns/api/v1_dns")
     assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=3)
     assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="ADMIN")
     assert config.logging == LoggingConfig()

@@ -32,7 +32,7 @@ EXAMPLE_CREDENTIALS = os.path.join(_ROOT, "examples", "credentials.json")
 CONFIGURATION_DOC = os.path.join(_ROOT, "docs", "configuration.rst")
 
 #: Sections whose keys are free-form (action names, PDU host names).
-_FREE_FORM = ("timeouts", "pdus")
+_FREE_FORM = ("timeouts", "pdus", "masters")
 
 #: A commented-out alternative setting: ";key = value".
 _ALTERNATIVE = re.compile(r"^;\s*([A-Za-z0-9_.-]+)\s*=")
@@ -152,7 +152,7 @@ def test_no_example_secret_shows_in_the_config_repr() -> None:
     secrets = [value for value in raw.values() if isinstance(value, str)]
     secrets += [p for passwords in raw["ssh"].values() for p in passwords]
     secrets += list(raw["api_tokens"].values())
-    assert len(secrets) == 12
+    assert len(secrets) == 15
     assert [secret for secret in secrets if secret in shown] == []
 
 
@@ -177,7 +177,12 @@ def test_endpoint_alternative_replaces_listen_and_port(tmp_path: Any) -> None:
         "ssl:9443:interface=0.0.0.0:privateKey=/etc/slaveapi/tls/slaveapi.key"
         ":certKey=/etc/slaveapi/tls/slaveapi.crt"
     )
-    assert _alternatives(EXAMPLE_INI) == {("server", "endpoint")}
+    assert _alternatives(EXAMPLE_INI) == {
+        ("server", "endpoint"),
+        ("aws", "endpoint_url"),
+        ("aws", "build_launch_template"),
+        ("aws", "test_launch_template"),
+    }
 
 
 def test_timeouts_name_real_actions() -> None:
