@@ -12,7 +12,7 @@ LAB_SLAVES ?= 12
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet -e '.[lab,test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 venv: $(STAMP)
