@@ -30,7 +30,7 @@ from slaveapi.clients.http import RemoteError
 from slaveapi.clients.ipmi import IPMIError
 from slaveapi.clients.mozpool import MozpoolError
 from slaveapi.clients.pdu import PDUError
-from slaveapi.clients.ssh import SSHError
+from slaveapi.clients.ssh import SSHError, SSHTimeout
 from slaveapi.machines import Slave, load_slave_info
 
 #: Tried in order until one is accepted.
@@ -139,7 +139,12 @@ async def _ssh(escalation: _Escalation) -> bool:
         try:
             refusals = []
             for command in REBOOT_COMMANDS:
-                result = await session.run(command)
+                try:
+                    result = await session.run(command)
+                except SSHTimeout:
+                    # A command that hangs as the machine goes down; the wait decides.
+                    run.log.info("'{command}' did not return; waiting for the machine", command=command)
+                    return
                 if result.exit_code is None or result.ok:
                     run.log.info("'{command}' accepted", command=command)
                     return
