@@ -163,8 +163,6 @@ class LabBMCs:
     """
     The running BMCs of a lab (see the module docstring); a L{PowerObserver}.
 
-    @ivar ready: fires once every BMC listens; fails with L{LabBMCError} if
-        a BMC process exits first.
     @ivar port: the UDP port every BMC listens on.
     @ivar machines: the machines that have a BMC here, by name.
     """
@@ -190,7 +188,9 @@ class LabBMCs:
         self._shutdowns: dict[str, IDelayedCall] = {}
         self.stopping = False
         self._stopped: Deferred[None] | None = None
-        self.ready: Deferred[None] = Deferred()
+        self._ready_outcome: Failure | None = None
+        self._is_ready = False
+        self._ready_waiters: list[Deferred[None]] = []
 
     @classmethod
     def start(
@@ -227,9 +227,38 @@ class LabBMCs:
             bmcs._spawn(names[first : first + per_process], username, password)
         waits = [child.ready for child in bmcs._children]
         ready = defer.gatherResults(waits, consumeErrors=True) if waits else defer.succeed([])
-        ready.addCallbacks(lambda _: None, _first_failure).chainDeferred(bmcs.ready)
+        ready.addCallbacks(lambda _: bmcs._ready_done(None), lambda f: bmcs._ready_done(_first_failure(f)))
         _log.info("lab: {count} BMCs on UDP port {port}", count=len(names), port=bmcs.port)
         return bmcs
+
+    @property
+    def ready(self) -> Deferred[None]:
+        """
+        A new Deferred on each access: fires once every BMC listens.
+
+        It fails with L{LabBMCError} if a BMC process exits first (or
+        L{stop} came first). Nobody asking means nobody is told: a lab
+        stopped before its BMCs were up logs no unhandled error.
+        """
+        if self._is_ready:
+            return defer.succeed(None)
+        if self._ready_outcome is not None:
+            return defer.fail(self._ready_outcome)
+        waiting: Deferred[None] = Deferred()
+        self._ready_waiters.append(waiting)
+        return waiting
+
+    def _ready_done(self, failure: Failure | None) -> None:
+        if failure is None:
+            self._is_ready = True
+        else:
+            self._ready_outcome = failure
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiting in waiters:
+            if failure is None:
+                waiting.callback(None)
+            else:
+                waiting.errback(failure)
 
     @property
     def pids(self) -> list[int]:
