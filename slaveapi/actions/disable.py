@@ -1,0 +1,153 @@
+"""
+The C{disable} action: take a machine out of service and say so on its tracking bug.
+
+In the reference's order: the machine's slavealloc record and its
+problem-tracking bug are loaded (the bug is filed when missing: alias the
+short name, product, component and summary from C{[reboot] tracking_*}); a
+machine already disabled is left alone ("Slave is already disabled. Nothing
+to do."). Otherwise:
+
+  1. Disable in slavealloc: C{enabled} becomes false (C{PUT} of the slave record).
+  2. Stop the buildbot: gracefully through its master, confirmed from
+     twistd.log (the C{shutdown_buildslave} steps), or with C{force} at
+     once by a reboot that files no bugs.
+  3. Update the problem-tracking bug: the status lines of steps 1 and 2 and
+     the reason are commented on it, reopening it if it was closed.
+
+The result text lists each step and its outcome, e.g.::
+
+    Disabling in slavealloc...Success!
+    Requesting graceful shutdown from master bm02-tests1...Accepted (Buildbot 0.8, HTTP 302).
+    Waiting for the buildbot to shut down...Confirmed: it shut down gracefully on command from its master at ...
+    Commenting on problem tracking bug 1003...Success!
+
+It ends as FAILURE when any step failed (steps after a failed shutdown
+still run; nothing runs after slavealloc refused).
+"""
+
+from __future__ import annotations
+
+from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._remote import locate
+from slaveapi.actions.reboot import reboot
+from slaveapi.actions.shutdown_buildslave import ACTION_TIMEOUT, StatusLines, stop_buildbot
+from slaveapi.clients.bugzilla import Bug
+from slaveapi.clients.http import RemoteError
+from slaveapi.machines import Slave
+
+ALREADY_DISABLED = "Slave is already disabled. Nothing to do."
+
+#: The longest reason kept (it goes into a bug comment).
+MAX_REASON_LENGTH = 4000
+
+
+async def disable(run: ActionRun, reason: str = "", force: bool = False) -> str:
+    """
+    Disable the machine in slavealloc, stop its buildbot, and comment on its tracking bug.
+
+    @param reason: why, for the tracking bug.
+    @param force: reboot at once instead of a graceful shutdown.
+    """
+    slave = await locate(run)
+    record = slave.slavealloc
+    if record is None:
+        problem = slave.errors.get("slavealloc") or "not in slavealloc"
+        raise ActionFailure(f"{slave.name} - Cannot disable: {problem}.")
+    status = StatusLines(run)
+    tracking = await _tracking_bug(run, slave, status)
+    if not record.enabled:
+        return ALREADY_DISABLED
+
+    heading = "Disabling in slavealloc..."
+    status.add(heading)
+    try:
+        await run.ctx.clients.slavealloc.set_enabled(record, False)
+    except RemoteError as error:
+        status.replace_last(f"{heading}Failed ({error}).")
+        raise ActionFailure(status.text) from None
+    status.replace_last(f"{heading}Success!")
+    run.log.info("Disabled in slavealloc")
+
+    stopped = await (_force_reboot(run, status) if force else _graceful_shutdown(run, slave, status, reason))
+    commented = await _comment(run, slave, tracking, status, reason)
+    if not (stopped and commented):
+        raise ActionFailure(status.text)
+    return status.text
+
+
+async def _graceful_shutdown(run: ActionRun, slave: Slave, status: StatusLines, reason: str) -> bool:
+    why = f"disabled through SlaveAPI: {reason}" if reason else "disabled through SlaveAPI"
+    try:
+        await stop_buildbot(run, slave, status, why)
+    except ActionFailure:
+        return False
+    return True
+
+
+async def _force_reboot(run: ActionRun, status: StatusLines) -> bool:
+    """Reboot now, without touching any bug; reboot's own lines go under a heading."""
+    status.add("Forcing a reboot instead of a graceful shutdown:")
+
+    def report(text: str) -> None:
+        run.progress(f"{status.text}\n{text}" if text else status.text)
+
+    inner = ActionRun(run.ctx, run.slave, run.requestid, run.action, run.log, report)
+    try:
+        text = await reboot(inner, update_bug=False)
+        ok = True
+    except ActionFailure as failure:
+        text, ok = str(failure.payload), False
+    for line in text.splitlines():
+        status.add(line)
+    return ok
+
+
+async def _tracking_bug(run: ActionRun, slave: Slave, status: StatusLines) -> Bug | None:
+    """The machine's problem-tracking bug, filed when missing; None (and a status line) if Bugzilla failed."""
+    bugzilla = run.ctx.clients.bugzilla
+    settings = run.ctx.config.reboot
+    try:
+        bug = await bugzilla.get_bug(slave.name)
+        if bug is not None:
+            return bug
+        bug_id = await bugzilla.create_bug(
+            product=settings.tracking_product,
+            component=settings.tracking_component,
+            summary=settings.tracking_summary.format(name=slave.name),
+            alias=slave.name,
+            version="other",
+            description=f"Problem tracking bug for {slave.name}, filed by SlaveAPI.",
+        )
+        run.log.info("Filed problem tracking bug {bug}", bug=bug_id)
+        return await bugzilla.get_bug(bug_id)
+    except RemoteError as error:
+        status.add(f"Could not load or file the problem tracking bug: {error}")
+        return None
+
+
+async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: StatusLines, reason: str) -> bool:
+    """Comment the status so far and the reason on the tracking bug, reopening it if closed."""
+    if tracking is None:
+        status.add("Not commenting on the problem tracking bug: there is none.")
+        return False
+    comment = f"{status.text}\nReason: {reason or '(none given)'}"
+    heading = (
+        f"Commenting on problem tracking bug {tracking.id}..."
+        if tracking.is_open
+        else f"Reopening and commenting on problem tracking bug {tracking.id}..."
+    )
+    status.add(heading)
+    bugzilla = run.ctx.clients.bugzilla
+    try:
+        if not tracking.is_open:
+            await bugzilla.update_bug(tracking.id, status="REOPENED")
+        await bugzilla.add_comment(tracking.id, comment)
+    except RemoteError as error:
+        status.replace_last(f"{heading}Failed ({error}).")
+        return False
+    status.replace_last(f"{heading}Success!")
+    return True
+
+
+#: A graceful shutdown may wait C{[buildbot] max_wait} (5 hours by default).
+ACTION = Action(name="disable", run=disable, exclusive=True, timeout=ACTION_TIMEOUT)

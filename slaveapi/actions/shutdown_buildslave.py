@@ -1,0 +1,326 @@
+"""
+The C{shutdown_buildslave} action: stop a machine's buildbot gracefully, through its master.
+
+As the reference describes: a slave with no master in slavealloc has
+nothing to stop ("No master set, nothing to do!"); a machine whose buildbot
+host does not answer over SSH is offline ("Slave is offline, nothing to
+do!"). Otherwise the master is asked for a graceful shutdown (the one way
+that also works on Windows, and the buildbot finishes its running command
+first), and the shutdown is confirmed by reading the tail of
+C{<basedir>/twistd.log} over SSH (on the device's foopy when devices.json
+names one) every C{[buildbot] poll_interval} seconds until a
+"Server Shut Down." line written after the request appears, for at most
+C{[buildbot] max_wait} seconds ("Couldn't confirm shutdown" after that). The
+result says whether the buildbot stopped on command from its master, as a
+graceful shutdown does, or was stopped by SIGTERM. A buildbot whose log
+already ends with "Server Shut Down." is not running, and is left alone.
+
+The steps are functions (L{stop_buildbot}) that the C{disable} action runs
+too, writing into the same L{StatusLines}. The status reads like::
+
+    Requesting graceful shutdown from master bm01-build1...Accepted (Buildbot 0.8, HTTP 302).
+    Waiting for the buildbot to shut down...Confirmed: it shut down gracefully on command from its master at 2026-11-28 01:30:48+0000.
+
+Nothing from the log is ever echoed but the few fixed messages looked for:
+a worker writes its commands' whole environment into twistd.log.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from twisted.internet.task import deferLater
+
+from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, log_paths
+from slaveapi.clients.http import RemoteError
+from slaveapi.clients.master import MasterError
+from slaveapi.clients.slavealloc import MasterRecord
+from slaveapi.clients.ssh import SSHError, SSHSession
+from slaveapi.machines import Slave
+from slaveapi.twistdlog import RUNNING_COMMAND, LogEvent, last_activity, parse_log_line
+
+NO_MASTER = "No master set, nothing to do!"
+OFFLINE = "Slave is offline, nothing to do!"
+
+#: How the buildbot ended, as L{ShutdownOutcome.kind} says.
+GRACEFUL = "graceful"
+SIGTERM = "sigterm"
+UNKNOWN_CAUSE = "unknown"
+NOT_RUNNING = "not_running"
+NO_MASTER_SET = "no_master"
+MACHINE_OFFLINE = "offline"
+
+#: The overall limit of the actions that wait for a shutdown (C{[timeouts]} may change it).
+ACTION_TIMEOUT = 6 * 3600.0
+#: Room kept between the end of the wait and the action's time limit, at most.
+_MARGIN = 600.0
+
+_SHUT_DOWN = "Server Shut Down."
+_ON_COMMAND = "shutting down on command from master"  # "worker ..." (4.x), "slave ..." (0.8)
+_SIGTERM = "Received SIGTERM"
+_TAIL_LINES = 100
+#: An uptime long enough that the log's boot rules never apply (only the
+#: command markers matter when telling a running command apart).
+_NO_BOOT_RULE = 10**9
+
+
+class StatusLines:
+    """
+    An action's status text, built one step a line and shown as its progress.
+
+    Each step is a heading that gets its outcome appended, as the
+    reference's status lines read ("Disabling in slavealloc...Success!").
+    """
+
+    def __init__(self, run: ActionRun) -> None:
+        self._run = run
+        self.lines: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def add(self, line: str) -> None:
+        """Show a new line."""
+        self.lines.append(line)
+        self._run.progress(self.text)
+
+    def replace_last(self, line: str) -> None:
+        """Show C{line} instead of the last line."""
+        self.lines[-1] = line
+        self._run.progress(self.text)
+
+    def fail(self, line: str) -> ActionFailure:
+        """Show C{line} and return the failure carrying the whole text, to raise."""
+        self.add(line)
+        return ActionFailure(self.text)
+
+
+@dataclass(frozen=True)
+class ShutdownOutcome:
+    """
+    How L{stop_buildbot} ended.
+
+    @ivar kind: L{GRACEFUL}, L{SIGTERM} or L{UNKNOWN_CAUSE} for a confirmed
+        shutdown; L{NOT_RUNNING}, L{NO_MASTER_SET} or L{MACHINE_OFFLINE}
+        when there was nothing to stop.
+    @ivar at: when the log says the buildbot stopped, if it does.
+    """
+
+    kind: str
+    at: datetime | None = None
+
+
+async def find_master(run: ActionRun, slave: Slave, status: StatusLines) -> MasterRecord | None:
+    """
+    The master slavealloc says the slave's buildbot is attached to, or None.
+
+    @raise ActionFailure: slavealloc could not be asked.
+    """
+    record = slave.slavealloc
+    if record is None:
+        problem = slave.errors.get("slavealloc")
+        if problem:
+            raise status.fail(f"Could not read {slave.name} from slavealloc: {problem}")
+        return None
+    if record.current_masterid is None:
+        return None
+    try:
+        master = await run.ctx.clients.slavealloc.get_master(record.current_masterid)
+    except RemoteError as error:
+        raise status.fail(f"Could not look up master {record.current_masterid} in slavealloc: {error}") from None
+    slave.master = master
+    return master
+
+
+async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reason: str) -> ShutdownOutcome:
+    """
+    Stop the slave's buildbot gracefully through its master and confirm it from twistd.log.
+
+    Every step and its outcome is added to C{status}.
+
+    @param reason: why, for the master's records (modern masters keep it).
+    @raise ActionFailure: with C{status}'s whole text, when the master
+        refused or could not be asked, the log could not be read, or the
+        shutdown was not confirmed within C{[buildbot] max_wait}.
+    """
+    master = await find_master(run, slave, status)
+    if master is None:
+        status.add(NO_MASTER)
+        return ShutdownOutcome(NO_MASTER_SET)
+    try:
+        address, label = await buildbot_address(run, slave)
+        session = await connect(run, address, label)
+    except Offline:
+        status.add(OFFLINE)
+        return ShutdownOutcome(MACHINE_OFFLINE)
+    except ActionFailure as failure:
+        raise status.fail(str(failure.payload)) from None
+    reader = _LogReader(run, address, label, session)
+    try:
+        if not slave.basedir:
+            raise status.fail(f"No basedir for {slave.name} in slavealloc, cannot find twistd.log.")
+        lines = await reader.tail(slave.basedir)
+        events = _events(lines or [])
+        if events and _SHUT_DOWN in events[-1].message:
+            stopped_at = events[-1].timestamp
+            status.add(f"Buildbot is not running (its twistd.log ends with {_SHUT_DOWN!r} at {_show(stopped_at)}),"
+                       " nothing to do!")
+            return ShutdownOutcome(NOT_RUNNING, stopped_at)
+
+        requested_at = datetime.now(timezone.utc).replace(microsecond=0)
+        heading = f"Requesting graceful shutdown from master {master.nickname}..."
+        status.add(heading)
+        run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
+        try:
+            accepted = await run.ctx.clients.master.shutdown_worker(master, slave.name, reason)
+        except MasterError as error:
+            status.replace_last(f"{heading}Failed: {error}")
+            raise ActionFailure(status.text) from None
+        status.replace_last(f"{heading}Accepted (Buildbot {accepted.flavour}, HTTP {accepted.status}).")
+        return await _wait_for_shutdown(run, reader, slave.basedir, requested_at, status)
+    finally:
+        reader.close()
+
+
+async def _wait_for_shutdown(
+    run: ActionRun, reader: _LogReader, basedir: str, since: datetime, status: StatusLines
+) -> ShutdownOutcome:
+    """Poll the log until it shows a shutdown at or after C{since}, for at most C{max_wait}."""
+    settings = run.ctx.config.buildbot
+    reactor = run.ctx.reactor
+    max_wait = _max_wait(run)
+    deadline = reactor.seconds() + max_wait
+    heading = "Waiting for the buildbot to shut down..."
+    status.add(heading)
+    while True:
+        try:
+            lines = await reader.tail(basedir)
+        except ActionFailure as failure:
+            status.replace_last(f"{heading}Failed: {failure.payload}")
+            raise ActionFailure(status.text) from None
+        if lines is not None:
+            events = _events(lines)
+            outcome = _shutdown_since(events, since)
+            if outcome is not None:
+                status.replace_last(heading + _describe(outcome))
+                run.log.info("Shutdown confirmed ({kind})", kind=outcome.kind)
+                return outcome
+            busy = last_activity(lines, datetime.now(timezone.utc), _NO_BOOT_RULE).last_state == RUNNING_COMMAND
+            waiting = heading + ("(it is finishing its running command)" if busy else "")
+            if status.lines[-1] != waiting:
+                status.replace_last(waiting)
+        remaining = deadline - reactor.seconds()
+        if remaining <= 0:
+            status.replace_last(f"{heading}Couldn't confirm shutdown within {max_wait:g} seconds.")
+            raise ActionFailure(status.text)
+        await deferLater(reactor, min(settings.poll_interval, remaining), lambda: None)
+
+
+def _max_wait(run: ActionRun) -> float:
+    """
+    C{[buildbot] max_wait}, shortened when the action's time limit would cut
+    the wait off: the action then still ends saying it could not confirm.
+    """
+    config = run.ctx.config
+    limit = config.timeouts.get(run.action, ACTION_TIMEOUT)
+    room = limit - min(_MARGIN, limit / 10)
+    if config.buildbot.max_wait <= room:
+        return config.buildbot.max_wait
+    run.log.warn(
+        "[buildbot] max_wait {max_wait}s does not fit the action's time limit {limit}s: waiting {room}s",
+        max_wait=config.buildbot.max_wait, limit=limit, room=room,
+    )
+    return room
+
+
+class _LogReader:
+    """
+    Reads the tail of twistd.log over one SSH session, logging in again
+    when the connection was lost (a long wait may outlive it).
+    """
+
+    def __init__(self, run: ActionRun, address: str, label: str, session: SSHSession) -> None:
+        self._run = run
+        self._address = address
+        self._label = label
+        self._session: SSHSession | None = session
+
+    async def tail(self, basedir: str) -> list[str] | None:
+        """
+        The last lines of twistd.log.1 then twistd.log, oldest first; None
+        when the host does not answer right now.
+
+        @raise ActionFailure: the host refuses the login.
+        """
+        if self._session is None:
+            try:
+                self._session = await connect(self._run, self._address, self._label)
+            except Offline:
+                return None
+        lines: list[str] = []
+        try:
+            for path in log_paths(basedir):
+                result = await self._session.run(f"tail -n {_TAIL_LINES} {shlex.quote(path)}")
+                if result.ok:
+                    lines.extend(result.stdout.splitlines())
+        except SSHError as error:
+            self._run.log.info("Reading twistd.log failed, will log in again: {reason}", reason=str(error))
+            self.close()
+            return None
+        return lines
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def _events(lines: list[str]) -> list[LogEvent]:
+    return [event for event in map(parse_log_line, lines) if event is not None]
+
+
+def _shutdown_since(events: list[LogEvent], since: datetime) -> ShutdownOutcome | None:
+    """The first shutdown logged at or after C{since}, and what caused it."""
+    for index, event in enumerate(events):
+        if event.timestamp >= since and _SHUT_DOWN in event.message:
+            before = [earlier.message for earlier in events[:index] if earlier.timestamp >= since]
+            if any(_ON_COMMAND in message for message in before):
+                kind = GRACEFUL
+            elif any(_SIGTERM in message for message in before):
+                kind = SIGTERM
+            else:
+                kind = UNKNOWN_CAUSE
+            return ShutdownOutcome(kind, event.timestamp)
+    return None
+
+
+def _show(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+def _describe(outcome: ShutdownOutcome) -> str:
+    at = _show(outcome.at) if outcome.at else "an unknown time"
+    if outcome.kind == GRACEFUL:
+        return f"Confirmed: it shut down gracefully on command from its master at {at}."
+    if outcome.kind == SIGTERM:
+        return f"Confirmed: it shut down at {at}, but not gracefully: it received SIGTERM."
+    return f"Confirmed: it shut down at {at} (its log does not say why)."
+
+
+async def shutdown_buildslave(run: ActionRun) -> str:
+    """Stop the machine's buildbot gracefully through its master and confirm it."""
+    slave = await locate(run)
+    status = StatusLines(run)
+    await stop_buildbot(run, slave, status, reason=f"SlaveAPI shutdown_buildslave request {run.requestid}")
+    return status.text
+
+
+#: The wait is C{[buildbot] max_wait} (5 hours by default); the overall limit
+#: leaves room for the lookups and SSH logins around it.
+ACTION = Action(
+    name="shutdown_buildslave", run=shutdown_buildslave, exclusive=True, single_flight=True, timeout=ACTION_TIMEOUT
+)

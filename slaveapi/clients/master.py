@@ -1,0 +1,329 @@
+"""
+The Buildbot master client: asking a master to shut one of its workers down gracefully.
+
+A slave's buildbot is stopped through the master it is attached to, because
+that is the one way that also works on Windows and lets a running build
+finish first. slavealloc names the master (L{MasterRecord}: fqdn and
+C{http_port}); two kinds of master answer differently:
+
+  - Buildbot 0.8 (C{0.8}): the web status's
+    C{POST /buildslaves/<name>/shutdown}. It answers with a redirect (to the
+    slave's page), which is never followed: the status code decides (2xx or
+    3xx is accepted), except a redirect to C{authfail}, which is how 0.8
+    refuses an action its authz does not allow.
+  - Buildbot >= 1.0 (C{modern}): the data API's control call
+    C{POST /api/v2/workers/<name>} with the JSON-RPC body
+    C{{"jsonrpc": "2.0", "method": "stop", "params": {"reason": ...}, "id": 1}}
+    (C{stop} is graceful; C{kill} is not and is never sent), with HTTP basic
+    auth when C{[buildbot] username} and the credentials' C{buildbot_master}
+    are both set.
+
+Which kind a master is comes from C{[masters]} (by fqdn or nickname), else
+C{[buildbot] flavour}; C{auto} asks C{GET /api/v2} first: a JSON answer (or
+a 401 or 403: the data API is there but wants credentials) means a modern
+master, anything else means 0.8.
+
+A master's name is resolved through SlaveAPI's own DNS client (so that lab
+names work as production names do) and the request goes to that address
+with the master's name in the C{Host} header. Every call is bounded by
+C{[http] timeout}; every failure is a L{MasterError}, one line naming the
+URL (with the master's name, never an address or a password) and the status.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.logger import Logger
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+
+from slaveapi.clients.dns import DNSClient, DNSError
+from slaveapi.clients.slavealloc import MasterRecord
+from slaveapi.config import BuildbotConfig, Secret
+
+#: Buildbot 0.8's web status.
+FLAVOUR_08 = "0.8"
+#: Buildbot >= 1.0's data API.
+FLAVOUR_MODERN = "modern"
+#: Ask the master which one it is.
+FLAVOUR_AUTO = "auto"
+
+#: A master's answers are short; anything longer is cut off and refused.
+_MAX_BODY = 1024 * 1024
+_MAX_DETAIL = 200
+
+
+class MasterError(Exception):
+    """Asking a master failed; the message is one line naming the URL and the status."""
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    """
+    A master accepted a graceful shutdown request.
+
+    @ivar url: the URL asked (with the master's name, as shown in messages).
+    @ivar flavour: L{FLAVOUR_08} or L{FLAVOUR_MODERN}, as actually used.
+    @ivar status: the HTTP status the master answered with.
+    """
+
+    url: str
+    flavour: str
+    status: int
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One HTTP answer from a master."""
+
+    status: int
+    phrase: str
+    location: str
+    body: bytes
+
+
+class _BodyTooLarge(Exception):
+    """The answer exceeded L{_MAX_BODY}."""
+
+
+class MasterClient:
+    """
+    Asks Buildbot masters to shut workers down gracefully.
+
+    @param config: C{[buildbot]} and C{[masters]}.
+    @param password: the credentials' C{buildbot_master}, sent with
+        C{config.username} as basic auth to modern masters.
+    @param http: treq's C{HTTPClient} (anything with its C{request} API).
+    @param dns: resolves masters' names.
+    @param timeout: seconds allowed for one whole call.
+    @param reactor: provides C{callLater} for the timeout.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: BuildbotConfig,
+        password: Secret | None,
+        http: Any,
+        dns: DNSClient,
+        timeout: float,
+        reactor: Any,
+    ) -> None:
+        self._config = config
+        self._password = password
+        self._http = http
+        self._dns = dns
+        self._timeout = timeout
+        self._reactor = reactor
+
+    def configured_flavour(self, master: MasterRecord) -> str:
+        """The flavour configuration gives C{master}: C{[masters]} by fqdn or nickname, else C{[buildbot]}."""
+        overrides = {name.lower(): flavour for name, flavour in self._config.masters.items()}
+        for name in (master.fqdn, master.nickname):
+            flavour = overrides.get(name.lower())
+            if flavour is not None:
+                return flavour
+        return self._config.flavour
+
+    async def flavour(self, master: MasterRecord) -> str:
+        """
+        L{FLAVOUR_08} or L{FLAVOUR_MODERN}: as configured, or for C{auto} as
+        the master's C{GET /api/v2} shows.
+
+        @raise MasterError: the master cannot be reached to ask.
+        """
+        flavour = self.configured_flavour(master)
+        if flavour != FLAVOUR_AUTO:
+            return flavour
+        answer = await self._call(master, "GET", "/api/v2")
+        # A data API answers JSON, or refuses us (401, 403) where 0.8 has nothing (404).
+        has_api = (200 <= answer.status < 300 and _json_object(answer.body) is not None) or answer.status in (401, 403)
+        detected = FLAVOUR_MODERN if has_api else FLAVOUR_08
+        self._log.info(
+            "master {master}: GET /api/v2 answered HTTP {status}: treating it as Buildbot {flavour}",
+            master=master.nickname,
+            status=answer.status,
+            flavour=detected,
+        )
+        return detected
+
+    async def shutdown_worker(self, master: MasterRecord, worker: str, reason: str) -> ShutdownRequested:
+        """
+        Ask C{master} to shut C{worker} down gracefully (after its running build).
+
+        @param reason: why, for a modern master's records.
+        @raise MasterError: the master could not be asked, or refused.
+        """
+        flavour = await self.flavour(master)
+        name = quote(worker, safe="")
+        if flavour == FLAVOUR_08:
+            path = f"/buildslaves/{name}/shutdown"
+            answer = await self._call(master, "POST", path)
+            url = self.url(master, path)
+            if 300 <= answer.status < 400 and _is_authfail(answer.location):
+                raise MasterError(
+                    f"master {master.nickname}: POST {url} was refused: HTTP {answer.status} redirect to authfail"
+                )
+            if not 200 <= answer.status < 400:
+                raise MasterError(f"master {master.nickname}: POST {url} failed: {_status(answer)}")
+            return ShutdownRequested(url, flavour, answer.status)
+
+        path = f"/api/v2/workers/{name}"
+        body = {"jsonrpc": "2.0", "method": "stop", "params": {"reason": reason}, "id": 1}
+        answer = await self._call(master, "POST", path, body)
+        url = self.url(master, path)
+        reply = _json_object(answer.body)
+        error = reply.get("error") if reply is not None else None
+        if not 200 <= answer.status < 300:
+            raise MasterError(f"master {master.nickname}: POST {url} failed: {_status(answer)}{_rpc_detail(error)}")
+        if reply is None:
+            raise MasterError(f"master {master.nickname}: POST {url} failed: HTTP {answer.status}, answer is not JSON")
+        if error is not None:
+            raise MasterError(f"master {master.nickname}: POST {url} failed: HTTP {answer.status}{_rpc_detail(error)}")
+        return ShutdownRequested(url, flavour, answer.status)
+
+    def url(self, master: MasterRecord, path: str) -> str:
+        """C{path} on C{master}'s web server, by name (as messages show it)."""
+        return f"http://{master.fqdn}{_port_suffix(master)}{path}"
+
+    def _auth_header(self) -> dict[bytes, list[bytes]]:
+        if not self._config.username or self._password is None:
+            return {}
+        pair = f"{self._config.username}:{self._password.reveal()}".encode("utf-8")
+        return {b"Authorization": [b"Basic " + base64.b64encode(pair)]}
+
+    async def _call(self, master: MasterRecord, method: str, path: str, body: Any = None) -> _Answer:
+        """One request to C{master}, bounded by the timeout; any failure is a L{MasterError}."""
+        url = self.url(master, path)
+        if master.http_port is None:
+            raise MasterError(f"master {master.nickname}: {method} {url} failed: slavealloc gives it no http_port")
+        try:
+            host = await self._dns.lookup_host(master.fqdn)
+        except DNSError as error:
+            raise MasterError(f"master {master.nickname}: {method} {url} failed: {error}") from None
+        if host is None:
+            raise MasterError(f"master {master.nickname}: {method} {url} failed: {master.fqdn} is not in DNS")
+
+        headers = {b"Host": [f"{master.fqdn}{_port_suffix(master)}".encode("ascii")], **self._auth_header()}
+        data = None
+        if body is not None:
+            headers[b"Content-Type"] = [b"application/json"]
+            data = json.dumps(body).encode("utf-8")
+        if method == "GET" or body is not None:
+            headers[b"Accept"] = [b"application/json"]
+        target = f"http://{host.ip}:{master.http_port}{path}"
+
+        timed_out: list[bool] = []
+        exchange = Deferred.fromCoroutine(self._exchange(method, target, Headers(headers), data))
+
+        def expire() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        call = self._reactor.callLater(self._timeout, expire)
+        try:
+            answer = await exchange
+        except CancelledError:
+            if timed_out:
+                raise MasterError(
+                    f"master {master.nickname}: {method} {url} failed: timed out after {self._timeout:g}s"
+                ) from None
+            raise
+        except _BodyTooLarge:
+            raise MasterError(
+                f"master {master.nickname}: {method} {url} failed: answer larger than {_MAX_BODY} bytes"
+            ) from None
+        except Exception as error:
+            if timed_out:
+                raise MasterError(
+                    f"master {master.nickname}: {method} {url} failed: timed out after {self._timeout:g}s"
+                ) from None
+            raise MasterError(f"master {master.nickname}: {method} {url} failed: {_reason(error)}") from None
+        finally:
+            if call.active():
+                call.cancel()
+        self._log.info(
+            "master {master}: {method} {url} answered HTTP {status}",
+            master=master.nickname,
+            method=method,
+            url=url,
+            status=answer.status,
+        )
+        return answer
+
+    async def _exchange(self, method: str, url: str, headers: Headers, data: bytes | None) -> _Answer:
+        """Send the request and read the whole answer; no timeout here, no redirects followed."""
+        response = await self._http.request(method, url, headers=headers, data=data, allow_redirects=False)
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > _MAX_BODY:
+                raise _BodyTooLarge()
+            chunks.append(chunk)
+
+        await response.collect(collect)
+        phrase = getattr(response, "phrase", b"") or b""
+        location = (response.headers.getRawHeaders(b"location") or [b""])[0]
+        return _Answer(
+            status=response.code,
+            phrase=phrase.decode("latin-1", "replace") if isinstance(phrase, bytes) else str(phrase),
+            location=location.decode("latin-1", "replace"),
+            body=b"".join(chunks),
+        )
+
+
+def _port_suffix(master: MasterRecord) -> str:
+    return f":{master.http_port}" if master.http_port else ""
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The answer as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_authfail(location: str) -> bool:
+    """Whether a redirect goes to 0.8's C{authfail} page (its authz refused the action)."""
+    path = urlsplit(location).path.rstrip("/")
+    return path.rsplit("/", 1)[-1] == "authfail"
+
+
+def _status(answer: _Answer) -> str:
+    return f"HTTP {answer.status} {answer.phrase}".rstrip()
+
+
+def _rpc_detail(error: Any) -> str:
+    """A JSON-RPC error object as a short suffix for a message."""
+    if not isinstance(error, dict):
+        return ""
+    message = " ".join(str(error.get("message", "")).split())[:_MAX_DETAIL]
+    code = error.get("code")
+    return f" (JSON-RPC error {code}: {message})" if message else f" (JSON-RPC error {code})"
+
+
+def _reason(error: BaseException) -> str:
+    """Why a request could not be sent or answered, in a few words."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, DNSLookupError):
+        return "host not found"
+    if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
+        return "connection lost before the answer was complete"
+    if isinstance(error, ConnectError):
+        return f"connection failed: {type(error).__name__}"
+    first = (str(error).strip().splitlines() or [""])[0][:_MAX_DETAIL]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
