@@ -6,6 +6,11 @@ The reboot action needs the PDU outlet for its power-cycle step; a host
 without one (or with a value that cannot be parsed) simply has no PDU step.
 Inventory needs HTTP basic authentication; the password is a L{Secret}
 revealed only for the request itself.
+
+Inventory also keeps the DNS records (its C{mozdns} API, C{[inventory]
+dns_api_url}): AWS loaners get their A and PTR records there
+(L{InventoryClient.create_address_record}, L{InventoryClient.create_ptr_record},
+L{InventoryClient.delete_dns_record}).
 """
 
 from __future__ import annotations
@@ -99,6 +104,27 @@ class InventorySystem:
     key_values: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
+@dataclass(frozen=True)
+class DNSRecord:
+    """
+    One record made through inventory's DNS API.
+
+    @ivar kind: C{"A"} or C{"PTR"}.
+    @ivar id: the record's primary key in inventory (what deleting it needs).
+    @ivar fqdn: the name (of an A record) or the target (of a PTR).
+    """
+
+    kind: str
+    id: int
+    fqdn: str
+    ip: str
+
+    @property
+    def resource(self) -> str:
+        """The DNS API's collection for this kind of record."""
+        return "addressrecord" if self.kind == "A" else "ptr"
+
+
 class InventoryClient:
     """
     Looks hosts up in the inventory's REST API at C{api_url}.
@@ -115,11 +141,18 @@ class InventoryClient:
         username: str | None,
         password: Secret | None,
         json_client: JSONClient,
+        dns_api_url: str | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
         self._username = username
         self._password = password
         self._http = json_client
+        self._dns_api_url = (dns_api_url or f"{self._api_url}/mozdns/api/v1_dns").rstrip("/")
+
+    def _auth(self) -> tuple[str, str] | None:
+        if self._username and self._password is not None:
+            return (self._username, self._password.reveal())
+        return None
 
     async def get_system(self, fqdn: str) -> InventorySystem | None:
         """The system whose host name is C{fqdn}, or C{None} when inventory has none."""
@@ -178,3 +211,87 @@ class InventoryClient:
             imaging_server=key_values.get(IMAGING_SERVER_KEY) or None,
             key_values=MappingProxyType(key_values),
         )
+
+
+    # --- DNS records (the mozdns API) -----------------------------------------
+
+    async def create_address_record(
+        self, fqdn: str, ip: str, description: str, views: tuple[str, ...] = ("private",)
+    ) -> DNSRecord:
+        """
+        Create the A record C{fqdn} -> C{ip} in the DNS C{views}.
+
+        @raise RemoteError: inventory refused (the reason quotes its
+            C{error_messages}, e.g. a record that already exists) or failed.
+        """
+        return await self._create_dns_record("A", fqdn, ip, description, views)
+
+    async def create_ptr_record(
+        self, fqdn: str, ip: str, description: str, views: tuple[str, ...] = ("private",)
+    ) -> DNSRecord:
+        """Create the PTR record C{ip} -> C{fqdn}; errors as L{create_address_record}."""
+        return await self._create_dns_record("PTR", fqdn, ip, description, views)
+
+    async def delete_dns_record(self, record: DNSRecord) -> None:
+        """
+        Delete a record made by L{create_address_record} or L{create_ptr_record}.
+
+        @raise NotFound: inventory has no such record (any more).
+        @raise RemoteError: inventory refused or failed.
+        """
+        url = f"{self._dns_api_url}/{record.resource}/{record.id}/"
+        try:
+            await self._http.request_json("DELETE", url, params={"format": "json"}, auth=self._auth())
+        except RemoteError as error:
+            raise _with_detail(error) from None
+        self._log.info(
+            "inventory: deleted {kind} record {id} ({fqdn} {ip})",
+            kind=record.kind,
+            id=record.id,
+            fqdn=record.fqdn,
+            ip=record.ip,
+        )
+
+    async def _create_dns_record(
+        self, kind: str, fqdn: str, ip: str, description: str, views: tuple[str, ...]
+    ) -> DNSRecord:
+        resource = "addressrecord" if kind == "A" else "ptr"
+        url = f"{self._dns_api_url}/{resource}/"
+        body: dict[str, Any] = {
+            "ip_str": ip,
+            "ip_type": "6" if ":" in ip else "4",
+            "views": list(views),
+            "description": description,
+        }
+        # An A record names its host in "fqdn"; a PTR its target in "name" (mozdns, as invtool sends them).
+        body["fqdn" if kind == "A" else "name"] = fqdn
+        try:
+            data = await self._http.post_json(url, json_body=body, auth=self._auth())
+        except RemoteError as error:
+            raise _with_detail(error) from None
+        record_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(record_id, int) or isinstance(record_id, bool):
+            raise RemoteError(_SERVICE, "POST", url, f"malformed answer: the new {kind} record has no id")
+        self._log.info("inventory: created {kind} record {id} ({fqdn} {ip})", kind=kind, id=record_id, fqdn=fqdn, ip=ip)
+        return DNSRecord(kind=kind, id=record_id, fqdn=fqdn, ip=ip)
+
+
+def _with_detail(error: RemoteError) -> RemoteError:
+    """C{error} with the DNS API's own explanation (a 400's C{error_messages}) added to its reason."""
+    body = error.body
+    detail = None
+    if isinstance(body, dict):
+        detail = body.get("error_messages") or body.get("message") or body.get("msg")
+    if not detail:
+        return error
+    text = detail if isinstance(detail, str) else _flatten(detail)
+    kind = type(error)
+    return kind(error.service, error.method, error.url, f"{error.reason}: {text[:200]}", status=error.status, body=body)
+
+
+def _flatten(detail: Any) -> str:
+    if isinstance(detail, dict):
+        return "; ".join(f"{key}: {_flatten(value)}" for key, value in detail.items())
+    if isinstance(detail, list):
+        return ", ".join(_flatten(item) for item in detail)
+    return str(detail)

@@ -1,0 +1,458 @@
+"""
+The AWS actions: create a loaner instance, and start, stop or terminate an instance.
+
+C{aws_start_instance}, C{aws_stop_instance} and C{aws_terminate_instance}
+(routes C{start}, C{stop}, C{terminate}) find the instance whose C{Name} tag is
+the slave's short name (not terminated; an C{FQDN} tag naming another host
+rules an instance out when the slave is given fully qualified), ask EC2 for
+the change, and wait (bounded by C{[aws] state_timeout}, polled every
+C{[aws] poll_interval}) for C{running}, C{stopped} or C{terminated}.
+
+C{aws_create_instance} makes a loaner, each step shown in the progress text
+and any failure naming its step::
+
+    Checking that dev-linux64-ec2-jdoe is not taken...OK.
+    Picking a free IP address in subnet-0abc...10.0.0.4.
+    Creating DNS records for dev-linux64-ec2-jdoe.build.example -> 10.0.0.4...A and PTR created.
+    Waiting for dev-linux64-ec2-jdoe.build.example to resolve...10.0.0.4.
+    Launching dev-linux64-ec2-jdoe from ami-0123...i-0456.
+    Waiting for i-0456 to be running...running.
+
+The address is the first of the subnet not held by an instance (in any
+state) or a network interface, not being claimed by another creation, and
+without reverse DNS. The A and PTR records go through inventory's DNS API.
+When a step fails, what was made is undone: a launched instance is
+terminated and the DNS records are deleted. On success the payload is the
+instance's tags plus C{ip} and C{instance_id}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from twisted.internet import task
+from twisted.internet.defer import CancelledError
+
+from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.clients.aws import AWSClient, AWSError, Instance, LaunchSpec
+from slaveapi.clients.dns import DNSError
+from slaveapi.clients.http import RemoteError
+from slaveapi.clients.inventory import DNSRecord
+
+#: The form fields of aws_create_instance.
+CREATE_FIELDS = ("email", "bug", "instance_type", "arch", "disambig")
+REQUIRED_FIELDS = ("email", "bug", "instance_type")
+INSTANCE_TYPES = ("build", "test")
+ARCHES = (32, 64)
+
+#: The slave name that asks for a name made from the email address.
+DEFAULT_SLAVE = "default"
+
+#: How many unused addresses are checked for reverse DNS before giving up.
+MAX_ADDRESS_CANDIDATES = 64
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+_MAX_LABEL = 63
+_SHOWN = 40
+_STEP_ERRORS = (AWSError, RemoteError, DNSError)
+
+
+# --- validating the request --------------------------------------------------------
+
+
+def create_arguments(form: Mapping[str, str]) -> dict[str, Any]:
+    """
+    The keyword arguments of L{aws_create_instance} from a request's fields.
+
+    @param form: every field the request carried (query and body), first value each.
+    @raise ValueError: the message says what is wrong (the route answers it as a 400).
+    """
+    fields = {name: (form.get(name) or "").strip() for name in CREATE_FIELDS}
+    missing = [name for name in REQUIRED_FIELDS if not fields[name]]
+    if missing:
+        received = ", ".join(f"{name}={_shown(value)}" for name, value in sorted(form.items())) or "nothing"
+        raise ValueError(
+            f"missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}; received: {received}"
+        )
+    email = fields["email"]
+    if not _EMAIL.match(email):
+        raise ValueError(f"email: expected an email address (user@domain), got {_shown(email)}")
+    if not nick_of(email):
+        raise ValueError(
+            f"email: the part before '@' of {_shown(email)} gives no host name (letters, digits and '-')"
+        )
+    bug = fields["bug"]
+    if not bug.isdigit() or not bug.isascii() or int(bug) < 1:
+        raise ValueError(f"bug: expected a bug number, got {_shown(bug)}")
+    instance_type = fields["instance_type"]
+    if instance_type not in INSTANCE_TYPES:
+        raise ValueError(f"instance_type: expected 'build' or 'test', got {_shown(instance_type)}")
+    arch_text = fields["arch"] or "64"
+    if arch_text not in ("32", "64"):
+        raise ValueError(f"arch: expected 32 or 64, got {_shown(arch_text)}")
+    arch = int(arch_text)
+    if arch == 32 and instance_type == "build":
+        raise ValueError("arch: 32bit instances are not used for building")
+    disambig_text = fields["disambig"]
+    disambig = None
+    if disambig_text:
+        if not disambig_text.isdigit() or not disambig_text.isascii():
+            raise ValueError(f"disambig: expected a non-negative integer, got {_shown(disambig_text)}")
+        disambig = int(disambig_text)
+    return {"email": email, "bug": int(bug), "instance_type": instance_type, "arch": arch, "disambig": disambig}
+
+
+def _shown(value: str) -> str:
+    """A field's value as an error message quotes it (shortened)."""
+    return repr(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
+
+
+def nick_of(email: str) -> str:
+    """The part of C{email} before C{@}, made a host name label: C{John.Doe@x} -> C{john-doe}."""
+    local = email.split("@", 1)[0].lower()
+    return _NOT_LABEL.sub("-", local).strip("-")
+
+
+def loaner_name(slave: str, instance_type: str, arch: int, nick: str, disambig: int | None) -> str:
+    """
+    The short name of the instance to create.
+
+    C{default} becomes C{dev-linux64-ec2-<nick>} (build) or
+    C{tst-linux<arch>-ec2-<nick>} (test), with C{disambig} appended; any
+    other slave name is used as given (its first label).
+    """
+    if slave != DEFAULT_SLAVE:
+        return slave.split(".", 1)[0]
+    prefix = "dev-linux64" if instance_type == "build" else f"tst-linux{arch}"
+    return f"{prefix}-ec2-{nick}{'' if disambig is None else disambig}"
+
+
+# --- start, stop, terminate ----------------------------------------------------------
+
+
+async def _the_instance(run: ActionRun) -> Instance:
+    """The one live instance named like the slave, or an L{ActionFailure} saying why not."""
+    try:
+        found = await run.ctx.clients.aws.find_instances(run.slave)
+    except AWSError as error:
+        raise ActionFailure(f"Looking up instance '{run.slave}' failed: {error}") from None
+    if not found:
+        raise ActionFailure(f"Instance '{run.slave}' could not be found. Does it exist?")
+    if len(found) > 1:
+        listed = ", ".join(f"{i.instance_id} ({i.state})" for i in found)
+        raise ActionFailure(f"Instance '{run.slave}' is ambiguous: {len(found)} instances have that name: {listed}")
+    return found[0]
+
+
+async def _change_state(
+    run: ActionRun,
+    verb: str,
+    request: Callable[[AWSClient, str], Awaitable[str]],
+    target: str,
+    success: str,
+) -> str:
+    aws = run.ctx.clients.aws
+    instance = await _the_instance(run)
+    ident = instance.instance_id
+    run.log.info("{verb} {instance_id} (now {state})", verb=verb, instance_id=ident, state=instance.state)
+    run.progress(f"Instance '{run.slave}' is {ident} ({instance.state}). Asking EC2 to {verb.lower()} it...")
+    try:
+        answered = await request(aws, ident)
+    except AWSError as error:
+        raise ActionFailure(f"Instance '{run.slave}' ({ident}) could not be {_past(verb)}: {error}") from None
+    run.progress(
+        f"Instance '{run.slave}' is {ident} ({instance.state}). Asking EC2 to {verb.lower()} it...{answered}.\n"
+        f"Waiting for it to be {target}..."
+    )
+    try:
+        final = await aws.wait_for_state(ident, target)
+    except AWSError as error:
+        raise ActionFailure(f"Instance '{run.slave}' ({ident}) did not become {target}: {error}") from None
+    return f"Instance '{run.slave}' {success} (state: {final.state})"
+
+
+def _past(verb: str) -> str:
+    return {"Start": "started", "Stop": "stopped", "Terminate": "terminated"}[verb]
+
+
+async def aws_start_instance(run: ActionRun) -> str:
+    """Start the slave's instance and wait until it runs."""
+    return await _change_state(run, "Start", AWSClient.start, "running", "starting")
+
+
+async def aws_stop_instance(run: ActionRun) -> str:
+    """Stop the slave's instance and wait until it is stopped."""
+    return await _change_state(run, "Stop", AWSClient.stop, "stopped", "stopping")
+
+
+async def aws_terminate_instance(run: ActionRun) -> str:
+    """Terminate the slave's instance and wait until it is gone."""
+    return await _change_state(run, "Terminate", AWSClient.terminate, "terminated", "has been terminated")
+
+
+# --- create ------------------------------------------------------------------------
+
+
+class _StepFailed(Exception):
+    """A step of the creation failed; its line already says why."""
+
+
+class _Creation:
+    """The progress text of one creation, and what it made (to undo on failure)."""
+
+    def __init__(self, run: ActionRun) -> None:
+        self.run = run
+        self.lines: list[str] = []
+        self.records: list[DNSRecord] = []
+        self.instance: Instance | None = None
+        self.ip: str | None = None
+
+    def show(self) -> None:
+        self.run.progress("\n".join(self.lines))
+
+    async def step(self, heading: str, work: Callable[[], Awaitable[str]]) -> None:
+        """Run one step: C{heading...}, then C{heading...<outcome>} or C{heading...Failed: <why>.}"""
+        self.lines.append(f"{heading}...")
+        self.show()
+        try:
+            outcome = await work()
+        except ActionFailure as failure:
+            self._failed(heading, str(failure.payload))
+        except _STEP_ERRORS as error:
+            self._failed(heading, str(error))
+        self.lines[-1] = f"{heading}...{outcome}"
+        self.show()
+
+    def _failed(self, heading: str, why: str) -> None:
+        self.run.log.warn("{step} failed: {reason}", step=heading, reason=why)
+        self.lines[-1] = f"{heading}...Failed: {why.rstrip('.')}."
+        self.show()
+        raise _StepFailed(why)
+
+    async def undo(self) -> None:
+        """Terminate what was launched and delete the DNS records made, saying so."""
+        aws = self.run.ctx.clients.aws
+        if self.instance is not None:
+            heading = f"Cleaning up: terminating {self.instance.instance_id}"
+            try:
+                state = await aws.terminate(self.instance.instance_id)
+                self.lines.append(f"{heading}...{state}.")
+            except AWSError as error:
+                self.lines.append(f"{heading}...Failed: {error}. Terminate it by hand.")
+        for record in reversed(self.records):
+            heading = f"Cleaning up: deleting the {record.kind} record {record.fqdn} -> {record.ip}"
+            try:
+                await self.run.ctx.clients.inventory.delete_dns_record(record)
+                self.lines.append(f"{heading}...done.")
+            except RemoteError as error:
+                self.lines.append(f"{heading}...Failed: {error}. Delete it by hand.")
+        self.show()
+
+
+async def aws_create_instance(
+    run: ActionRun, email: str, bug: int, instance_type: str, arch: int = 64, disambig: int | None = None
+) -> dict[str, str]:
+    """
+    Create a loaner instance for C{email} (see the module docstring for the steps).
+
+    @param email: the owner; its part before C{@} (the nick) names the loaner.
+    @param bug: the bug the loaner is for.
+    @param instance_type: C{build} or C{test}.
+    @param arch: 32 or 64 (32 only for C{test}).
+    @param disambig: appended to a default name, to tell one user's loaners apart.
+    @return: the instance's tags plus C{ip} and C{instance_id}.
+    """
+    config = run.ctx.config
+    aws = run.ctx.clients.aws
+    nick = nick_of(email)
+    name = loaner_name(run.slave, instance_type, arch, nick, disambig)
+    domain = (config.aws.build_domain if instance_type == "build" else config.aws.test_domain) or (
+        config.slaves.default_domain
+    )
+    fqdn = run.slave if run.slave != DEFAULT_SLAVE and "." in run.slave else f"{name}.{domain}"
+    if len(name) > _MAX_LABEL or len(fqdn) > 253:
+        raise ActionFailure(f"Instance name {fqdn} is too long for a host name; use a shorter slave name or email.")
+    creation = _Creation(run)
+    try:
+        return await _create(creation, run, aws, email, bug, instance_type, arch, name, fqdn, nick)
+    except _StepFailed:
+        await creation.undo()
+        creation.lines.append(f"Instance '{name}' was not created.")
+        raise ActionFailure("\n".join(creation.lines)) from None
+    except (CancelledError, Exception):
+        # Out of time, the service stopping, or a bug: leave nothing half made behind.
+        await creation.undo()
+        raise
+    finally:
+        if creation.ip is not None:
+            aws.claimed_ips.discard(creation.ip)
+
+
+async def _create(
+    creation: _Creation,
+    run: ActionRun,
+    aws: AWSClient,
+    email: str,
+    bug: int,
+    instance_type: str,
+    arch: int,
+    name: str,
+    fqdn: str,
+    nick: str,
+) -> dict[str, str]:
+    config = run.ctx.config.aws
+    dns = run.ctx.clients.dns
+
+    async def not_taken() -> str:
+        # Any live instance of that Name conflicts, whatever its FQDN tag: start,
+        # stop and terminate find instances by Name.
+        existing = await aws.find_instances(name)
+        if existing:
+            raise ActionFailure(
+                f"Instance '{name}' already exists ({existing[0].instance_id}, {existing[0].state})"
+            )
+        known = await dns.lookup_host(fqdn)
+        if known is not None:
+            raise ActionFailure(
+                f"{fqdn} already resolves to {known.ip}; remove its DNS records or pick another name (disambig)"
+            )
+        return "OK."
+
+    await creation.step(f"Checking that {name} is not taken", not_taken)
+
+    subnet_id = config.subnet_id
+
+    async def pick_address() -> str:
+        if not subnet_id:
+            raise ActionFailure("no [aws] subnet_id configured")
+        creation.ip = await _free_address(run, aws, subnet_id)
+        return f"{creation.ip}."
+
+    await creation.step(f"Picking a free IP address in {subnet_id or 'the subnet'}", pick_address)
+    ip = creation.ip
+    assert ip is not None
+
+    description = f"bug {bug}: loaner for {nick}"
+
+    async def make_records() -> str:
+        inventory = run.ctx.clients.inventory
+        creation.records.append(await inventory.create_address_record(fqdn, ip, description))
+        creation.records.append(await inventory.create_ptr_record(fqdn, ip, description))
+        return "A and PTR created."
+
+    await creation.step(f"Creating DNS records for {fqdn} -> {ip}", make_records)
+
+    async def resolves() -> str:
+        await _wait_for_dns(run, fqdn, ip)
+        return f"{ip}."
+
+    await creation.step(f"Waiting for {fqdn} to resolve", resolves)
+
+    if instance_type == "build":
+        image, template, kind = config.build_ami, config.build_launch_template, config.build_instance_type
+    else:
+        image, template, kind = config.test_ami, config.test_launch_template, config.test_instance_type
+    tags = {
+        "Name": name,
+        "FQDN": fqdn,
+        "moz-loaned-to": email,
+        "moz-bug": str(bug),
+        "moz-type": "dev-linux64" if instance_type == "build" else f"tst-linux{arch}",
+        "moz-state": "ready",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.ctx.reactor.seconds())),
+    }
+    if template:
+        source = f"launch template {template}" + (f" with {image}" if image else "")
+    else:
+        source = image or "nothing"
+
+    async def launch() -> str:
+        if not image and not template:
+            raise ActionFailure(f"no [aws] {instance_type}_ami or {instance_type}_launch_template configured")
+        spec = LaunchSpec(
+            subnet_id=subnet_id or "",
+            private_ip=ip,
+            tags=tags,
+            image_id=image,
+            launch_template=template,
+            instance_type=kind,
+            key_name=config.key_name,
+        )
+        creation.instance = await aws.run_instance(spec)
+        return f"{creation.instance.instance_id}."
+
+    await creation.step(f"Launching {name} from {source}", launch)
+    launched = creation.instance
+    assert launched is not None
+    final: list[Instance] = []
+
+    async def running() -> str:
+        final.append(await aws.wait_for_state(launched.instance_id, "running"))
+        return "running."
+
+    await creation.step(f"Waiting for {launched.instance_id} to be running", running)
+    run.log.info("Created {name} as {instance_id} at {ip}", name=name, instance_id=launched.instance_id, ip=ip)
+    payload = dict(final[0].tags) or dict(tags)
+    payload.update({"ip": ip, "instance_id": launched.instance_id})
+    return payload
+
+
+async def _free_address(run: ActionRun, aws: AWSClient, subnet_id: str) -> str:
+    """
+    The first address of the subnet that nothing uses, nobody is claiming,
+    and that has no reverse DNS; claimed for this creation.
+    """
+    usage = await aws.subnet_usage(subnet_id)
+    network = ipaddress.ip_network(usage.cidr, strict=False)
+    # AWS keeps the network address, the next three and the broadcast address.
+    hosts = network.num_addresses - 5
+    checked = 0
+    for offset in range(4, 4 + max(hosts, 0)):
+        candidate = str(network.network_address + offset)
+        if candidate in usage.used or candidate in aws.claimed_ips:
+            continue
+        if checked >= MAX_ADDRESS_CANDIDATES:
+            raise ActionFailure(
+                f"no free address: the first {MAX_ADDRESS_CANDIDATES} unused addresses of {usage.cidr} "
+                "all have reverse DNS"
+            )
+        checked += 1
+        name = await run.ctx.clients.dns.reverse(candidate)
+        if name is not None:
+            run.log.debug("{ip} is unused in EC2 but has reverse DNS {name}", ip=candidate, name=name)
+            continue
+        aws.claimed_ips.add(candidate)
+        return candidate
+    raise ActionFailure(f"no free address left in {usage.cidr}")
+
+
+async def _wait_for_dns(run: ActionRun, fqdn: str, ip: str) -> None:
+    """Poll DNS until C{fqdn} resolves to C{ip}, at most C{[aws] dns_timeout} seconds."""
+    config = run.ctx.config.aws
+    reactor = run.ctx.reactor
+    give_up = reactor.seconds() + config.dns_timeout
+    last = "no answer yet"
+    while True:
+        try:
+            info = await run.ctx.clients.dns.lookup_host(fqdn)
+        except DNSError as error:
+            last = str(error)
+        else:
+            if info is not None and info.ip == ip:
+                return
+            last = "it does not exist" if info is None else f"it resolves to {info.ip}"
+        if reactor.seconds() >= give_up:
+            raise ActionFailure(f"{fqdn} did not resolve to {ip} within {config.dns_timeout:g}s ({last})")
+        await task.deferLater(reactor, config.poll_interval, lambda: None)
+
+
+ACTIONS = (
+    Action(name="aws_create_instance", run=aws_create_instance, exclusive=True, timeout=3600.0),
+    Action(name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0),
+    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0),
+    Action(name="aws_terminate_instance", run=aws_terminate_instance, exclusive=True, timeout=1200.0),
+)
