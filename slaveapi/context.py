@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.web.client import HTTPConnectionPool
 
+from slaveapi.clients.aws import AWSClient
 from slaveapi.clients.bugzilla import BugzillaClient
 from slaveapi.clients.buildapi import BuildapiClient
 from slaveapi.clients.devices import DevicesClient
@@ -20,6 +21,7 @@ from slaveapi.clients.dns import DNSClient
 from slaveapi.clients.http import JSONClient, make_http_client
 from slaveapi.clients.inventory import InventoryClient
 from slaveapi.clients.ipmi import IPMIClient
+from slaveapi.clients.master import MasterClient
 from slaveapi.clients.mozpool import MozpoolClient
 from slaveapi.clients.pdu import PDUClient
 from slaveapi.clients.probe import Prober
@@ -43,6 +45,8 @@ class Clients:
     mozpool: MozpoolClient
     ipmi: IPMIClient
     pdu: PDUClient
+    master: MasterClient
+    aws: AWSClient
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,11 @@ def build_context(
         ssh=SSHClient(reactor, config.ssh, credentials.ssh, known_hosts),
         slavealloc=SlaveallocClient(config.slavealloc.api_url, json_client("slavealloc")),
         inventory=InventoryClient(
-            config.inventory.api_url, config.inventory.username, credentials.inventory, json_client("inventory")
+            config.inventory.api_url,
+            config.inventory.username,
+            credentials.inventory,
+            json_client("inventory"),
+            dns_api_url=config.inventory.dns_api_url,
         ),
         buildapi=BuildapiClient(config.buildapi.api_url, json_client("buildapi"), config.buildapi.max_concurrent),
         bugzilla=BugzillaClient(config.bugzilla.api_url, credentials.bugzilla, json_client("bugzilla")),
@@ -92,6 +100,8 @@ def build_context(
         mozpool=MozpoolClient(config.mozpool, json_client("mozpool"), dns),
         ipmi=_ipmi_client(config, reactor, previous),
         pdu=_pdu_client(config, reactor, dns, previous),
+        master=MasterClient(config.buildbot, credentials.buildbot_master, http, dns, timeout, reactor),
+        aws=_aws_client(config, reactor, previous),
     )
     return Context(config=config, clients=clients, reactor=reactor)
 
@@ -104,6 +114,19 @@ def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMI
 
 def _ipmi_settings(config: Config) -> tuple[Any, ...]:
     return (config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
+
+
+def _aws_client(config: Config, reactor: Any, previous: Context | None) -> AWSClient:
+    """The previous context's AWS client (its thread pool) when nothing it uses changed."""
+    credentials = config.credentials
+    if previous is not None and _aws_settings(previous.config) == _aws_settings(config):
+        return previous.clients.aws
+    return AWSClient(reactor, config.aws, credentials.aws_access_key_id, credentials.aws_secret_access_key)
+
+
+def _aws_settings(config: Config) -> tuple[Any, ...]:
+    credentials = config.credentials
+    return (config.aws, credentials.aws_access_key_id, credentials.aws_secret_access_key)
 
 
 def _pdu_client(config: Config, reactor: Any, dns: DNSClient, previous: Context | None) -> PDUClient:
@@ -134,7 +157,7 @@ async def close_contexts(contexts: list[Context]) -> None:
     """Release what the contexts' clients hold (worker processes, sockets), each once."""
     closables: dict[int, Any] = {}
     for ctx in contexts:
-        for client in (ctx.clients.ipmi, ctx.clients.pdu):
+        for client in (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws):
             closables.setdefault(id(client), client)
     for client in closables.values():
         await client.close()

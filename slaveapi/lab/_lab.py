@@ -22,9 +22,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from slaveapi.lab.bugzilla import BugzillaFake
+from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.dns import LabDNS
+from slaveapi.lab.ec2 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LabEC2
 from slaveapi.lab.fleet import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, Fleet, LabMachine, build_fleet
 from slaveapi.lab.http import LabHTTP
+from slaveapi.lab.inventory_dns import InventoryDNSFake
 from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
@@ -43,6 +46,9 @@ class Lab:
     @ivar dns: the DNS server (C{add_address} / C{remove_address}).
     @ivar ssh: the SSH servers.
     @ivar http: the HTTP fakes; C{bugzilla} is its Bugzilla.
+    @ivar inventory_dns: inventory's DNS records API; its records feed C{dns}.
+    @ivar ec2: the EC2 endpoint (moto, in a process of its own), once started.
+    @ivar buildbots: the masters' shutdown endpoint and the buildbots' shutdowns.
     @ivar ssh_password: the password of C{cltbld} everywhere.
     @ivar inventory_user: the inventory's basic-auth user; C{inventory_password} its password.
     @ivar bugzilla_api_key: the only API key Bugzilla accepts.
@@ -60,6 +66,7 @@ class Lab:
         boot_time: float,
         clock: Callable[[], float],
         shutdown_delay: float = 0.1,
+        command_delay: float = 1.0,
     ) -> None:
         """Set the lab up without listening yet; L{start} is the usual way in."""
         self.reactor = reactor
@@ -79,10 +86,14 @@ class Lab:
         self.host_key = generate_host_key()
         self.power = PowerControl(reactor, clock, boot_time)
         self.bugzilla = BugzillaFake(fleet, self.bugzilla_api_key, self.bugzilla_user, clock)
+        self.buildbots = LabBuildbots(reactor, fleet, clock, command_delay=command_delay)
         self.http = LabHTTP(
-            reactor, fleet, self.bugzilla, self.inventory_user, self.inventory_password, power=self.power
+            reactor, fleet, self.bugzilla, self.inventory_user, self.inventory_password, power=self.power,
+            buildbots=self.buildbots,
         )
         self.dns = LabDNS(reactor, fleet)
+        self.inventory_dns = InventoryDNSFake(self.dns, self.inventory_user, self.inventory_password)
+        self.http.inventory_dns = self.inventory_dns
         self.ssh = LabSSHServer(
             reactor, fleet.all_hosts(), self.power, self.ssh_password, self.host_key, clock, shutdown_delay
         )
@@ -90,6 +101,7 @@ class Lab:
         self.http_port = self.dns_port = self.ssh_port = 0
         self.pdus: LabPDUs | None = None
         self.bmcs: LabBMCs | None = None
+        self.ec2: LabEC2 | None = None
         self._stopping: defer.Deferred[None] | None = None
 
     @classmethod
@@ -105,6 +117,7 @@ class Lab:
         clock: Callable[[], float] = time.time,
         shutdown_delay: float = 0.1,
         refuse_ssh_share: float = 0.0,
+        command_delay: float = 1.0,
     ) -> Lab:
         """
         Build a fleet of C{slaves} machines and start every fake service.
@@ -118,13 +131,15 @@ class Lab:
         @param refuse_ssh_share: the share of ordinary machines with a BMC
             whose SSH refuses logins, so that their reboots go to IPMI (the
             reboot-wave benchmark uses it).
+        @param command_delay: seconds a machine running a command takes to
+            finish it once its master asked its buildbot to shut down.
         """
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
         os.makedirs(workdir, exist_ok=True)
         fleet = build_fleet(slaves, domain, clock(), seed)
         _refuse_ssh(fleet, refuse_ssh_share)
-        lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay)
+        lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay, command_delay)
         try:
             lab.http_port = lab.http.start()
             for master in lab.fleet.masters:
@@ -137,6 +152,7 @@ class Lab:
             lab.pdus = LabPDUs.start(
                 reactor, lab.fleet, lab.power, 0, lab.snmp_community, apc_hosts={f"{APC_PDU_NAME}.{domain}"}
             )
+            lab.ec2 = LabEC2.start(reactor, lab.fleet, workdir)
         except BaseException:
             lab.stop()
             raise
@@ -194,6 +210,8 @@ class Lab:
             "bugzilla": self.bugzilla_api_key,
             "ipmi": self.ipmi_password,
             "snmp_community": self.snmp_community,
+            "aws_access_key_id": ACCESS_KEY_ID,
+            "aws_secret_access_key": SECRET_ACCESS_KEY,
             "api_tokens": tokens,
         }
         credentials_path = os.path.join(directory, "credentials.json")
@@ -223,6 +241,7 @@ class Lab:
             f"known_hosts = {os.path.join(os.path.abspath(self.workdir), 'known_hosts')}\n\n"
             f"[devices]\nurl = {url}/devices.json\n\n"
             + self._power_config_text()
+            + self._aws_config_text()
         )
 
     def reboot_paths(self) -> dict[str, str]:
@@ -245,19 +264,32 @@ class Lab:
         return paths
 
     def ready(self) -> defer.Deferred[None]:
-        """Fires when every part of the lab answers (the BMC processes start on their own time)."""
-        if self.bmcs is None:
+        """Fires when every part of the lab answers (the BMC and EC2 processes start on their own time)."""
+        parts = [part.ready for part in (self.bmcs, self.ec2) if part is not None]
+        if not parts:
             return defer.succeed(None)
         waiting: defer.Deferred[None] = defer.Deferred()
 
         def relay(result: Any) -> None:
             if isinstance(result, Failure):
-                waiting.errback(result)
+                waiting.errback(result.value.subFailure if result.check(defer.FirstError) else result)
             else:
                 waiting.callback(None)
 
-        self.bmcs.ready.addBoth(relay)
+        defer.gatherResults(parts, consumeErrors=True).addBoth(relay)
         return waiting
+
+    def _aws_config_text(self) -> str:
+        """The lab's EC2 (moto) and where loaners are named; quick polls for quick state changes."""
+        if self.ec2 is None:
+            return ""
+        return (
+            f"[aws]\nendpoint_url = {self.ec2.endpoint_url}\nregion = {self.ec2.region}\n"
+            f"subnet_id = {self.ec2.subnet_id}\nbuild_ami = {self.ec2.build_ami}\ntest_ami = {self.ec2.test_ami}\n"
+            f"test_launch_template = {self.ec2.test_launch_template}\n"
+            f"build_domain = {self.domain}\ntest_domain = {self.domain}\n"
+            "timeout = 10\npoll_interval = 0.2\nstate_timeout = 30\ndns_timeout = 10\n\n"
+        )
 
     def _power_config_text(self) -> str:
         """Probes, PDUs and Mozpool, tuned to the lab's quick boots."""
@@ -265,6 +297,8 @@ class Lab:
             "[probes]\nmethod = tcp\ntcp_timeout = 1\ninterval = 0.2\ndown_timeout = 10\n"
             f"up_timeout = {self.boot_time * 2 + 3:g}\n\n"
             f"[mozpool]\nport = {self.http_port}\n\n"
+            # Graceful shutdowns: the lab's buildbots stop within seconds.
+            "[buildbot]\npoll_interval = 0.2\nmax_wait = 30\n\n"
         )
         if self.bmcs is not None:
             text += (
@@ -285,11 +319,14 @@ class Lab:
         """Close every listener and connection and cancel pending reboots."""
         if self._stopping is None:
             self.power.stop()
+            self.buildbots.stop()
             stops = [self.ssh.stop(), self.dns.stop(), self.http.stop()]
             if self.pdus is not None:
                 stops.append(self.pdus.stop())
             if self.bmcs is not None:
                 stops.append(self.bmcs.stop())
+            if self.ec2 is not None:
+                stops.append(self.ec2.stop())
             self._stopping = defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
         return self._stopping
 

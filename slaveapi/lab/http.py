@@ -3,9 +3,10 @@ The lab's HTTP fakes: slavealloc, inventory, buildapi, Bugzilla and devices.json
 
 One web server on 127.0.0.1 serves every fake under its own path prefix
 (C{/slavealloc/api}, C{/inventory/api}, C{/buildapi}, C{/bugzilla/rest},
-C{/devices.json}), answering exactly as docs/remote-apis.rst says the real
-systems do. Everything is read from and written to the fleet's records, so
-a change made through slavealloc shows in later reads.
+C{/devices.json}, and the Buildbot masters' C{/buildslaves/}), answering
+exactly as docs/remote-apis.rst says the real systems do. Everything is
+read from and written to the fleet's records, so a change made through
+slavealloc shows in later reads.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from slaveapi.lab.bugzilla import BugzillaFake
+from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.power import PowerControl
 from slaveapi.lab.fleet import Fleet, LabMachine
+from slaveapi.lab.inventory_dns import InventoryDNSFake
 
 _DEFAULT_NUMBUILDS = 25
 _STRING_FIELDS = ("basedir", "pool", "environment", "purpose", "distro", "datacenter", "trustlevel", "speed", "notes")
@@ -67,9 +70,13 @@ class LabHTTP:
         inventory_user: str,
         inventory_password: str,
         power: PowerControl | None = None,
+        buildbots: LabBuildbots | None = None,
+        inventory_dns: InventoryDNSFake | None = None,
     ) -> None:
         self._reactor = reactor
         self._power = power
+        self.buildbots = buildbots
+        self.inventory_dns = inventory_dns
         self.fleet = fleet
         self.bugzilla = bugzilla
         self._inventory_user = inventory_user.encode("utf-8")
@@ -259,6 +266,13 @@ class LabHTTP:
         meta = {"limit": 20, "next": None, "offset": 0, "previous": None, "total_count": len(found)}
         return _json(request, {"meta": meta, "objects": found})
 
+    @app.route("/inventory/api/mozdns/api/v1_dns/", branch=True)
+    def inventory_dns_api(self, request: IRequest) -> IResource | bytes:
+        """Inventory's DNS records API (A and PTR records); see L{slaveapi.lab.inventory_dns}."""
+        if self.inventory_dns is None:
+            return _json(request, {"error": "not found", "msg": "no DNS records API in this lab"}, 404)
+        return self.inventory_dns.app.resource()  # type: ignore[no-any-return]
+
     # --- buildapi -----------------------------------------------------------
 
     @app.route("/buildapi/recent/<name>", methods=["GET"])
@@ -300,6 +314,13 @@ class LabHTTP:
             return _json(request, {"error": "not found", "msg": f"no device {name}"}, 404)
         self._power.reboot(machine)
         return _json(request, {})
+
+    @app.route("/buildslaves/", branch=True)
+    def buildslaves(self, request: IRequest) -> IResource | bytes:
+        """The Buildbot masters' 0.8 web status (graceful shutdowns); see L{slaveapi.lab.buildbot}."""
+        if self.buildbots is None:
+            return _json(request, {"error": "not found", "msg": "no Buildbot masters in this lab"}, 404)
+        return self.buildbots.app.resource()  # type: ignore[no-any-return]
 
     @app.route("/devices.json", methods=["GET"])
     def devices(self, request: IRequest) -> bytes:

@@ -17,6 +17,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from slaveapi.actions import aws as aws_actions
+from slaveapi.actions.disable import MAX_REASON_LENGTH
 from slaveapi.actions.registry import ACTIONS
 from slaveapi.context import Context
 from slaveapi.processor import ActionProcessor
@@ -24,9 +26,31 @@ from slaveapi.store import IResultStore
 from slaveapi.web import params
 from slaveapi.web.actions import ActionView
 from slaveapi.web.auth import authenticate
-from slaveapi.web.errors import HTTPProblem, json_body, not_found, problem_body
+from slaveapi.web.errors import HTTPProblem, bad_request, json_body, not_found, problem_body
 from slaveapi.web.results import all_results
 from slaveapi.web.slaves import list_slaves, show_slave
+
+
+def disable_arguments(request: IRequest) -> dict[str, Any]:
+    """C{disable}'s form fields: C{reason} (free text) and C{force} (yes/no, default no)."""
+    reason = (params.value(request, "reason") or "").strip()
+    if len(reason) > MAX_REASON_LENGTH:
+        raise bad_request(f"reason: expected at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
+    return {"reason": reason, "force": bool(params.boolean(request, "force", default=False))}
+
+
+def aws_create_arguments(request: IRequest) -> dict[str, Any]:
+    """C{aws_create_instance}'s form fields: C{email}, C{bug}, C{instance_type}, C{arch}, C{disambig}."""
+    form = {}
+    for raw in request.args or {}:
+        if isinstance(raw, bytes) and raw.isascii():
+            name = raw.decode("ascii")
+            form[name] = params.value(request, name) or ""
+    try:
+        return aws_actions.create_arguments(form)
+    except ValueError as error:
+        raise bad_request(str(error)) from None
+
 
 #: URL segment under /slaves/<slave>/actions/ -> its view.
 ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
@@ -34,6 +58,12 @@ ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
         "buildslave_uptime": ActionView(ACTIONS["buildslave_uptime"]),
         "buildslave_last_activity": ActionView(ACTIONS["buildslave_last_activity"]),
         "reboot": ActionView(ACTIONS["reboot"]),
+        "shutdown_buildslave": ActionView(ACTIONS["shutdown_buildslave"]),
+        "disable": ActionView(ACTIONS["disable"], disable_arguments),
+        "aws_create_instance": ActionView(ACTIONS["aws_create_instance"], aws_create_arguments),
+        "start": ActionView(ACTIONS["aws_start_instance"]),
+        "stop": ActionView(ACTIONS["aws_stop_instance"]),
+        "terminate": ActionView(ACTIONS["aws_terminate_instance"]),
     }
 )
 
