@@ -135,3 +135,21 @@ async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
     if info is None:
         raise ActionFailure(f"{slave.name} - its foopy {host} is not in DNS.")
     return info.ip, f"{slave.name}'s foopy {host}"
+
+
+async def log_in_where_buildbot_runs(run: ActionRun, wanted: str) -> tuple[Slave, SSHSession]:
+    """
+    Find the machine and log in where its buildbot runs (itself, or its foopy).
+
+    @param wanted: what the action reads, for the reference's offline text
+        C{"<name> - Slave is offline, cannot get <wanted>!"}.
+    """
+    slave = await locate(run)
+    run.progress("Connecting over SSH...")
+    address, label = await buildbot_address(run, slave)
+    try:
+        session = await connect(run, address, label)
+    except Offline:
+        raise ActionFailure(f"{slave.name} - Slave is offline, cannot get {wanted}!") from None
+    run.progress(f"Connecting over SSH...Connected.\nReading {wanted}...")
+    return slave, session

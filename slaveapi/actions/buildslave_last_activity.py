@@ -15,21 +15,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun
-from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, read_uptime, tail_logs
+from slaveapi.actions._remote import log_in_where_buildbot_runs, read_uptime, tail_logs
 from slaveapi.twistdlog import BOOT_GRACE_SECONDS, last_activity
 
 
 async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
     """Return the buildbot's last state, the age of its last activity and the uptime."""
-    slave = await locate(run)
-    run.progress("Connecting over SSH...")
-    address, label = await buildbot_address(run, slave)
+    slave, session = await log_in_where_buildbot_runs(run, "last activity")
     try:
-        session = await connect(run, address, label)
-    except Offline:
-        raise ActionFailure(f"{slave.name} - Slave is offline, cannot get last activity!") from None
-    try:
-        run.progress("Connecting over SSH...Connected.\nReading uptime...")
         uptime = await read_uptime(run, slave, session)
         if uptime < BOOT_GRACE_SECONDS:
             return {"last_state": "booting", "last_activity_seconds": uptime, "uptime": uptime}

@@ -9,21 +9,14 @@ uptime in whole seconds.
 
 from __future__ import annotations
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
-from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, read_uptime
+from slaveapi.actions._base import Action, ActionRun
+from slaveapi.actions._remote import log_in_where_buildbot_runs, read_uptime
 
 
 async def buildslave_uptime(run: ActionRun) -> int:
     """Log in over SSH and return the machine's uptime in seconds."""
-    slave = await locate(run)
-    run.progress("Connecting over SSH...")
-    address, label = await buildbot_address(run, slave)
+    slave, session = await log_in_where_buildbot_runs(run, "uptime")
     try:
-        session = await connect(run, address, label)
-    except Offline:
-        raise ActionFailure(f"{slave.name} - Slave is offline, cannot get uptime!") from None
-    try:
-        run.progress("Connecting over SSH...Connected.\nReading uptime...")
         uptime = await read_uptime(run, slave, session)
     finally:
         session.close()

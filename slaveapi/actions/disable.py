@@ -28,6 +28,7 @@ still run; nothing runs after slavealloc refused).
 from __future__ import annotations
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
 from slaveapi.actions._remote import locate
 from slaveapi.actions.reboot import reboot
 from slaveapi.actions.shutdown_buildslave import ACTION_TIMEOUT, StatusLines, stop_buildbot
@@ -105,21 +106,11 @@ async def _force_reboot(run: ActionRun, status: StatusLines) -> bool:
 async def _tracking_bug(run: ActionRun, slave: Slave, status: StatusLines) -> Bug | None:
     """The machine's problem-tracking bug, filed when missing; None (and a status line) if Bugzilla failed."""
     bugzilla = run.ctx.clients.bugzilla
-    settings = run.ctx.config.reboot
     try:
         bug = await bugzilla.get_bug(slave.name)
         if bug is not None:
             return bug
-        bug_id = await bugzilla.create_bug(
-            product=settings.tracking_product,
-            component=settings.tracking_component,
-            summary=settings.tracking_summary.format(name=slave.name),
-            alias=slave.name,
-            version="other",
-            description=f"Problem tracking bug for {slave.name}, filed by SlaveAPI.",
-        )
-        run.log.info("Filed problem tracking bug {bug}", bug=bug_id)
-        return await bugzilla.get_bug(bug_id)
+        return await bugzilla.get_bug(await file_tracking_bug(run, slave.name))
     except RemoteError as error:
         status.add(f"Could not load or file the problem tracking bug: {error}")
         return None
@@ -137,11 +128,8 @@ async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: S
         else f"Reopening and commenting on problem tracking bug {tracking.id}..."
     )
     status.add(heading)
-    bugzilla = run.ctx.clients.bugzilla
     try:
-        if not tracking.is_open:
-            await bugzilla.update_bug(tracking.id, status="REOPENED")
-        await bugzilla.add_comment(tracking.id, comment)
+        await comment_on_tracking_bug(run, tracking.id, tracking.is_open, comment)
     except RemoteError as error:
         status.replace_last(f"{heading}Failed ({error}).")
         return False

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
@@ -211,15 +212,7 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
                 return f"{escalation.text}\n{slave.name} already has reboot bug ({existing.id}), nothing to do."
         escalation.show("Filing a bug for the datacenter...")
         if tracking is None:
-            tracking_id = await bugzilla.create_bug(
-                product=settings.tracking_product,
-                component=settings.tracking_component,
-                summary=settings.tracking_summary.format(name=slave.name),
-                alias=slave.name,
-                version="other",
-                description=f"Problem tracking bug for {slave.name}, filed by SlaveAPI.",
-            )
-            is_open = True
+            tracking_id, is_open = await file_tracking_bug(run, slave.name), True
         else:
             tracking_id, is_open = tracking.id, tracking.is_open
         bug_id = await bugzilla.create_bug(
@@ -232,9 +225,7 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
             + escalation.text,
         )
         escalation.replace_last(f"Filed reboot bug {bug_id}.")
-        if not is_open:
-            await bugzilla.update_bug(tracking_id, status="REOPENED")
-        await bugzilla.add_comment(tracking_id, escalation.text)
+        await comment_on_tracking_bug(run, tracking_id, is_open, escalation.text)
     except _REMOTE_ERRORS as error:
         return f"{escalation.text}\nCould not update Bugzilla: {_one_line(error)}"
     return escalation.text
