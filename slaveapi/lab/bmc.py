@@ -25,9 +25,7 @@ the same for all (IPMI clients are configured with one port).
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -36,12 +34,12 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import slaveapi
 from slaveapi.lab import logs
+from slaveapi.lab._child import ChildProcess
 from slaveapi.lab.fleet import LabMachine
 from slaveapi.lab.power import PowerControl
 
@@ -51,8 +49,6 @@ _ACTIONS = ("off", "on", "soft", "reset", "cycle")
 # After SIGTERM, how long until SIGKILL.
 _KILL_GRACE = 3.0
 # Stderr lines of a child kept for the error when it dies early.
-_STDERR_KEPT = 20
-_MAX_LINE = 64 * 1024
 
 
 class LabBMCError(Exception):
@@ -95,68 +91,17 @@ def _first_failure(failure: Failure) -> Failure:
     return failure
 
 
-class _BMCProcess(ProcessProtocol):
+class _BMCProcess(ChildProcess):
     """One child process serving some of the BMCs."""
 
     def __init__(self, owner: LabBMCs, names: list[str]) -> None:
+        super().__init__("BMC", LabBMCError, lambda: owner.stopping, self._message)
         self._owner = owner
         self.names = names
-        self._buffer = b""
-        self._stderr: list[str] = []
-        self.pid: int | None = None
-        self.ready: Deferred[None] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.exited = False
 
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def send(self, message: dict[str, Any]) -> None:
-        if not self.exited:
-            self.transport.write(json.dumps(message).encode("utf-8") + b"\n")
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                _log.warn("lab: BMC process {pid} wrote an unreadable line", pid=self.pid)
-                continue
-            if message.get("event") == "ready":
-                if not self.ready.called:
-                    self.ready.callback(None)
-            elif message.get("event") == "power":
-                self._owner._power_command(str(message.get("machine")), str(message.get("action")))
-        if len(self._buffer) > _MAX_LINE:
-            self._buffer = b""
-
-    def errReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                self._stderr = (self._stderr + [line])[-_STDERR_KEPT:]
-                _log.debug("lab: BMC process {pid}: {line}", pid=self.pid, line=line[:500])
-
-    def signal(self, name: str) -> None:
-        """Send a signal to the child by its PID, if it still runs."""
-        if self.exited or self.pid is None:
-            return
-        try:
-            os.kill(self.pid, getattr(signal, "SIG" + name))
-        except ProcessLookupError:
-            pass
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exited = True
-        detail = "; ".join(self._stderr[-3:]) or reason.getErrorMessage()
-        if not self.ready.called:
-            self.ready.errback(LabBMCError(f"lab BMC process exited before it was ready: {detail}"))
-        elif not self._owner.stopping:
-            _log.error("lab: BMC process {pid} died: {detail}", pid=self.pid, detail=detail)
-        self.ended.callback(None)
+    def _message(self, message: dict[str, Any]) -> None:
+        if message.get("event") == "power":
+            self._owner._power_command(str(message.get("machine")), str(message.get("action")))
 
 
 class LabBMCs:

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -44,11 +43,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import slaveapi
+from slaveapi.lab._child import ChildProcess
 from slaveapi.lab.fleet import Fleet, LabMachine
 
 _log = Logger(namespace="slaveapi.lab.ec2")
@@ -65,7 +64,6 @@ TEST_INSTANCE_TYPE = "m5.large"
 
 # After SIGTERM, how long until SIGKILL.
 _KILL_GRACE = 3.0
-_STDERR_KEPT = 20
 _FD = 3
 _LOANER_NOTES = re.compile(r"loaned to (\S+) for bug (\d+)")
 
@@ -85,59 +83,17 @@ class LabInstance:
     tags: dict[str, str]
 
 
-class _EC2Process(ProcessProtocol):
+class _EC2Process(ChildProcess):
     """The child process serving EC2."""
 
     def __init__(self, owner: LabEC2) -> None:
-        self._owner = owner
-        self._buffer = b""
-        self._stderr: list[str] = []
-        self.pid: int | None = None
-        self.ready: Deferred[None] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.exited = False
+        super().__init__("EC2", LabEC2Error, lambda: owner.stopping)
+        self.ready.addCallback(self._announce, owner)
 
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def send(self, message: dict[str, Any]) -> None:
-        if not self.exited:
-            self.transport.write(json.dumps(message).encode("utf-8") + b"\n")
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict) and message.get("event") == "ready" and not self.ready.called:
-                _log.info("lab: EC2 (moto) ready on port {port}", port=self._owner.port)
-                self.ready.callback(None)
-
-    def errReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                self._stderr = (self._stderr + [line])[-_STDERR_KEPT:]
-                _log.debug("lab: EC2 process {pid}: {line}", pid=self.pid, line=line[:500])
-
-    def signal(self, name: str) -> None:
-        if self.exited or self.pid is None:
-            return
-        try:
-            os.kill(self.pid, getattr(signal, "SIG" + name))
-        except ProcessLookupError:
-            pass
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exited = True
-        detail = "; ".join(self._stderr[-3:]) or reason.getErrorMessage()
-        if not self.ready.called:
-            self.ready.errback(LabEC2Error(f"lab EC2 process exited before it was ready: {detail}"))
-        elif not self._owner.stopping:
-            _log.error("lab: EC2 process {pid} died: {detail}", pid=self.pid, detail=detail)
-        self.ended.callback(None)
+    @staticmethod
+    def _announce(result: None, owner: LabEC2) -> None:
+        _log.info("lab: EC2 (moto) ready on port {port}", port=owner.port)
+        return result
 
 
 class LabEC2:
