@@ -13,23 +13,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import HostInfo
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients.slavealloc import MasterRecord, SlaveRecord
 from slaveapi.context import Context
+from slaveapi.hostnames import is_valid_hostname
 
 T = TypeVar("T")
 
-#: A slave name is a hostname: letters, digits, dots and dashes.
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-
 def is_valid_slave_name(name: str) -> bool:
-    """Whether C{name} may name a machine (checked before any lookup)."""
-    return bool(_HOSTNAME.match(name)) and ".." not in name
+    """Whether C{name} may name a machine (checked before any lookup): a hostname."""
+    return is_valid_hostname(name)
 
 
 class SlaveNotFound(Exception):
@@ -116,6 +113,8 @@ class Slave:
 async def _guarded(slave: Slave, system: str, call: Callable[[], Awaitable[T]]) -> T | None:
     try:
         return await call()
+    except CancelledError:
+        raise
     except Exception as error:
         slave.errors[system] = str(error).splitlines()[0] if str(error) else type(error).__name__
         return None

@@ -13,13 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredLock,
-    DeferredSemaphore,
-    TimeoutError as DeferredTimeoutError,
-)
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock, DeferredSemaphore
 from twisted.logger import Logger
 
 from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
@@ -28,6 +22,15 @@ from slaveapi.store import IResultStore, interrupted_text
 
 if TYPE_CHECKING:
     from slaveapi.context import Context
+
+
+#: How long a stop waits for cancelled actions to clean up.
+STOP_GRACE = 30.0
+
+
+def _key(slave: str, action: str) -> tuple[str, str]:
+    """One machine, however its name was written (case, short or qualified)."""
+    return slave.lower().split(".")[0], action
 
 
 def one_line_reason(error: BaseException) -> str:
@@ -71,14 +74,20 @@ class ActionProcessor(Service):
         self._running: set[Deferred[None]] = set()
         self._stopping = False
 
-    def stopService(self) -> Deferred[None] | None:
-        """Cancel running actions; the store marks them interrupted on the next start."""
+    def stopService(self) -> Deferred[None]:
+        """
+        Cancel running actions and wait, at most C{STOP_GRACE} seconds, for
+        them to clean up and record that they were interrupted.
+        """
         super().stopService()
         # Cancelling frees slots and locks: nothing queued may start because of that.
         self._stopping = True
-        for running in list(self._running):
-            running.cancel()
-        return None
+        running = list(self._running)
+        for action in running:
+            action.cancel()
+        finished: Deferred[Any] = DeferredList(running, consumeErrors=True)
+        finished.addTimeout(STOP_GRACE, self._reactor)
+        return finished.addBoth(lambda _: None)
 
     async def submit(
         self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
@@ -87,33 +96,42 @@ class ActionProcessor(Service):
         Queue C{action} for C{slave} and return its (PENDING) result.
 
         For a single-flight action already pending or running on this slave,
-        return that request's result instead.
+        return that request's result instead. A caller that goes away (an
+        HTTP client hanging up) cancels only its own wait: a request that was
+        recorded always runs.
         """
-        key = (slave, action.name)
-        if not action.single_flight:
-            result = await self._store.create(slave, action.name, client)
-        elif key in self._in_flight:
-            return self._in_flight[key]
-        elif key in self._joining:
-            # Another request for it is being recorded right now: share it.
-            joined: Deferred[ActionResult] = Deferred()
-            self._joining[key].append(joined)
-            return await joined
-        else:
+        key = _key(slave, action.name)
+        if action.single_flight:
+            if key in self._in_flight:
+                return self._in_flight[key]
+            if key in self._joining:
+                # Another request for it is being recorded right now: share it.
+                joined: Deferred[ActionResult] = Deferred()
+                self._joining[key].append(joined)
+                return await joined
             self._joining[key] = []
-            try:
-                result = await self._store.create(slave, action.name, client)
-            except Exception as error:
-                for joined in self._joining.pop(key):
-                    joined.errback(error)
-                raise
+        created = self._store.create(slave, action.name, client)
+        created.addCallbacks(self._start, self._not_recorded, (action, arguments or {}), None, (action, key))
+        caller: Deferred[ActionResult] = Deferred()
+        created.chainDeferred(caller)
+        return await caller
+
+    def _start(self, result: ActionResult, action: Action, arguments: dict[str, Any]) -> ActionResult:
+        key = _key(result.slave, action.name)
+        if action.single_flight:
             self._in_flight[key] = result
-            for joined in self._joining.pop(key):
+            for joined in self._joining.pop(key, []):
                 joined.callback(result)
-        running = Deferred.fromCoroutine(self._execute(result, action, arguments or {}))
+        running = Deferred.fromCoroutine(self._execute(result, action, arguments))
         self._running.add(running)
         running.addBoth(lambda _: self._running.discard(running))
         return result
+
+    def _not_recorded(self, failure: Any, action: Action, key: tuple[str, str]) -> Any:
+        if action.single_flight:
+            for joined in self._joining.pop(key, []):
+                joined.errback(failure)
+        return failure
 
     def wait(self, result: ActionResult, seconds: float) -> Deferred[None]:
         """Fire when C{result} is finished, or after C{seconds}, whichever is first."""
@@ -130,7 +148,7 @@ class ActionProcessor(Service):
         lock = None
         try:
             if action.exclusive:
-                slave_lock = self._slave_locks.setdefault(result.slave, DeferredLock())
+                slave_lock = self._slave_locks.setdefault(_key(result.slave, "")[0], DeferredLock())
                 await slave_lock.acquire()
                 lock = slave_lock
             await self._slots.acquire()
@@ -147,9 +165,10 @@ class ActionProcessor(Service):
             if lock is not None:
                 lock.release()
                 if not lock.locked and not lock.waiting:
-                    self._slave_locks.pop(result.slave, None)
-            if self._in_flight.get((result.slave, action.name)) is result:
-                del self._in_flight[(result.slave, action.name)]
+                    self._slave_locks.pop(_key(result.slave, "")[0], None)
+            key = _key(result.slave, action.name)
+            if self._in_flight.get(key) is result:
+                del self._in_flight[key]
             await self._persist_and_notify(result, log)
 
     async def _run(
@@ -162,22 +181,31 @@ class ActionProcessor(Service):
         timeout = self._timeouts().get(action.name, action.timeout)
         log.info("Starting (timeout {timeout}s)", timeout=timeout)
         work = Deferred.fromCoroutine(action.run(run, **arguments))
-        work.addTimeout(timeout, self._reactor)
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            work.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
         try:
             payload = await work
         except ActionFailure as failure:
             self._finish(result, FAILURE, failure.payload, log)
-        except DeferredTimeoutError:
+        except CancelledError:
+            if not timed_out:
+                raise
             where = f" Last progress:\n{run.status}" if run.status else ""
             self._finish(result, FAILURE, f"Timed out after {timeout:g} seconds.{where}", log)
-        except CancelledError:
-            raise
         except Exception as error:
             log.failure("Action raised an unexpected error")
             where = f"{run.status}\n" if run.status else ""
             self._finish(result, FAILURE, f"{where}Unexpected error: {one_line_reason(error)}", log)
         else:
             self._finish(result, SUCCESS, payload, log)
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def _finish(self, result: ActionResult, state: int, payload: Any, log: ActionLog) -> None:
         result.state = state

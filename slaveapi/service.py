@@ -2,8 +2,9 @@
 Builds the running service: web server, action processor, results store,
 configuration reloads, logging, and in C{--lab} mode the simulated fleet.
 
-The children of the top L{MultiService} start in order (store, processor,
-web) and stop in reverse, so the port closes first and the store last.
+The children of the top L{OrderedMultiService} start in order (store, processor,
+web) and stop in reverse, one at a time, so the port closes first, running
+actions then clean up, and the store closes last.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import (
     FilteringLogObserver,
@@ -43,6 +44,28 @@ _LEVELS = {
     "error": LogLevel.error,
     "critical": LogLevel.critical,
 }
+
+
+class OrderedMultiService(MultiService):
+    """
+    Stops its children one at a time, the last started first, each only once
+    the one before it has finished stopping: the port closes, then running
+    actions clean up, then their clients are released, then the store closes.
+    """
+
+    _log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+
+        async def stop_each() -> None:
+            for child in reversed(list(self)):
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    self._log.failure("Stopping {child} failed", child=child)
+
+        return Deferred.fromCoroutine(stop_each())
 
 
 class StartupError(Exception):
@@ -174,7 +197,7 @@ def check_reactor(reactor: Any) -> None:
         )
 
 
-def make_service(options: ServiceOptions, reactor: Any) -> MultiService:
+def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
     """
     Assemble SlaveAPI.
 
@@ -187,7 +210,7 @@ def make_service(options: ServiceOptions, reactor: Any) -> MultiService:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as error:
         raise StartupError(f"--data {options.data}: cannot create the directory ({error.strerror})") from None
-    top = MultiService()
+    top = OrderedMultiService()
     config_path = options.config
     if options.lab is not None:
         config_path = _start_lab(options, reactor, data_dir, top)
@@ -225,7 +248,7 @@ def make_service(options: ServiceOptions, reactor: Any) -> MultiService:
     return top
 
 
-def _start_lab(options: ServiceOptions, reactor: Any, data_dir: str, top: MultiService) -> str:
+def _start_lab(options: ServiceOptions, reactor: Any, data_dir: str, top: OrderedMultiService) -> str:
     from slaveapi.lab import Lab, LabService
 
     lab_dir = os.path.join(data_dir, "lab")

@@ -54,7 +54,7 @@ import os
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -116,7 +116,8 @@ class _Request:
     ident: int
     host: str
     step: str
-    payload: dict[str, Any]
+    # Holds the BMC password on its way to the worker: never in a repr.
+    payload: dict[str, Any] = field(repr=False)
     result: Deferred[dict[str, Any]]
     worker: _Worker | None = None
     timer: IDelayedCall | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from slaveapi.clients.dns import DNSClient
 from slaveapi.clients.http import JSONClient, RemoteError
 from slaveapi.config import MozpoolConfig
+from slaveapi.hostnames import is_valid_hostname
 
 
 class MozpoolError(Exception):
@@ -32,6 +33,8 @@ class MozpoolClient:
 
         @raise MozpoolError: the server cannot be found or refused.
         """
+        if not is_valid_hostname(server):
+            raise MozpoolError(f"mozpool: imaging server {server[:80]!r} from inventory is not a hostname")
         host = await self._dns.lookup_host(server)
         if host is None:
             raise MozpoolError(f"mozpool: imaging server {server} is not in DNS")

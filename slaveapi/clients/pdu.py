@@ -354,6 +354,8 @@ class PDUClient:
             address = await self._within(self._resolve(outlet.host), bound)
         except _NoAnswer:
             raise fail(f"cannot resolve {outlet.host}: no answer within {bound:g}s") from None
+        except CancelledError:
+            raise
         except Exception as error:
             raise fail(f"cannot resolve {outlet.host}: {_one_line(str(error)) or type(error).__name__}") from None
         if not address:

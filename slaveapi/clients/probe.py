@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
@@ -82,6 +82,8 @@ class Prober:
         attempt.addTimeout(self._config.tcp_timeout + 1, self._reactor)
         try:
             await attempt
+        except CancelledError:
+            raise
         except Exception:
             return False
         return True

@@ -123,12 +123,13 @@ class SlaveAPIWeb:
 
     @app.route("/slaves/<string:slave>/actions/<string:action>", methods=["GET", "POST"])
     async def action(self, request: IRequest, slave: str, action: str) -> bytes:
+        # Authentication first: a stranger learns nothing, not even which names are valid.
+        write = request.method == b"POST"
+        client = self._client(request, write=write)
         name = params.slave_name(slave)
         view = self._view(action)
-        if request.method == b"POST":
-            client = self._client(request, write=True)
+        if write:
             return await view.post(self._processor, request, name, client)
-        self._client(request, write=False)
         return view.get(self._store, request, name)
 
     @app.handle_errors(HTTPProblem)

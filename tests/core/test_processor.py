@@ -686,7 +686,8 @@ async def test_stop_service_interrupts_running_and_pending_actions(
     body.calls[0].run.progress("Connecting over SSH...")
     assert [r.state for r in results] == [RUNNING, RUNNING, PENDING]
 
-    assert processor.stopService() is None
+    # The stop waits until every cancelled action has recorded how it ended.
+    await _within(processor.stopService())
     for result in results:
         await _finished(processor, result)
         assert result.state == FAILURE
