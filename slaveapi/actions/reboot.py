@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
-from slaveapi.actions._remote import OFFLINE_ERRORS, locate
+from slaveapi.actions._remote import OFFLINE_ERRORS, connect, locate, read_uptime
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.http import RemoteError
@@ -36,6 +36,8 @@ from slaveapi.machines import Slave, load_slave_info
 
 #: Tried in order until one is accepted.
 REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
+
+NEVER_WENT_DOWN = "it never went down"
 
 _REMOTE_ERRORS = (IPMIError, PDUError, MozpoolError, RemoteError, DNSError, SSHError)
 
@@ -111,7 +113,7 @@ async def _wait_for_reboot(escalation: _Escalation) -> str | None:
     """Wait for the machine to go down and come back (after SSH or Mozpool)."""
     outcome = await escalation.run.ctx.clients.prober.wait_for_reboot(escalation.slave.address)
     if not outcome.went_down:
-        return "it never went down"
+        return NEVER_WENT_DOWN
     if not outcome.came_back:
         return "it went down but did not come back"
     return None
@@ -128,7 +130,12 @@ async def _wait_for_up(escalation: _Escalation) -> str | None:
 async def _ssh(escalation: _Escalation) -> bool:
     run, slave = escalation.run, escalation.slave
     clients = run.ctx.clients
-    if not await clients.prober.alive(slave.address):
+    try:
+        answers = await clients.prober.alive(slave.address)
+    except RuntimeError as error:
+        escalation.skip("SSH", f"cannot probe the machine: {_one_line(error)}")
+        return False
+    if not answers:
         escalation.skip("SSH", "the machine does not answer")
         return False
 
@@ -154,7 +161,33 @@ async def _ssh(escalation: _Escalation) -> bool:
         finally:
             session.close()
 
-    return await escalation.attempt("SSH", start, lambda: _wait_for_reboot(escalation))
+    async def wait() -> str | None:
+        started = run.ctx.reactor.seconds()
+        problem = await _wait_for_reboot(escalation)
+        if problem == NEVER_WENT_DOWN and await _rebooted_since(run, slave, run.ctx.reactor.seconds() - started):
+            return None
+        return problem
+
+    return await escalation.attempt("SSH", start, wait)
+
+
+async def _rebooted_since(run: ActionRun, slave: Slave, seconds: float) -> bool:
+    """
+    Whether the machine booted within the last C{seconds}: a reboot faster
+    than the probe's polls looks as if the machine never went down.
+    """
+    try:
+        session = await connect(run, slave.address, slave.name)
+    except ActionFailure:
+        return False
+    try:
+        uptime = await read_uptime(run, slave, session)
+    except ActionFailure:
+        return False
+    finally:
+        session.close()
+    run.log.info("Uptime after the reboot command: {uptime}s", uptime=uptime)
+    return uptime <= seconds
 
 
 async def _mozpool(escalation: _Escalation) -> bool:
@@ -176,7 +209,11 @@ async def _ipmi(escalation: _Escalation) -> bool:
     if not slave.ipmi:
         escalation.skip("IPMI", "no -mgmt interface in DNS")
         return False
-    bmc = await clients.dns.lookup_host(slave.ipmi)
+    try:
+        bmc = await clients.dns.lookup_host(slave.ipmi)
+    except DNSError as error:
+        escalation.skip("IPMI", f"looking up {slave.ipmi} failed: {_one_line(error)}")
+        return False
     if bmc is None:
         escalation.skip("IPMI", f"{slave.ipmi} does not resolve")
         return False
