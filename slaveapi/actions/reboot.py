@@ -109,10 +109,17 @@ async def reboot(run: ActionRun, update_bug: bool = True) -> str:
     raise ActionFailure(await _hand_off_to_bugzilla(escalation))
 
 
-async def _wait_for_reboot(escalation: _Escalation) -> str | None:
-    """Wait for the machine to go down and come back (after SSH or Mozpool)."""
+async def _wait_for_reboot(escalation: _Escalation, check_uptime: bool = False) -> str | None:
+    """
+    Wait for the machine to go down and come back (after SSH or Mozpool).
+
+    @param check_uptime: when the probe never saw it down, ask the machine
+        over SSH whether it booted meanwhile (a reboot quicker than the polls).
+    """
     outcome = await escalation.run.ctx.clients.prober.wait_for_reboot(escalation.slave.address)
     if not outcome.went_down:
+        if check_uptime and await _rebooted_since(escalation.run, escalation.slave, outcome.waited):
+            return None
         return NEVER_WENT_DOWN
     if not outcome.came_back:
         return "it went down but did not come back"
@@ -161,14 +168,7 @@ async def _ssh(escalation: _Escalation) -> bool:
         finally:
             session.close()
 
-    async def wait() -> str | None:
-        started = run.ctx.reactor.seconds()
-        problem = await _wait_for_reboot(escalation)
-        if problem == NEVER_WENT_DOWN and await _rebooted_since(run, slave, run.ctx.reactor.seconds() - started):
-            return None
-        return problem
-
-    return await escalation.attempt("SSH", start, wait)
+    return await escalation.attempt("SSH", start, lambda: _wait_for_reboot(escalation, check_uptime=True))
 
 
 async def _rebooted_since(run: ActionRun, slave: Slave, seconds: float) -> bool:
