@@ -171,7 +171,9 @@ async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reaso
                        " nothing to do!")
             return ShutdownOutcome(NOT_RUNNING, stopped_at)
 
-        requested_at = datetime.now(timezone.utc).replace(microsecond=0)
+        # "After the request" on the log's own clock: the slave's clock may be
+        # off from ours, and a new shutdown line follows the newest line now there.
+        requested_at = events[-1].timestamp if events else datetime.now(timezone.utc).replace(microsecond=0)
         heading = f"Requesting graceful shutdown from master {master.nickname}..."
         status.add(heading)
         run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
