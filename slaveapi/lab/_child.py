@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +22,42 @@ _log = Logger()
 
 _STDERR_KEPT = 20
 _MAX_LINE = 64 * 1024
+
+
+class Readiness:
+    """
+    A one-time outcome (ready, or failed) that anyone may wait for, each with
+    a Deferred of their own: nobody waiting means nobody is told, so a lab
+    stopped before it was ready logs no unhandled error.
+    """
+
+    def __init__(self) -> None:
+        self._ready = False
+        self._failure: Failure | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    def wait(self) -> Deferred[None]:
+        """Fires once ready; fails with the failure if that came instead."""
+        if self._ready:
+            return succeed(None)
+        if self._failure is not None:
+            return fail(self._failure)
+        waiting: Deferred[None] = Deferred()
+        self._waiters.append(waiting)
+        return waiting
+
+    def settle(self, failure: Failure | None) -> None:
+        """Ready (C{None}) or failed; tells everyone waiting."""
+        if failure is None:
+            self._ready = True
+        else:
+            self._failure = failure
+        waiters, self._waiters = self._waiters, []
+        for waiting in waiters:
+            if failure is None:
+                waiting.callback(None)
+            else:
+                waiting.errback(failure)
 
 
 class ChildProcess(ProcessProtocol):

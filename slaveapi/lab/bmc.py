@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 import slaveapi
 from slaveapi.lab import logs
-from slaveapi.lab._child import ChildProcess
+from slaveapi.lab._child import ChildProcess, Readiness
 from slaveapi.lab.fleet import LabMachine
 from slaveapi.lab.power import PowerControl
 
@@ -133,9 +133,7 @@ class LabBMCs:
         self._shutdowns: dict[str, IDelayedCall] = {}
         self.stopping = False
         self._stopped: Deferred[None] | None = None
-        self._ready_outcome: Failure | None = None
-        self._is_ready = False
-        self._ready_waiters: list[Deferred[None]] = []
+        self._readiness = Readiness()
 
     @classmethod
     def start(
@@ -172,7 +170,7 @@ class LabBMCs:
             bmcs._spawn(names[first : first + per_process], username, password)
         waits = [child.ready for child in bmcs._children]
         ready = defer.gatherResults(waits, consumeErrors=True) if waits else defer.succeed([])
-        ready.addCallbacks(lambda _: bmcs._ready_done(None), lambda f: bmcs._ready_done(_first_failure(f)))
+        ready.addCallbacks(lambda _: bmcs._readiness.settle(None), lambda f: bmcs._readiness.settle(_first_failure(f)))
         _log.info("lab: {count} BMCs on UDP port {port}", count=len(names), port=bmcs.port)
         return bmcs
 
@@ -185,25 +183,7 @@ class LabBMCs:
         L{stop} came first). Nobody asking means nobody is told: a lab
         stopped before its BMCs were up logs no unhandled error.
         """
-        if self._is_ready:
-            return defer.succeed(None)
-        if self._ready_outcome is not None:
-            return defer.fail(self._ready_outcome)
-        waiting: Deferred[None] = Deferred()
-        self._ready_waiters.append(waiting)
-        return waiting
-
-    def _ready_done(self, failure: Failure | None) -> None:
-        if failure is None:
-            self._is_ready = True
-        else:
-            self._ready_outcome = failure
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiting in waiters:
-            if failure is None:
-                waiting.callback(None)
-            else:
-                waiting.errback(failure)
+        return self._readiness.wait()
 
     @property
     def pids(self) -> list[int]:

@@ -44,10 +44,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 import slaveapi
-from slaveapi.lab._child import ChildProcess
+from slaveapi.lab._child import ChildProcess, Readiness
 from slaveapi.lab.fleet import Fleet, LabMachine
 
 _log = Logger(namespace="slaveapi.lab.ec2")
@@ -123,9 +122,7 @@ class LabEC2:
         self.stopping = False
         self._child: _EC2Process | None = None
         self._stopped: Deferred[None] | None = None
-        self._ready_outcome: Failure | None = None
-        self._is_ready = False
-        self._ready_waiters: list[Deferred[None]] = []
+        self._readiness = Readiness()
 
     @classmethod
     def start(cls, reactor: Any, fleet: Fleet, workdir: str, region: str = DEFAULT_REGION) -> LabEC2:
@@ -141,7 +138,7 @@ class LabEC2:
             # The child has its own copy of the socket now.
             listener.close()
         assert ec2._child is not None
-        ec2._child.ready.addCallbacks(lambda _: ec2._ready_done(None), ec2._ready_done)
+        ec2._child.ready.addCallbacks(lambda _: ec2._readiness.settle(None), ec2._readiness.settle)
         _log.info(
             "lab: EC2 (moto) on port {port}: {count} instances in {subnet}",
             port=ec2.port,
@@ -164,25 +161,7 @@ class LabEC2:
     @property
     def ready(self) -> Deferred[None]:
         """A new Deferred on each access: fires once EC2 answers and is seeded; fails if the process died."""
-        if self._is_ready:
-            return defer.succeed(None)
-        if self._ready_outcome is not None:
-            return defer.fail(self._ready_outcome)
-        waiting: Deferred[None] = Deferred()
-        self._ready_waiters.append(waiting)
-        return waiting
-
-    def _ready_done(self, failure: Failure | None) -> None:
-        if failure is None:
-            self._is_ready = True
-        else:
-            self._ready_outcome = failure
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiting in waiters:
-            if failure is None:
-                waiting.callback(None)
-            else:
-                waiting.errback(failure)
+        return self._readiness.wait()
 
     def _spawn(self, workdir: str, fd: int) -> None:
         os.makedirs(workdir, exist_ok=True)
