@@ -283,6 +283,13 @@ class AWSConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """C{[store]}: how long finished results are kept (0 days: for ever)."""
+
+    keep_days: float = 90.0
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """C{[auth]}: whether reads need a token too (writes do whenever tokens exist)."""
 
@@ -335,6 +342,7 @@ class Config:
     reboot: RebootConfig = RebootConfig()
     buildbot: BuildbotConfig = BuildbotConfig()
     aws: AWSConfig = AWSConfig()
+    store: StoreConfig = StoreConfig()
     devices_url: str | None = None
     timeouts: Mapping[str, float] = field(default_factory=dict)
 
@@ -534,6 +542,7 @@ def load_config(path: str) -> Config:
     mozpool = section("mozpool", required=False)
     reboot = section("reboot", required=False)
     buildbot = section("buildbot", required=False)
+    store = section("store", required=False)
     aws = section("aws", required=False)
     master_flavours = {}
     if parser.has_section("masters"):
@@ -661,6 +670,7 @@ def load_config(path: str) -> Config:
             build_domain=aws.string("build_domain", None),
             test_domain=aws.string("test_domain", None),
         ),
+        store=StoreConfig(keep_days=store.number("keep_days", 90.0, float, 0)),
         devices_url=devices.url("url", None),
         timeouts=timeouts,
     )

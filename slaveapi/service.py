@@ -18,6 +18,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -66,6 +67,10 @@ class OrderedMultiService(MultiService):
                     self._log.failure("Stopping {child} failed", child=child)
 
         return Deferred.fromCoroutine(stop_each())
+
+
+#: Seconds between prunings of old results.
+PRUNE_INTERVAL = 3600.0
 
 
 class StartupError(Exception):
@@ -142,17 +147,37 @@ class ContextHolder(Service):
 
 
 class StoreService(Service):
-    """Opens the results store at start and closes it, writes flushed, at stop."""
+    """
+    Opens the results store at start and closes it, writes flushed, at stop;
+    meanwhile forgets, every hour, finished results older than C{keep_days}
+    (0 keeps everything).
+    """
 
-    def __init__(self, store: SQLiteResultStore) -> None:
+    _log = Logger()
+
+    def __init__(self, store: SQLiteResultStore, reactor: Any, keep_days: float) -> None:
         self.store = store
+        self._reactor = reactor
+        self._keep_days = keep_days
+        self._pruning: LoopingCall | None = None
 
     def startService(self) -> None:
         self.store.open()
         super().startService()
+        if self._keep_days > 0:
+            self._pruning = LoopingCall(self._prune)
+            self._pruning.clock = self._reactor
+            self._pruning.start(PRUNE_INTERVAL, now=True).addErrback(
+                lambda failure: self._log.failure("Pruning old results stopped", failure)
+            )
+
+    def _prune(self) -> Deferred[int]:
+        return self.store.prune(self._reactor.seconds() - self._keep_days * 86400)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._pruning is not None and self._pruning.running:
+            self._pruning.stop()
         return self.store.close()
 
 
@@ -227,7 +252,7 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
 
     LogFileService(config.logging).setServiceParent(top)
     store = SQLiteResultStore(default_store_path(data_dir), reactor)
-    StoreService(store).setServiceParent(top)
+    StoreService(store, reactor, config.store.keep_days).setServiceParent(top)
     holder = ContextHolder(config, reactor, data_dir)
     holder.setServiceParent(top)
     processor = ActionProcessor(

@@ -81,6 +81,9 @@ class IResultStore(Interface):
     def find(slave: str | None = None, action: str | None = None) -> list[ActionResult]:
         """Results, oldest first, optionally only one slave's and one action's."""
 
+    def prune(older_than: float) -> Deferred[int]:
+        """Forget finished results that finished before C{older_than} (Unix seconds)."""
+
 
 def _row(result: ActionResult) -> tuple[Any, ...]:
     return (
@@ -193,6 +196,23 @@ class SQLiteResultStore:
 
     def get(self, requestid: int) -> ActionResult | None:
         return self._results.get(requestid)
+
+    def prune(self, older_than: float) -> Deferred[int]:
+        expired = [
+            requestid
+            for requestid, result in self._results.items()
+            if result.is_done() and result.finish_timestamp < older_than
+        ]
+        for requestid in expired:
+            del self._results[requestid]
+
+        def delete() -> None:
+            assert self._db is not None, "store is closed"
+            self._db.executemany("DELETE FROM results WHERE requestid = ?", [(r,) for r in expired])
+
+        if expired:
+            self._log.info("Pruned {count} results finished before {when}", count=len(expired), when=int(older_than))
+        return self._write(delete).addCallback(lambda _: len(expired))
 
     def find(self, slave: str | None = None, action: str | None = None) -> list[ActionResult]:
         return [

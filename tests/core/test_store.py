@@ -75,3 +75,31 @@ async def test_find_filters_by_slave_and_action(store: SQLiteResultStore) -> Non
     assert set(nested) == {"bld-1", "bld-2"}
     assert set(nested["bld-1"]) == {"buildslave_uptime", "buildslave_last_activity"}
     assert nested["bld-2"]["buildslave_uptime"][str(c.requestid)]["state"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_prune_forgets_only_old_finished_results(tmp_path: Any) -> None:
+    path = str(tmp_path / "r.sqlite")
+    first = SQLiteResultStore(path, reactor)
+    first.open()
+    old = await first.create("bld-1", "reboot", None)
+    old.state, old.finish_timestamp = SUCCESS, 1000
+    await first.save(old)
+    recent = await first.create("bld-1", "reboot", None)
+    recent.state, recent.finish_timestamp = FAILURE, 5000
+    await first.save(recent)
+    running = await first.create("bld-2", "reboot", None)
+    running.state = RUNNING
+    await first.save(running)
+    assert await first.prune(older_than=2000) == 1
+    assert first.get(old.requestid) is None
+    assert {r.requestid for r in first.find()} == {recent.requestid, running.requestid}
+    await first.close()
+
+    second = SQLiteResultStore(path, reactor)
+    second.open()
+    try:
+        assert second.get(old.requestid) is None
+        assert second.get(recent.requestid).text == recent.text
+    finally:
+        await second.close()
