@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from twisted.conch.ssh.keys import EncryptedKeyError, Key
+
 T = TypeVar("T")
 
 _REQUIRED: Any = object()
@@ -302,10 +304,14 @@ class Credentials:
     The credentials JSON.
 
     @ivar ssh: user name to the passwords tried in order.
+    @ivar ssh_keys: user name to the absolute paths of its unencrypted private
+        key files, offered before its passwords; each was read and checked
+        when the credentials were loaded.
     @ivar api_tokens: client name to bearer token; empty turns authentication off.
     """
 
     ssh: Mapping[str, tuple[Secret, ...]]
+    ssh_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     inventory: Secret | None = None
     ipmi: Secret | None = None
     bugzilla: Secret | None = None
@@ -440,8 +446,40 @@ def _listen_endpoint(server: _Section) -> str:
     return f"tcp:{port}:interface={interface}"
 
 
+def load_ssh_key(path: str) -> Key:
+    """
+    Read the unencrypted SSH private key (OpenSSH or PEM format) at C{path}.
+
+    Used when the credentials are loaded, so that a bad key stops start-up,
+    and by the SSH client, which reads its keys once.
+
+    @raise ConfigError: the file is missing, unreadable, not a private key,
+        or encrypted; the one-line message names the file and never shows
+        any of its content.
+    """
+    try:
+        key = Key.fromFile(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: SSH key file not found") from None
+    except EncryptedKeyError:
+        raise ConfigError(f"{path}: SSH key is encrypted; only unencrypted keys can be used") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: SSH key file not readable ({error.strerror or type(error).__name__})") from None
+    except Exception as error:
+        # Never the error's text: conch's parse errors quote the file's content.
+        raise ConfigError(f"{path}: not an SSH private key in OpenSSH or PEM format ({type(error).__name__})") from None
+    if key.isPublic():
+        raise ConfigError(f"{path}: a public key; expected a private key")
+    return key
+
+
 def load_credentials(path: str) -> Credentials:
-    """Read the credentials JSON; errors name the file and the key."""
+    """
+    Read the credentials JSON; errors name the file and the key.
+
+    Key files named in C{ssh_keys} are taken relative to the credentials
+    file's directory, and each is read once here to check it.
+    """
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -477,6 +515,20 @@ def load_credentials(path: str) -> Credentials:
         if not isinstance(passwords, list) or not all(isinstance(p, str) for p in passwords):
             raise ConfigError(f"{path}: ssh.{user}: expected a list of passwords")
         ssh[user] = tuple(Secret(p) for p in passwords)
+    base = os.path.dirname(os.path.abspath(path))
+    ssh_keys: dict[str, tuple[str, ...]] = {}
+    for user, key_files in mapping("ssh_keys", required=False).items():
+        if isinstance(key_files, str):
+            key_files = [key_files]
+        if not isinstance(key_files, list) or not all(isinstance(k, str) and k for k in key_files):
+            raise ConfigError(f"{path}: ssh_keys.{user}: expected a list of private key file paths")
+        paths = tuple(os.path.normpath(os.path.join(base, k)) for k in key_files)
+        for key_file in paths:
+            try:
+                load_ssh_key(key_file)
+            except ConfigError as error:
+                raise ConfigError(f"{path}: ssh_keys.{user}: {error}") from None
+        ssh_keys[user] = paths
     tokens: dict[str, Secret] = {}
     for client, token in mapping("api_tokens", required=False).items():
         if not isinstance(token, str) or len(token) < 16:
@@ -484,6 +536,7 @@ def load_credentials(path: str) -> Credentials:
         tokens[client] = Secret(token)
     return Credentials(
         ssh=ssh,
+        ssh_keys=ssh_keys,
         inventory=secret("inventory"),
         ipmi=secret("ipmi"),
         bugzilla=secret("bugzilla"),

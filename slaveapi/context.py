@@ -84,7 +84,7 @@ def build_context(
         known_hosts = os.path.join(data_dir, known_hosts)
     clients = Clients(
         dns=dns,
-        ssh=SSHClient(reactor, config.ssh, credentials.ssh, known_hosts),
+        ssh=SSHClient(reactor, config.ssh, credentials.ssh, known_hosts, credentials.ssh_keys),
         slavealloc=SlaveallocClient(config.slavealloc.api_url, json_client("slavealloc")),
         inventory=InventoryClient(
             config.inventory.api_url,

@@ -2,34 +2,40 @@
 SSH client: run commands on a machine over an exec channel (twisted.conch).
 
 Actions use it to read uptime, tail a buildbot log and ask a machine to
-reboot. Logins come from the credentials file: for each user, passwords tried
-in order, like the 2015 client; the login that worked last on a host is tried
-first next time. Host keys are checked against a known_hosts file per the
+reboot. Logins come from the credentials file: for each user, its private
+keys (publickey authentication) and then its passwords, tried in order on one
+connection, like the 2015 client's password list; the login that worked last
+on a host is tried first next time. Keys are read once, when the client is
+made. Host keys are checked against a known_hosts file per the
 configured policy (trust on first use, strict, or off), and no key from
 C{~/.ssh} or an ssh-agent is ever used.
 
 Everything is bounded: connecting and logging in by C{connect_timeout}, each
 command by its own timeout. Failures are L{SSHError} subclasses whose
-one-line messages name the host and port and never a password. A connection
+one-line messages name the host and port and never a password or key. A connection
 that drops after a command was sent is not an error: the result has
 C{exit_code=None}, which is what asking a machine to reboot looks like.
 
 Built directly on C{twisted.conch.ssh} rather than
 C{SSHCommandClientEndpoint}, because the endpoint discards stderr, cannot
 tell exit status 0 from a dropped connection, tries one password per
-connection and closes its connection after the first command.
+connection and closes its connection after the first command. Public key
+logins use C{rsa-sha2-256}/C{-512} signatures for RSA keys when the server
+lists them (RFC 8332; OpenSSH refuses C{ssh-rsa} ones by default), which
+conch's stock user-auth client does not.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Mapping
 
 from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.ssh import common
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.connection import EXTENDED_DATA_STDERR, SSHConnection
 from twisted.conch.ssh.keys import FingerprintFormats, Key
@@ -37,7 +43,7 @@ from twisted.conch.ssh.transport import (
     DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
     SSHClientTransport,
 )
-from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -51,7 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from slaveapi.config import Secret, SSHConfig
+from slaveapi.config import Secret, SSHConfig, load_ssh_key
 
 # Collected output per stream beyond this is dropped: results are meant for
 # uptime lines and log tails, not bulk transfers.
@@ -72,7 +78,7 @@ class SSHConnectionRefused(SSHError):
 
 
 class SSHAuthenticationFailed(SSHError):
-    """Every configured user and password was rejected."""
+    """Every configured user, key and password was rejected."""
 
 
 class SSHTimeout(SSHError):
@@ -186,18 +192,45 @@ class _HostKeys:
         )
 
 
+@dataclass(frozen=True)
+class _Login:
+    """
+    One way to log in as a user: a private key or a password.
+
+    @ivar index: its place among the user's logins (keys first, then
+        passwords), remembered per host when it works.
+    @ivar key_file: where the key came from, for log lines; C{None} for a password.
+    @ivar key: the private key; never shown in a repr.
+    @ivar password: the password, for a password login.
+    """
+
+    index: int
+    key_file: str | None = None
+    key: Key | None = field(default=None, repr=False, compare=False)
+    password: Secret | None = None
+
+
 class _Rejected(Exception):
     """
-    Internal: the server rejected C{tried} passwords of this user on one connection.
+    Internal: the server rejected some logins of this user on one connection.
 
-    @ivar exhausted: no password of this user is left to try on another connection.
+    @ivar keys: how many keys were rejected.
+    @ivar passwords: how many passwords were rejected.
+    @ivar untried: this user's logins not tried on that connection.
+    @ivar exhausted: nothing of this user is worth trying on another connection.
+    @ivar methods: the login methods the server let us try (C{"publickey"},
+        C{"password"}).
     """
 
-    def __init__(self, tried: int, exhausted: bool, offered_password: bool) -> None:
-        super().__init__(tried)
-        self.tried = tried
+    def __init__(
+        self, keys: int, passwords: int, untried: list[_Login], exhausted: bool, methods: frozenset[str]
+    ) -> None:
+        super().__init__(keys, passwords)
+        self.keys = keys
+        self.passwords = passwords
+        self.untried = untried
         self.exhausted = exhausted
-        self.offered_password = offered_password
+        self.methods = methods
 
 
 def _connect_error(host: str, port: int, reason: Failure) -> SSHError:
@@ -220,9 +253,9 @@ class _Link:
     """
     One TCP connection to a host, from connecting until it is closed.
 
-    It logs in as one user, trying that user's passwords in turn on this
-    connection. C{ready} fires with the authenticated L{_Connection}, or fails
-    with an L{SSHError}, or with L{_Rejected} when the passwords ran out or
+    It logs in as one user, trying that user's keys and passwords in turn on
+    this connection. C{ready} fires with the authenticated L{_Connection}, or
+    fails with an L{SSHError}, or with L{_Rejected} when the logins ran out or
     the server cut the connection after some were rejected (the caller then
     tries the rest on a new connection).
     """
@@ -234,7 +267,7 @@ class _Link:
         host: str,
         port: int,
         user: str,
-        passwords: list[tuple[int, Secret]],
+        logins: list[_Login],
         first: bool,
     ) -> None:
         self.reactor = reactor
@@ -242,13 +275,15 @@ class _Link:
         self.host = host
         self.port = port
         self.user = user
-        self.passwords = passwords
+        self.untried = list(logins)
         self.first = first
         self.label = f"ssh {host}:{port}"
         self.phase = "connecting"  # -> securing -> authenticating -> connected -> closed
-        self.tried = 0
+        self.tried_keys = 0
+        self.tried_passwords = 0
         self.accepted_index: int | None = None
-        self.offered_password = False
+        # Login methods the server let us try on this connection.
+        self.methods: set[str] = set()
         self.host_key_error: SSHHostKeyMismatch | None = None
         self.we_disconnected: int | None = None
         self.server_said: str | None = None
@@ -334,23 +369,60 @@ class _Link:
     def secured(self, transport: _ClientTransport) -> None:
         self.phase = "authenticating"
         self.connection = _Connection(self)
-        transport.requestService(_PasswordAuth(self.user.encode("utf-8"), self.connection, self))
+        transport.requestService(_LoginAuth(self.user.encode("utf-8"), self.connection, self))
+
+    def _take(self, login: _Login) -> None:
+        self.untried.remove(login)
+        self.accepted_index = login.index
+
+    def next_key(self, server_takes_passwords: bool) -> _Login | None:
+        """
+        The next key to offer, or C{None} to go on to passwords.
+
+        Logins go in order: while the next one is a password the server
+        accepts, that password goes first (it is the one that worked last).
+        """
+        self.methods.add("publickey")
+        if server_takes_passwords and self.untried and self.untried[0].key is None:
+            return None
+        login = next((login for login in self.untried if login.key is not None), None)
+        if login is None:
+            return None
+        self._take(login)
+        self.tried_keys += 1
+        _log.debug(
+            "ssh {host}:{port}: offering key {key_file} for {user}",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key_file=login.key_file,
+        )
+        return login
 
     def next_password(self) -> bytes | None:
-        self.offered_password = True
-        if self.tried >= len(self.passwords):
+        self.methods.add("password")
+        login = next((login for login in self.untried if login.password is not None), None)
+        if login is None or login.password is None:
             return None
-        index, secret = self.passwords[self.tried]
-        self.tried += 1
-        self.accepted_index = index
+        self._take(login)
+        self.tried_passwords += 1
         _log.debug(
             "ssh {host}:{port}: trying password #{index} for {user}",
             host=self.host,
             port=self.port,
             user=self.user,
-            index=index + 1,
+            index=login.index + 1,
         )
-        return secret.reveal().encode("utf-8")
+        return login.password.reveal().encode("utf-8")
+
+    def _rejected(self, exhausted: bool) -> _Rejected:
+        return _Rejected(
+            self.tried_keys,
+            self.tried_passwords,
+            [] if exhausted else list(self.untried),
+            exhausted,
+            frozenset(self.methods),
+        )
 
     def authenticated(self, connection: _Connection) -> None:
         self.phase = "connected"
@@ -374,12 +446,12 @@ class _Link:
             outcome = self.host_key_error
         elif phase == "authenticating":
             gave_up = self.we_disconnected == DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
-            if gave_up or self.tried >= len(self.passwords):
-                outcome = _Rejected(self.tried, exhausted=True, offered_password=self.offered_password)
-            elif self.tried > 0:
+            if gave_up or not self.untried:
+                outcome = self._rejected(exhausted=True)
+            elif self.tried_keys + self.tried_passwords > 0:
                 # The server hung up after some rejections (MaxAuthTries):
                 # the rest go on a new connection.
-                outcome = _Rejected(self.tried, exhausted=False, offered_password=True)
+                outcome = self._rejected(exhausted=False)
             else:
                 outcome = SSHError(f"{self.label}: connection closed during authentication{detail}")
         else:
@@ -388,7 +460,7 @@ class _Link:
 
 
 class _ClientTransport(SSHClientTransport):
-    """The SSH transport of one L{_Link}: host key check, then password login."""
+    """The SSH transport of one L{_Link}: host key check, then key and password logins."""
 
     def __init__(self, link: _Link) -> None:
         self._link = link
@@ -423,19 +495,72 @@ class _ClientTransport(SSHClientTransport):
         self._link.lost(reason or Failure(net_error.ConnectionDone()))
 
 
-class _PasswordAuth(SSHUserAuthClient):
-    """Password authentication only, with the passwords the L{_Link} hands out in turn."""
+class _LoginAuth(SSHUserAuthClient):
+    """
+    Publickey and password authentication with the logins the L{_Link} hands out in turn.
 
-    preferredOrder = [b"password"]
+    The publickey method is our own rather than conch's, to sign with
+    C{rsa-sha2-*} for RSA keys when the server lists them in
+    C{server-sig-algs}.
+    """
+
+    preferredOrder = [b"publickey", b"password"]
 
     def __init__(self, user: bytes, instance: SSHConnection, link: _Link) -> None:
         super().__init__(user, instance)
         self._link = link
+        self._server_methods: frozenset[bytes] = frozenset()
+        self._key: Key | None = None
+        self._algorithm = b""
 
     def tryAuth(self, kind: bytes) -> Any:
-        if kind != b"password":
+        if kind not in (b"publickey", b"password"):
             return None
         return super().tryAuth(kind)
+
+    def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
+        methods, _ = getNS(packet)
+        self._server_methods = frozenset(methods.split(b","))
+        return super().ssh_USERAUTH_FAILURE(packet)
+
+    def _signature_algorithm(self, key: Key) -> bytes:
+        if key.type() == "RSA":
+            transport: Any = self.transport
+            extensions = getattr(transport, "peerExtensions", {}) or {}
+            offered = extensions.get(b"server-sig-algs", b"").split(b",")
+            for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+                if algorithm in offered:
+                    return algorithm
+        return key.sshType()
+
+    def auth_publickey(self) -> bool:  # type: ignore[override]
+        login = self._link.next_key(b"password" in self._server_methods)
+        if login is None or login.key is None:
+            return False
+        self._key = login.key
+        self._algorithm = self._signature_algorithm(login.key)
+        # Ask first whether the server would take this key (no signature yet).
+        self.askForAuth(b"publickey", b"\x00" + NS(self._algorithm) + NS(login.key.public().blob()))
+        return True
+
+    def ssh_USERAUTH_PK_OK_publickey(self, packet: bytes) -> None:
+        key = self._key
+        if key is None:
+            self.askForAuth(b"none", b"")
+            return
+        transport: Any = self.transport
+        public = NS(self._algorithm) + NS(key.public().blob())
+        signed = (
+            NS(transport.sessionID)
+            + bytes((MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + public
+        )
+        signature = key.sign(signed, signatureType=self._algorithm)
+        self.askForAuth(b"publickey", b"\x01" + public + NS(signature))
 
     def getPublicKey(self) -> None:
         return None
@@ -667,7 +792,7 @@ class SSHSession:
 
 class SSHClient:
     """
-    Runs commands on hosts over SSH with password logins.
+    Runs commands on hosts over SSH with key and password logins.
 
     @param reactor: the reactor to connect and time with.
     @param config: ports, timeouts and the host key policy.
@@ -675,6 +800,12 @@ class SSHClient:
         credentials file's C{ssh}); users are tried in this order too.
     @param known_hosts_path: the known_hosts file for the C{tofu} and
         C{strict} policies; created if missing.
+    @param keys: user name to private key files (the credentials' C{ssh_keys}),
+        offered in order before that user's passwords; users with keys but
+        no passwords come after the users in C{logins}. The files are read
+        here, once.
+    @raise slaveapi.config.ConfigError: a key file cannot be used (the
+        message names the file, never its content).
     """
 
     def __init__(
@@ -683,23 +814,31 @@ class SSHClient:
         config: SSHConfig,
         logins: Mapping[str, tuple[Secret, ...]],
         known_hosts_path: str,
+        keys: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self._reactor = reactor
         self._config = config
-        self._logins = {user: tuple(passwords) for user, passwords in logins.items()}
+        key_files = dict(keys or {})
+        self._logins: dict[str, tuple[_Login, ...]] = {}
+        for user in [*logins, *(user for user in key_files if user not in logins)]:
+            user_keys = [_Login(index, path, load_ssh_key(path)) for index, path in enumerate(key_files.get(user, ()))]
+            passwords = [
+                _Login(len(user_keys) + index, password=secret) for index, secret in enumerate(logins.get(user, ()))
+            ]
+            self._logins[user] = (*user_keys, *passwords)
         self._host_keys = _HostKeys(config.host_keys, known_hosts_path)
-        # (host, port) -> (user, password index) that logged in last time.
+        # (host, port) -> (user, login index) that logged in last time.
         self._last_login: dict[tuple[str, int], tuple[str, int]] = {}
 
-    def _plan(self, host: str, port: int) -> list[tuple[str, list[tuple[int, Secret]]]]:
-        """Users and their (index, password)s in the order to try them on C{host}."""
-        plan = [(user, list(enumerate(passwords))) for user, passwords in self._logins.items() if passwords]
+    def _plan(self, host: str, port: int) -> list[tuple[str, list[_Login]]]:
+        """Users and their logins in the order to try them on C{host}."""
+        plan = [(user, list(logins)) for user, logins in self._logins.items() if logins]
         remembered = self._last_login.get((host, port))
         if remembered is not None:
             user, index = remembered
-            for position, (name, passwords) in enumerate(plan):
+            for position, (name, logins) in enumerate(plan):
                 if name == user:
-                    passwords.sort(key=lambda item: item[0] != index)
+                    logins.sort(key=lambda login: login.index != index)
                     plan.insert(0, plan.pop(position))
                     break
         return plan
@@ -722,10 +861,11 @@ class SSHClient:
             raise SSHAuthenticationFailed(f"{label}: no SSH logins configured")
         deadline = self._reactor.seconds() + self._config.connect_timeout
         first = True
-        rejected = 0
-        offered_password = False
-        for user, passwords in plan:
-            remaining = passwords
+        rejected_keys = rejected_passwords = 0
+        # Which of our kinds of login the server let us try at all.
+        usable = False
+        for user, logins in plan:
+            remaining = logins
             while remaining:
                 left = deadline - self._reactor.seconds()
                 if left <= 0:
@@ -735,25 +875,41 @@ class SSHClient:
                 try:
                     connection = await link.start(left)
                 except _Rejected as rejection:
-                    rejected += rejection.tried
-                    offered_password = offered_password or rejection.offered_password
-                    remaining = [] if rejection.exhausted else remaining[rejection.tried :]
+                    rejected_keys += rejection.keys
+                    rejected_passwords += rejection.passwords
+                    usable = usable or any(
+                        (login.key is not None and "publickey" in rejection.methods)
+                        or (login.password is not None and "password" in rejection.methods)
+                        for login in logins
+                    )
+                    remaining = rejection.untried
                     _log.info(
-                        "{label}: login as {user} rejected ({count} passwords tried)",
+                        "{label}: login as {user} rejected ({keys} keys, {count} passwords tried)",
                         label=label,
                         user=user,
-                        count=rejection.tried,
+                        keys=rejection.keys,
+                        count=rejection.passwords,
                     )
                     continue
                 assert link.accepted_index is not None and connection is link.connection
                 self._last_login[(host, port)] = (user, link.accepted_index)
                 return SSHSession(self._reactor, link, self._config.command_timeout)
-        if not offered_password:
-            raise SSHAuthenticationFailed(f"{label}: the server does not accept password authentication")
+        if not usable:
+            kinds = [
+                kind
+                for kind, present in (
+                    ("publickey", any(login.key is not None for _, logins in plan for login in logins)),
+                    ("password", any(login.password is not None for _, logins in plan for login in logins)),
+                )
+                if present
+            ]
+            raise SSHAuthenticationFailed(f"{label}: the server does not accept {' or '.join(kinds)} authentication")
         users = len(plan)
+        tried = f"{rejected_passwords} password{'s' if rejected_passwords != 1 else ''}"
+        if rejected_keys:
+            tried = f"{rejected_keys} key{'s' if rejected_keys != 1 else ''}, {tried}"
         raise SSHAuthenticationFailed(
-            f"{label}: every login was rejected ({users} user{'s' if users != 1 else ''},"
-            f" {rejected} password{'s' if rejected != 1 else ''} tried)"
+            f"{label}: every login was rejected ({users} user{'s' if users != 1 else ''}, {tried} tried)"
         )
 
     async def run(

@@ -2,10 +2,14 @@
 Tests for slaveapi.clients.ssh against a real OpenSSH sshd on loopback.
 
 Each sshd is started by a fixture with a throwaway ed25519 host key and its
-own config (password logins for a local test user, no PAM), on a free
-127.0.0.1 port; it is stopped by its PID at teardown. Readiness is awaited by
-polling a TCP connect on the reactor. The tests run as root: the test user
-is created (or its password reset) idempotently.
+own config (password and public key logins for local test users, no PAM),
+on a free 127.0.0.1 port; it is stopped by its PID at teardown. Readiness is
+awaited by polling a TCP connect on the reactor. The tests run as root: the
+test users are created (or their passwords reset) idempotently. Client keys
+are throwaway ones made per test module; only the first test user's
+authorized_keys lists some of them. sshd reads authorized_keys as the user, so
+those files live in a world-readable directory of their own under /tmp
+(pytest's temporary directories are root's alone), removed at teardown.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,12 +51,14 @@ from slaveapi.clients.ssh import (
     SSHUnreachable,
     _connect_error,
 )
-from slaveapi.config import Secret, SSHConfig
+from slaveapi.config import ConfigError, Secret, SSHConfig
 
 reactor: Any = _reactor
 
 SSHD = "/usr/sbin/sshd"
 USER = "slaveapitest"
+# A second local account with the same password and no authorized keys.
+OTHER = "slaveapitest2"
 # The password of a throwaway local account that only a loopback sshd started
 # by these tests accepts.
 PASSWORD = "slaveapi-Test-pw-4711"
@@ -65,15 +73,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _host_key(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
+def _host_key(path: Path, *kind: str) -> Path:
+    kind = kind or ("-t", "ed25519")
+    subprocess.run(["ssh-keygen", "-q", *kind, "-N", "", "-C", "", "-f", str(path)], check=True)
     return path
 
 
 class _Sshd:
     """One OpenSSH sshd in the foreground, with its own config, log and PID file."""
 
-    def __init__(self, directory: Path, host_key: Path, port: int) -> None:
+    def __init__(
+        self, directory: Path, host_key: Path, port: int, pubkey: bool = True, keys_dir: Path | None = None
+    ) -> None:
         self.directory = directory
         self.host_key = host_key
         self.port = port
@@ -85,12 +96,12 @@ class _Sshd:
             f"{listen}"
             f"HostKey {host_key}\n"
             f"PidFile {directory / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {directory / 'authorized_keys'}\n"
+            f"AuthorizedKeysFile {(keys_dir or directory) / 'authorized_keys'}.%u\n"
             "UsePAM no\n"
             "StrictModes no\n"
             "PasswordAuthentication yes\n"
             "KbdInteractiveAuthentication no\n"
-            "PubkeyAuthentication no\n"
+            f"PubkeyAuthentication {'yes' if pubkey else 'no'}\n"
             "PermitRootLogin no\n"
             "MaxAuthTries 6\n"
             "MaxStartups 50\n"
@@ -150,11 +161,55 @@ def test_user() -> str:
     return USER
 
 
+@pytest.fixture(scope="module")
+def other_user(test_user: str) -> str:
+    """A second account with the same password, which authorizes no key."""
+    try:
+        pwd.getpwnam(OTHER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", OTHER], check=True)
+    subprocess.run(["chpasswd"], input=f"{OTHER}:{PASSWORD}\n", text=True, check=True)
+    return OTHER
+
+
+class _ClientKeys:
+    """Throwaway client private keys: C{good} and C{rsa} are authorized for USER, C{wrong} nowhere."""
+
+    def __init__(self, directory: Path) -> None:
+        self.good = _host_key(directory / "good_ed25519")
+        self.rsa = _host_key(directory / "good_rsa", "-t", "rsa", "-b", "2048", "-m", "PEM")
+        self.wrong = _host_key(directory / "wrong_ed25519")
+
+    def authorized_keys(self) -> str:
+        return "".join(Path(f"{key}.pub").read_text() for key in (self.good, self.rsa))
+
+
+@pytest.fixture(scope="module")
+def client_keys(tmp_path_factory: pytest.TempPathFactory) -> _ClientKeys:
+    return _ClientKeys(tmp_path_factory.mktemp("client-keys"))
+
+
+@pytest.fixture(scope="module")
+def authorized_keys_dir(client_keys: _ClientKeys) -> Iterator[Path]:
+    """A world-readable directory with USER's authorized_keys (the good client keys)."""
+    directory = Path(tempfile.mkdtemp(prefix="slaveapi-test-authorized-keys-"))
+    try:
+        directory.chmod(0o755)
+        authorized = directory / f"authorized_keys.{USER}"
+        authorized.write_text(client_keys.authorized_keys())
+        authorized.chmod(0o644)
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
 @pytest_twisted.async_yield_fixture(scope="module")
-async def sshd(test_user: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[_Sshd]:
-    """The sshd most tests share."""
+async def sshd(
+    test_user: str, other_user: str, authorized_keys_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[_Sshd]:
+    """The sshd most tests share; USER's authorized_keys lists the good client keys."""
     directory = tmp_path_factory.mktemp("sshd")
-    server = _Sshd(directory, _host_key(directory / "host_key"), _free_port())
+    server = _Sshd(directory, _host_key(directory / "host_key"), _free_port(), keys_dir=authorized_keys_dir)
     await server.start()
     yield server
     server.stop()
@@ -165,13 +220,13 @@ def new_sshd(test_user: str, tmp_path: Path) -> Iterator[Callable[..., Deferred[
     """Start extra sshds (e.g. with another host key on a given port); all stopped at teardown."""
     started: list[_Sshd] = []
 
-    def start(key_name: str, port: int | None = None) -> Deferred[_Sshd]:
+    def start(key_name: str, port: int | None = None, pubkey: bool = True) -> Deferred[_Sshd]:
         directory = tmp_path / f"sshd-{len(started)}"
         directory.mkdir()
         key = tmp_path / key_name
         if not key.exists():
             _host_key(key)
-        server = _Sshd(directory, key, port or _free_port())
+        server = _Sshd(directory, key, port or _free_port(), pubkey=pubkey)
         started.append(server)
         return Deferred.fromCoroutine(server.start())
 
@@ -187,6 +242,7 @@ def _client(
     host_keys: str = "tofu",
     connect_timeout: float = 10.0,
     command_timeout: float = 10.0,
+    keys: dict[str, tuple[Path, ...]] | None = None,
 ) -> SSHClient:
     if logins is None:
         logins = {USER: (PASSWORD,)}
@@ -194,7 +250,8 @@ def _client(
         port=22, connect_timeout=connect_timeout, command_timeout=command_timeout, host_keys=host_keys
     )
     secrets = {user: tuple(Secret(p) for p in passwords) for user, passwords in logins.items()}
-    return SSHClient(reactor, config, secrets, str(known_hosts))
+    key_files = {user: tuple(str(path) for path in paths) for user, paths in (keys or {}).items()}
+    return SSHClient(reactor, config, secrets, str(known_hosts), key_files)
 
 
 class _Silent(Protocol):
@@ -491,3 +548,127 @@ async def test_concurrent_first_use_records_every_host(sshd: _Sshd, tmp_path: Pa
     strict = _client(known_hosts, host_keys="strict")
     for address in ADDRESSES:
         assert (await strict.run(address, "echo ok", port=sshd.port)).stdout == "ok\n"
+
+
+# --- private keys -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_only_logins_ed25519_and_rsa(sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path) -> None:
+    accepted = f"Accepted publickey for {USER} from 127.0.0.1"
+    before = sshd.count(accepted)
+    passwords_before = sshd.count(f"password for {USER}")
+    client = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)})
+    async with await client.session("127.0.0.1", port=sshd.port) as session:
+        assert session.user == USER
+        assert await session.run("id -un") == CommandResult(0, f"{USER}\n", "")
+    assert sshd.count(accepted) == before + 1
+    assert sshd.count(f"{accepted} port") == before + 1
+    # RSA keys sign with rsa-sha2-*: OpenSSH 8.8+ refuses ssh-rsa (SHA-1) signatures.
+    rsa = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.rsa,)})
+    assert await rsa.run("127.0.0.1", "id -un", port=sshd.port) == CommandResult(0, f"{USER}\n", "")
+    assert sshd.count(accepted) == before + 2
+    assert "ssh2: RSA SHA256:" in sshd.log_text().split(accepted)[-1].splitlines()[0]
+    assert sshd.count(f"password for {USER}") == passwords_before
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_key_then_right_password_and_the_password_is_remembered(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
+    client = _client(tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.wrong,)})
+    accepted = f"Accepted password for {USER}"
+    before = sshd.count(accepted)
+    assert await client.run("127.0.0.1", "echo in", port=sshd.port) == CommandResult(0, "in\n", "")
+    assert sshd.count(accepted) == before + 1
+    # The password that worked goes first next time: the wrong key is not offered again.
+    log_before = len(sshd.log_text())
+    assert await client.run("127.0.0.1", "echo again", port=sshd.port) == CommandResult(0, "again\n", "")
+    assert sshd.count(accepted) == before + 2
+    assert "publickey" not in sshd.log_text()[log_before:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_right_key_after_a_wrong_one_is_remembered(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
+    client = _client(tmp_path / "known_hosts", {USER: (WRONG[0],)}, keys={USER: (client_keys.wrong, client_keys.good)})
+    accepted = f"Accepted publickey for {USER}"
+    before = sshd.count(accepted)
+    assert (await client.run("127.0.0.1", "echo one", port=sshd.port)).stdout == "one\n"
+    log_before = len(sshd.log_text())
+    assert (await client.run("127.0.0.1", "echo two", port=sshd.port)).stdout == "two\n"
+    assert sshd.count(accepted) == before + 2
+    later = sshd.log_text()[log_before:]
+    assert later.count(accepted) == 1
+    assert "Failed" not in later
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_of_another_user_does_not_let_you_in(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
+    # OTHER exists and has a password, but authorizes no key; the key is USER's.
+    client = _client(tmp_path / "known_hosts", {}, keys={OTHER: (client_keys.good, client_keys.rsa)})
+    with pytest.raises(SSHAuthenticationFailed) as caught:
+        await client.run("127.0.0.1", "true", port=sshd.port)
+    assert str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (1 user, 2 keys, 0 passwords tried)"
+    assert sshd.count(f"Accepted publickey for {OTHER}") == 0
+    # Its password is fine, after its keys were refused.
+    both = _client(tmp_path / "known_hosts", {OTHER: (PASSWORD,)}, keys={OTHER: (client_keys.good,)})
+    assert await both.run("127.0.0.1", "id -un", port=sshd.port) == CommandResult(0, f"{OTHER}\n", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_are_skipped_when_the_server_takes_no_public_keys(
+    new_sshd: Callable[..., Deferred[_Sshd]], client_keys: _ClientKeys, tmp_path: Path
+) -> None:
+    server = await new_sshd("key-a", pubkey=False)
+    keys_only = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)})
+    with pytest.raises(SSHAuthenticationFailed) as caught:
+        await keys_only.run("127.0.0.1", "true", port=server.port)
+    assert str(caught.value) == f"ssh 127.0.0.1:{server.port}: the server does not accept publickey authentication"
+    both = _client(tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.good,)})
+    assert (await both.run("127.0.0.1", "echo pw", port=server.port)).stdout == "pw\n"
+    assert server.count(f"Accepted password for {USER}") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_material_never_shows_in_errors_or_logs(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        client = _client(
+            tmp_path / "known_hosts",
+            {USER: WRONG[:1]},
+            keys={USER: (client_keys.wrong,), OTHER: (client_keys.good, client_keys.rsa)},
+        )
+        with pytest.raises(SSHAuthenticationFailed) as caught:
+            await client.run("127.0.0.1", "true", port=sshd.port)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    message = str(caught.value)
+    assert message == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (2 users, 3 keys, 1 password tried)"
+    logged = "\n".join(formatEvent(event) + repr(event) for event in events)
+    assert events and str(client_keys.wrong) in logged  # keys are named by their file
+    material = []
+    for path in (client_keys.wrong, client_keys.good, client_keys.rsa):
+        private = path.read_text().splitlines()[1:-1]  # the base64 body of the private key
+        public = Path(f"{path}.pub").read_text().split()[1]
+        key = Key.fromFile(str(path))
+        material += [line for line in private if len(line) > 16] + [public, repr(key), str(key)]
+    assert material
+    for text in (message, repr(caught.value), logged, repr(client.__dict__)):
+        assert [piece for piece in material if piece in text] == []
+    assert WRONG[0] not in message and WRONG[0] not in logged
+
+
+def test_unusable_key_file_stops_the_client(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage_key"
+    garbage.write_text("not a key, secret-looking content 1234\n")
+    with pytest.raises(ConfigError) as caught:
+        _client(tmp_path / "known_hosts", {}, keys={USER: (garbage,)})
+    assert str(caught.value) == f"{garbage}: not an SSH private key in OpenSSH or PEM format (BadKeyError)"

@@ -470,3 +470,88 @@ def test_load_credentials_alone(tmp_path: Path) -> None:
         None,
         None,
     )
+
+
+# -- SSH private keys in the credentials file ------------------------------------------------
+
+
+def _ssh_key(path: Path, kind: str = "ed25519", passphrase: bytes | None = None, public: bool = False) -> Path:
+    """Write a fresh throwaway private key (or its public half) to C{path}."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from twisted.conch.ssh.keys import Key
+
+    private = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else rsa.generate_private_key(65537, 2048)
+    key = Key(private)
+    if public:
+        path.write_bytes(key.public().toString("openssh"))
+    elif kind == "ed25519":
+        path.write_bytes(key.toString("openssh", subtype="v1", passphrase=passphrase))
+    else:
+        path.write_bytes(key.toString("openssh", subtype="PEM", passphrase=passphrase))
+    return path
+
+
+def test_credentials_ssh_keys_load(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    first = _ssh_key(keys / "cltbld_ed25519")
+    second = _ssh_key(keys / "cltbld_rsa", kind="rsa")
+    elsewhere = _ssh_key(tmp_path / "root_ed25519")
+    credentials = dict(
+        _CREDENTIALS,
+        ssh_keys={"cltbld": ["keys/cltbld_ed25519", "./keys/../keys/cltbld_rsa"], "keyonly": str(elsewhere)},
+    )
+    config = load_config(str(_write(tmp_path, _FULL_INI, credentials=credentials)))
+    assert dict(config.credentials.ssh_keys) == {"cltbld": (str(first), str(second)), "keyonly": (str(elsewhere),)}
+    assert list(config.credentials.ssh) == ["cltbld", "root"]
+    shown = repr(config)
+    assert first.read_text().splitlines()[1] not in shown
+
+
+def test_credentials_without_ssh_keys_have_none(tmp_path: Path) -> None:
+    assert dict(load_config(str(_write(tmp_path, _FULL_INI))).credentials.ssh_keys) == {}
+
+
+_KEY_PROBLEMS = {
+    "missing": "SSH key file not found",
+    "garbage": "not an SSH private key in OpenSSH or PEM format (BadKeyError)",
+    "truncated": "not an SSH private key in OpenSSH or PEM format (Error)",
+    "directory": "SSH key file not readable (Is a directory)",
+    "encrypted": "SSH key is encrypted; only unencrypted keys can be used",
+    "encrypted_pem": "SSH key is encrypted; only unencrypted keys can be used",
+    "public": "a public key; expected a private key",
+}
+
+
+@pytest.mark.parametrize("problem", sorted(_KEY_PROBLEMS))
+def test_credentials_unusable_ssh_key_is_a_one_line_error_naming_the_file(tmp_path: Path, problem: str) -> None:
+    marker = "KEYCONTENT-must-not-show-0xdeadbeef"
+    key_file = tmp_path / "keys" / "bad_key"
+    key_file.parent.mkdir()
+    if problem == "garbage":
+        key_file.write_text(f"{marker}\n")
+    elif problem == "truncated":
+        key_file.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker}\n-----END OPENSSH PRIVATE KEY-----\n")
+    elif problem == "directory":
+        key_file.mkdir()
+    elif problem == "encrypted":
+        _ssh_key(key_file, passphrase=b"a-passphrase")
+    elif problem == "encrypted_pem":
+        _ssh_key(key_file, kind="rsa", passphrase=b"a-passphrase")
+    elif problem == "public":
+        _ssh_key(key_file, public=True)
+    credentials = dict(_CREDENTIALS, ssh_keys={"cltbld": ["keys/bad_key"]})
+    message = _error(_write(tmp_path, _FULL_INI, credentials=credentials))
+    assert message == f"{tmp_path / 'credentials.json'}: ssh_keys.cltbld: {key_file}: {_KEY_PROBLEMS[problem]}"
+    assert marker not in message
+
+
+@pytest.mark.parametrize("value", [{"path": "k"}, [1], [""], 7])
+def test_credentials_ssh_keys_user_not_a_list_of_paths(tmp_path: Path, value: Any) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh_keys={"cltbld": value}))
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh_keys.cltbld: expected a list of private key file paths"
+
+
+def test_credentials_ssh_keys_not_an_object(tmp_path: Path) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh_keys=["keys/k"]))
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh_keys: expected an object"

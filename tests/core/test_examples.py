@@ -88,6 +88,8 @@ def _with_alternatives(tmp_path: Any) -> str:
     ini = tmp_path / "slaveapi.ini"
     ini.write_text(uncommented, encoding="utf-8")
     shutil.copy(EXAMPLE_CREDENTIALS, tmp_path / "credentials.json")
+    # credentials.json names its ssh_keys relative to itself: bring the throwaway key along.
+    shutil.copytree(os.path.join(_ROOT, "examples", "keys"), tmp_path / "keys")
     return str(ini)
 
 
