@@ -43,6 +43,12 @@ pool (measured on the lab: 50 concurrent power cycles on 4 workers in
 1.5 s; 2,400 status requests from 8 workers to 500 BMCs in 10.5 s). A hung
 BMC holds one worker for at most C{timeout}.
 
+A power cycle whose caller is cancelled (an action's timeout, a service
+stop) once its first power-state query has answered (the next step switches
+power off) still powers the machine on: the off-to-on part runs as its own
+task the caller only waits for, bounded by the deadlines above, and
+L{IPMIClient.close} waits for it (bounded) first.
+
 L{IPMIClient.close} stops every worker (stdin closed, then SIGKILL by PID
 after a grace period) and waits for them to be gone.
 """
@@ -384,6 +390,8 @@ class IPMIClient:
         self._username = username
         self._password = password
         self._pool = _WorkerPool(reactor, config.workers, config.timeout)
+        # The off-to-on parts of running power cycles; close() waits for them.
+        self._tails: set[Deferred[None]] = set()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -426,16 +434,48 @@ class IPMIClient:
         C{timeout}). A machine already off is only powered on. Raises
         L{IPMIError} when a step fails or the state is not reached.
 
-        @param progress: told short human-readable lines as steps happen.
+        Once the first power state is known, the rest (off, pause, on) runs
+        as its own task: cancelling the caller (an action's timeout, a
+        service stop) raises C{CancelledError} here at once, but never leaves
+        the machine powered off: the power cycle finishes in the background,
+        bounded by this client's deadlines, silently for C{progress}, and is
+        logged. L{close} waits for such power cycles first.
+
+        @param progress: told short human-readable lines as steps happen
+            (until the caller is cancelled).
         """
-        config = self._config
+        cancelled = False
 
         def say(line: str) -> None:
             _log.info("ipmi: {host}: {line}", host=host, line=line)
-            if progress is not None:
+            if progress is not None and not cancelled:
                 progress(line)
 
-        if await self.power_state(host):
+        powered = await self.power_state(host)
+        tail = Deferred.fromCoroutine(self._off_then_on(host, powered, say))
+        try:
+            await self._shield(host, tail)
+        except defer.CancelledError:
+            cancelled = True
+            if not tail.called:
+                _log.warn("ipmi: {host}: power cycle cancelled; finishing it in the background so the machine "
+                          "is not left off", host=host)
+            raise
+
+    async def close(self) -> None:
+        """
+        Wait (bounded) for power cycles whose callers were cancelled, then stop
+        every worker process; later calls fail with L{IPMIError}.
+        """
+        if self._tails:
+            waiting = defer.DeferredList(list(self._tails), consumeErrors=True)
+            await _bounded(self._reactor, waiting, self._tail_bound())
+        await self._pool.close()
+
+    async def _off_then_on(self, host: str, powered: bool, say: Callable[[str], None]) -> None:
+        """The power cycle from the first power-off command on (see L{powercycle})."""
+        config = self._config
+        if powered:
             try:
                 await self.set_power(host, "soft")
             except (IPMITimeout, IPMIUnavailable, IPMIAuthError):
@@ -466,9 +506,37 @@ class IPMIClient:
             raise IPMIError(f"IPMI power on on {host}: still off after {config.timeout:g}s")
         say("powered on")
 
-    async def close(self) -> None:
-        """Stop every worker process; later calls fail with L{IPMIError}."""
-        await self._pool.close()
+    def _shield(self, host: str, tail: Deferred[None]) -> Deferred[None]:
+        """
+        A Deferred that follows C{tail} but whose cancellation leaves C{tail}
+        running; C{tail} is remembered until it ends, and how it ended is
+        logged when nobody waits for it any more.
+        """
+        self._tails.add(tail)
+        outer: Deferred[None] = Deferred(lambda _: None)  # cancelling fails it alone
+
+        def settle(result: object) -> None:
+            self._tails.discard(tail)
+            if not outer.called:
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(None)
+            elif isinstance(result, Failure):
+                _log.warn("ipmi: {host}: power cycle cancelled by its caller, and finishing it failed: {reason}",
+                          host=host, reason=result.getErrorMessage())
+            else:
+                _log.info("ipmi: {host}: finished the power-on despite the cancellation", host=host)
+
+        tail.addBoth(settle)
+        return outer
+
+    def _tail_bound(self) -> float:
+        """How long the rest of one power cycle can take (see L{_off_then_on}), with slack."""
+        config = self._config
+        call = (config.retries + 1) * config.timeout + config.poll_interval
+        # Up to six calls that each end a wait or a step, the waits' own bounds, the pause.
+        return 6 * call + config.off_timeout + 2 * config.timeout + config.power_delay + _CLOSE_GRACE
 
     async def _wait_for(self, host: str, powered: bool, bound: float) -> bool:
         """Poll the power state until it is C{powered} or C{bound} seconds passed."""

@@ -24,6 +24,11 @@ uses USM. Requests go through pysnmp 7's asyncio API, awaited from Twisted
 pysnmp's own C{timeout} x (C{retries} + 1) and by a deadline on the reactor
 besides. Failures raise L{PDUError}, one line naming the PDU, the outlet and
 the step, never the community or the keys.
+
+A power cycle whose caller is cancelled (an action's timeout, a service
+stop) still switches the outlet back on: the off-to-on switching runs as its
+own task the caller only waits for, bounded by the deadlines above, and
+L{PDUClient.close} waits for it (bounded) first.
 """
 
 from __future__ import annotations
@@ -53,9 +58,10 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.config import Secret, SNMPConfig
@@ -195,6 +201,8 @@ class PDUClient:
         self._priv_key = v3_priv_key
         self._resolve = resolve
         self._snmp_engine: SnmpEngine | None = None
+        # The off-to-on parts of running power cycles; close() waits for them.
+        self._tails: set[Deferred[None]] = set()
 
     # --- public API -----------------------------------------------------------
 
@@ -241,15 +249,61 @@ class PDUClient:
         """
         Power-cycle the outlet: off, confirm, wait C{power_delay} seconds, on, confirm.
 
-        @param progress: told about each step, in words fit for a result text.
+        The switching runs as its own task, from the off SET on: cancelling
+        the caller (an action's timeout, a service stop) raises
+        C{CancelledError} here at once, but never leaves the outlet off: the
+        cycle finishes in the background, bounded by this client's deadlines,
+        silently for C{progress}, and is logged. L{close} waits for such
+        cycles first.
+
+        @param progress: told about each step, in words fit for a result text
+            (until the caller is cancelled).
         @raise PDUError: any step failed; the outlet may be left off.
         """
+        cancelled = False
 
         def tell(text: str) -> None:
-            if progress is not None:
+            if progress is not None and not cancelled:
                 progress(text)
 
         name = f"{outlet.host}:{outlet.outlet}"
+        tail = Deferred.fromCoroutine(self._off_then_on(outlet, name, tell))
+        try:
+            await self._shield(name, tail)
+        except CancelledError:
+            cancelled = True
+            if not tail.called:
+                self._log.warn(
+                    "pdu: {outlet}: power cycle cancelled; finishing it in the background so the outlet is not "
+                    "left off",
+                    outlet=name,
+                )
+            raise
+
+    async def close(self) -> None:
+        """
+        Wait (bounded) for power cycles whose callers were cancelled, then
+        release the SNMP engine's socket; a later call opens a new one.
+        """
+        if self._tails:
+            # Only this wait ends at the bound: cancelling a DeferredList would cancel the cycles.
+            waiting: Deferred[None] = Deferred(lambda _: None)
+            DeferredList(list(self._tails), consumeErrors=True).addBoth(
+                lambda _: None if waiting.called else waiting.callback(None)
+            )
+            try:
+                await self._within(waiting, self._tail_bound())
+            except _NoAnswer:
+                self._log.warn("pdu: power cycles still running after {bound:g}s; closing anyway",
+                               bound=self._tail_bound())
+        engine, self._snmp_engine = self._snmp_engine, None
+        if engine is not None:
+            engine.close_dispatcher()
+
+    # --- power cycle ----------------------------------------------------------
+
+    async def _off_then_on(self, outlet: PDUOutlet, name: str, tell: Callable[[str], None]) -> None:
+        """The switching part of L{powercycle}."""
         tell(f"switching PDU outlet {name} off")
         await self.set_outlet(outlet, False)
         delay = self._config.power_delay
@@ -260,11 +314,40 @@ class PDUClient:
         await self.set_outlet(outlet, True)
         tell(f"PDU outlet {name} is on")
 
-    async def close(self) -> None:
-        """Release the SNMP engine's socket; a later call opens a new one."""
-        engine, self._snmp_engine = self._snmp_engine, None
-        if engine is not None:
-            engine.close_dispatcher()
+    def _shield(self, name: str, tail: Deferred[None]) -> Deferred[None]:
+        """
+        A Deferred that follows C{tail} but whose cancellation leaves C{tail}
+        running; C{tail} is remembered until it ends, and how it ended is
+        logged when nobody waits for it any more.
+        """
+        self._tails.add(tail)
+        outer: Deferred[None] = Deferred(lambda _: None)  # cancelling fails it alone
+
+        def settle(result: object) -> None:
+            self._tails.discard(tail)
+            if not outer.called:
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(None)
+            elif isinstance(result, Failure):
+                self._log.warn(
+                    "pdu: {outlet}: power cycle cancelled by its caller, and finishing it failed: {reason}",
+                    outlet=name, reason=result.getErrorMessage(),
+                )
+            else:
+                self._log.info("pdu: {outlet}: finished the power-on despite the cancellation", outlet=name)
+
+        tail.addBoth(settle)
+        return outer
+
+    def _tail_bound(self) -> float:
+        """How long one power cycle's switching can take, with slack."""
+        config = self._config
+        # A resolve and an exchange per request; per switch a SET, the wait, and its last read.
+        request = 2 * self._bound()
+        switch = 2 * request + config.state_timeout + config.poll_interval
+        return 2 * switch + config.power_delay + _DEADLINE_SLACK
 
     # --- steps ----------------------------------------------------------------
 

@@ -281,3 +281,87 @@ async def test_fifty_concurrent_powercycles_on_four_workers(clients: Clients, wa
         await bounded(bmcs.stop(), 10)
         power.stop()
     assert not any(pid_alive(pid) for pid in pids)
+
+
+class _LogWaiter:
+    """Fires a Deferred when a log event whose format contains C{text} is emitted with C{fields}."""
+
+    def __init__(self, text: str, **fields: Any) -> None:
+        self._text = text
+        self._fields = fields
+        self.seen: Deferred[dict[str, Any]] = Deferred()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.seen.called or self._text not in (event.get("log_format") or ""):
+            return
+        if all(event.get(key) == value for key, value in self._fields.items()):
+            self.seen.callback(event)
+
+
+async def _cancel_during_the_pause(
+    lab_bmcs: LabWithBMCs, clients: Clients, machine: LabMachine
+) -> tuple[Any, list[str], Deferred[None]]:
+    """Start a power cycle with a 0.5 s pause, cancel it once the machine is off; the client, lines, caller."""
+    client = clients.make(lab_bmcs.config(power_delay=0.5), lab_bmcs.password)
+    lines: list[str] = []
+    off: Deferred[None] = Deferred()
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        if line == "powered off":
+            # On the next reactor turn, when the power cycle has gone into its pause.
+            reactor.callLater(0, off.callback, None)
+
+    down = lab_bmcs.watcher.expect(machine.name, "down")
+    cycle = Deferred.fromCoroutine(client.powercycle(machine.mgmt_ip, progress))
+    await bounded(off, 10)
+    await bounded(down, 5)
+    assert (machine.powered, machine.up) == (False, False)
+    cycle.cancel()
+    return client, lines, cycle
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_powercycle_still_powers_the_machine_on(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    from twisted.internet.defer import CancelledError
+    from twisted.logger import globalLogPublisher
+
+    machine = lab_bmcs.lab.machine("bld-linux64-lab-001")
+    finished = _LogWaiter("finished the power-on despite the cancellation", host=machine.mgmt_ip)
+    globalLogPublisher.addObserver(finished)
+    try:
+        up = lab_bmcs.watcher.expect(machine.name, "up")
+        client, lines, cycle = await _cancel_during_the_pause(lab_bmcs, clients, machine)
+        # The caller fails at once; the power-on goes on without it.
+        assert cycle.called
+        with pytest.raises(CancelledError):
+            await cycle
+        assert machine.powered is False
+        await bounded(up, 10)
+        await bounded(finished.seen, 10)
+    finally:
+        globalLogPublisher.removeObserver(finished)
+    assert (machine.powered, machine.up, lab_bmcs.lab.ssh.listening(machine)) == (True, True, True)
+    assert await client.power_state(machine.mgmt_ip) is True
+    # The cancelled caller hears nothing more.
+    assert lines == ["soft power off requested", "powered off"]
+    assert [event for event in lab_bmcs.watcher.events if event[0] == machine.name] == [
+        (machine.name, "down"),
+        (machine.name, "up"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_waits_for_a_cancelled_powercycle(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    from twisted.internet.defer import CancelledError
+
+    machine = lab_bmcs.lab.machine("t-w864-lab-004")
+    up = lab_bmcs.watcher.expect(machine.name, "up")
+    client, _, cycle = await _cancel_during_the_pause(lab_bmcs, clients, machine)
+    with pytest.raises(CancelledError):
+        await cycle
+    # A service stop cancels its actions, then closes the clients: the power-on is confirmed first.
+    await bounded(Deferred.fromCoroutine(client.close()), 20)
+    assert machine.powered is True
+    await bounded(up, 10)
+    assert machine.up is True

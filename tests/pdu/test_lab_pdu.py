@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 
 from slaveapi.clients.inventory import PDUOutlet
@@ -270,3 +271,126 @@ async def test_pdu_client_powercycles_lab_machines(lab: _Lab) -> None:
         [("down", sentry_machine.name), ("up", sentry_machine.name), ("up", apc_machine.name)]
     )
     assert apc_machine.uptime(time.time()) < 5
+
+
+class _UpWaiter:
+    """A power observer whose Deferred fires when one machine comes up."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.up: Deferred[None] = Deferred()
+
+    def machine_down(self, machine: LabMachine) -> None:
+        pass
+
+    def machine_up(self, machine: LabMachine) -> None:
+        if machine.name == self._name and not self.up.called:
+            self.up.callback(None)
+
+
+class _LogWaiter:
+    """Fires a Deferred when a log event whose format contains C{text} is emitted with C{fields}."""
+
+    def __init__(self, text: str, **fields: Any) -> None:
+        self._text = text
+        self._fields = fields
+        self.seen: Deferred[dict[str, Any]] = Deferred()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.seen.called or self._text not in (event.get("log_format") or ""):
+            return
+        if all(event.get(key) == value for key, value in self._fields.items()):
+            self.seen.callback(event)
+
+
+def _bounded(waiting: Deferred[Any], seconds: float) -> Deferred[Any]:
+    from twisted.internet import reactor
+
+    return waiting.addTimeout(seconds, reactor)
+
+
+def _client(lab: _Lab, **changes: Any) -> PDUClient:
+    from twisted.internet import reactor
+
+    addresses = lab.pdus.addresses
+
+    async def resolve(host: str) -> str | None:
+        return addresses.get(host.lower())
+
+    values: dict[str, Any] = dict(
+        port=lab.pdus.port, timeout=1.0, retries=1, pdu_types=lab.pdus.types,
+        state_timeout=2.0, poll_interval=0.05, power_delay=0.5,
+    )
+    values.update(changes)
+    return PDUClient(reactor, SNMPConfig(**values), Secret(COMMUNITY), None, None, resolve=resolve)
+
+
+async def _cancel_during_the_pause(
+    client: PDUClient, machine: LabMachine
+) -> tuple[list[str], Deferred[None]]:
+    """Start a power cycle, cancel it in its pause once the outlet is off; the progress lines, the caller."""
+    from twisted.internet import reactor
+
+    outlet = PDUOutlet.parse(machine.pdu or "")
+    lines: list[str] = []
+    off: Deferred[None] = Deferred()
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        if " is off; " in line:
+            # On the next reactor turn, when the power cycle has gone into its pause.
+            reactor.callLater(0, off.callback, None)
+
+    cycle = Deferred.fromCoroutine(client.powercycle(outlet, progress))
+    await _bounded(off, 10)
+    assert (machine.powered, machine.up) == (False, False)
+    cycle.cancel()
+    return lines, cycle
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_powercycle_still_switches_the_outlet_on(lab: _Lab) -> None:
+    from twisted.logger import globalLogPublisher
+
+    machine = lab.machine("t-yosemite-r7-lab-003")  # pdu1:AA2, Sentry
+    waiter = _UpWaiter(machine.name)
+    lab.power.add_observer(waiter)
+    finished = _LogWaiter("finished the power-on despite the cancellation", outlet=f"{PDU1}:AA2")
+    globalLogPublisher.addObserver(finished)
+    client = _client(lab)
+    try:
+        lines, cycle = await _cancel_during_the_pause(client, machine)
+        # The caller fails at once; the outlet goes back on without it.
+        assert cycle.called
+        with pytest.raises(CancelledError):
+            await cycle
+        assert machine.powered is False
+        await _bounded(waiter.up, 10)
+        await _bounded(finished.seen, 10)
+        assert await client.outlet_state(PDUOutlet.parse(machine.pdu or "")) is True
+    finally:
+        globalLogPublisher.removeObserver(finished)
+        await client.close()
+    assert (machine.powered, machine.up) == (True, True)
+    # The cancelled caller hears nothing more.
+    assert lines == [f"switching PDU outlet {PDU1}:AA2 off", f"PDU outlet {PDU1}:AA2 is off; switching it on in 0.5s"]
+    assert lab.recorder.events == [("down", machine.name), ("up", machine.name)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_waits_for_a_cancelled_powercycle(lab: _Lab) -> None:
+    machine = lab.machine("panda-0008")  # pdu2:BA2, APC
+    waiter = _UpWaiter(machine.name)
+    lab.power.add_observer(waiter)
+    client = _client(lab)
+    try:
+        _, cycle = await _cancel_during_the_pause(client, machine)
+        with pytest.raises(CancelledError):
+            await cycle
+    finally:
+        # A service stop cancels its actions, then closes the clients: the outlet is confirmed on first.
+        await _bounded(Deferred.fromCoroutine(client.close()), 20)
+    assert machine.powered is True
+    await _bounded(waiter.up, 10)
+    assert machine.up is True
+    assert lab.recorder.events == [("down", machine.name), ("up", machine.name)]
