@@ -15,8 +15,6 @@ from typing import Any, Iterable
 
 PENDING, RUNNING, SUCCESS, FAILURE = range(4)
 
-STATE_NAMES = {PENDING: "pending", RUNNING: "running", SUCCESS: "success", FAILURE: "failure"}
-
 #: What an action's payload may be: text for most actions, an integer for
 #: buildslave_uptime, a JSON object for buildslave_last_activity.
 Payload = Any
