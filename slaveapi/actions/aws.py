@@ -210,6 +210,9 @@ class _Creation:
         self.records: list[DNSRecord] = []
         self.instance: Instance | None = None
         self.ip: str | None = None
+        #: The name a launch was attempted under: a launch whose answer never
+        #: came may still have started an instance.
+        self.launching: str | None = None
 
     def show(self) -> None:
         self.run.progress("\n".join(self.lines))
@@ -236,10 +239,18 @@ class _Creation:
     async def undo(self) -> None:
         """Terminate what was launched and delete the DNS records made, saying so."""
         aws = self.run.ctx.clients.aws
-        if self.instance is not None:
-            heading = f"Cleaning up: terminating {self.instance.instance_id}"
+        launched = [self.instance] if self.instance is not None else []
+        if not launched and self.launching is not None:
+            # No answer to the launch: the name did not exist before, so any
+            # live instance under it now is ours.
             try:
-                state = await aws.terminate(self.instance.instance_id)
+                launched = await aws.find_instances(self.launching)
+            except AWSError as error:
+                self.lines.append(f"Cleaning up: looking for {self.launching}...Failed: {error}. Check by hand.")
+        for instance in launched:
+            heading = f"Cleaning up: terminating {instance.instance_id}"
+            try:
+                state = await aws.terminate(instance.instance_id)
                 self.lines.append(f"{heading}...{state}.")
             except AWSError as error:
                 self.lines.append(f"{heading}...Failed: {error}. Terminate it by hand.")
@@ -381,7 +392,9 @@ async def _create(
             launch_template=template,
             instance_type=kind,
             key_name=config.key_name,
+            client_token=f"slaveapi-{run.requestid}-{name}",
         )
+        creation.launching = name
         creation.instance = await aws.run_instance(spec)
         return f"{creation.instance.instance_id}."
 

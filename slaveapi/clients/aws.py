@@ -134,6 +134,8 @@ class LaunchSpec:
     launch_template: str | None = None
     instance_type: str | None = None
     key_name: str | None = None
+    #: Makes the launch idempotent: a retried RunInstances cannot launch twice.
+    client_token: str | None = None
 
 
 class AWSClient:
@@ -344,6 +346,8 @@ class AWSClient:
             arguments["InstanceType"] = spec.instance_type
         if spec.key_name:
             arguments["KeyName"] = spec.key_name
+        if spec.client_token:
+            arguments["ClientToken"] = spec.client_token[:64]
 
         def work(ec2: Any) -> Instance:
             answer = ec2.run_instances(**arguments)
