@@ -153,11 +153,20 @@ def _snmp_settings(config: Config) -> tuple[Any, ...]:
     return (config.snmp, config.dns, credentials.snmp_community, credentials.snmp_v3_auth_key, credentials.snmp_v3_priv_key)
 
 
-async def close_contexts(contexts: list[Context]) -> None:
-    """Release what the contexts' clients hold (worker processes, sockets), each once."""
-    closables: dict[int, Any] = {}
+def _closables(ctx: Context) -> tuple[Any, ...]:
+    return (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws)
+
+
+async def close_contexts(contexts: list[Context], keep: list[Context] | None = None) -> None:
+    """
+    Release what the contexts' clients hold (worker processes, sockets,
+    threads), each once, except clients shared with a context in C{keep}.
+    """
+    kept = {id(client) for ctx in keep or [] for client in _closables(ctx)}
+    closing: dict[int, Any] = {}
     for ctx in contexts:
-        for client in (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws):
-            closables.setdefault(id(client), client)
-    for client in closables.values():
+        for client in _closables(ctx):
+            if id(client) not in kept:
+                closing.setdefault(id(client), client)
+    for client in closing.values():
         await client.close()

@@ -73,6 +73,7 @@ class ActionProcessor(Service):
         self._waiters: dict[int, list[Deferred[None]]] = {}
         self._running: set[Deferred[None]] = set()
         self._stopping = False
+        self._context_users: dict[int, int] = {}
 
     def stopService(self) -> Deferred[None]:
         """
@@ -142,8 +143,23 @@ class ActionProcessor(Service):
         waiter.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda _value, _timeout: None)
         return waiter
 
+    def uses(self, ctx: "Context") -> bool:
+        """Whether a queued or running action still uses C{ctx}."""
+        return self._context_users.get(id(ctx), 0) > 0
+
     async def _execute(self, result: ActionResult, action: Action, arguments: dict[str, Any]) -> None:
         ctx = self._context()
+        self._context_users[id(ctx)] = self._context_users.get(id(ctx), 0) + 1
+        try:
+            await self._execute_in(ctx, result, action, arguments)
+        finally:
+            left = self._context_users.pop(id(ctx)) - 1
+            if left:
+                self._context_users[id(ctx)] = left
+
+    async def _execute_in(
+        self, ctx: "Context", result: ActionResult, action: Action, arguments: dict[str, Any]
+    ) -> None:
         log = ActionLog(self._log, result.slave, result.requestid, action.name)
         lock = None
         try:

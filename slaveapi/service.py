@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -72,6 +72,9 @@ class OrderedMultiService(MultiService):
 #: Seconds between prunings of old results.
 PRUNE_INTERVAL = 3600.0
 
+#: Seconds between looks for replaced contexts whose clients can be released.
+RETIRED_SWEEP_INTERVAL = 60.0
+
 
 class StartupError(Exception):
     """The service cannot start; the message is one line saying why."""
@@ -105,10 +108,17 @@ class ContextHolder(Service):
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 10
         self._current = build_context(config, reactor, self._pool, data_dir)
-        # Contexts replaced by reloads; running actions may still use their
-        # clients, so they are released when the service stops.
+        # Contexts replaced by reloads: their clients are released once no
+        # queued or running action uses them any more.
         self._retired: list[Context] = []
+        self._in_use: Callable[[Context], bool] = lambda ctx: False
+        self._sweeper = LoopingCall(self._release_idle)
+        self._sweeper.clock = reactor
         self._previous_handler: Any = None
+
+    def watch(self, in_use: Callable[[Context], bool]) -> None:
+        """Learn which contexts actions still use (the processor knows)."""
+        self._in_use = in_use
 
     def context(self) -> Context:
         """The context new requests and actions use."""
@@ -126,7 +136,21 @@ class ContextHolder(Service):
         self._current = build_context(config, self._reactor, self._pool, self._data_dir, previous)
         self._retired.append(previous)
         self._log.info("Configuration reloaded from {path}", path=path)
+        if not self._sweeper.running:
+            self._sweeper.start(RETIRED_SWEEP_INTERVAL, now=True).addErrback(
+                lambda failure: self._log.failure("Releasing old clients stopped", failure)
+            )
         return True
+
+    def _release_idle(self) -> Deferred[None] | None:
+        """Release the clients of replaced contexts no action uses any more."""
+        idle = [ctx for ctx in self._retired if not self._in_use(ctx)]
+        if not idle:
+            return None
+        self._retired = [ctx for ctx in self._retired if ctx not in idle]
+        if not self._retired:
+            self._sweeper.stop()
+        return Deferred.fromCoroutine(close_contexts(idle, keep=[self._current, *self._retired]))
 
     def startService(self) -> None:
         super().startService()
@@ -139,6 +163,8 @@ class ContextHolder(Service):
         super().stopService()
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
+        if self._sweeper.running:
+            self._sweeper.stop()
         return Deferred.fromCoroutine(self._release())
 
     async def _release(self) -> None:
@@ -263,6 +289,7 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
         timeouts=lambda: dict(holder.context().config.timeouts),
     )
     processor.setServiceParent(top)
+    holder.watch(processor.uses)
     web = SlaveAPIWeb(processor, store, holder.context)
     site = Site(web.resource())
     site.displayTracebacks = False
