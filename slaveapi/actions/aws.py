@@ -172,6 +172,11 @@ async def _change_state(
         final = await aws.wait_for_state(ident, target)
     except AWSError as error:
         raise ActionFailure(f"Instance '{run.slave}' ({ident}) did not become {target}: {error}") from None
+    if target == "terminated":
+        # Its address and name will serve other machines, with other host keys.
+        for host in (instance.private_ip, instance.tags.get("FQDN")):
+            if host:
+                run.ctx.clients.ssh.forget_host(host)
     return f"Instance '{run.slave}' {success} (state: {final.state})"
 
 

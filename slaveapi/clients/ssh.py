@@ -146,6 +146,24 @@ class _HostKeys:
             file_path.touch()
         self._file = KnownHostsFile.fromPath(file_path)
 
+    def forget(self, host: str, port: int) -> bool:
+        """
+        Drop the keys recorded for C{host}:C{port} (trust on first use only),
+        so the next machine to get that address is trusted afresh.
+        """
+        if self._policy != "tofu":
+            return False
+        name = _known_hosts_name(host, port)
+        entries = list(self._file.iterentries())
+        kept = [entry for entry in entries if not entry.matchesHost(name)]
+        if len(kept) == len(entries):
+            return False
+        with open(self._path, "wb") as handle:
+            handle.writelines(entry.toString() + b"\n" for entry in kept)
+        self._file = KnownHostsFile.fromPath(FilePath(self._path))
+        _log.info("ssh {host}:{port}: forgot its recorded host key", host=host, port=port)
+        return True
+
     def check(self, host: str, port: int, key: Key) -> None:
         """
         Accept C{key} for C{host}:C{port} or raise L{SSHHostKeyMismatch}.
@@ -842,6 +860,14 @@ class SSHClient:
                     plan.insert(0, plan.pop(position))
                     break
         return plan
+
+    def forget_host(self, host: str, port: int | None = None) -> bool:
+        """
+        Forget the host key recorded for C{host} (an address or name) under
+        trust on first use: its machine is gone (e.g. a terminated instance)
+        and the address may come back with another machine's key.
+        """
+        return self._host_keys.forget(host, port or self._config.port)
 
     async def session(self, host: str, *, port: int | None = None) -> SSHSession:
         """
