@@ -72,6 +72,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import slaveapi
+from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import IPMIConfig, Secret
 
 _log = Logger(namespace="slaveapi.clients.ipmi")
@@ -391,7 +392,7 @@ class IPMIClient:
         self._password = password
         self._pool = _WorkerPool(reactor, config.workers, config.timeout)
         # The off-to-on parts of running power cycles; close() waits for them.
-        self._tails: set[Deferred[None]] = set()
+        self._unfinished = Unfinished(_log)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -454,7 +455,7 @@ class IPMIClient:
         powered = await self.power_state(host)
         tail = Deferred.fromCoroutine(self._off_then_on(host, powered, say))
         try:
-            await self._shield(host, tail)
+            await self._unfinished.shield(tail, "ipmi: {host}", host=host)
         except defer.CancelledError:
             cancelled = True
             if not tail.called:
@@ -467,8 +468,9 @@ class IPMIClient:
         Wait (bounded) for power cycles whose callers were cancelled, then stop
         every worker process; later calls fail with L{IPMIError}.
         """
-        if self._tails:
-            waiting = defer.DeferredList(list(self._tails), consumeErrors=True)
+        pending = self._unfinished.pending()
+        if pending:
+            waiting = defer.DeferredList(pending, consumeErrors=True)
             await _bounded(self._reactor, waiting, self._tail_bound())
         await self._pool.close()
 
@@ -505,31 +507,6 @@ class IPMIClient:
         if not await self._wait_for(host, True, config.timeout):
             raise IPMIError(f"IPMI power on on {host}: still off after {config.timeout:g}s")
         say("powered on")
-
-    def _shield(self, host: str, tail: Deferred[None]) -> Deferred[None]:
-        """
-        A Deferred that follows C{tail} but whose cancellation leaves C{tail}
-        running; C{tail} is remembered until it ends, and how it ended is
-        logged when nobody waits for it any more.
-        """
-        self._tails.add(tail)
-        outer: Deferred[None] = Deferred(lambda _: None)  # cancelling fails it alone
-
-        def settle(result: object) -> None:
-            self._tails.discard(tail)
-            if not outer.called:
-                if isinstance(result, Failure):
-                    outer.errback(result)
-                else:
-                    outer.callback(None)
-            elif isinstance(result, Failure):
-                _log.warn("ipmi: {host}: power cycle cancelled by its caller, and finishing it failed: {reason}",
-                          host=host, reason=result.getErrorMessage())
-            else:
-                _log.info("ipmi: {host}: finished the power-on despite the cancellation", host=host)
-
-        tail.addBoth(settle)
-        return outer
 
     def _tail_bound(self) -> float:
         """How long the rest of one power cycle can take (see L{_off_then_on}), with slack."""

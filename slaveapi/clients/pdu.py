@@ -61,9 +61,9 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from slaveapi.clients.inventory import PDUOutlet
+from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import Secret, SNMPConfig
 
 SENTRY = "sentry"
@@ -202,7 +202,7 @@ class PDUClient:
         self._resolve = resolve
         self._snmp_engine: SnmpEngine | None = None
         # The off-to-on parts of running power cycles; close() waits for them.
-        self._tails: set[Deferred[None]] = set()
+        self._unfinished = Unfinished(self._log)
 
     # --- public API -----------------------------------------------------------
 
@@ -269,7 +269,7 @@ class PDUClient:
         name = f"{outlet.host}:{outlet.outlet}"
         tail = Deferred.fromCoroutine(self._off_then_on(outlet, name, tell))
         try:
-            await self._shield(name, tail)
+            await self._unfinished.shield(tail, "pdu: {outlet}", outlet=name)
         except CancelledError:
             cancelled = True
             if not tail.called:
@@ -285,10 +285,11 @@ class PDUClient:
         Wait (bounded) for power cycles whose callers were cancelled, then
         release the SNMP engine's socket; a later call opens a new one.
         """
-        if self._tails:
+        pending = self._unfinished.pending()
+        if pending:
             # Only this wait ends at the bound: cancelling a DeferredList would cancel the cycles.
             waiting: Deferred[None] = Deferred(lambda _: None)
-            DeferredList(list(self._tails), consumeErrors=True).addBoth(
+            DeferredList(pending, consumeErrors=True).addBoth(
                 lambda _: None if waiting.called else waiting.callback(None)
             )
             try:
@@ -313,33 +314,6 @@ class PDUClient:
         tell(f"switching PDU outlet {name} on")
         await self.set_outlet(outlet, True)
         tell(f"PDU outlet {name} is on")
-
-    def _shield(self, name: str, tail: Deferred[None]) -> Deferred[None]:
-        """
-        A Deferred that follows C{tail} but whose cancellation leaves C{tail}
-        running; C{tail} is remembered until it ends, and how it ended is
-        logged when nobody waits for it any more.
-        """
-        self._tails.add(tail)
-        outer: Deferred[None] = Deferred(lambda _: None)  # cancelling fails it alone
-
-        def settle(result: object) -> None:
-            self._tails.discard(tail)
-            if not outer.called:
-                if isinstance(result, Failure):
-                    outer.errback(result)
-                else:
-                    outer.callback(None)
-            elif isinstance(result, Failure):
-                self._log.warn(
-                    "pdu: {outlet}: power cycle cancelled by its caller, and finishing it failed: {reason}",
-                    outlet=name, reason=result.getErrorMessage(),
-                )
-            else:
-                self._log.info("pdu: {outlet}: finished the power-on despite the cancellation", outlet=name)
-
-        tail.addBoth(settle)
-        return outer
 
     def _tail_bound(self) -> float:
         """How long one power cycle's switching can take, with slack."""
