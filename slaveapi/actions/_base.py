@@ -115,3 +115,35 @@ class ActionRun:
     def step(self, line: str) -> None:
         """Append C{line} to the progress text (the reference's status style)."""
         self.progress(self.status + line)
+
+
+class StatusLines:
+    """
+    An action's status text, built one step a line and shown as its progress.
+
+    Each step is a heading that gets its outcome appended, as the
+    reference's status lines read ("Disabling in slavealloc...Success!").
+    """
+
+    def __init__(self, run: ActionRun) -> None:
+        self._run = run
+        self.lines: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def add(self, line: str) -> None:
+        """Show a new line."""
+        self.lines.append(line)
+        self._run.progress(self.text)
+
+    def replace_last(self, line: str) -> None:
+        """Show C{line} instead of the last line."""
+        self.lines[-1] = line
+        self._run.progress(self.text)
+
+    def fail(self, line: str) -> ActionFailure:
+        """Show C{line} and return the failure carrying the whole text, to raise."""
+        self.add(line)
+        return ActionFailure(self.text)

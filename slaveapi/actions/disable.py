@@ -27,11 +27,11 @@ still run; nothing runs after slavealloc refused).
 
 from __future__ import annotations
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
 from slaveapi.actions._remote import locate
 from slaveapi.actions.reboot import reboot
-from slaveapi.actions.shutdown_buildslave import ACTION_TIMEOUT, StatusLines, stop_buildbot
+from slaveapi.actions.shutdown_buildslave import ACTION_TIMEOUT, stop_buildbot
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.http import RemoteError
 from slaveapi.machines import Slave

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
 from slaveapi.actions._remote import OFFLINE_ERRORS, connect, locate, read_uptime
 from slaveapi.clients.bugzilla import Bug
@@ -42,28 +42,16 @@ NEVER_WENT_DOWN = "it never went down"
 _REMOTE_ERRORS = (IPMIError, PDUError, MozpoolError, RemoteError, DNSError, SSHError)
 
 
-class _Escalation:
+class _Escalation(StatusLines):
     """The status text of one reboot, built step by step, and the waits between."""
 
     def __init__(self, run: ActionRun, slave: Slave) -> None:
+        super().__init__(run)
         self.run = run
         self.slave = slave
-        self.lines: list[str] = []
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def show(self, line: str) -> None:
-        self.lines.append(line)
-        self.run.progress(self.text)
-
-    def replace_last(self, line: str) -> None:
-        self.lines[-1] = line
-        self.run.progress(self.text)
 
     def skip(self, method: str, why: str) -> None:
-        self.show(f"Skipping {method} reboot: {why}.")
+        self.add(f"Skipping {method} reboot: {why}.")
         self.run.log.info("Skipping {method} reboot: {why}", method=method, why=why)
 
     async def attempt(
@@ -74,7 +62,7 @@ class _Escalation:
         machine is back or a reason it is not. True when the machine is back.
         """
         heading = f"Attempting {method} reboot..."
-        self.show(heading)
+        self.add(heading)
         self.run.log.info("Attempting {method} reboot", method=method)
         try:
             await start()
@@ -247,7 +235,7 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
             existing = await _open_reboot_bug(run, tracking)
             if existing is not None:
                 return f"{escalation.text}\n{slave.name} already has reboot bug ({existing.id}), nothing to do."
-        escalation.show("Filing a bug for the datacenter...")
+        escalation.add("Filing a bug for the datacenter...")
         if tracking is None:
             tracking_id, is_open = await file_tracking_bug(run, slave.name), True
         else:

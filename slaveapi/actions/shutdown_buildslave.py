@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 from twisted.internet.task import deferLater
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, log_paths
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.master import MasterError
@@ -65,38 +65,6 @@ _TAIL_LINES = 100
 #: An uptime long enough that the log's boot rules never apply (only the
 #: command markers matter when telling a running command apart).
 _NO_BOOT_RULE = 10**9
-
-
-class StatusLines:
-    """
-    An action's status text, built one step a line and shown as its progress.
-
-    Each step is a heading that gets its outcome appended, as the
-    reference's status lines read ("Disabling in slavealloc...Success!").
-    """
-
-    def __init__(self, run: ActionRun) -> None:
-        self._run = run
-        self.lines: list[str] = []
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def add(self, line: str) -> None:
-        """Show a new line."""
-        self.lines.append(line)
-        self._run.progress(self.text)
-
-    def replace_last(self, line: str) -> None:
-        """Show C{line} instead of the last line."""
-        self.lines[-1] = line
-        self._run.progress(self.text)
-
-    def fail(self, line: str) -> ActionFailure:
-        """Show C{line} and return the failure carrying the whole text, to raise."""
-        self.add(line)
-        return ActionFailure(self.text)
 
 
 @dataclass(frozen=True)
