@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
@@ -27,6 +27,7 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
@@ -78,6 +79,66 @@ RETIRED_SWEEP_INTERVAL = 60.0
 
 class StartupError(Exception):
     """The service cannot start; the message is one line saying why."""
+
+
+class ListenWhenReady(StreamServerEndpointService):
+    """
+    Opens the port only once C{ready} has fired.
+
+    With C{--lab}, the lab's BMCs and its EC2 server start in processes of
+    their own and are ready a few seconds after the port could be bound; a
+    request sent the moment the API first answers must behave exactly as one
+    sent a minute later, so the API does not answer before then. Without a
+    lab, C{ready} has already fired and a port that cannot be bound stops
+    start-up at once. A C{ready} that fails, or a port that cannot be bound
+    later, stops the process with one log line.
+
+    @ivar listening: fires with the listening port once it is open.
+    """
+
+    _log = Logger()
+
+    def __init__(self, endpoint: Any, factory: Any, ready: Deferred[None], reactor: Any) -> None:
+        super().__init__(endpoint, factory)
+        self._ready = ready
+        self._reactor = reactor
+        self.listening: Deferred[Any] = Deferred()
+        # A port that cannot be bound stops start-up instead of leaving a deaf service.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        """Nothing yet: binding waits for C{ready} (twistd calls this before dropping privileges)."""
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._ready.addCallbacks(self._listen, self._not_ready)
+
+    def _listen(self, _: object) -> None:
+        if not self.running:
+            return
+        try:
+            StreamServerEndpointService.privilegedStartService(self)
+        except Exception as error:
+            if not self._reactor.running:
+                raise
+            self._log.critical("slaveapi: cannot listen: {reason}", reason=str(error))
+            self._reactor.stop()
+            return
+        assert self._waitingForPort is not None
+        self._waitingForPort.chainDeferred(self.listening)
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._waitingForPort is None:
+            Service.stopService(self)
+            return None
+        return StreamServerEndpointService.stopService(self)
+
+    def _not_ready(self, failure: Failure) -> None:
+        if not self.running:
+            return
+        self._log.critical("slaveapi: not starting: {reason}", reason=failure.getErrorMessage())
+        if self._reactor.running:
+            self._reactor.stop()
 
 
 @dataclass
@@ -263,8 +324,9 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
         raise StartupError(f"--data {options.data}: cannot create the directory ({error.strerror})") from None
     top = OrderedMultiService()
     config_path = options.config
+    ready: Deferred[None] = succeed(None)
     if options.lab is not None:
-        config_path = _start_lab(options, reactor, data_dir, top)
+        config_path, ready = _start_lab(options, reactor, data_dir, top)
     assert config_path is not None
     try:
         config = load_config(config_path)
@@ -293,18 +355,19 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
     web = SlaveAPIWeb(processor, store, holder.context)
     site = Site(web.resource())
     site.displayTracebacks = False
-    listener = StreamServerEndpointService(endpoint, site)
-    # A port that cannot be bound stops start-up instead of leaving a deaf service.
-    listener._raiseSynchronously = True
-    listener.setServiceParent(top)
+    ListenWhenReady(endpoint, site, ready, reactor).setServiceParent(top)
     return top
 
 
-def _start_lab(options: ServiceOptions, reactor: Any, data_dir: str, top: OrderedMultiService) -> str:
+def _start_lab(
+    options: ServiceOptions, reactor: Any, data_dir: str, top: OrderedMultiService
+) -> tuple[str, Deferred[None]]:
+    """Start the lab; the path of the ini pointing at it, and when every part of it answers."""
     from slaveapi.lab import Lab, LabService
 
     lab_dir = os.path.join(data_dir, "lab")
     os.makedirs(lab_dir, exist_ok=True)
     lab = Lab.start(reactor, slaves=options.lab or 0, workdir=lab_dir, boot_time=options.lab_boot_time)
     LabService(lab).setServiceParent(top)
-    return lab.write_config(lab_dir, listen=options.listen or "tcp:9999:interface=127.0.0.1")
+    ini = lab.write_config(lab_dir, listen=options.listen or "tcp:9999:interface=127.0.0.1")
+    return ini, lab.ready()

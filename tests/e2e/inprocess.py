@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 
 from slaveapi.lab import Lab, LabService
-from slaveapi.service import ServiceOptions, make_service
+from slaveapi.service import ListenWhenReady, ServiceOptions, make_service
 
 
 @dataclass
@@ -30,14 +29,13 @@ class RunningService:
 
 
 async def start_in_process(data_dir: str, slaves: int = 12, boot_time: float = 1.0) -> RunningService:
-    """Start SlaveAPI with a lab of C{slaves} machines; wait until the lab's BMCs answer."""
+    """Start SlaveAPI with a lab of C{slaves} machines; wait until its API answers (the whole lab is ready then)."""
     from twisted.internet import reactor
 
     options = ServiceOptions(lab=slaves, data=data_dir, listen="tcp:0:interface=127.0.0.1", lab_boot_time=boot_time)
     service = make_service(options, reactor)
     service.startService()
     lab = next(child for child in service if isinstance(child, LabService)).lab
-    listener = next(child for child in service if isinstance(child, StreamServerEndpointService))
-    port: Any = await listener._waitingForPort
-    await lab.ready()
+    listener = next(child for child in service if isinstance(child, ListenWhenReady))
+    port: Any = await listener.listening
     return RunningService(service, lab, f"http://127.0.0.1:{port.getHost().port}")

@@ -77,6 +77,25 @@ def test_a_config_missing_a_key_names_file_section_and_key(tmp_path: Any) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_request_sent_the_moment_the_api_first_answers_finds_the_whole_lab_ready(tmp_path: Any) -> None:
+    # As `make run` starts it: the EC2 server and the BMCs start in processes of
+    # their own; the API must not answer before they do.
+    service = start_service(str(tmp_path / "data"), "--lab", "12")
+    try:
+        code, slaves = await request_json("GET", f"{service.url}/slaves")
+        assert code == 200
+        assert "dev-linux64-ec2-lab5" in {slave["name"] for slave in slaves["slaves"]}
+        code, result = await request_json(
+            "POST", f"{service.url}/slaves/dev-linux64-ec2-lab5/actions/terminate", data={"waittime": "60"}
+        )
+        assert code == 200, result
+        assert result["state"] == 2, result
+        assert result["text"] == "Instance 'dev-linux64-ec2-lab5' has been terminated (state: terminated)"
+    finally:
+        service.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_kill_9_and_restart_keep_every_finished_result(tmp_path: Any) -> None:
     data = str(tmp_path / "data")
     first = start_service(data, "--lab", "8")
