@@ -38,5 +38,14 @@ def test_a_forgotten_address_is_trusted_afresh_and_others_stay(tmp_path: Any) ->
 
 
 def test_strict_keys_are_never_forgotten(tmp_path: Any) -> None:
-    keys = _HostKeys("strict", str(tmp_path / "known_hosts"))
+    path = str(tmp_path / "known_hosts")
+    recorded, other = _new_key(), _new_key()
+    _HostKeys("tofu", path).check("10.1.2.3", 22, recorded)  # recorded in the file strict reads
+    keys = _HostKeys("strict", path)
     assert keys.forget("10.1.2.3", 22) is False
+    # The recorded key is still pinned, in memory and in the file.
+    keys.check("10.1.2.3", 22, recorded)
+    with pytest.raises(SSHHostKeyMismatch):
+        keys.check("10.1.2.3", 22, other)
+    with pytest.raises(SSHHostKeyMismatch):
+        _HostKeys("strict", path).check("10.1.2.3", 22, other)

@@ -428,7 +428,7 @@ def test_credentials_ssh_not_an_object(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("passwords", [{"first": _SSH_PASSWORD}, 12345, [_SSH_PASSWORD, 6789], None])
-def test_credentials_ssh_user_not_a_list(tmp_path: Path, passwords: Any) -> None:
+def test_credentials_ssh_user_not_a_list_of_passwords(tmp_path: Path, passwords: Any) -> None:
     path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh={"cltbld": passwords}))
     assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh.cltbld: expected a list of passwords"
 

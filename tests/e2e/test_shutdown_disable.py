@@ -277,15 +277,22 @@ async def test_forced_disable_reboots_and_files_no_reboot_bug(lab_service: Runni
 
 
 @pytest_twisted.ensureDeferred
-async def test_disabling_a_disabled_slave_does_nothing(lab_service: RunningService) -> None:
+async def test_disabling_a_disabled_slave_files_its_missing_tracking_bug_and_does_nothing_else(
+    lab_service: RunningService,
+) -> None:
     machine = lab_service.lab.machine("dev-linux64-ec2-lab5")
-    assert machine.enabled is False
+    assert machine.enabled is False and lab_service.lab.bugzilla.find(machine.name) is None
+    log_before = list(machine.twistd_log)
     code, result = await post(lab_service, machine.name, "disable", reason="again")
     assert (code, result["state"], result["text"]) == (200, 2, "Slave is already disabled. Nothing to do.")
     assert machine.enabled is False
     # As in the reference, the tracking bug is loaded (here filed) first; it gets no comment.
     tracking = lab_service.lab.bugzilla.find(machine.name)
     assert tracking is not None and len(tracking.comments) == 1
+    assert tracking.summary == f"{machine.name} problem tracking"
+    # Nothing else: no shutdown asked of a master, nothing logged by its buildbot.
+    assert requests_for(lab_service, machine.name) == []
+    assert machine.twistd_log == log_before
 
 
 @pytest_twisted.ensureDeferred

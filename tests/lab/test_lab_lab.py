@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionRefusedError
 
 from slaveapi.config import Secret, load_config
-from slaveapi.lab import Lab, LabService
+from slaveapi.lab import Lab, LabService, build_fleet
 
 from .conftest import NOW
 
@@ -63,6 +63,10 @@ def test_write_config_defaults_and_short_tokens(lab: Lab, tmp_path) -> None:  # 
 
 
 def test_secrets_differ_between_labs_and_stay_out_of_reprs(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A second lab, built but never started (nothing listens), makes secrets of its own.
+    other = Lab(_reactor(), build_fleet(12, lab.domain, NOW), str(tmp_path), 0.3, lambda: NOW)
+    secrets = ("ssh_password", "inventory_password", "bugzilla_api_key", "ipmi_password", "snmp_community")
+    assert [name for name in secrets if getattr(other, name) == getattr(lab, name)] == []
     assert lab.ssh_password not in repr(lab.fleet) and lab.ssh_password not in repr(lab)
     assert lab.bugzilla_api_key not in repr(lab.bugzilla.bugs)
 

@@ -222,7 +222,7 @@ def test_last_activity_08_pty_line_alone_means_running() -> None:
     assert last_activity(lines, NOW, UPTIME) == LastActivity(RUNNING_COMMAND, 60)
 
 
-def test_last_activity_08_ignores_leftover_directory_noise() -> None:
+def test_last_activity_08_leftover_directory_line_keeps_the_state_but_counts_as_activity() -> None:
     lines = _log(SLAVE_08_FINISHED) + [
         "2026-11-27 23:29:30+0000 [Broker,client] I have a leftover directory 'old' that is not being used\n"
     ]
@@ -364,7 +364,7 @@ def test_last_activity_events_without_markers_is_unknown() -> None:
 
 
 @pytest.mark.parametrize("uptime", [0, 1, 60, 179])
-def test_short_uptime_is_booting_without_reading_log(uptime: int) -> None:
+def test_short_uptime_is_booting_even_when_the_log_shows_a_running_command(uptime: int) -> None:
     assert last_activity(_log(WORKER_4_RUNNING), NOW, uptime) == LastActivity(BOOTING, uptime)
 
 
