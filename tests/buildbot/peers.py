@@ -239,9 +239,23 @@ def _twistd() -> list[str]:
 # --- OpenSSH sshd ---------------------------------------------------------------------
 
 
+#: /proc/uptime of a machine up for a day (uptime, then idle seconds summed over CPUs).
+UP_A_DAY = 86400.0
+
+
 @dataclass
 class Sshd:
-    """An OpenSSH sshd on 127.0.0.1 letting one local user in by password."""
+    """
+    An OpenSSH sshd on 127.0.0.1 letting one local user in by password, on a
+    worker host whose uptime the test sets.
+
+    sshd runs in a mount namespace of its own where C{/proc/uptime} is a bind
+    mount of C{uptime_file}: every session it opens (C{cat /proc/uptime}, procps
+    C{uptime}) reads the uptime L{set_uptime} wrote there, not the real host's,
+    so "past the boot grace" or "just booted" is the test's to decide. The
+    wrapper C{exec}s sshd, so the PID spawned is sshd's own and stopping it by
+    PID stops sshd.
+    """
 
     directory: Path
     port: int
@@ -251,7 +265,20 @@ class Sshd:
     def log(self) -> Path:
         return self.directory / "sshd.log"
 
-    async def start(self) -> Sshd:
+    @property
+    def uptime_file(self) -> Path:
+        return self.directory / "uptime"
+
+    def set_uptime(self, seconds: float, idle: float | None = None) -> None:
+        """
+        What the host's C{/proc/uptime} says from now on. Written in place (the
+        bind mount holds the file's inode, a replaced file would go unseen).
+        """
+        idle = 2 * seconds if idle is None else idle
+        self.uptime_file.write_text(f"{seconds:.2f} {idle:.2f}\n")
+        os.chmod(self.uptime_file, 0o644)  # read by the SSH test user through /proc/uptime
+
+    async def start(self, uptime: float = UP_A_DAY) -> Sshd:
         key = self.directory / "host_key"
         await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)])
         config = self.directory / "sshd_config"
@@ -265,9 +292,21 @@ class Sshd:
             "PubkeyAuthentication no\nPermitRootLogin no\nMaxStartups 50\nLogLevel VERBOSE\n"
         )
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        # An absolute -f: sshd re-execs itself for every connection.
-        self.process = spawn("sshd", [SSHD, "-D", "-f", str(config.resolve()), "-E", str(self.log)])
-        await wait_for_log(self.log, rf"Server listening on 127\.0\.0\.1 port {self.port}", self.process, 10)
+        self.set_uptime(uptime)
+        # A private mount namespace (unshare without --fork: the same process), the
+        # bind mount, then exec: the PID is sshd's. An absolute -f: sshd re-execs
+        # itself for every connection.
+        argv = [
+            shutil.which("unshare") or "/usr/bin/unshare", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", 'mount --bind "$1" /proc/uptime && shift && exec "$@"', "sh",
+            str(self.uptime_file.resolve()), SSHD, "-D", "-f", str(config.resolve()), "-E", str(self.log),
+        ]
+        self.process = spawn("sshd", argv)
+        try:
+            await wait_for_log(self.log, rf"Server listening on 127\.0\.0\.1 port {self.port}", self.process, 10)
+        except RuntimeError as error:  # unshare and mount complain on stderr, not in the log
+            await self.process.stop()
+            raise RuntimeError(f"{error}\nsshd wrapper output: {self.process.text()[-2000:]}") from None
         return self
 
     async def stop(self) -> None:

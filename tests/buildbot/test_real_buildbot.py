@@ -5,7 +5,8 @@ Through SlaveAPI's HTTP API, with its real clients: slavealloc (a fake here)
 names the master; the master's data API is asked to stop the worker (JSON-RPC
 C{stop}); the shutdown is confirmed from the worker's real twistd.log, read
 over SSH from a real OpenSSH sshd; C{buildslave_last_activity} reads that
-same log.
+same log. The worker host's uptime is what the test writes to the sshd's
+C{/proc/uptime} (L{Sshd.set_uptime}), never the real host's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.buildbot.fixtures import (  # noqa: F401  (fixtures used by name)
     sshd,
     start_peers,
 )
-from tests.buildbot.peers import BUILDER, bounded, wait_for_log
+from tests.buildbot.peers import BUILDER, UP_A_DAY, Sshd, bounded, wait_for_log
 
 _STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[+-]\d{4}) \[[^\]]*\] (.*)$")
 
@@ -55,20 +56,27 @@ async def worker_record(peers: Peers) -> dict[str, Any]:
     return body["workers"][0]
 
 
-async def last_state(slaveapi: SlaveAPI) -> str:
+async def last_activity(slaveapi: SlaveAPI, sshd: Sshd, uptime: float) -> dict[str, Any]:
+    """C{buildslave_last_activity} on a worker host up for C{uptime} seconds; its payload."""
+    sshd.set_uptime(uptime)
     result = await slaveapi.post(WORKER, "buildslave_last_activity", waittime=30)
     assert result["state"] == 2, result
-    assert result["text"]["uptime"] >= 180  # past the boot grace: the log decides
-    return str(result["text"]["last_state"])
+    assert result["text"]["uptime"] == int(uptime)  # what the host says, in whole seconds
+    return dict(result["text"])
+
+
+async def last_state(slaveapi: SlaveAPI, sshd: Sshd) -> str:
+    """The last state of a worker host up for a day: past the boot grace, so its log decides."""
+    return str((await last_activity(slaveapi, sshd, UP_A_DAY))["last_state"])
 
 
 @pytest_twisted.ensureDeferred
 async def test_shutdown_is_graceful_through_the_data_api_and_confirmed_from_the_real_log(
-    start_peers: Callable[[str], Awaitable[Peers]], slaveapi: SlaveAPI
+    start_peers: Callable[[str], Awaitable[Peers]], slaveapi: SlaveAPI, sshd: Sshd
 ) -> None:
     peers = await start_peers(MODERN_MASTER)
     assert (await worker_record(peers))["connected_to"] != []
-    assert await last_state(slaveapi) == "ready"
+    assert await last_state(slaveapi, sshd) == "ready"
 
     # A name the master does not know: it answers 500, and the failure names URL and status.
     refused = await slaveapi.post(STRANGER, "shutdown_buildslave")
@@ -94,12 +102,12 @@ async def test_shutdown_is_graceful_through_the_data_api_and_confirmed_from_the_
     # The worker process really ended, and the master lost it.
     assert await bounded(peers.worker.process.ended, 15) == 0
     assert (await worker_record(peers))["connected_to"] == []
-    assert await last_state(slaveapi) == "stopped"
+    assert await last_state(slaveapi, sshd) == "stopped"
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_running_build_finishes_before_the_worker_stops(
-    start_peers: Callable[[str], Awaitable[Peers]], slaveapi: SlaveAPI
+    start_peers: Callable[[str], Awaitable[Peers]], slaveapi: SlaveAPI, sshd: Sshd
 ) -> None:
     peers = await start_peers(AUTO_MASTER)  # not in [masters]: SlaveAPI asks GET /api/v2 first
     record = MasterRecord(7, AUTO_MASTER, peers.fqdn, peers.master.www_port, peers.master.pb_port, True)
@@ -111,7 +119,7 @@ async def test_a_running_build_finishes_before_the_worker_stops(
     )
     assert forced.code == 200, await forced.text()
     await wait_for_log(peers.worker.log, r"RunProcess\._startCommand", peers.worker.process, 20)
-    assert await last_state(slaveapi) == "running_command"
+    assert await last_state(slaveapi, sshd) == "running_command"
 
     result = await slaveapi.post(WORKER, "shutdown_buildslave")
 
@@ -129,3 +137,16 @@ async def test_a_running_build_finishes_before_the_worker_stops(
     response = await treq.get(f"{peers.api}/builds", timeout=10)
     builds = (await response.json())["builds"]
     assert [(build["complete"], build["results"]) for build in builds] == [(True, 0)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_host_within_its_boot_grace_is_booting_whatever_its_log_says(
+    start_peers: Callable[[str], Awaitable[Peers]], slaveapi: SlaveAPI, sshd: Sshd
+) -> None:
+    await start_peers(MODERN_MASTER)  # the worker's log ends "worker is ready"
+
+    # Up for a minute: booting, with the uptime as the last activity (docs/actions.rst).
+    booting = {"last_state": "booting", "last_activity_seconds": 60, "uptime": 60}
+    assert await last_activity(slaveapi, sshd, 60.0) == booting
+    # The same log on a host up for a day: the log decides.
+    assert await last_state(slaveapi, sshd) == "ready"
