@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import stat
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import pytest_twisted
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
-from slaveapi.clients.probe import Prober
+from slaveapi.clients.probe import Prober, RebootWait
 from slaveapi.config import ProbeConfig
+
+#: A real timeout the tests expect never to reach (the peer is local and answers at once).
+GENEROUS = 30.0
 
 
 def _reactor() -> Any:
@@ -19,8 +29,9 @@ def _reactor() -> Any:
     return reactor
 
 
-def _listen(port: int = 0) -> Any:
-    return _reactor().listenTCP(port, Factory.forProtocol(Protocol), interface="127.0.0.1")
+async def _bounded(waiting: Deferred[Any]) -> Any:
+    """A safety net for awaiting a real event, not a claim about speed."""
+    return await waiting.addTimeout(GENEROUS, _reactor())
 
 
 def _fake_ping(tmp_path: Any, body: str) -> str:
@@ -30,21 +41,40 @@ def _fake_ping(tmp_path: Any, body: str) -> str:
     return str(path)
 
 
-@pytest_twisted.ensureDeferred
-async def test_tcp_probe_sees_a_listening_port_and_a_closed_one() -> None:
-    listener = _listen()
-    port = listener.getHost().port
-    prober = Prober(_reactor(), ProbeConfig(method="tcp", tcp_timeout=2), port)
+def _pid_exists(pid: int) -> bool:
     try:
-        assert await prober.alive("127.0.0.1") is True
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound for the whole test, never listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
+# --- one probe --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_probe_sees_a_listening_port_and_a_closed_one(closed_port: int) -> None:
+    listener = _reactor().listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        config = ProbeConfig(method="tcp", tcp_timeout=GENEROUS)
+        assert await Prober(_reactor(), config, listener.getHost().port).alive("127.0.0.1") is True
+        assert await Prober(_reactor(), config, closed_port).alive("127.0.0.1") is False
     finally:
         await listener.stopListening()
-    assert await prober.alive("127.0.0.1") is False
 
 
 @pytest_twisted.ensureDeferred
 async def test_icmp_probe_pings_loopback_with_the_system_ping() -> None:
-    prober = Prober(_reactor(), ProbeConfig(method="icmp", ping_count=1, ping_deadline=2), 22)
+    # ping -c 1 ends at the first reply; the deadline only bounds a lost one.
+    prober = Prober(_reactor(), ProbeConfig(method="icmp", ping_count=1, ping_deadline=GENEROUS), 22)
     assert await prober.alive("127.0.0.1") is True
 
 
@@ -57,60 +87,116 @@ async def test_icmp_probe_reads_ping_failing_and_passes_count_and_deadline(tmp_p
     assert record.read_text().split() == ["-n", "-q", "-c", "4", "-w", "7", "--", "10.9.8.7"]
 
 
+class _ClockedReactor:
+    """Real child processes, but every timer on a L{Clock} the test moves."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.pids: list[int] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def spawnProcess(self, protocol: ProcessProtocol, executable: str, args: Any, **kwargs: Any) -> Any:
+        process = _reactor().spawnProcess(protocol, executable, args, **kwargs)
+        self.pids.append(process.pid)
+        return process
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_ping_that_overstays_is_killed_and_counts_as_down(tmp_path: Any) -> None:
-    pidfile = tmp_path / "pid"
-    ping = _fake_ping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
-    prober = Prober(_reactor(), ProbeConfig(method="icmp", ping_count=1, ping_deadline=1), 22, ping_path=ping)
-    assert await prober.alive("127.0.0.1") is False
-    pid = int(pidfile.read_text())
-    # Killed, not left behind: signal 0 to a reaped PID fails.
+    reactor = _ClockedReactor()
+    ping = _fake_ping(tmp_path, "exec sleep 600")
+    prober = Prober(reactor, ProbeConfig(method="icmp", ping_count=1, ping_deadline=1), 22, ping_path=ping)
+    probing = Deferred.fromCoroutine(prober.alive("127.0.0.1"))
+    [pid] = reactor.pids
     try:
-        os.kill(pid, 0)
-        still_there = True
-    except ProcessLookupError:
-        still_there = False
-    assert still_there is False
-
-
-@pytest_twisted.ensureDeferred
-async def test_wait_for_reboot_sees_down_then_up() -> None:
-    reactor = _reactor()
-    listener = _listen()
-    port = listener.getHost().port
-    prober = Prober(reactor, ProbeConfig(method="tcp", tcp_timeout=1, interval=0.05, down_timeout=5, up_timeout=5), port)
-    relisten: list[Any] = []
-
-    async def reboot() -> None:
-        await listener.stopListening()
-        reactor.callLater(0.3, lambda: relisten.append(_listen(port)))
-
-    reactor.callLater(0.2, lambda: _start(reboot()))
-    try:
-        outcome = await prober.wait_for_reboot("127.0.0.1")
+        reactor.clock.advance(2.0)  # ping's own deadline (1 s) and then some: the prober still waits
+        assert not probing.called and _pid_exists(pid)
+        reactor.clock.advance(1.0)  # deadline + 2 s: the prober kills it
+        assert await _bounded(probing) is False
+        assert not _pid_exists(pid)  # killed and reaped, not left behind
     finally:
-        for again in relisten:
-            await again.stopListening()
-    assert (outcome.went_down, outcome.came_back) == (True, True)
+        if _pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
-@pytest_twisted.ensureDeferred
-async def test_wait_for_reboot_is_bounded_when_nothing_happens() -> None:
-    listener = _listen()
-    port = listener.getHost().port
-    prober = Prober(
-        _reactor(), ProbeConfig(method="tcp", tcp_timeout=1, interval=0.05, down_timeout=0.3, up_timeout=0.3), port
-    )
-    try:
-        outcome = await prober.wait_for_reboot("127.0.0.1")
-    finally:
-        await listener.stopListening()
-    assert (outcome.went_down, outcome.came_back) == (False, False)
-    never_back = await prober.wait_for("127.0.0.1", up=True, limit=0.3)
-    assert never_back is False
+# --- waiting for a reboot ---------------------------------------------------------
 
 
-def _start(coroutine: Any) -> Any:
-    from twisted.internet.defer import Deferred
+class _ScriptedProber(Prober):
+    """A prober whose machine is up or down as the test says; it notes when it was asked."""
 
-    return Deferred.fromCoroutine(coroutine)
+    def __init__(self, clock: Clock, config: ProbeConfig, answers: list[bool]) -> None:
+        super().__init__(clock, config, 22)
+        self._clock = clock
+        self._answers = answers
+        self.asked: list[float] = []
+
+    async def alive(self, host: str) -> bool:
+        assert host == "b-1.example"
+        self.asked.append(self._clock.seconds())
+        # The last answer holds for ever: a machine that stays as it was.
+        return self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+
+
+def _run(clock: Clock, coroutine: Any, polls: int) -> Any:
+    """Run C{coroutine} to its end by moving the clock at most C{polls} times; its result."""
+    running = Deferred.fromCoroutine(coroutine)
+    for _ in range(polls):
+        if running.called:
+            break
+        clock.advance(1.0)
+    assert running.called, f"still waiting after {polls} polls"
+    outcome: list[Any] = []
+    running.addBoth(outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+CONFIG = ProbeConfig(method="tcp", interval=1.0, down_timeout=5.0, up_timeout=8.0)
+
+
+def test_wait_for_reboot_sees_down_then_up() -> None:
+    clock = Clock()
+    prober = _ScriptedProber(clock, CONFIG, [True, True, False, False, False, True])
+    seen: list[str] = []
+    outcome = _run(clock, prober.wait_for_reboot("b-1.example", seen.append), polls=20)
+    assert outcome == RebootWait(went_down=True, came_back=True, waited=4.0)
+    # Polled every interval; the wait for "up" starts with a probe of its own.
+    assert prober.asked == [0.0, 1.0, 2.0, 2.0, 3.0, 4.0]
+    assert seen == ["down"]
+
+
+def test_wait_for_reboot_is_bounded_when_the_machine_never_goes_down() -> None:
+    clock = Clock()
+    prober = _ScriptedProber(clock, CONFIG, [True])
+    seen: list[str] = []
+    outcome = _run(clock, prober.wait_for_reboot("b-1.example", seen.append), polls=20)
+    assert outcome == RebootWait(went_down=False, came_back=False, waited=5.0)
+    assert prober.asked == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert seen == []
+
+
+def test_wait_for_reboot_is_bounded_when_the_machine_never_comes_back() -> None:
+    clock = Clock()
+    prober = _ScriptedProber(clock, CONFIG, [True, False])
+    seen: list[str] = []
+    outcome = _run(clock, prober.wait_for_reboot("b-1.example", seen.append), polls=20)
+    # Down at 1 s, then up_timeout (8 s) of probes that find it still down.
+    assert outcome == RebootWait(went_down=True, came_back=False, waited=9.0)
+    assert prober.asked == [0.0, 1.0, *(1.0 + n for n in range(9))]
+    assert seen == ["down"]
+
+
+def test_wait_for_gives_up_after_its_limit() -> None:
+    clock = Clock()
+    prober = _ScriptedProber(clock, CONFIG, [False])
+    assert _run(clock, prober.wait_for("b-1.example", up=True, limit=3.0), polls=20) is False
+    assert prober.asked == [0.0, 1.0, 2.0, 3.0]
+    assert _run(clock, prober.wait_for("b-1.example", up=False, limit=3.0), polls=20) is True
+    assert prober.asked[4:] == [3.0]

@@ -14,29 +14,86 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
-from slaveapi.clients.ipmi import IPMIAuthError, IPMIError, IPMITimeout, IPMIUnavailable
-from slaveapi.config import IPMIConfig
+from slaveapi.clients.ipmi import _CLOSE_GRACE, IPMIAuthError, IPMIClient, IPMIError, IPMITimeout, IPMIUnavailable
+from slaveapi.config import IPMIConfig, Secret
 
-from .conftest import SIM_PASSWORD, Clients, IPMISim, bounded, pid_alive
+from .conftest import SIM_PASSWORD, SIM_USER, Clients, IPMISim, bounded, pid_alive
 
 reactor: Any = _reactor
 
-TIMEOUT = 2.0
+#: The deadline of the tests that end calls by it; they move a Clock past it.
+DEADLINE = 5.0
+#: Real deadlines and waits of calls that must succeed: never reached, however loaded the machine.
+GENEROUS = 60.0
 
 
 def _config(port: int, **changes: Any) -> IPMIConfig:
     values: dict[str, Any] = dict(
-        port=port, timeout=TIMEOUT, retries=1, workers=2, off_timeout=2.0, poll_interval=0.05, power_delay=0.1
+        port=port, timeout=GENEROUS, retries=1, workers=2, off_timeout=GENEROUS, poll_interval=0.05, power_delay=0.1
     )
     values.update(changes)
     return IPMIConfig(**values)
 
 
-def _run(coroutine: Any, seconds: float = 20.0) -> Deferred[Any]:
+def _run(coroutine: Any, seconds: float = GENEROUS) -> Deferred[Any]:
     return Deferred.fromCoroutine(coroutine).addTimeout(seconds, reactor)
+
+
+class _ClockedReactor:
+    """
+    Worker processes on the real reactor, every timer of the client on a
+    L{Clock}: its deadlines pass only when the test moves the clock, so a
+    BMC that never answers cannot race pyghmi's own give-up.
+    """
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self._waiting: list[tuple[float, Deferred[None]]] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+        call = self.clock.callLater(delay, f, *args, **kwargs)
+        for entry in [entry for entry in self._waiting if entry[0] == delay]:
+            self._waiting.remove(entry)
+            # Told from the real reactor: the client finishes what it was doing first.
+            reactor.callLater(0, entry[1].callback, None)
+        return call
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        return reactor.spawnProcess(*args, **kwargs)
+
+    def scheduled(self, delay: float) -> Deferred[None]:
+        """Fires once the client schedules something C{delay} seconds ahead (a request's deadline)."""
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append((delay, waiting))
+        return waiting
+
+
+def _clocked_client(clients: Clients, config: IPMIConfig) -> tuple[IPMIClient, _ClockedReactor]:
+    clocked = _ClockedReactor()
+    client = IPMIClient(clocked, config, SIM_USER, Secret(SIM_PASSWORD))
+    clients.made.append(client)  # closed, and its workers checked, at teardown
+    return client, clocked
+
+
+def _count_requests(client: IPMIClient) -> list[str]:
+    """The hosts of the requests the client hands its worker pool from now on (one per attempt)."""
+    hosts: list[str] = []
+    run = client._pool.run
+
+    def counting(host: str, step: str, payload: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        hosts.append(host)
+        return run(host, step, payload)
+
+    client._pool.run = counting  # type: ignore[method-assign]
+    return hosts
 
 
 class _Swallow(DatagramProtocol):
@@ -44,9 +101,12 @@ class _Swallow(DatagramProtocol):
 
     def __init__(self) -> None:
         self.received = 0
+        self.first: Deferred[None] = Deferred()
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.received += 1
+        if not self.first.called:
+            self.first.callback(None)
 
 
 @pytest_twisted.ensureDeferred
@@ -117,12 +177,13 @@ async def test_wrong_password_is_an_auth_error_and_never_shown(ipmi_sim: IPMISim
         seen.append(repr(event))
 
     client = clients.make(_config(ipmi_sim.port, retries=2), wrong)
+    asked = _count_requests(client)
     globalLogPublisher.addObserver(observer)
     try:
-        started = reactor.seconds()
         with pytest.raises(IPMIAuthError) as caught:
             await _run(client.power_state("127.0.0.1"))
-        assert reactor.seconds() - started < TIMEOUT + 3  # worker start-up plus one quick refusal
+        # One quick refusal: not retried (retries=2), not ended by a deadline (that is IPMITimeout).
+        assert asked == ["127.0.0.1"]
         # The argv of the worker has no password either.
         for pid in client.worker_pids:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -136,14 +197,28 @@ async def test_wrong_password_is_an_auth_error_and_never_shown(ipmi_sim: IPMISim
 
 
 @pytest_twisted.ensureDeferred
-async def test_nothing_listening_fails_within_the_deadline(ipmi_sim: IPMISim, clients: Clients) -> None:
-    client = clients.make(_config(ipmi_sim.port, retries=2), SIM_PASSWORD)
-    assert await _run(client.power_state("127.0.0.1")) is True  # a running worker: time only the call
-    with pytest.raises((IPMIUnavailable, IPMITimeout)) as caught:
-        await _run(client.power_state("127.0.0.3"))  # nothing on this address
+async def test_nothing_listening_ends_at_the_deadline_without_a_retry(ipmi_sim: IPMISim, clients: Clients) -> None:
+    client, clocked = _clocked_client(clients, _config(ipmi_sim.port, retries=2, timeout=DEADLINE))
+    assert await _run(client.power_state("127.0.0.1")) is True  # a ready worker takes the next call at once
+    asked = _count_requests(client)
+    deadline_set = clocked.scheduled(DEADLINE)
+    call = _run(client.power_state("127.0.0.3"))  # nothing on this address
+    await bounded(deadline_set, GENEROUS)
+    clocked.clock.advance(DEADLINE - 0.5)
+    assert not call.called
+    clocked.clock.advance(0.5)
+    with pytest.raises(IPMITimeout) as caught:
+        await call
     # Our own deadline ended it (pyghmi alone gives up later), and it was not retried.
-    assert str(caught.value) == f"IPMI power status on 127.0.0.3: no answer within {TIMEOUT:g}s"
-    assert await _run(client.available("127.0.0.3")) is False
+    assert str(caught.value) == f"IPMI power status on 127.0.0.3: no answer within {DEADLINE:g}s"
+    assert asked == ["127.0.0.3"]
+    # The killed worker's replacement serves the next calls.
+    assert await _run(client.power_state("127.0.0.1")) is True
+    deadline_set = clocked.scheduled(DEADLINE)
+    unavailable = _run(client.available("127.0.0.3"))
+    await bounded(deadline_set, GENEROUS)
+    clocked.clock.advance(DEADLINE)
+    assert await unavailable is False
 
 
 @pytest_twisted.ensureDeferred
@@ -153,40 +228,50 @@ async def test_hung_bmc_times_out_its_worker_is_replaced_and_the_queue_waits_fre
     swallow = _Swallow()
     hung = reactor.listenUDP(ipmi_sim.port, swallow, interface="127.0.0.2")
     try:
-        client = clients.make(_config(ipmi_sim.port, workers=1), SIM_PASSWORD)
+        client, clocked = _clocked_client(clients, _config(ipmi_sim.port, workers=1, timeout=DEADLINE))
         assert await _run(client.power_state("127.0.0.1")) is True
-        [first] = client.worker_pids
-        started = reactor.seconds()
+        [worker] = client._pool._workers
+        first = worker.pid
         # One worker: the second call waits in the queue for the whole deadline of
         # the first, then runs on the replacement worker with a deadline of its own.
         stuck = Deferred.fromCoroutine(client.power_state("127.0.0.2"))
         behind = Deferred.fromCoroutine(client.power_state("127.0.0.1"))
+        await bounded(swallow.first, GENEROUS)  # the worker is in pyghmi, talking to the hung BMC
+        clocked.clock.advance(DEADLINE - 0.5)
+        assert not stuck.called and not behind.called
+        clocked.clock.advance(0.5)
         with pytest.raises(IPMITimeout) as caught:
-            await bounded(stuck, TIMEOUT + 5)
-        assert reactor.seconds() - started < TIMEOUT + 1.0
-        assert await bounded(behind, 10) is True
-        assert swallow.received >= 1
-        assert str(caught.value) == f"IPMI power status on 127.0.0.2: no answer within {TIMEOUT:g}s"
+            await stuck
+        assert str(caught.value) == f"IPMI power status on 127.0.0.2: no answer within {DEADLINE:g}s"
+        # The queued call's deadline started only when the replacement took it: the clock has
+        # moved a whole deadline since it was queued, and it is still allowed its answer.
+        assert await bounded(behind, GENEROUS) is True
+        await bounded(worker.ended, GENEROUS)
+        assert not pid_alive(first)
         [second] = client.worker_pids
         assert second != first
-        assert not pid_alive(first)
     finally:
         await hung.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_close_stops_a_busy_worker_and_fails_what_waits(ipmi_sim: IPMISim, clients: Clients) -> None:
-    hung = reactor.listenUDP(ipmi_sim.port, _Swallow(), interface="127.0.0.2")
+    swallow = _Swallow()
+    hung = reactor.listenUDP(ipmi_sim.port, swallow, interface="127.0.0.2")
     try:
-        client = clients.make(_config(ipmi_sim.port, workers=1, timeout=30.0), SIM_PASSWORD)
+        client, clocked = _clocked_client(clients, _config(ipmi_sim.port, workers=1, timeout=DEADLINE))
         assert await _run(client.power_state("127.0.0.1")) is True
         [pid] = client.worker_pids
         # The ready worker takes the hung BMC at once; the next call queues behind it.
         stuck = Deferred.fromCoroutine(client.power_state("127.0.0.2"))
         queued = Deferred.fromCoroutine(client.power_state("127.0.0.1"))
-        started = reactor.seconds()
-        await bounded(Deferred.fromCoroutine(client.close()), 10)
-        assert reactor.seconds() - started < 4.0  # the grace period, then SIGKILL
+        await bounded(swallow.first, GENEROUS)  # the worker is in pyghmi, talking to the hung BMC
+        closing = Deferred.fromCoroutine(client.close())
+        # The busy worker cannot finish on its own: close waits out the grace period, then SIGKILLs it.
+        clocked.clock.advance(_CLOSE_GRACE - 0.5)
+        assert not closing.called and not stuck.called and pid_alive(pid)
+        clocked.clock.advance(0.5)
+        await bounded(closing, GENEROUS)
         assert client.worker_pids == []
         assert not pid_alive(pid)
         with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.2: worker process died$"):

@@ -7,13 +7,12 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import pytest_twisted
 from twisted.conch.client.knownhosts import ConsoleUI, KnownHostsFile
 from twisted.conch.endpoints import AuthenticationFailed, SSHCommandClientEndpoint
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.utils import getProcessOutputAndValue
@@ -87,15 +86,39 @@ async def _port_open(machine: LabMachine, port: int) -> bool:
     return True
 
 
-async def _wait_for(condition: Callable[[], defer.Deferred[bool] | object], limit: float = 5.0) -> float:
-    """Poll C{condition} (an async predicate) every 20 ms until true; the seconds it took."""
-    reactor = _reactor()
-    started = reactor.seconds()
-    while not await condition():  # type: ignore[misc]
-        if reactor.seconds() - started > limit:
-            raise AssertionError(f"condition not met within {limit} s")
-        await task.deferLater(reactor, 0.02, lambda: None)
-    return reactor.seconds() - started
+class _PowerEvents:
+    """
+    Follows one machine through the lab's power control: a Deferred for each
+    of its next "down" and "up", and what its SSH server did at each.
+    """
+
+    def __init__(self, lab: Lab, machine: LabMachine) -> None:
+        self._lab = lab
+        self._machine = machine
+        self.down: defer.Deferred[None] = defer.Deferred()
+        self.up: defer.Deferred[None] = defer.Deferred()
+        #: (event, machine up, machine powered, its SSH server listening) as each happened.
+        self.seen: list[tuple[str, bool, bool, bool]] = []
+        lab.power.add_observer(self)
+
+    def _happened(self, machine: LabMachine, event: str, fired: defer.Deferred[None]) -> None:
+        if machine is not self._machine:
+            return
+        # The SSH server, an earlier observer, has already opened or closed the listener.
+        self.seen.append((event, machine.up, machine.powered, self._lab.ssh.listening(machine)))
+        if not fired.called:
+            fired.callback(None)
+
+    def machine_down(self, machine: LabMachine) -> None:
+        self._happened(machine, "down", self.down)
+
+    def machine_up(self, machine: LabMachine) -> None:
+        self._happened(machine, "up", self.up)
+
+
+async def _bounded(event: defer.Deferred[None]) -> None:
+    """A safety net for an event that must come, not a claim about how fast."""
+    await event.addTimeout(60, _reactor())
 
 
 @pytest_twisted.ensureDeferred
@@ -189,23 +212,18 @@ async def test_dead_machine_has_no_ssh_and_device_lets_nobody_in(lab: Lab) -> No
 async def test_reboot_command_takes_the_machine_away_then_back(lab: Lab) -> None:
     machine = lab.machine("tst-linux64-lab-002")
     lines = len(machine.twistd_log)
+    events = _PowerEvents(lab, machine)
     assert await _ssh(lab, machine, "sudo reboot") == _Outcome(0, "")
-
-    async def down() -> bool:
-        return not await _port_open(machine, lab.ssh_port)
-
-    async def up() -> bool:
-        return await _port_open(machine, lab.ssh_port)
-
-    await _wait_for(down)
-    assert (machine.up, machine.powered) == (False, True)
-    assert machine.twistd_log[lines:] == [
+    await _bounded(events.down)
+    assert machine.twistd_log[lines : lines + 3] == [
         "2026-11-27 15:23:05-0800 [-] Received SIGTERM, shutting down.",
         "2026-11-27 15:23:05-0800 [-] Main loop terminated.",
         "2026-11-27 15:23:05-0800 [-] Server Shut Down.",
     ]
-    took = await _wait_for(up)
-    assert took >= BOOT_TIME * 0.5
+    await _bounded(events.up)
+    # Down first, powered all along, SSH closed while down and open again once up.
+    assert events.seen == [("down", False, True, False), ("up", True, True, True)]
+    assert await _port_open(machine, lab.ssh_port)
     assert machine.booted_at == NOW
     assert await _ssh(lab, machine, "cat /proc/uptime") == _Outcome(0, "0.00 0.00\n")
     boot = machine.twistd_log[lines + 3 :]
@@ -218,16 +236,11 @@ async def test_reboot_command_takes_the_machine_away_then_back(lab: Lab) -> None
 @pytest_twisted.ensureDeferred
 async def test_windows_shutdown_command_reboots(lab: Lab) -> None:
     machine = lab.machine("t-w864-lab-004")
+    events = _PowerEvents(lab, machine)
     assert await _ssh(lab, machine, "shutdown -f -t 3 -r") == _Outcome(0, "")
-
-    async def down() -> bool:
-        return not await _port_open(machine, lab.ssh_port)
-
-    async def up() -> bool:
-        return await _port_open(machine, lab.ssh_port)
-
-    await _wait_for(down)
-    await _wait_for(up)
+    await _bounded(events.up)
+    assert events.seen == [("down", False, True, False), ("up", True, True, True)]
+    assert await _port_open(machine, lab.ssh_port)
     statistics = await _ssh(lab, machine, "net statistics server")
     assert "Statistics since 11/27/2026 11:23:05 PM\r\n" in statistics.stdout
 
@@ -238,13 +251,12 @@ async def test_power_off_and_on(lab: Lab) -> None:
     lab.power_off(machine.name)
     assert not await _port_open(machine, lab.ssh_port)
     assert (machine.up, machine.powered) == (False, False)
+    events = _PowerEvents(lab, machine)
     lab.power_on(machine.name)
     assert lab.power.booting(machine)
-
-    async def up() -> bool:
-        return await _port_open(machine, lab.ssh_port)
-
-    await _wait_for(up)
+    await _bounded(events.up)
+    assert events.seen == [("up", True, True, True)]
+    assert await _port_open(machine, lab.ssh_port)
     assert (machine.up, machine.powered, machine.booted_at) == (True, True, NOW)
     assert machine.twistd_log[-1].endswith("Connected to buildmaster; worker is ready")
 
