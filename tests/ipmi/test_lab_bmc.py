@@ -248,7 +248,7 @@ async def test_ready_fails_when_the_bmc_process_cannot_listen() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_stopping_before_ready_fails_ready_quietly() -> None:
+async def test_stopping_before_ready_ends_the_process_and_fails_ready() -> None:
     fleet = build_fleet(1, DOMAIN, time.time())
     bmcs = LabBMCs.start(reactor, fleet.machines, PowerControl(reactor, time.time, BOOT_TIME), 0, "ADMIN", "pw-1")
     [pid] = bmcs.pids

@@ -262,13 +262,14 @@ async def test_power_off_and_on(lab: Lab) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_closes_every_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_stop_closes_every_listener_and_cancels_pending_boots(tmp_path) -> None:  # type: ignore[no-untyped-def]
     lab = Lab.start(_reactor(), slaves=4, workdir=str(tmp_path), boot_time=BOOT_TIME)
     machine = lab.machine("bld-linux64-lab-001")
     assert await _port_open(machine, lab.ssh_port)
     lab.reboot("tst-linux64-lab-002")
     await lab.stop()
     assert not await _port_open(machine, lab.ssh_port)
+    assert not any(lab.ssh.listening(host) for host in lab.fleet.all_hosts())
     assert not lab.power.booting(lab.machine("tst-linux64-lab-002"))
 
 
