@@ -69,7 +69,7 @@ def build_context(
         unless configured with an absolute path).
     @param previous: the context this one replaces on a reload: its IPMI
         worker processes and SNMP engine are kept when their settings did
-        not change.
+        not change, and its SSH sessions count against the same per-host limit.
     """
     http = make_http_client(reactor, pool)
     timeout = config.http.timeout
@@ -84,7 +84,14 @@ def build_context(
         known_hosts = os.path.join(data_dir, known_hosts)
     clients = Clients(
         dns=dns,
-        ssh=SSHClient(reactor, config.ssh, credentials.ssh, known_hosts, credentials.ssh_keys),
+        ssh=SSHClient(
+            reactor,
+            config.ssh,
+            credentials.ssh,
+            known_hosts,
+            credentials.ssh_keys,
+            previous=previous.clients.ssh if previous is not None else None,
+        ),
         slavealloc=SlaveallocClient(config.slavealloc.api_url, json_client("slavealloc")),
         inventory=InventoryClient(
             config.inventory.api_url,

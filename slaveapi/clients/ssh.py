@@ -6,9 +6,15 @@ reboot. Logins come from the credentials file: for each user, its private
 keys (publickey authentication) and then its passwords, tried in order on one
 connection, like the 2015 client's password list; the login that worked last
 on a host is tried first next time. Keys are read once, when the client is
-made. Host keys are checked against a known_hosts file per the
-configured policy (trust on first use, strict, or off), and no key from
-C{~/.ssh} or an ssh-agent is ever used.
+made, and no key from C{~/.ssh} or an ssh-agent is ever used.
+
+Host keys are checked per the configured policy (C{strict}, trust on first
+use, or C{off}) against the verified known_hosts file and, for trust on
+first use, the keys recorded beside it (L{slaveapi.clients.ssh_hostkeys}).
+A password is only ever offered to a host whose key is verified: under
+C{strict} nothing at all goes to another host; under C{tofu} only keys do,
+and a key login that succeeds verifies the recorded key. At most
+C{per_host} sessions to one host are open at once.
 
 Everything is bounded: connecting and logging in by C{connect_timeout}, each
 command by its own timeout. Failures are L{SSHError} subclasses whose
@@ -31,21 +37,21 @@ import errno
 import struct
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.ssh import common
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.connection import EXTENDED_DATA_STDERR, SSHConnection
-from twisted.conch.ssh.keys import FingerprintFormats, Key
+from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import (
     DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
     SSHClientTransport,
 )
 from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
+from twisted.internet.defer import TimeoutError as WaitTimedOut
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -55,8 +61,15 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 
+from slaveapi.clients.ssh_hostkeys import (
+    CHANGED,
+    UNKNOWN,
+    VERIFIED,
+    HostKeyStore,
+    describe_key,
+    known_hosts_name,
+)
 from slaveapi.config import Secret, SSHConfig, load_ssh_key
 
 # Collected output per stream beyond this is dropped: results are meant for
@@ -89,6 +102,17 @@ class SSHHostKeyMismatch(SSHError):
     """The host's key differs from the recorded one, or (strict) none is recorded."""
 
 
+class SSHHostKeyNotVerified(SSHHostKeyMismatch):
+    """
+    The host's key is not verified (not in known_hosts), so no password is
+    offered to it: under C{strict} nothing is, under C{tofu} only keys.
+    """
+
+
+class SSHBusy(SSHError):
+    """No SSH session to the host came free in time (C{[ssh] per_host} are open)."""
+
+
 class SSHUnreachable(SSHError):
     """The host cannot be reached: its name does not resolve, no route, or no answer at all."""
 
@@ -119,32 +143,31 @@ def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
 
 
-def _known_hosts_name(host: str, port: int) -> bytes:
-    """The name OpenSSH files a host's key under: C{host}, or C{[host]:port} off port 22."""
-    return (host if port == 22 else f"[{host}]:{port}").encode("utf-8")
+_ENROL_HINT = "enrol it with 'python -m slaveapi.hostkeys scan --config <slaveapi.ini> --write'"
 
 
 class _HostKeys:
     """
-    The host key policy, applied against one known_hosts file.
+    The host key policy, applied against the verified known_hosts file and
+    the keys recorded on first use beside it (L{HostKeyStore}).
 
     Checking and recording happen in one synchronous call, so concurrent
     connections to new hosts cannot interleave between the check and the
-    write; each recorded key is appended to the file at once.
+    write.
     """
 
     def __init__(self, policy: str, path: str) -> None:
         if policy not in ("tofu", "strict", "off"):
             raise ValueError(f"unknown host key policy {policy!r}")
         self._policy = policy
-        self._path = path
-        file_path = FilePath(path)
-        if policy != "off" and not file_path.exists():
-            parent = file_path.parent()
-            if not parent.isdir():
-                parent.makedirs()
-            file_path.touch()
-        self._file = KnownHostsFile.fromPath(file_path)
+        self._store = HostKeyStore(path)
+        if policy != "off":
+            self._store.create()
+
+    @property
+    def path(self) -> str:
+        """The verified known_hosts file."""
+        return self._store.path
 
     def forget(self, host: str, port: int) -> bool:
         """
@@ -153,60 +176,74 @@ class _HostKeys:
         """
         if self._policy != "tofu":
             return False
-        name = _known_hosts_name(host, port)
-        entries = list(self._file.iterentries())
-        kept = [entry for entry in entries if not entry.matchesHost(name)]
-        if len(kept) == len(entries):
+        if not self._store.forget(known_hosts_name(host, port)):
             return False
-        with open(self._path, "wb") as handle:
-            handle.writelines(entry.toString() + b"\n" for entry in kept)
-        self._file = KnownHostsFile.fromPath(FilePath(self._path))
         _log.info("ssh {host}:{port}: forgot its recorded host key", host=host, port=port)
         return True
 
-    def check(self, host: str, port: int, key: Key) -> None:
+    def check(self, host: str, port: int, key: Key) -> bool:
         """
-        Accept C{key} for C{host}:C{port} or raise L{SSHHostKeyMismatch}.
+        Accept C{key} for C{host}:C{port}, or raise L{SSHHostKeyMismatch}.
+
+        @return: whether the key is verified, so that passwords may be
+            offered to the host. Under C{tofu} an unknown key is recorded
+            and accepted unverified: only key logins may follow.
 
         Unlike C{KnownHostsFile.hasHostKey}, a recorded key of another type
         counts as a mismatch, so that a server cannot dodge the check by
         offering a different key type.
         """
         if self._policy == "off":
-            return
-        name = _known_hosts_name(host, port)
-        recorded = False
-        entry: Any
-        for entry in self._file.iterentries():
-            if entry.matchesHost(name):
-                if entry.matchesKey(key):
-                    return
-                recorded = True
-        fingerprint = key.fingerprint(format=FingerprintFormats.SHA256_BASE64)
-        if recorded:
+            return True
+        name = known_hosts_name(host, port)
+        verdict = self._store.judge(name, key, first_use=self._policy == "tofu")
+        described = describe_key(key)
+        if verdict.status == CHANGED:
             _log.error(
-                "ssh {host}:{port}: host key {fingerprint} does not match {path}",
+                "ssh {host}:{port}: host key {key} does not match {path}",
                 host=host,
                 port=port,
-                fingerprint=fingerprint,
-                path=self._path,
+                key=described,
+                path=verdict.path,
             )
             raise SSHHostKeyMismatch(
-                f"ssh {host}:{port}: host key changed ({key.sshType().decode()} SHA256:{fingerprint}"
-                f" does not match the key recorded in {self._path})"
+                f"ssh {host}:{port}: host key changed ({described} does not match the key recorded in {verdict.path})"
             )
+        if verdict.status == VERIFIED:
+            return True
         if self._policy == "strict":
-            raise SSHHostKeyMismatch(
-                f"ssh {host}:{port}: unknown host key ({key.sshType().decode()} SHA256:{fingerprint}"
-                f" is not in {self._path} and host_keys is strict)"
+            raise SSHHostKeyNotVerified(
+                f"ssh {host}:{port}: host key not verified ({described} is not in {self.path}"
+                f" and host_keys is strict); check its fingerprint and {_ENROL_HINT}"
             )
-        self._file.addHostKey(name, key)
-        self._file.save()
+        if verdict.status == UNKNOWN:
+            self._store.record_unverified(name, key)
+            _log.info(
+                "ssh {host}:{port}: recorded host key {key} on first use, not verified yet",
+                host=host,
+                port=port,
+                key=described,
+            )
+        return False
+
+    def verified_by_key_login(self, host: str, port: int, key: Key) -> None:
+        """A key recorded on first use belongs to a host that accepted one of our keys: verified now."""
+        if self._policy != "tofu":
+            return
+        self._store.mark_verified(known_hosts_name(host, port), key)
         _log.info(
-            "ssh {host}:{port}: recorded host key {fingerprint} on first use",
+            "ssh {host}:{port}: host key {key} verified by a key login",
             host=host,
             port=port,
-            fingerprint=fingerprint,
+            key=describe_key(key),
+        )
+
+    def not_verified(self, host: str, port: int, key: Key) -> SSHHostKeyNotVerified:
+        """The error for a host whose key is not verified and that took none of our keys."""
+        return SSHHostKeyNotVerified(
+            f"ssh {host}:{port}: host key not verified ({describe_key(key)} is not in {self.path}"
+            " and no login by key has succeeded), so no password was offered; give the user a key"
+            f" in the credentials' ssh_keys, or check the fingerprint and {_ENROL_HINT}"
         )
 
 
@@ -303,6 +340,11 @@ class _Link:
         # Login methods the server let us try on this connection.
         self.methods: set[str] = set()
         self.host_key_error: SSHHostKeyMismatch | None = None
+        # The host's key, and whether it is verified (passwords may go to it).
+        self.host_key: Key | None = None
+        self.host_verified = False
+        # The login method the server accepted (b"publickey", b"password", b"none").
+        self.accepted_method: bytes | None = None
         self.we_disconnected: int | None = None
         self.server_said: str | None = None
         self.transport: _ClientTransport | None = None
@@ -373,7 +415,9 @@ class _Link:
 
     def verify_host_key(self, blob: bytes) -> Deferred[bool]:
         try:
-            self.host_keys.check(self.host, self.port, Key.fromString(blob))
+            key = Key.fromString(blob)
+            self.host_verified = self.host_keys.check(self.host, self.port, key)
+            self.host_key = key
         except SSHHostKeyMismatch as mismatch:
             self.host_key_error = mismatch
             return fail(mismatch)
@@ -386,6 +430,15 @@ class _Link:
 
     def secured(self, transport: _ClientTransport) -> None:
         self.phase = "authenticating"
+        if not self.host_verified:
+            # Only keys may go to a host whose key is not verified: a key
+            # login gives the server a signature over this session only, a
+            # password gives it the secret itself.
+            self.untried = [login for login in self.untried if login.key is not None]
+            if not self.untried:
+                self._settle(self._rejected(exhausted=True))
+                transport.loseConnection()
+                return
         self.connection = _Connection(self)
         transport.requestService(_LoginAuth(self.user.encode("utf-8"), self.connection, self))
 
@@ -419,6 +472,8 @@ class _Link:
 
     def next_password(self) -> bytes | None:
         self.methods.add("password")
+        if not self.host_verified:
+            return None
         login = next((login for login in self.untried if login.password is not None), None)
         if login is None or login.password is None:
             return None
@@ -444,6 +499,17 @@ class _Link:
 
     def authenticated(self, connection: _Connection) -> None:
         self.phase = "connected"
+        if not self.host_verified and self.accepted_method == b"publickey" and self.host_key is not None:
+            try:
+                self.host_keys.verified_by_key_login(self.host, self.port, self.host_key)
+            except OSError as error:
+                # Still usable for keys; passwords wait until it can be recorded.
+                _log.error(
+                    "ssh {host}:{port}: cannot record the verified host key: {reason}",
+                    host=self.host,
+                    port=self.port,
+                    reason=error.strerror or type(error).__name__,
+                )
         _log.debug(
             "ssh {host}:{port}: logged in as {user}",
             host=self.host,
@@ -535,6 +601,10 @@ class _LoginAuth(SSHUserAuthClient):
         if kind not in (b"publickey", b"password"):
             return None
         return super().tryAuth(kind)
+
+    def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> Any:
+        self._link.accepted_method = self.lastAuth
+        return super().ssh_USERAUTH_SUCCESS(packet)
 
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
         methods, _ = getNS(packet)
@@ -808,6 +878,58 @@ class SSHSession:
         await self.close()
 
 
+class _SessionSlots:
+    """
+    At most C{per_host} sessions to one host at once: a semaphore per host,
+    made when first needed and dropped again when the host has none open.
+    Hosts are told apart by name as given, lower-cased, without a final dot.
+    """
+
+    def __init__(self, reactor: Any, per_host: int) -> None:
+        self._reactor = reactor
+        self.per_host = per_host
+        self._semaphores: dict[str, DeferredSemaphore] = {}
+
+    async def acquire(self, host: str, timeout: float, label: str) -> Callable[[], None]:
+        """
+        Wait, at most C{timeout} seconds, for a place among C{host}'s sessions.
+
+        @return: the function that gives the place back (calling it again does nothing).
+        @raise SSHBusy: none came free in time.
+        """
+        key = host.lower().rstrip(".")
+        semaphore = self._semaphores.get(key)
+        if semaphore is None:
+            semaphore = self._semaphores[key] = DeferredSemaphore(self.per_host)
+        waiting = semaphore.acquire()
+        waiting.addTimeout(timeout, self._reactor)
+        try:
+            await waiting
+        except WaitTimedOut:
+            self._drop_if_idle(key, semaphore)
+            raise SSHBusy(
+                f"{label}: no SSH session came free within {timeout:g}s"
+                f" ({self.per_host} already open to this host, the [ssh] per_host limit)"
+            ) from None
+        except BaseException:
+            self._drop_if_idle(key, semaphore)
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                semaphore.release()
+                self._drop_if_idle(key, semaphore)
+
+        return release
+
+    def _drop_if_idle(self, key: str, semaphore: DeferredSemaphore) -> None:
+        if semaphore.tokens == semaphore.limit and not semaphore.waiting and self._semaphores.get(key) is semaphore:
+            del self._semaphores[key]
+
+
 class SSHClient:
     """
     Runs commands on hosts over SSH with key and password logins.
@@ -822,6 +944,8 @@ class SSHClient:
         offered in order before that user's passwords; users with keys but
         no passwords come after the users in C{logins}. The files are read
         here, once.
+    @param previous: the client this one replaces on a reload: its sessions
+        count against the same per-host limit.
     @raise slaveapi.config.ConfigError: a key file cannot be used (the
         message names the file, never its content).
     """
@@ -833,6 +957,7 @@ class SSHClient:
         logins: Mapping[str, tuple[Secret, ...]],
         known_hosts_path: str,
         keys: Mapping[str, tuple[str, ...]] | None = None,
+        previous: SSHClient | None = None,
     ) -> None:
         self._reactor = reactor
         self._config = config
@@ -845,6 +970,10 @@ class SSHClient:
             ]
             self._logins[user] = (*user_keys, *passwords)
         self._host_keys = _HostKeys(config.host_keys, known_hosts_path)
+        if previous is not None and previous._slots.per_host == config.per_host:
+            self._slots = previous._slots
+        else:
+            self._slots = _SessionSlots(reactor, config.per_host)
         # (host, port) -> (user, login index) that logged in last time.
         self._last_login: dict[tuple[str, int], tuple[str, int]] = {}
 
@@ -873,11 +1002,16 @@ class SSHClient:
         """
         Connect to C{host} and log in: one connection for several commands.
 
+        At most C{[ssh] per_host} sessions to one host are open at once; a
+        session holds its place until its connection is closed.
+
+        @raise SSHBusy: no place came free within C{connect_timeout}.
         @raise SSHConnectionRefused: nothing listens on the port.
         @raise SSHUnreachable: the name does not resolve or the host does not answer.
-        @raise SSHHostKeyMismatch: the host key fails the configured policy.
+        @raise SSHHostKeyMismatch: the host key fails the configured policy;
+            L{SSHHostKeyNotVerified} when it is not verified and no key let us in.
         @raise SSHAuthenticationFailed: every login was rejected.
-        @raise SSHTimeout: not logged in within C{connect_timeout}.
+        @raise SSHTimeout: not logged in within C{connect_timeout} (after a place came free).
         @raise SSHError: anything else that stopped the login.
         """
         port = port or self._config.port
@@ -885,14 +1019,31 @@ class SSHClient:
         plan = self._plan(host, port)
         if not plan:
             raise SSHAuthenticationFailed(f"{label}: no SSH logins configured")
+        release = await self._slots.acquire(host, self._config.connect_timeout, label)
+        try:
+            link = await self._log_in(host, port, label, plan)
+        except BaseException:
+            release()
+            raise
+        link.closed.addBoth(lambda _: release())
+        return SSHSession(self._reactor, link, self._config.command_timeout)
+
+    async def _log_in(self, host: str, port: int, label: str, plan: list[tuple[str, list[_Login]]]) -> _Link:
+        """Try the users and their logins in turn, each user on connections of its own."""
         deadline = self._reactor.seconds() + self._config.connect_timeout
         first = True
         rejected_keys = rejected_passwords = 0
         # Which of our kinds of login the server let us try at all.
         usable = False
+        # The host's key, once a connection found it not verified: passwords stay home.
+        unverified_key: Key | None = None
         for user, logins in plan:
             remaining = logins
             while remaining:
+                if unverified_key is not None:
+                    remaining = [login for login in remaining if login.key is not None]
+                    if not remaining:
+                        break
                 left = deadline - self._reactor.seconds()
                 if left <= 0:
                     raise SSHTimeout(f"{label}: not logged in within {self._config.connect_timeout:g}s")
@@ -901,6 +1052,8 @@ class SSHClient:
                 try:
                     connection = await link.start(left)
                 except _Rejected as rejection:
+                    if not link.host_verified and link.host_key is not None:
+                        unverified_key = link.host_key
                     rejected_keys += rejection.keys
                     rejected_passwords += rejection.passwords
                     usable = usable or any(
@@ -917,9 +1070,12 @@ class SSHClient:
                         count=rejection.passwords,
                     )
                     continue
-                assert link.accepted_index is not None and connection is link.connection
-                self._last_login[(host, port)] = (user, link.accepted_index)
-                return SSHSession(self._reactor, link, self._config.command_timeout)
+                assert connection is link.connection
+                if link.accepted_index is not None:
+                    self._last_login[(host, port)] = (user, link.accepted_index)
+                return link
+        if unverified_key is not None and any(login.password is not None for _, logins in plan for login in logins):
+            raise self._host_keys.not_verified(host, port, unverified_key)
         if not usable:
             kinds = [
                 kind

@@ -131,6 +131,9 @@ async def slaveapi(
     directory = tmp_path_factory.mktemp("slaveapi")
     remote = f"http://127.0.0.1:{slavealloc.port}"  # type: ignore[attr-defined]
     (directory / "credentials.json").write_text(json.dumps({"ssh": {SSH_USER: [SSH_PASSWORD]}}))
+    # The worker host's key, enrolled: SlaveAPI offers passwords only to verified hosts.
+    host_key = (sshd.directory / "host_key.pub").read_text().split()
+    (directory / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {host_key[0]} {host_key[1]}\n")
     (directory / "slaveapi.ini").write_text(
         "[secrets]\ncredentials_file = credentials.json\n"
         f"[slavealloc]\napi_url = {remote}/api\n"
@@ -139,7 +142,7 @@ async def slaveapi(
         f"[buildapi]\napi_url = {remote}/buildapi\n"
         f"[slaves]\ndefault_domain = {DOMAIN}\n"
         f"[dns]\nservers = 127.0.0.1:{dns_port}\ntimeout = 2\n"
-        f"[ssh]\nport = {sshd.port}\nhost_keys = tofu\nknown_hosts = {directory / 'known_hosts'}\n"
+        f"[ssh]\nport = {sshd.port}\nhost_keys = strict\nknown_hosts = {directory / 'known_hosts'}\n"
         "connect_timeout = 10\ncommand_timeout = 10\n"
         "[http]\ntimeout = 10\n"
         "[buildbot]\nflavour = auto\npoll_interval = 0.2\nmax_wait = 30\n"

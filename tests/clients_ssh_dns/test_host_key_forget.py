@@ -9,6 +9,7 @@ from twisted.conch.ssh.keys import Key
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from slaveapi.clients.ssh import SSHHostKeyMismatch, _HostKeys
+from slaveapi.clients.ssh_hostkeys import HostKeyStore
 
 
 def _new_key() -> Key:
@@ -40,7 +41,7 @@ def test_a_forgotten_address_is_trusted_afresh_and_others_stay(tmp_path: Any) ->
 def test_strict_keys_are_never_forgotten(tmp_path: Any) -> None:
     path = str(tmp_path / "known_hosts")
     recorded, other = _new_key(), _new_key()
-    _HostKeys("tofu", path).check("10.1.2.3", 22, recorded)  # recorded in the file strict reads
+    HostKeyStore(path).verified.add([b"10.1.2.3"], recorded)  # in the file strict reads
     keys = _HostKeys("strict", path)
     assert keys.forget("10.1.2.3", 22) is False
     # The recorded key is still pinned, in memory and in the file.

@@ -10,6 +10,13 @@ are throwaway ones made per test module; only the first test user's
 authorized_keys lists some of them. sshd reads authorized_keys as the user, so
 those files live in a world-readable directory of their own under /tmp
 (pytest's temporary directories are root's alone), removed at teardown.
+
+A password only ever goes to a host whose key is verified, so the client
+helper first enrols the sshd's host key (its C{host_key.pub}) in the
+test's known_hosts, as an operator would, and uses C{host_keys = strict};
+the host key tests start from an empty file instead. A host key change is
+made by swapping the key of the running sshd (config rewritten, SIGHUP: sshd
+re-executes itself on the same port), never by restarting on a freed port.
 """
 
 from __future__ import annotations
@@ -47,11 +54,13 @@ from slaveapi.clients.ssh import (
     SSHConnectionRefused,
     SSHError,
     SSHHostKeyMismatch,
+    SSHHostKeyNotVerified,
     SSHTimeout,
     SSHUnreachable,
     _connect_error,
 )
 from slaveapi.config import ConfigError, Secret, SSHConfig
+from slaveapi.hostkeys import fetch_host_key
 
 reactor: Any = _reactor
 
@@ -65,6 +74,8 @@ PASSWORD = "slaveapi-Test-pw-4711"
 WRONG = ("wrong-one", "wrong-two", "wrong-three")
 # sshd listens on these loopback addresses (one host key, several "hosts").
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+# How the client's enrolment hint reads in its "not verified" errors.
+ENROL_HINT = "enrol it with 'python -m slaveapi.hostkeys scan --config <slaveapi.ini> --write'"
 
 
 def _free_port() -> int:
@@ -79,6 +90,20 @@ def _host_key(path: Path, *kind: str) -> Path:
     return path
 
 
+def _public_key(host_key: Path) -> str:
+    """The key's C{type base64} as C{ssh-keygen} wrote it to C{<key>.pub} (no comment)."""
+    kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+    return f"{kind} {blob}"
+
+
+def _fingerprint(host_key: Path) -> str:
+    """The key's fingerprint as OpenSSH prints it (C{SHA256:...}), from C{ssh-keygen -l}."""
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", f"{host_key}.pub"], check=True, capture_output=True, text=True
+    )
+    return listed.stdout.split()[1]
+
+
 class _Sshd:
     """One OpenSSH sshd in the foreground, with its own config, log and PID file."""
 
@@ -88,26 +113,64 @@ class _Sshd:
         self.directory = directory
         self.host_key = host_key
         self.port = port
+        self.pubkey = pubkey
+        self.keys_dir = keys_dir or directory
         self.log = directory / "sshd.log"
         self.config = directory / "sshd_config"
+        self._write_config()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
         listen = "".join(f"ListenAddress {address}\n" for address in ADDRESSES)
         self.config.write_text(
-            f"Port {port}\n"
+            f"Port {self.port}\n"
             f"{listen}"
-            f"HostKey {host_key}\n"
-            f"PidFile {directory / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {(keys_dir or directory) / 'authorized_keys'}.%u\n"
+            f"HostKey {self.host_key}\n"
+            f"PidFile {self.directory / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {self.keys_dir / 'authorized_keys'}.%u\n"
             "UsePAM no\n"
             "StrictModes no\n"
             "PasswordAuthentication yes\n"
             "KbdInteractiveAuthentication no\n"
-            f"PubkeyAuthentication {'yes' if pubkey else 'no'}\n"
+            f"PubkeyAuthentication {'yes' if self.pubkey else 'no'}\n"
             "PermitRootLogin no\n"
             "MaxAuthTries 6\n"
             "MaxStartups 50\n"
             "LogLevel VERBOSE\n"
         )
-        self.process: subprocess.Popen[bytes] | None = None
+
+    def public_key(self) -> str:
+        """The host key sshd serves, as C{type base64}."""
+        return _public_key(self.host_key)
+
+    def fingerprint(self) -> str:
+        """The served host key's fingerprint as OpenSSH prints it."""
+        return _fingerprint(self.host_key)
+
+    async def swap_host_key(self, host_key: Path) -> None:
+        """
+        Serve C{host_key} instead, on the same port: rewrite the config and
+        SIGHUP sshd, which re-executes itself with it. Returns once a key
+        exchange on the port presents the new key (polled, at most 30 s).
+        """
+        assert self.process is not None and self.process.poll() is None
+        self.host_key = host_key
+        self._write_config()
+        wanted = Key.fromFile(f"{host_key}.pub")
+        os.kill(self.process.pid, signal.SIGHUP)
+        deadline = reactor.seconds() + 30
+        while reactor.seconds() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log_text()}")
+            try:
+                # The old key until sshd handles the signal, refused while it re-executes.
+                served = await fetch_host_key(reactor, "127.0.0.1", self.port, timeout=5)
+            except Exception:
+                served = None
+            if served == wanted:
+                return
+            await deferLater(reactor, 0.02, lambda: None)
+        raise RuntimeError(f"sshd on port {self.port} did not take its new host key: {self.log_text()}")
 
     async def start(self) -> _Sshd:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -216,17 +279,19 @@ async def sshd(
 
 
 @pytest.fixture
-def new_sshd(test_user: str, tmp_path: Path) -> Iterator[Callable[..., Deferred[_Sshd]]]:
-    """Start extra sshds (e.g. with another host key on a given port); all stopped at teardown."""
+def new_sshd(
+    test_user: str, authorized_keys_dir: Path, tmp_path: Path
+) -> Iterator[Callable[..., Deferred[_Sshd]]]:
+    """Start extra sshds (with a host key of their own); all stopped at teardown."""
     started: list[_Sshd] = []
 
-    def start(key_name: str, port: int | None = None, pubkey: bool = True) -> Deferred[_Sshd]:
+    def start(key_name: str, pubkey: bool = True) -> Deferred[_Sshd]:
         directory = tmp_path / f"sshd-{len(started)}"
         directory.mkdir()
         key = tmp_path / key_name
         if not key.exists():
             _host_key(key)
-        server = _Sshd(directory, key, port or _free_port(), pubkey=pubkey)
+        server = _Sshd(directory, key, _free_port(), pubkey=pubkey, keys_dir=authorized_keys_dir)
         started.append(server)
         return Deferred.fromCoroutine(server.start())
 
@@ -235,15 +300,40 @@ def new_sshd(test_user: str, tmp_path: Path) -> Iterator[Callable[..., Deferred[
         server.stop()
 
 
+def _enrol(known_hosts: Path, server: _Sshd, *names: str) -> None:
+    """
+    Enrol C{server}'s host key in C{known_hosts} (verified), as an operator
+    would: an OpenSSH line C{[name]:port type base64} per name (default
+    127.0.0.1), unless the file has it already.
+    """
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    lines = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+    for name in names or ("127.0.0.1",):
+        line = f"[{name}]:{server.port} {server.public_key()}"
+        if line not in lines:
+            lines.append(line)
+    known_hosts.write_text("".join(f"{line}\n" for line in lines))
+
+
 def _client(
     known_hosts: Path,
     logins: dict[str, tuple[str, ...]] | None = None,
     *,
-    host_keys: str = "tofu",
+    enrol: _Sshd | None = None,
+    names: tuple[str, ...] = ("127.0.0.1",),
+    host_keys: str = "strict",
     connect_timeout: float = 10.0,
     command_timeout: float = 10.0,
     keys: dict[str, tuple[Path, ...]] | None = None,
 ) -> SSHClient:
+    """
+    A client with these logins (default USER's password) and private keys.
+
+    With C{enrol}, that sshd's host key is first enrolled in C{known_hosts}
+    under C{names} (see L{_enrol}), so that passwords may go to it.
+    """
+    if enrol is not None:
+        _enrol(known_hosts, enrol, *names)
     if logins is None:
         logins = {USER: (PASSWORD,)}
     config = SSHConfig(
@@ -286,7 +376,7 @@ def listen() -> Iterator[Callable[[type[Protocol]], int]]:
 
 @pytest_twisted.ensureDeferred
 async def test_run_collects_exit_status_stdout_and_stderr(sshd: _Sshd, tmp_path: Path) -> None:
-    client = _client(tmp_path / "known_hosts")
+    client = _client(tmp_path / "known_hosts", enrol=sshd)
     result = await client.run("127.0.0.1", "echo hello; echo err >&2; exit 3", port=sshd.port)
     assert result == CommandResult(exit_code=3, stdout="hello\n", stderr="err\n")
     assert result.ok is False
@@ -297,7 +387,7 @@ async def test_run_collects_exit_status_stdout_and_stderr(sshd: _Sshd, tmp_path:
 
 @pytest_twisted.ensureDeferred
 async def test_proc_uptime_parses_as_two_floats(sshd: _Sshd, tmp_path: Path) -> None:
-    client = _client(tmp_path / "known_hosts")
+    client = _client(tmp_path / "known_hosts", enrol=sshd)
     result = await client.run("127.0.0.1", "cat /proc/uptime", port=sshd.port)
     assert result.exit_code == 0 and result.stderr == ""
     up, idle = (float(field) for field in result.stdout.split())
@@ -306,7 +396,7 @@ async def test_proc_uptime_parses_as_two_floats(sshd: _Sshd, tmp_path: Path) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_session_runs_two_commands_on_one_connection(sshd: _Sshd, tmp_path: Path) -> None:
-    client = _client(tmp_path / "known_hosts")
+    client = _client(tmp_path / "known_hosts", enrol=sshd)
     logins_before = sshd.count(f"Accepted password for {USER}")
     async with await client.session("127.0.0.1", port=sshd.port) as session:
         assert (session.host, session.port, session.user) == ("127.0.0.1", sshd.port, USER)
@@ -326,7 +416,7 @@ async def test_session_runs_two_commands_on_one_connection(sshd: _Sshd, tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_command_timeout(sshd: _Sshd, tmp_path: Path) -> None:
-    client = _client(tmp_path / "known_hosts", command_timeout=30.0)
+    client = _client(tmp_path / "known_hosts", enrol=sshd, command_timeout=30.0)
     with pytest.raises(SSHTimeout) as caught:
         await client.run("127.0.0.1", "sleep 30.25", timeout=0.5, port=sshd.port)
     # The call's own timeout ended it, not the client's 30 s one.
@@ -345,7 +435,7 @@ async def test_command_timeout(sshd: _Sshd, tmp_path: Path) -> None:
 async def test_dropped_connection_gives_no_exit_status(sshd: _Sshd, tmp_path: Path) -> None:
     # The command kills the sshd process serving its connection: the
     # connection drops after the command was sent, as in a reboot.
-    client = _client(tmp_path / "known_hosts")
+    client = _client(tmp_path / "known_hosts", enrol=sshd)
     result = await client.run("127.0.0.1", "kill -9 $PPID; exec sleep 1", port=sshd.port)
     assert result == CommandResult(exit_code=None, stdout="", stderr="")
     assert result.ok is False
@@ -358,7 +448,7 @@ async def test_dropped_connection_gives_no_exit_status(sshd: _Sshd, tmp_path: Pa
 async def test_wrong_password_then_right_one_and_the_right_one_is_remembered(
     sshd: _Sshd, tmp_path: Path
 ) -> None:
-    client = _client(tmp_path / "known_hosts", {USER: (WRONG[0], PASSWORD)})
+    client = _client(tmp_path / "known_hosts", {USER: (WRONG[0], PASSWORD)}, enrol=sshd)
     failed = f"Failed password for {USER}"
     before = sshd.count(failed)
     assert (await client.run("127.0.0.1", "echo in", port=sshd.port)).stdout == "in\n"
@@ -370,7 +460,9 @@ async def test_wrong_password_then_right_one_and_the_right_one_is_remembered(
 
 @pytest_twisted.ensureDeferred
 async def test_next_user_after_one_is_rejected(sshd: _Sshd, tmp_path: Path) -> None:
-    client = _client(tmp_path / "known_hosts", {"nosuchuser-slaveapi": (PASSWORD,), USER: (WRONG[0], PASSWORD)})
+    client = _client(
+        tmp_path / "known_hosts", {"nosuchuser-slaveapi": (PASSWORD,), USER: (WRONG[0], PASSWORD)}, enrol=sshd
+    )
     result = await client.run("127.0.0.1", "id -un", port=sshd.port)
     assert result == CommandResult(0, f"{USER}\n", "")
 
@@ -380,7 +472,7 @@ async def test_more_wrong_passwords_than_the_server_allows_per_connection(sshd: 
     # sshd hangs up after MaxAuthTries (6) failures; the rest of the list is
     # tried on a new connection.
     wrong = tuple(f"wrong-{n}" for n in range(8))
-    client = _client(tmp_path / "known_hosts", {USER: (*wrong, PASSWORD)})
+    client = _client(tmp_path / "known_hosts", {USER: (*wrong, PASSWORD)}, enrol=sshd)
     before = sshd.count(f"Failed password for {USER}")
     result = await client.run("127.0.0.1", "echo finally", port=sshd.port)
     assert result == CommandResult(0, "finally\n", "")
@@ -393,7 +485,7 @@ async def test_all_passwords_wrong(sshd: _Sshd, tmp_path: Path) -> None:
     observer: Any = events.append
     globalLogPublisher.addObserver(observer)
     try:
-        client = _client(tmp_path / "known_hosts", {USER: WRONG, "nosuchuser-slaveapi": (PASSWORD,)})
+        client = _client(tmp_path / "known_hosts", {USER: WRONG, "nosuchuser-slaveapi": (PASSWORD,)}, enrol=sshd)
         with pytest.raises(SSHAuthenticationFailed) as caught:
             await client.run("127.0.0.1", "true", port=sshd.port)
     finally:
@@ -469,54 +561,111 @@ def test_connect_errors_are_mapped() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_tofu_records_key_and_refuses_a_changed_one(
-    new_sshd: Callable[..., Deferred[_Sshd]], tmp_path: Path
+async def test_tofu_records_key_unverified_verifies_it_by_key_login_and_refuses_a_changed_one(
+    new_sshd: Callable[..., Deferred[_Sshd]], client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
     known_hosts = tmp_path / "state" / "known_hosts"
-    client = _client(known_hosts)
+    unverified = Path(f"{known_hosts}.unverified")
+    passwords_only = _client(known_hosts, host_keys="tofu")
     assert known_hosts.read_text() == ""  # created when missing
-    first = await new_sshd("key-a")
-    assert (await client.run("127.0.0.1", "echo first", port=first.port)).stdout == "first\n"
-    assert len(known_hosts.read_text().splitlines()) == 1
-    assert (await client.run("127.0.0.1", "echo known", port=first.port)).stdout == "known\n"
-    assert len(known_hosts.read_text().splitlines()) == 1
+    server = await new_sshd("key-a")
+    line = f"[127.0.0.1]:{server.port} {server.public_key()}\n"
+    first_key = server.fingerprint()
+    # First use: the key is recorded beside known_hosts, not verified, and no password goes to the host.
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await passwords_only.run("127.0.0.1", "true", port=server.port)
+    assert str(caught.value).startswith(
+        f"ssh 127.0.0.1:{server.port}: host key not verified (ssh-ed25519 {first_key} is not in {known_hosts}"
+        " and no login by key has succeeded), so no password was offered; "
+    )
+    assert str(caught.value).endswith(ENROL_HINT)
+    assert server.count(f"password for {USER}") == 0
+    assert known_hosts.read_text() == ""
+    assert unverified.read_text() == line
+    # A login by one of our keys verifies it: it moves to known_hosts.
+    keyed = _client(known_hosts, host_keys="tofu", keys={USER: (client_keys.good,)})
+    assert (await keyed.run("127.0.0.1", "echo first", port=server.port)).stdout == "first\n"
+    assert server.count(f"Accepted publickey for {USER}") == 1
+    assert known_hosts.read_text() == line
+    assert unverified.read_text() == ""
+    # Verified, the host is offered passwords; the key is not recorded again.
+    assert (await passwords_only.run("127.0.0.1", "echo known", port=server.port)).stdout == "known\n"
+    assert server.count(f"Accepted password for {USER}") == 1
+    assert known_hosts.read_text() == line
 
-    first.stop()
-    await new_sshd("key-b", port=first.port)
+    # The same sshd, on the same port, now serves another key.
+    await server.swap_host_key(_host_key(tmp_path / "key-b"))
+    logins_before = server.count(f" for {USER} from ")
     with pytest.raises(SSHHostKeyMismatch) as caught:
-        await client.run("127.0.0.1", "true", port=first.port)
-    assert str(caught.value).startswith(f"ssh 127.0.0.1:{first.port}: host key changed (ssh-ed25519 SHA256:")
-    # A new client reading the same file refuses it too.
-    with pytest.raises(SSHHostKeyMismatch):
-        await _client(known_hosts).run("127.0.0.1", "true", port=first.port)
-    assert len(known_hosts.read_text().splitlines()) == 1
+        await passwords_only.run("127.0.0.1", "true", port=server.port)
+    assert not isinstance(caught.value, SSHHostKeyNotVerified)
+    assert str(caught.value) == (
+        f"ssh 127.0.0.1:{server.port}: host key changed (ssh-ed25519 {server.fingerprint()}"
+        f" does not match the key recorded in {known_hosts})"
+    )
+    # A new client reading the same files refuses it too, even with a key to log in with.
+    with pytest.raises(SSHHostKeyMismatch) as caught:
+        await _client(known_hosts, host_keys="tofu", keys={USER: (client_keys.good,)}).run(
+            "127.0.0.1", "true", port=server.port
+        )
+    assert not isinstance(caught.value, SSHHostKeyNotVerified)
+    assert server.count(f" for {USER} from ") == logins_before  # stopped at the key exchange
+    assert known_hosts.read_text() == line
+    assert unverified.read_text() == ""
 
 
 @pytest_twisted.ensureDeferred
-async def test_keys_are_recorded_under_the_name_connected_to(sshd: _Sshd, tmp_path: Path) -> None:
+async def test_keys_are_recorded_under_the_name_connected_to(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
     known_hosts = tmp_path / "known_hosts"
-    client = _client(known_hosts)
+    client = _client(known_hosts, {}, host_keys="tofu", keys={USER: (client_keys.good,)})
     # A name goes through the (non-blocking) resolver: /etc/hosts maps localhost to loopback.
     result = await client.run("localhost", "echo by name", port=sshd.port)
     assert result == CommandResult(0, "by name\n", "")
     key = Key.fromFile(str(sshd.host_key) + ".pub")
+    # Verified by the key login, and so in known_hosts (read here by conch's own parser).
     recorded = KnownHostsFile.fromPath(FilePath(str(known_hosts)))
     # OpenSSH's convention off port 22: "[host]:port".
     assert recorded.hasHostKey(f"[localhost]:{sshd.port}".encode(), key) is True
     assert recorded.hasHostKey(f"[127.0.0.1]:{sshd.port}".encode(), key) is False
+    assert Path(f"{known_hosts}.unverified").read_text() == ""
+    # Passwords go to the name it is verified under, and only there.
+    assert (await _client(known_hosts).run("localhost", "echo pw", port=sshd.port)).stdout == "pw\n"
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await _client(known_hosts).run("127.0.0.1", "true", port=sshd.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{sshd.port}: host key not verified (")
 
 
 @pytest_twisted.ensureDeferred
-async def test_strict_accepts_only_recorded_keys(sshd: _Sshd, tmp_path: Path) -> None:
+async def test_strict_accepts_only_verified_keys(sshd: _Sshd, tmp_path: Path) -> None:
     known_hosts = tmp_path / "known_hosts"
-    strict = _client(known_hosts, host_keys="strict")
-    with pytest.raises(SSHHostKeyMismatch) as caught:
+    unverified = Path(f"{known_hosts}.unverified")
+    strict = _client(known_hosts)  # strict is the default; nothing enrolled
+    logins_before = sshd.count(f" for {USER} from ")
+    accepted_before = sshd.count(f"Accepted password for {USER} from ")
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
         await strict.run("127.0.0.1", "true", port=sshd.port)
-    assert str(caught.value).startswith(f"ssh 127.0.0.1:{sshd.port}: unknown host key (ssh-ed25519 SHA256:")
-    assert str(caught.value).endswith(f" is not in {known_hosts} and host_keys is strict)")
+    assert str(caught.value) == (
+        f"ssh 127.0.0.1:{sshd.port}: host key not verified (ssh-ed25519 {sshd.fingerprint()} is not in"
+        f" {known_hosts} and host_keys is strict); check its fingerprint and {ENROL_HINT}"
+    )
+    assert isinstance(caught.value, SSHHostKeyMismatch)
     assert known_hosts.read_text() == ""
-    await _client(known_hosts).run("127.0.0.1", "true", port=sshd.port)  # tofu records it
+    assert not unverified.exists()
+    assert sshd.count(f" for {USER} from ") == logins_before  # stopped at the key exchange
+    # A key recorded on first use under tofu is not verified: strict still refuses it.
+    with pytest.raises(SSHHostKeyNotVerified):
+        await _client(known_hosts, host_keys="tofu").run("127.0.0.1", "true", port=sshd.port)
+    assert unverified.read_text() == f"[127.0.0.1]:{sshd.port} {sshd.public_key()}\n"
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await strict.run("127.0.0.1", "true", port=sshd.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{sshd.port}: host key not verified (")
+    assert sshd.count(f" for {USER} from ") == logins_before
+    # Enrolled in known_hosts, it is accepted, passwords and all.
+    _enrol(known_hosts, sshd)
     assert (await strict.run("127.0.0.1", "echo ok", port=sshd.port)).stdout == "ok\n"
+    assert sshd.count(f"Accepted password for {USER} from ") == accepted_before + 1
 
 
 @pytest_twisted.ensureDeferred
@@ -524,28 +673,47 @@ async def test_off_accepts_any_key_and_records_nothing(
     new_sshd: Callable[..., Deferred[_Sshd]], tmp_path: Path
 ) -> None:
     known_hosts = tmp_path / "known_hosts"
-    recorder = _client(known_hosts)
-    first = await new_sshd("key-a")
-    await recorder.run("127.0.0.1", "true", port=first.port)
+    server = await new_sshd("key-a")
+    strict = _client(known_hosts, enrol=server)
+    assert (await strict.run("127.0.0.1", "echo enrolled", port=server.port)).stdout == "enrolled\n"
     recorded = known_hosts.read_text()
-    first.stop()
-    await new_sshd("key-b", port=first.port)
+    await server.swap_host_key(_host_key(tmp_path / "key-b"))
+    with pytest.raises(SSHHostKeyMismatch) as caught:
+        await strict.run("127.0.0.1", "true", port=server.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{server.port}: host key changed (")
     off = _client(known_hosts, host_keys="off")
-    assert (await off.run("127.0.0.1", "echo off", port=first.port)).stdout == "off\n"
+    assert (await off.run("127.0.0.1", "echo off", port=server.port)).stdout == "off\n"
+    assert server.count(f"Accepted password for {USER}") == 2
     assert known_hosts.read_text() == recorded
+    assert not Path(f"{known_hosts}.unverified").exists()
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_first_use_records_every_host(sshd: _Sshd, tmp_path: Path) -> None:
+async def test_concurrent_first_use_records_every_host(
+    sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
+) -> None:
     known_hosts = tmp_path / "known_hosts"
-    client = _client(known_hosts)
-    runs = [Deferred.fromCoroutine(client.run(address, "echo $SSH_CONNECTION", port=sshd.port)) for address in ADDRESSES]
+    unverified = Path(f"{known_hosts}.unverified")
+    lines = sorted(f"[{address}]:{sshd.port} {sshd.public_key()}" for address in ADDRESSES)
+    # Passwords only: every host's key is recorded on first use, unverified, and no password goes out.
+    passwords_only = _client(known_hosts, host_keys="tofu")
+    runs = [Deferred.fromCoroutine(passwords_only.run(address, "true", port=sshd.port)) for address in ADDRESSES]
+    results = await DeferredList(runs, consumeErrors=True)
+    for (succeeded, failure), address in zip(results, ADDRESSES):
+        assert not succeeded and failure.check(SSHHostKeyNotVerified)
+        assert str(failure.value).startswith(f"ssh {address}:{sshd.port}: host key not verified (")
+    assert sorted(unverified.read_text().splitlines()) == lines
+    assert known_hosts.read_text() == ""
+    # Logins by key, at once, verify every one of them.
+    keyed = _client(known_hosts, {}, host_keys="tofu", keys={USER: (client_keys.good,)})
+    runs = [Deferred.fromCoroutine(keyed.run(address, "echo $SSH_CONNECTION", port=sshd.port)) for address in ADDRESSES]
     results = await DeferredList(runs, fireOnOneErrback=True, consumeErrors=True)
     for (succeeded, result), address in zip(results, ADDRESSES):
         assert succeeded and result.exit_code == 0
         assert result.stdout.endswith(f" {address} {sshd.port}\n")
-    assert len(known_hosts.read_text().splitlines()) == len(ADDRESSES)
-    strict = _client(known_hosts, host_keys="strict")
+    assert sorted(known_hosts.read_text().splitlines()) == lines
+    assert unverified.read_text() == ""
+    strict = _client(known_hosts)
     for address in ADDRESSES:
         assert (await strict.run(address, "echo ok", port=sshd.port)).stdout == "ok\n"
 
@@ -558,14 +726,14 @@ async def test_key_only_logins_ed25519_and_rsa(sshd: _Sshd, client_keys: _Client
     accepted = f"Accepted publickey for {USER} from 127.0.0.1"
     before = sshd.count(accepted)
     passwords_before = sshd.count(f"password for {USER}")
-    client = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)})
+    client = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)}, enrol=sshd)
     async with await client.session("127.0.0.1", port=sshd.port) as session:
         assert session.user == USER
         assert await session.run("id -un") == CommandResult(0, f"{USER}\n", "")
     assert sshd.count(accepted) == before + 1
     assert sshd.count(f"{accepted} port") == before + 1
     # RSA keys sign with rsa-sha2-*: OpenSSH 8.8+ refuses ssh-rsa (SHA-1) signatures.
-    rsa = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.rsa,)})
+    rsa = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.rsa,)}, enrol=sshd)
     assert await rsa.run("127.0.0.1", "id -un", port=sshd.port) == CommandResult(0, f"{USER}\n", "")
     assert sshd.count(accepted) == before + 2
     assert "ssh2: RSA SHA256:" in sshd.log_text().split(accepted)[-1].splitlines()[0]
@@ -576,7 +744,9 @@ async def test_key_only_logins_ed25519_and_rsa(sshd: _Sshd, client_keys: _Client
 async def test_wrong_key_then_right_password_and_the_password_is_remembered(
     sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
-    client = _client(tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.wrong,)})
+    client = _client(
+        tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.wrong,)}, enrol=sshd
+    )
     accepted = f"Accepted password for {USER}"
     before = sshd.count(accepted)
     assert await client.run("127.0.0.1", "echo in", port=sshd.port) == CommandResult(0, "in\n", "")
@@ -592,7 +762,9 @@ async def test_wrong_key_then_right_password_and_the_password_is_remembered(
 async def test_right_key_after_a_wrong_one_is_remembered(
     sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
-    client = _client(tmp_path / "known_hosts", {USER: (WRONG[0],)}, keys={USER: (client_keys.wrong, client_keys.good)})
+    client = _client(
+        tmp_path / "known_hosts", {USER: (WRONG[0],)}, keys={USER: (client_keys.wrong, client_keys.good)}, enrol=sshd
+    )
     accepted = f"Accepted publickey for {USER}"
     before = sshd.count(accepted)
     assert (await client.run("127.0.0.1", "echo one", port=sshd.port)).stdout == "one\n"
@@ -609,13 +781,17 @@ async def test_a_key_of_another_user_does_not_let_you_in(
     sshd: _Sshd, client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
     # OTHER exists and has a password, but authorizes no key; the key is USER's.
-    client = _client(tmp_path / "known_hosts", {}, keys={OTHER: (client_keys.good, client_keys.rsa)})
+    client = _client(
+        tmp_path / "known_hosts", {}, keys={OTHER: (client_keys.good, client_keys.rsa)}, enrol=sshd
+    )
     with pytest.raises(SSHAuthenticationFailed) as caught:
         await client.run("127.0.0.1", "true", port=sshd.port)
     assert str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (1 user, 2 keys, 0 passwords tried)"
     assert sshd.count(f"Accepted publickey for {OTHER}") == 0
     # Its password is fine, after its keys were refused.
-    both = _client(tmp_path / "known_hosts", {OTHER: (PASSWORD,)}, keys={OTHER: (client_keys.good,)})
+    both = _client(
+        tmp_path / "known_hosts", {OTHER: (PASSWORD,)}, keys={OTHER: (client_keys.good,)}, enrol=sshd
+    )
     assert await both.run("127.0.0.1", "id -un", port=sshd.port) == CommandResult(0, f"{OTHER}\n", "")
 
 
@@ -624,11 +800,13 @@ async def test_keys_are_skipped_when_the_server_takes_no_public_keys(
     new_sshd: Callable[..., Deferred[_Sshd]], client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
     server = await new_sshd("key-a", pubkey=False)
-    keys_only = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)})
+    keys_only = _client(tmp_path / "known_hosts", {}, keys={USER: (client_keys.good,)}, enrol=server)
     with pytest.raises(SSHAuthenticationFailed) as caught:
         await keys_only.run("127.0.0.1", "true", port=server.port)
     assert str(caught.value) == f"ssh 127.0.0.1:{server.port}: the server does not accept publickey authentication"
-    both = _client(tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.good,)})
+    both = _client(
+        tmp_path / "known_hosts", {USER: (PASSWORD,)}, keys={USER: (client_keys.good,)}, enrol=server
+    )
     assert (await both.run("127.0.0.1", "echo pw", port=server.port)).stdout == "pw\n"
     assert server.count(f"Accepted password for {USER}") == 1
 
@@ -644,6 +822,7 @@ async def test_key_material_never_shows_in_errors_or_logs(
         client = _client(
             tmp_path / "known_hosts",
             {USER: WRONG[:1]},
+            enrol=sshd,
             keys={USER: (client_keys.wrong,), OTHER: (client_keys.good, client_keys.rsa)},
         )
         with pytest.raises(SSHAuthenticationFailed) as caught:
