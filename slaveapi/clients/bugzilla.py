@@ -4,7 +4,9 @@ The Bugzilla client (Bugzilla 5 REST): a slave's problem-tracking bug.
 Each slave has a tracking bug whose alias is the slave's name; when a reboot
 fails at every step, the reboot action files a bug for the datacenter team
 blocking it. Reading bugs needs no key on public instances; writing does.
-The API key is a L{Secret} sent only in the C{X-BUGZILLA-API-KEY} header.
+The API key is a L{Secret} sent only in the C{X-BUGZILLA-API-KEY} header;
+the configuration refuses to send it to an C{http://} URL unless
+C{[bugzilla] allow_plain_http} says so.
 """
 
 from __future__ import annotations

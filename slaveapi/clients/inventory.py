@@ -5,7 +5,8 @@ which PDU outlet powers it and which imaging server (Mozpool) manages it.
 The reboot action needs the PDU outlet for its power-cycle step; a host
 without one (or with a value that cannot be parsed) simply has no PDU step.
 Inventory needs HTTP basic authentication; the password is a L{Secret}
-revealed only for the request itself.
+revealed only for the request itself. The configuration refuses to send it
+to an C{http://} URL unless C{[inventory] allow_plain_http} says so.
 
 Inventory also keeps the DNS records (its C{mozdns} API, C{[inventory]
 dns_api_url}): AWS loaners get their A and PTR records there

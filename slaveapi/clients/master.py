@@ -28,6 +28,14 @@ names work as production names do) and the request goes to that address
 with the master's name in the C{Host} header. Every call is bounded by
 C{[http] timeout}; every failure is a L{MasterError}, one line naming the
 URL (with the master's name, never an address or a password) and the status.
+
+slavealloc's master records carry a port but no scheme: a master is reached
+over C{https} when C{[masters]} says so for it (by fqdn or nickname), else
+as C{[buildbot] scheme} says (C{http} by default). Over C{https} the
+connection still goes to the address SlaveAPI's DNS gave, and the
+certificate is checked against the master's name. Basic auth is never sent
+over plain C{http} unless C{[buildbot] allow_plain_http} is set: without it
+the request is not sent at all and the call fails saying so.
 """
 
 from __future__ import annotations
@@ -38,11 +46,20 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from OpenSSL import SSL
+from service_identity import VerificationError
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
 
 from slaveapi.clients.dns import DNSClient, DNSError
 from slaveapi.clients.slavealloc import MasterRecord
@@ -100,10 +117,13 @@ class MasterClient:
     @param config: C{[buildbot]} and C{[masters]}.
     @param password: the credentials' C{buildbot_master}, sent with
         C{config.username} as basic auth to modern masters.
-    @param http: treq's C{HTTPClient} (anything with its C{request} API).
+    @param http: treq's C{HTTPClient} (anything with its C{request} API),
+        for masters reached over plain http.
     @param dns: resolves masters' names.
     @param timeout: seconds allowed for one whole call.
     @param reactor: provides C{callLater} for the timeout.
+    @param tls_policy: checks masters' certificates over https; by
+        default against the system's trusted CAs.
     """
 
     _log = Logger()
@@ -116,6 +136,7 @@ class MasterClient:
         dns: DNSClient,
         timeout: float,
         reactor: Any,
+        tls_policy: IPolicyForHTTPS | None = None,
     ) -> None:
         self._config = config
         self._password = password
@@ -123,6 +144,7 @@ class MasterClient:
         self._dns = dns
         self._timeout = timeout
         self._reactor = reactor
+        self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
     def configured_flavour(self, master: MasterRecord) -> str:
         """The flavour configuration gives C{master}: C{[masters]} by fqdn or nickname, else C{[buildbot]}."""
@@ -132,6 +154,15 @@ class MasterClient:
             if flavour is not None:
                 return flavour
         return self._config.flavour
+
+    def scheme(self, master: MasterRecord) -> str:
+        """C{http} or C{https}: C{[masters]} by fqdn or nickname, else C{[buildbot] scheme}."""
+        overrides = {name.lower(): scheme for name, scheme in self._config.master_schemes.items()}
+        for name in (master.fqdn, master.nickname):
+            scheme = overrides.get(name.lower())
+            if scheme is not None:
+                return scheme
+        return self._config.scheme
 
     async def flavour(self, master: MasterRecord) -> str:
         """
@@ -192,7 +223,7 @@ class MasterClient:
 
     def url(self, master: MasterRecord, path: str) -> str:
         """C{path} on C{master}'s web server, by name (as messages show it)."""
-        return f"http://{master.fqdn}{_port_suffix(master)}{path}"
+        return f"{self.scheme(master)}://{master.fqdn}{_port_suffix(master)}{path}"
 
     def _auth_header(self) -> dict[bytes, list[bytes]]:
         if not self._config.username or self._password is None:
@@ -203,6 +234,14 @@ class MasterClient:
     async def _call(self, master: MasterRecord, method: str, path: str, body: Any = None) -> _Answer:
         """One request to C{master}, bounded by the timeout; any failure is a L{MasterError}."""
         url = self.url(master, path)
+        auth = self._auth_header()
+        secure = self.scheme(master) == "https"
+        if auth and not secure and not self._config.allow_plain_http:
+            raise MasterError(
+                f"master {master.nickname}: {method} {url} not sent: it would carry the basic-auth password "
+                f"over plain http; reach {master.nickname} over https ([masters] {master.nickname} = https) "
+                "or set [buildbot] allow_plain_http = true"
+            )
         if master.http_port is None:
             raise MasterError(f"master {master.nickname}: {method} {url} failed: slavealloc gives it no http_port")
         try:
@@ -212,17 +251,27 @@ class MasterClient:
         if host is None:
             raise MasterError(f"master {master.nickname}: {method} {url} failed: {master.fqdn} is not in DNS")
 
-        headers = {b"Host": [f"{master.fqdn}{_port_suffix(master)}".encode("ascii")], **self._auth_header()}
+        headers = {b"Host": [f"{master.fqdn}{_port_suffix(master)}".encode("ascii")], **auth}
         data = None
         if body is not None:
             headers[b"Content-Type"] = [b"application/json"]
             data = json.dumps(body).encode("utf-8")
         if method == "GET" or body is not None:
             headers[b"Accept"] = [b"application/json"]
-        target = f"http://{host.ip}:{master.http_port}{path}"
+        if secure:
+            # The name stays in the URL for the certificate check; the address is pinned below.
+            target = url
+            http = HTTPClient(
+                Agent.usingEndpointFactory(
+                    self._reactor, _PinnedAddress(self._reactor, host.ip, self._tls_policy, self._timeout)
+                )
+            )
+        else:
+            target = f"http://{host.ip}:{master.http_port}{path}"
+            http = self._http
 
         timed_out: list[bool] = []
-        exchange = Deferred.fromCoroutine(self._exchange(method, target, Headers(headers), data))
+        exchange = Deferred.fromCoroutine(self._exchange(http, method, target, Headers(headers), data))
 
         def expire() -> None:
             timed_out.append(True)
@@ -259,9 +308,9 @@ class MasterClient:
         )
         return answer
 
-    async def _exchange(self, method: str, url: str, headers: Headers, data: bytes | None) -> _Answer:
+    async def _exchange(self, http: Any, method: str, url: str, headers: Headers, data: bytes | None) -> _Answer:
         """Send the request and read the whole answer; no timeout here, no redirects followed."""
-        response = await self._http.request(method, url, headers=headers, data=data, allow_redirects=False)
+        response = await http.request(method, url, headers=headers, data=data, allow_redirects=False)
         chunks: list[bytes] = []
         size = 0
 
@@ -281,6 +330,24 @@ class MasterClient:
             location=location.decode("latin-1", "replace"),
             body=b"".join(chunks),
         )
+
+
+@implementer(IAgentEndpointFactory)
+class _PinnedAddress:
+    """
+    Connects to the address SlaveAPI's DNS gave for a master, over TLS
+    checked against the name in the URL (the master's fqdn).
+    """
+
+    def __init__(self, reactor: Any, address: str, policy: IPolicyForHTTPS, timeout: float) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._policy = policy
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        tcp = HostnameEndpoint(self._reactor, self._address.encode("ascii"), uri.port, timeout=self._timeout)
+        return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp)
 
 
 def _port_suffix(master: MasterRecord) -> str:
@@ -321,9 +388,30 @@ def _reason(error: BaseException) -> str:
         return "connection refused"
     if isinstance(error, DNSLookupError):
         return "host not found"
+    if isinstance(error, RequestTransmissionFailed):
+        return _tls_reason(error.reasons) or "connection lost while sending the request"
     if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
-        return "connection lost before the answer was complete"
+        return _tls_reason(error.reasons) or "connection lost before the answer was complete"
+    if isinstance(error, (SSL.Error, VerificationError)):
+        return _tls_reason([Failure(error)]) or "TLS handshake failed"
     if isinstance(error, ConnectError):
         return f"connection failed: {type(error).__name__}"
     first = (str(error).strip().splitlines() or [""])[0][:_MAX_DETAIL]
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _tls_reason(reasons: list[Failure]) -> str | None:
+    """Why a TLS handshake failed, when one of C{reasons} says so."""
+    for reason in reasons:
+        if reason.check(VerificationError):
+            return "TLS handshake failed: the certificate is not for this name"
+        if reason.check(SSL.Error):
+            return f"TLS handshake failed: {_ssl_detail(reason.value)}"
+    return None
+
+
+def _ssl_detail(error: SSL.Error) -> str:
+    """OpenSSL's own words, e.g. C{certificate verify failed}."""
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    texts = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry and entry[-1]]
+    return "; ".join(texts)[:_MAX_DETAIL] or "no reason given"

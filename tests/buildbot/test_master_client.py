@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +98,7 @@ class Master:
     def record(self, http_port: int | None = -1) -> MasterRecord:
         return MasterRecord(1, "bm01-build1", FQDN, self.port if http_port == -1 else http_port, 9001, True)
 
-    def client(self, timeout: float = 5.0, **settings: Any) -> MasterClient:
+    def client(self, timeout: float = 30.0, **settings: Any) -> MasterClient:
         password = settings.pop("password", None)
         config = BuildbotConfig(**settings)
         http = make_http_client(reactor, self.pool)
@@ -174,7 +175,7 @@ async def test_08_a_redirect_to_authfail_is_a_refusal(master: Master) -> None:
 @pytest_twisted.ensureDeferred
 async def test_modern_shutdown_is_the_json_rpc_stop_call_with_basic_auth(master: Master) -> None:
     master.resource.script[STOP] = Answer(200, RPC_OK, {"Content-Type": "application/json"})
-    client = master.client(flavour="modern", username="slaveapi", password=Secret(PASSWORD))
+    client = master.client(flavour="modern", username="slaveapi", password=Secret(PASSWORD), allow_plain_http=True)
     accepted = await shut_down(client, master)
     assert accepted == ShutdownRequested(master.url("/api/v2/workers/bld-1"), "modern", 200)
     [seen] = master.resource.seen
@@ -198,7 +199,7 @@ async def test_modern_errors_name_the_url_status_and_json_rpc_error(master: Mast
     url = master.url("/api/v2/workers/bld-1")
     error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "no such\nworker"}}
     master.resource.script[STOP] = Answer(500, json.dumps(error).encode())
-    client = master.client(flavour="modern", username="slaveapi", password=Secret(PASSWORD))
+    client = master.client(flavour="modern", username="slaveapi", password=Secret(PASSWORD), allow_plain_http=True)
     assert await refused(client, master) == (
         f"master bm01-build1: POST {url} failed: HTTP 500 Internal Server Error (JSON-RPC error -32603: no such worker)"
     )
@@ -266,11 +267,10 @@ async def test_a_master_that_never_answers_times_out(master: Master) -> None:
     try:
         port = listener.getHost().port
         record = MasterRecord(1, "bm01-build1", FQDN, port, None, True)
-        started = reactor.seconds()
         message = await refused(master.client(timeout=0.5, flavour="modern"), master, record)
         url = f"http://{FQDN}:{port}/api/v2/workers/bld-1"
+        # Only the client's own deadline writes this: the silent master never answers nor hangs up.
         assert message == f"master bm01-build1: POST {url} failed: timed out after 0.5s"
-        assert reactor.seconds() - started < 5
     finally:
         await listener.stopListening()
 
@@ -284,14 +284,15 @@ async def test_a_master_that_hangs_mid_answer_times_out(master: Master) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_unreachable_unknown_or_portless_masters(master: Master) -> None:
-    listener = reactor.listenTCP(0, Factory.forProtocol(_Silent), interface="127.0.0.1")
-    port = listener.getHost().port
-    await listener.stopListening()
     client = master.client(flavour="0.8")
-    closed = MasterRecord(1, "bm01-build1", FQDN, port, None, True)
-    assert await refused(client, master, closed) == (
-        f"master bm01-build1: POST http://{FQDN}:{port}/buildslaves/bld-1/shutdown failed: connection refused"
-    )
+    # Bound for the whole call and never listening: a closed port nothing else can take meanwhile.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        closed = MasterRecord(1, "bm01-build1", FQDN, port, None, True)
+        assert await refused(client, master, closed) == (
+            f"master bm01-build1: POST http://{FQDN}:{port}/buildslaves/bld-1/shutdown failed: connection refused"
+        )
     unknown = MasterRecord(2, "bm09", "bm09.masters.test", 8010, None, True)
     assert await refused(client, master, unknown) == (
         "master bm09: POST http://bm09.masters.test:8010/buildslaves/bld-1/shutdown failed: "
