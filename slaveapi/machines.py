@@ -1,24 +1,31 @@
 """
 What is known of one machine ("slave"), gathered from the remote systems.
 
-L{find_slave} answers the questions every action asks first (does the machine
-exist, what is its address, where is its buildbot); L{load_slave_info} adds
-everything else for C{GET /slaves/<slave>}. A remote system that fails does
+L{identify} decides whether a name is a machine SlaveAPI knows and gives its
+canonical identity (L{KnownMachine}): the slavealloc name, lower-case, with
+its FQDN made from configuration, never from the name asked for. Unknown
+names go no further: nothing is contacted for them. L{find_slave} answers
+the questions every action asks first (what is its address, where is its
+buildbot); L{load_slave_info} adds everything else for
+C{GET /slaves/<slave>}. Past identification a remote system that fails does
 not hide what the others said: its failure is recorded in C{errors}.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Awaitable, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
 from slaveapi.clients.bugzilla import Bug
+from slaveapi.clients.devices import Device
 from slaveapi.clients.dns import HostInfo
+from slaveapi.clients.http import RemoteError
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients.slavealloc import MasterRecord, SlaveRecord
+from slaveapi.config import Config
 from slaveapi.context import Context
 from slaveapi.hostnames import is_valid_hostname
 
@@ -29,12 +36,156 @@ def is_valid_slave_name(name: str) -> bool:
     return is_valid_hostname(name)
 
 
-class SlaveNotFound(Exception):
-    """Neither DNS nor slavealloc knows the machine."""
+class UnknownMachine(Exception):
+    """No machine of that name is known to slavealloc, devices.json or the loaner patterns."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"{name} is not known to DNS or slavealloc")
+        super().__init__(f"no machine named {name} is known to slavealloc, devices or the loaner patterns")
         self.name = name
+
+
+#: The name actions and older callers know it by.
+SlaveNotFound = UnknownMachine
+
+
+class IdentificationFailed(Exception):
+    """Whether the machine is known could not be found out: slavealloc or devices.json failed."""
+
+    def __init__(self, name: str, error: RemoteError) -> None:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        super().__init__(f"could not check that {name} is a known machine: {reason}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class KnownMachine:
+    """
+    A machine SlaveAPI knows, by its canonical identity.
+
+    @ivar name: the slavealloc name in lower case (the loaner's or device's
+        name when only the patterns or devices.json know it). Locks, single
+        flight and results go by it.
+    @ivar fqdn: C{name} under its configured domain: C{[slaves]
+        default_domain}, or C{[aws] build_domain}/C{test_domain} for a
+        loaner name; a name that has dots already is its own FQDN.
+    @ivar known_by: C{"slavealloc"}, C{"devices"} or C{"loaner"}.
+    @ivar loaner: C{"build"} or C{"test"} when the name matches the loaner
+        patterns of that type, else C{None}.
+    """
+
+    name: str
+    fqdn: str
+    known_by: str
+    loaner: str | None = None
+    record: SlaveRecord | None = field(default=None, compare=False, repr=False)
+    device: Device | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def domain(self) -> str:
+        return self.fqdn.partition(".")[2]
+
+
+def loaner_type(config: Config, name: str) -> str | None:
+    """C{"build"} or C{"test"} when the short C{name} matches that type's loaner patterns."""
+    short = name.lower()
+    if "." in short:
+        return None
+    for kind, patterns in (("build", config.aws.build_loaner_names), ("test", config.aws.test_loaner_names)):
+        if any(fnmatchcase(short, pattern) for pattern in patterns):
+            return kind
+    return None
+
+
+def loaner_domain(config: Config, kind: str) -> str:
+    """The domain loaners of C{kind} (build, test) are named in."""
+    domain = config.aws.build_domain if kind == "build" else config.aws.test_domain
+    return (domain or config.slaves.default_domain).strip(".").lower()
+
+
+def configured_domains(config: Config) -> set[str]:
+    """Every domain a machine may be named in: the default one and the loaners'."""
+    default = config.slaves.default_domain.strip(".").lower()
+    return {default, loaner_domain(config, "build"), loaner_domain(config, "test")}
+
+
+def _split_known_domain(config: Config, name: str) -> tuple[str, str]:
+    """
+    (name to look up, domain asked for): C{name} lower-cased, with a
+    configured domain taken off; C{""} as the domain when none was given
+    (or the dots are part of the name).
+    """
+    asked = name.lower()
+    short, _, domain = asked.partition(".")
+    if domain and domain in configured_domains(config):
+        return short, domain
+    return asked, ""
+
+
+def canonical_name(config: Config, name: str) -> str:
+    """
+    The identity C{name} stands for without asking anyone: lower case, a
+    configured domain taken off. For reading results, which need no lookup.
+    """
+    return _split_known_domain(config, name)[0]
+
+
+def _known(config: Config, name: str, known_by: str, **found: Any) -> KnownMachine:
+    kind = loaner_type(config, name)
+    if "." in name:
+        fqdn = name
+    else:
+        domain = loaner_domain(config, kind) if kind else config.slaves.default_domain.strip(".").lower()
+        fqdn = f"{name}.{domain}"
+    return KnownMachine(name=name, fqdn=fqdn, known_by=known_by, loaner=kind, **found)
+
+
+async def identify(ctx: Context, name: str) -> KnownMachine:
+    """
+    The machine C{name} stands for: slavealloc's, else a loaner name (by
+    the configured patterns), else a device of devices.json. A name with a
+    domain names the machine only when that is the machine's configured
+    domain.
+
+    Asks slavealloc once (and devices.json when slavealloc does not know the
+    name and it is not a loaner's); nothing else is contacted.
+
+    @raise UnknownMachine: nobody knows it, or it was asked for in another domain.
+    @raise IdentificationFailed: slavealloc or devices.json could not be asked.
+    """
+    config = ctx.config
+    candidate, domain = _split_known_domain(config, name)
+    try:
+        record = await ctx.clients.slavealloc.get_slave(candidate)
+        if record is not None:
+            machine = _known(config, record.name.lower(), "slavealloc", record=record)
+        elif loaner_type(config, candidate):
+            machine = _known(config, candidate, "loaner")
+        else:
+            device = await ctx.clients.devices.get_device(candidate)
+            if device is None:
+                raise UnknownMachine(name)
+            machine = _known(config, candidate, "devices", device=device)
+    except RemoteError as error:
+        raise IdentificationFailed(name, error) from None
+    if domain and domain != machine.domain:
+        raise UnknownMachine(name)
+    return machine
+
+
+def identify_loaner(config: Config, name: str) -> KnownMachine:
+    """
+    The loaner C{name} stands for, by the configured patterns alone (for
+    creating one: slavealloc need not know it yet).
+
+    @raise UnknownMachine: the name is no loaner's, or not in its loaner domain.
+    """
+    candidate, domain = _split_known_domain(config, name)
+    if not loaner_type(config, candidate):
+        raise UnknownMachine(name)
+    machine = _known(config, candidate, "loaner")
+    if domain and domain != machine.domain:
+        raise UnknownMachine(name)
+    return machine
 
 
 @dataclass
@@ -42,12 +193,14 @@ class Slave:
     """
     One machine as SlaveAPI sees it.
 
-    @ivar name: the short name, as slavealloc and the URL know it.
+    @ivar name: the canonical identity (see L{KnownMachine}).
+    @ivar known: how it was identified, and its configured FQDN.
     @ivar buildbot_host: where the machine's buildbot runs and its
         twistd.log lives: the machine itself, or the foopy that drives a device.
     """
 
     name: str
+    known: KnownMachine | None = None
     host: HostInfo | None = None
     slavealloc: SlaveRecord | None = None
     master: MasterRecord | None = None
@@ -61,14 +214,17 @@ class Slave:
 
     @property
     def fqdn(self) -> str | None:
-        return self.host.fqdn if self.host else None
+        """The canonical name DNS gave for the configured FQDN, else the configured FQDN."""
+        if self.host:
+            return self.host.fqdn
+        return self.known.fqdn if self.known else None
 
     @property
     def address(self) -> str:
-        """What to connect to: the IP if known, else the name."""
+        """What to connect to: the IP if known, else the configured FQDN."""
         if self.host:
             return self.host.ip
-        return self.name
+        return self.fqdn or self.name
 
     @property
     def basedir(self) -> str | None:
@@ -126,20 +282,20 @@ def _both(*calls: Awaitable[Any]) -> Deferred[list[Any]]:
 
 async def find_slave(ctx: Context, name: str) -> Slave:
     """
-    Look the machine up in DNS and slavealloc, and find where its buildbot runs.
+    Identify the machine, look its configured FQDN up in DNS, and find where
+    its buildbot runs.
 
-    @raise SlaveNotFound: when neither knows it (and neither failed).
+    @raise UnknownMachine: it is not a machine SlaveAPI knows.
+    @raise IdentificationFailed: slavealloc or devices.json could not be asked.
     """
     clients = ctx.clients
-    slave = Slave(name=name.split(".")[0] if not _looks_like_ip(name) else name)
-    host, record = await _both(
-        _guarded(slave, "dns", lambda: clients.dns.lookup_host(name)),
-        _guarded(slave, "slavealloc", lambda: clients.slavealloc.get_slave(slave.name)),
-    )
-    slave.host, slave.slavealloc = host, record
-    if host is None and record is None and not slave.errors:
-        raise SlaveNotFound(name)
-    device = await _guarded(slave, "devices", lambda: clients.devices.get_device(slave.name))
+    known = await identify(ctx, name)
+    slave = Slave(name=known.name, known=known, slavealloc=known.record)
+    fqdn = known.fqdn
+    slave.host = await _guarded(slave, "dns", lambda: clients.dns.lookup_host(fqdn))
+    device = known.device
+    if device is None:
+        device = await _guarded(slave, "devices", lambda: clients.devices.get_device(slave.name))
     if device is not None and device.foopy:
         slave.buildbot_host = device.foopy
     else:
@@ -176,7 +332,3 @@ async def load_slave_info(ctx: Context, slave: Slave) -> None:
         slave.recent_jobs = await _guarded(slave, "buildapi", lambda: clients.buildapi.recent_jobs(slave.name)) or []
 
     await _both(inventory(), ipmi(), bug(), jobs(), load_master(ctx, slave))
-
-
-def _looks_like_ip(name: str) -> bool:
-    return bool(re.match(r"^\d+\.\d+\.\d+\.\d+$", name))

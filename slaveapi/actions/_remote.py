@@ -22,7 +22,7 @@ from slaveapi.clients.ssh import (
     SSHTimeout,
     SSHUnreachable,
 )
-from slaveapi.machines import Slave, SlaveNotFound, find_slave
+from slaveapi.machines import IdentificationFailed, Slave, UnknownMachine, find_slave
 from slaveapi.uptime import UptimeParseError, parse_net_statistics, parse_proc_uptime, parse_uptime_output
 
 #: Errors that mean the machine is not there, as opposed to refusing us.
@@ -36,11 +36,19 @@ class Offline(ActionFailure):
 
 
 async def locate(run: ActionRun) -> Slave:
-    """Find the machine this action is about, or fail saying it is unknown."""
+    """
+    Find the machine this action is about, or fail saying it is unknown.
+
+    The web layer checked the name already; this checks it again for the
+    action (slavealloc may have changed meanwhile, and actions may come
+    from elsewhere than the web).
+    """
     try:
         slave = await find_slave(run.ctx, run.slave)
-    except SlaveNotFound:
-        raise ActionFailure(f"{run.slave} - Slave is not known to DNS or slavealloc.") from None
+    except UnknownMachine as unknown:
+        raise ActionFailure(f"{run.slave} - Slave is not known: {unknown}.") from None
+    except IdentificationFailed as error:
+        raise ActionFailure(f"{run.slave} - {error}.") from None
     for system, reason in slave.errors.items():
         run.log.warn("Lookup in {system} failed: {reason}", system=system, reason=reason)
     return slave

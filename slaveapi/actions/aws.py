@@ -3,10 +3,13 @@ The AWS actions: create a loaner instance, and start, stop or terminate an insta
 
 C{aws_start_instance}, C{aws_stop_instance} and C{aws_terminate_instance}
 (routes C{start}, C{stop}, C{terminate}) find the instance whose C{Name} tag is
-the slave's short name (not terminated; an C{FQDN} tag naming another host
-rules an instance out when the slave is given fully qualified), ask EC2 for
+the slave's canonical name (not terminated; an C{FQDN} tag naming another
+host than the slave's configured FQDN rules an instance out), refuse one
+SlaveAPI does not manage (neither a loaner name nor loan tags), ask EC2 for
 the change, and wait (bounded by C{[aws] state_timeout}, polled every
 C{[aws] poll_interval}) for C{running}, C{stopped} or C{terminated}.
+C{aws_create_instance} creates only names of the C{[aws]} loaner patterns
+of its instance type, in that type's domain.
 
 C{aws_create_instance} makes a loaner, each step shown in the progress text
 and any failure naming its step::
@@ -41,6 +44,8 @@ from slaveapi.clients.aws import AWSClient, AWSError, Instance, LaunchSpec
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.inventory import DNSRecord
+from slaveapi.config import Config
+from slaveapi.machines import IdentificationFailed, UnknownMachine, identify, identify_loaner, loaner_type
 
 #: The form fields of aws_create_instance.
 CREATE_FIELDS = ("email", "bug", "instance_type", "arch", "disambig")
@@ -50,6 +55,10 @@ ARCHES = (32, 64)
 
 #: The slave name that asks for a name made from the email address.
 DEFAULT_SLAVE = "default"
+
+#: The tags aws_create_instance puts on every loaner it makes (with Name, FQDN,
+#: moz-type, moz-state and created): an instance carrying them is SlaveAPI's.
+LOAN_TAGS = ("moz-loaned-to", "moz-bug")
 
 #: How many unused addresses are checked for reverse DNS before giving up.
 MAX_ADDRESS_CANDIDATES = 64
@@ -135,9 +144,21 @@ def loaner_name(slave: str, instance_type: str, arch: int, nick: str, disambig: 
 
 
 async def _the_instance(run: ActionRun) -> Instance:
-    """The one live instance named like the slave, or an L{ActionFailure} saying why not."""
+    """
+    The one live instance of the slave that SlaveAPI manages, or an
+    L{ActionFailure} saying why not.
+
+    It is found by its C{Name} tag (the slave's name), and an C{FQDN} tag
+    naming another host than the slave's configured FQDN rules it out.
+    """
     try:
-        found = await run.ctx.clients.aws.find_instances(run.slave)
+        machine = await identify(run.ctx, run.slave)
+    except UnknownMachine as unknown:
+        raise ActionFailure(f"Instance '{run.slave}': {unknown}.") from None
+    except IdentificationFailed as error:
+        raise ActionFailure(f"Instance '{run.slave}': {error}.") from None
+    try:
+        found = await run.ctx.clients.aws.find_instances(machine.fqdn)
     except AWSError as error:
         raise ActionFailure(f"Looking up instance '{run.slave}' failed: {error}") from None
     if not found:
@@ -145,7 +166,20 @@ async def _the_instance(run: ActionRun) -> Instance:
     if len(found) > 1:
         listed = ", ".join(f"{i.instance_id} ({i.state})" for i in found)
         raise ActionFailure(f"Instance '{run.slave}' is ambiguous: {len(found)} instances have that name: {listed}")
-    return found[0]
+    instance = found[0]
+    if not is_managed(run.ctx.config, instance):
+        raise ActionFailure(
+            f"Instance '{run.slave}' ({instance.instance_id}) is not managed by SlaveAPI: its name matches no "
+            f"[aws] loaner names and it has no loan tags ({', '.join(LOAN_TAGS)}). Nothing was changed."
+        )
+    return instance
+
+
+def is_managed(config: Config, instance: Instance) -> bool:
+    """Whether SlaveAPI may start, stop or terminate C{instance}: a loaner's name, or its loan tags."""
+    if instance.name and loaner_type(config, instance.name):
+        return True
+    return all(instance.tags.get(tag) for tag in LOAN_TAGS)
 
 
 async def _change_state(
@@ -282,14 +316,10 @@ async def aws_create_instance(
     @param disambig: appended to a default name, to tell one user's loaners apart.
     @return: the instance's tags plus C{ip} and C{instance_id}.
     """
-    config = run.ctx.config
     aws = run.ctx.clients.aws
     nick = nick_of(email)
     name = loaner_name(run.slave, instance_type, arch, nick, disambig)
-    domain = (config.aws.build_domain if instance_type == "build" else config.aws.test_domain) or (
-        config.slaves.default_domain
-    )
-    fqdn = run.slave if run.slave != DEFAULT_SLAVE and "." in run.slave else f"{name}.{domain}"
+    fqdn = _loaner_fqdn(run, name, instance_type)
     if len(name) > _MAX_LABEL or len(fqdn) > 253:
         raise ActionFailure(f"Instance name {fqdn} is too long for a host name; use a shorter slave name or email.")
     creation = _Creation(run)
@@ -306,6 +336,31 @@ async def aws_create_instance(
     finally:
         if creation.ip is not None:
             aws.claimed_ips.discard(creation.ip)
+
+
+def _loaner_fqdn(run: ActionRun, name: str, instance_type: str) -> str:
+    """
+    The FQDN of the loaner C{name}: under its configured domain, and only
+    for a name of the loaner patterns of C{instance_type}.
+    """
+    config = run.ctx.config
+    try:
+        machine = identify_loaner(config, name)
+    except UnknownMachine:
+        raise ActionFailure(
+            f"{name} is not a loaner name: expected one matching [aws] {instance_type}_loaner_names "
+            f"({', '.join(_patterns(config, instance_type)) or 'none configured'})"
+        ) from None
+    if machine.loaner != instance_type:
+        raise ActionFailure(
+            f"{name} is a {machine.loaner} loaner name; instance_type={instance_type} expects one matching "
+            f"{', '.join(_patterns(config, instance_type)) or 'none configured'}"
+        )
+    return machine.fqdn
+
+
+def _patterns(config: Config, instance_type: str) -> tuple[str, ...]:
+    return config.aws.build_loaner_names if instance_type == "build" else config.aws.test_loaner_names
 
 
 async def _create(
@@ -469,8 +524,8 @@ async def _wait_for_dns(run: ActionRun, fqdn: str, ip: str) -> None:
 
 
 ACTIONS = (
-    Action(name="aws_create_instance", run=aws_create_instance, exclusive=True, timeout=3600.0),
-    Action(name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0),
-    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0),
-    Action(name="aws_terminate_instance", run=aws_terminate_instance, exclusive=True, timeout=1200.0),
+    Action(name="aws_create_instance", run=aws_create_instance, exclusive=True, timeout=3600.0, scope="aws"),
+    Action(name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0, scope="aws"),
+    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0, scope="aws"),
+    Action(name="aws_terminate_instance", run=aws_terminate_instance, exclusive=True, timeout=1200.0, scope="aws"),
 )

@@ -40,4 +40,6 @@ async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
     }
 
 
-ACTION = Action(name="buildslave_last_activity", run=buildslave_last_activity, timeout=300.0)
+ACTION = Action(
+    name="buildslave_last_activity", run=buildslave_last_activity, single_flight=True, timeout=300.0, scope="inspect"
+)

@@ -24,4 +24,4 @@ async def buildslave_uptime(run: ActionRun) -> int:
     return uptime
 
 
-ACTION = Action(name="buildslave_uptime", run=buildslave_uptime, timeout=300.0)
+ACTION = Action(name="buildslave_uptime", run=buildslave_uptime, single_flight=True, timeout=300.0, scope="inspect")

@@ -8,6 +8,11 @@ machine whose SSH refuses logins); exec requests run through
 L{slaveapi.lab.shell}. The reboot commands answer first, then take the
 machine down through L{slaveapi.lab.power.PowerControl}; the listener closes
 while the machine is down and opens again when it boots.
+
+For tests looking behind the API: C{connections_made} counts the
+connections each machine's server accepted, and L{LabSSHServer.hold} keeps
+a machine's commands unanswered until L{LabSSHServer.release} (an action
+that cannot finish before the test lets it).
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ class LabSSHServer:
         self._connections: dict[str, set[SSHServerTransport]] = {}
         self._calls: set[IDelayedCall] = set()
         self._stopped = False
+        #: Connections each machine's server accepted, by machine name.
+        self.connections_made: dict[str, int] = {}
+        #: Commands waiting on held machines (see L{hold}).
+        self._held: dict[str, list[Callable[[], None]]] = {}
 
     def start(self) -> int:
         """
@@ -197,6 +206,24 @@ class LabSSHServer:
 
     def connected(self, machine: LabMachine, transport: SSHServerTransport) -> None:
         self._connections.setdefault(machine.name, set()).add(transport)
+        self.connections_made[machine.name] = self.connections_made.get(machine.name, 0) + 1
+
+    def hold(self, name: str) -> None:
+        """Hold the commands run on machine C{name} from now on, unanswered, until L{release}."""
+        self._held.setdefault(name, [])
+
+    def release(self, name: str) -> None:
+        """Run the commands held on machine C{name}, and no longer hold new ones."""
+        for run in self._held.pop(name, []):
+            run()
+
+    def run_or_hold(self, machine: LabMachine, run: Callable[[], None]) -> None:
+        """Run a command now, or later if the machine is held."""
+        held = self._held.get(machine.name)
+        if held is None:
+            run()
+        else:
+            held.append(run)
 
     def disconnected(self, machine: LabMachine, transport: SSHServerTransport) -> None:
         self._connections.get(machine.name, set()).discard(transport)
@@ -216,6 +243,7 @@ class _Session(SSHChannel):
         super().__init__(*args, **kwargs)
         self._exit_code: int | None = None
         self._ran = False
+        self._gone = False
         self._call: IDelayedCall | None = None
 
     @property
@@ -231,11 +259,15 @@ class _Session(SSHChannel):
         self._ran = True
         command = getNS(data)[0].decode("utf-8", "replace")
         # Output may only go out once the exec request has been answered.
-        self._call = self._server.call_later(0, self._run, command)
+        self._call = self._server.call_later(
+            0, self._server.run_or_hold, self.avatar.machine, lambda: self._run(command)
+        )
         return 1
 
     def _run(self, command: str) -> None:
         self._call = None
+        if self._gone:
+            return
         machine = self.avatar.machine
         result = shell.run(machine, command, self._server.clock())
         self._log.debug(
@@ -264,6 +296,7 @@ class _Session(SSHChannel):
         self.loseConnection()
 
     def closed(self) -> None:
+        self._gone = True
         if self._call is not None and self._call.active():
             self._call.cancel()
 

@@ -7,7 +7,7 @@ from twisted.web.iweb import IRequest
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.slavealloc import filter_slaves
 from slaveapi.context import Context
-from slaveapi.machines import SlaveNotFound, find_slave, load_slave_info
+from slaveapi.machines import IdentificationFailed, UnknownMachine, find_slave, load_slave_info
 from slaveapi.web import params
 from slaveapi.web.errors import HTTPProblem, json_body, not_found
 
@@ -33,10 +33,15 @@ async def list_slaves(ctx: Context, request: IRequest) -> bytes:
 
 
 async def show_slave(ctx: Context, request: IRequest, name: str) -> bytes:
-    """The machine's dict; 404 when neither DNS nor slavealloc knows it."""
+    """
+    The machine's dict; 404 for a machine SlaveAPI does not know (nothing
+    else is asked about it), 502 when slavealloc could not be asked.
+    """
     try:
         slave = await find_slave(ctx, name)
-    except SlaveNotFound:
-        raise not_found(f"slave: {name} is not known to DNS or slavealloc") from None
+    except UnknownMachine as unknown:
+        raise not_found(f"slave: {unknown}") from None
+    except IdentificationFailed as error:
+        raise HTTPProblem(502, "bad_gateway", f"slave: {error}") from None
     await load_slave_info(ctx, slave)
     return json_body(request, slave.to_dict())

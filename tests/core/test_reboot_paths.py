@@ -17,8 +17,10 @@ from slaveapi.actions.reboot import reboot
 from slaveapi.clients.dns import HostInfo
 from slaveapi.clients.probe import RebootWait
 from slaveapi.clients.ssh import CommandResult
-from slaveapi.config import ProbeConfig, RebootConfig
+from slaveapi.config import AWSConfig, ProbeConfig, RebootConfig, SlavesConfig
 from twisted.logger import Logger
+
+from fake_fleet import FakeSlavealloc
 
 
 async def _none(*args: Any, **kwargs: Any) -> None:
@@ -56,7 +58,7 @@ def _run(prober: Any, session: _Session, bugzilla: Any) -> tuple[ActionRun, list
 
     clients = SimpleNamespace(
         dns=SimpleNamespace(lookup_host=lookup_host, ipmi_name=_none, qualify=lambda name: name + ".example.test"),
-        slavealloc=SimpleNamespace(get_slave=_none, get_master=_none),
+        slavealloc=FakeSlavealloc(("bld-1",)),
         devices=SimpleNamespace(get_device=_none),
         inventory=SimpleNamespace(get_system=_none),
         buildapi=SimpleNamespace(recent_jobs=no_jobs),
@@ -64,7 +66,9 @@ def _run(prober: Any, session: _Session, bugzilla: Any) -> tuple[ActionRun, list
         prober=prober,
         ssh=SimpleNamespace(session=open_session),
     )
-    config = SimpleNamespace(probes=ProbeConfig(up_timeout=1), reboot=RebootConfig())
+    config = SimpleNamespace(
+        probes=ProbeConfig(up_timeout=1), reboot=RebootConfig(), slaves=SlavesConfig("example.test"), aws=AWSConfig()
+    )
     ctx = SimpleNamespace(clients=clients, config=config, reactor=reactor)
     shown: list[str] = []
     log = ActionLog(Logger(), "bld-1", 1, "reboot")

@@ -173,12 +173,12 @@ async def test_create_a_64bit_test_loaner_by_default_and_one_named_by_the_slave(
     await _check_loaner(lab_service, result["text"], "tst-linux64-ec2-tester", "5", "tester")
     assert result["text"]["moz-type"] == "tst-linux64"
     code, named = await create(
-        lab_service, "bld-linux64-ec2-loaner01", email="tester@example.com", bug="6", instance_type="build",
+        lab_service, "dev-linux64-ec2-loaner01", email="tester@example.com", bug="6", instance_type="build",
         disambig="3",
     )
     assert (code, named["state"]) == (200, 2), named
-    # Another slave name is used as given (disambig only tells default names apart).
-    await _check_loaner(lab_service, named["text"], "bld-linux64-ec2-loaner01", "6", "tester")
+    # Another loaner name is used as given (disambig only tells default names apart).
+    await _check_loaner(lab_service, named["text"], "dev-linux64-ec2-loaner01", "6", "tester")
     assert named["text"]["ip"] != result["text"]["ip"]
 
 
@@ -197,15 +197,36 @@ async def test_an_existing_instance_is_not_created_again(lab_service: RunningSer
 
 @pytest_twisted.ensureDeferred
 async def test_a_name_already_in_dns_is_not_taken(lab_service: RunningService) -> None:
-    code, result = await create(lab_service, "bld-linux64-lab-001", email="x@example.com", bug="1", instance_type="build")
-    assert (code, result["state"]) == (200, 3)
     domain = lab_service.lab.domain
+    lab_service.lab.dns.add_address(f"dev-linux64-ec2-taken.{domain}", "127.0.1.1")
+    try:
+        code, result = await create(
+            lab_service, "dev-linux64-ec2-taken", email="x@example.com", bug="1", instance_type="build"
+        )
+    finally:
+        lab_service.lab.dns.remove_address(f"dev-linux64-ec2-taken.{domain}", "127.0.1.1")
+    assert (code, result["state"]) == (200, 3)
     assert result["text"] == (
-        f"Checking that bld-linux64-lab-001 is not taken...Failed: bld-linux64-lab-001.{domain} already resolves "
+        f"Checking that dev-linux64-ec2-taken is not taken...Failed: dev-linux64-ec2-taken.{domain} already resolves "
         "to 127.0.1.1; remove its DNS records or pick another name (disambig).\n"
-        "Instance 'bld-linux64-lab-001' was not created."
+        "Instance 'dev-linux64-ec2-taken' was not created."
+    )
+    assert await _instances(lab_service, "dev-linux64-ec2-taken") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_loaner_names_of_the_asked_type_are_created(lab_service: RunningService) -> None:
+    code, body = await create(lab_service, "bld-linux64-lab-001", email="x@example.com", bug="1", instance_type="build")
+    assert (code, body["error"]) == (404, "not_found"), body
+    assert body["msg"].startswith("slave: bld-linux64-lab-001 is not a loaner name")
+    code, result = await create(lab_service, "dev-linux64-ec2-typo", email="x@example.com", bug="1", instance_type="test")
+    assert (code, result["state"]) == (200, 3)
+    assert result["text"] == (
+        "dev-linux64-ec2-typo is a build loaner name; instance_type=test expects one matching "
+        "tst-linux32-ec2-*, tst-linux64-ec2-*"
     )
     assert await _instances(lab_service, "bld-linux64-lab-001") == []
+    assert await _instances(lab_service, "dev-linux64-ec2-typo") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -361,10 +382,46 @@ async def test_stop_start_and_terminate_an_instance(lab_service: RunningService)
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_instance_is_not_found(lab_service: RunningService) -> None:
     for action in ("start", "stop", "terminate"):
-        code, result = await post(lab_service, "nosuch-ec2-001", action)
+        # A loaner name with no instance.
+        code, result = await post(lab_service, "tst-linux64-ec2-nosuch", action)
         assert (code, result["state"], result["text"]) == (
-            200, 3, "Instance 'nosuch-ec2-001' could not be found. Does it exist?"
+            200, 3, "Instance 'tst-linux64-ec2-nosuch' could not be found. Does it exist?"
         )
+        # A name SlaveAPI does not know at all.
+        code, body = await post(lab_service, "nosuch-ec2-001", action)
+        assert (code, body["error"]) == (404, "not_found")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_slaveapi_does_not_manage_is_left_alone(lab_service: RunningService) -> None:
+    """An instance named like a known machine, but neither a loaner's name nor loan tags."""
+    lab = lab_service.lab
+    assert lab.ec2 is not None
+    name = "bld-linux64-lab-010"
+    ec2 = _ec2(lab_service)
+    launched = await deferToThread(
+        ec2.run_instances, ImageId=lab.ec2.build_ami, MinCount=1, MaxCount=1, SubnetId=lab.ec2.subnet_id,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
+    )
+    ident = launched["Instances"][0]["InstanceId"]
+    try:
+        for action in ("stop", "terminate"):
+            code, result = await post(lab_service, name, action)
+            assert (code, result["state"]) == (200, 3), result
+            assert result["text"] == (
+                f"Instance '{name}' ({ident}) is not managed by SlaveAPI: its name matches no [aws] loaner names "
+                "and it has no loan tags (moz-loaned-to, moz-bug). Nothing was changed."
+            )
+            assert await _state(lab_service, name) == "running"
+        # Loan tags make it SlaveAPI's.
+        await deferToThread(
+            ec2.create_tags, Resources=[ident],
+            Tags=[{"Key": "moz-loaned-to", "Value": "x@example.com"}, {"Key": "moz-bug", "Value": "1"}],
+        )
+        code, result = await post(lab_service, name, "terminate")
+        assert (code, result["state"]) == (200, 2), result
+    finally:
+        await deferToThread(ec2.terminate_instances, InstanceIds=[ident])
 
 
 @pytest_twisted.ensureDeferred

@@ -122,13 +122,24 @@ async def test_last_activity_states(service: ServiceProcess, slave: str, state: 
             "buildslave_last_activity",
             "t-linux64-lab-007 - Slave is offline, cannot get last activity!",
         ),
-        ("no-such-slave-01", "buildslave_uptime", "no-such-slave-01 - Slave is not known to DNS or slavealloc."),
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_failures_say_what_happened(service: ServiceProcess, slave: str, action: str, text: str) -> None:
     code, result = await post(service, slave, action)
     assert (code, result["state"], result["text"]) == (200, 3, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_slave_is_a_404(service: ServiceProcess) -> None:
+    code, result = await post(service, "no-such-slave-01", "buildslave_uptime")
+    assert (code, result) == (
+        404,
+        {
+            "error": "not_found",
+            "msg": "slave: no machine named no-such-slave-01 is known to slavealloc, devices or the loaner patterns",
+        },
+    )
 
 
 @pytest_twisted.ensureDeferred
