@@ -28,7 +28,7 @@ still run; nothing runs after slavealloc refused).
 from __future__ import annotations
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
-from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
+from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, requester
 from slaveapi.actions._remote import locate
 from slaveapi.actions.reboot import reboot
 from slaveapi.actions.shutdown_buildslave import ACTION_TIMEOUT, stop_buildbot
@@ -38,8 +38,31 @@ from slaveapi.machines import Slave
 
 ALREADY_DISABLED = "Slave is already disabled. Nothing to do."
 
-#: The longest reason kept (it goes into a bug comment).
-MAX_REASON_LENGTH = 4000
+#: The longest reason accepted (it goes into a public bug comment).
+MAX_REASON_LENGTH = 500
+
+
+def check_reason(raw: str) -> str:
+    """
+    C{raw} without surrounding spaces, if it is one line of at most
+    L{MAX_REASON_LENGTH} printable characters (it is quoted in a public bug
+    comment, where it must not be able to pass for SlaveAPI's own lines).
+
+    @raise ValueError: naming the field and what was expected.
+    """
+    reason = raw.strip(" ")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ValueError(f"reason: expected at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
+    if not reason.isprintable():
+        raise ValueError("reason: expected one line of printable characters (no newlines, tabs or control characters)")
+    return reason
+
+
+def quoted_reason(run: ActionRun, reason: str) -> str:
+    """The reason as the requester's words, e.g. C{Reason given by dashboard: "..."}."""
+    if not reason:
+        return f"No reason given by {requester(run)}."
+    return f'Reason given by {requester(run)}: "{reason}"'
 
 
 async def disable(run: ActionRun, reason: str = "", force: bool = False) -> str:
@@ -92,7 +115,7 @@ async def _force_reboot(run: ActionRun, status: StatusLines) -> bool:
     def report(text: str) -> None:
         run.progress(f"{status.text}\n{text}" if text else status.text)
 
-    inner = ActionRun(run.ctx, run.slave, run.requestid, run.action, run.log, report)
+    inner = ActionRun(run.ctx, run.slave, run.requestid, run.action, run.log, report, client=run.client)
     try:
         text = await reboot(inner, update_bug=False)
         ok = True
@@ -121,7 +144,7 @@ async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: S
     if tracking is None:
         status.add("Not commenting on the problem tracking bug: there is none.")
         return False
-    comment = f"{status.text}\nReason: {reason or '(none given)'}"
+    comment = f"{status.text}\n{quoted_reason(run, reason)}"
     heading = (
         f"Commenting on problem tracking bug {tracking.id}..."
         if tracking.is_open
@@ -138,4 +161,6 @@ async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: S
 
 
 #: A graceful shutdown may wait C{[buildbot] max_wait} (5 hours by default).
-ACTION = Action(name="disable", run=disable, exclusive=True, timeout=ACTION_TIMEOUT)
+ACTION = Action(
+    name="disable", run=disable, exclusive=True, single_flight=True, timeout=ACTION_TIMEOUT, scope="disable"
+)

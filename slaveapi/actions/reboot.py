@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
-from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug
+from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
 from slaveapi.actions._remote import OFFLINE_ERRORS, connect, locate, read_uptime
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
@@ -246,8 +246,10 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
             summary=settings.bug_summary.format(name=slave.name),
             blocks=[tracking_id],
             version="other",
-            description=f"{slave.fqdn or slave.name} did not come back from any reboot SlaveAPI tried:\n\n"
-            + escalation.text,
+            description=signed(
+                run,
+                f"{slave.fqdn or slave.name} did not come back from any reboot SlaveAPI tried:\n\n" + escalation.text,
+            ),
         )
         escalation.replace_last(f"Filed reboot bug {bug_id}.")
         await comment_on_tracking_bug(run, tracking_id, is_open, escalation.text)
@@ -258,7 +260,7 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
 
 async def _open_reboot_bug(run: ActionRun, tracking: Bug) -> Bug | None:
     settings = run.ctx.config.reboot
-    summary = settings.bug_summary.format(name=run.slave.split(".")[0])
+    summary = settings.bug_summary.format(name=run.slave)
     candidates = await run.ctx.clients.bugzilla.search(
         product=settings.bug_product,
         component=settings.bug_component,
@@ -269,4 +271,6 @@ async def _open_reboot_bug(run: ActionRun, tracking: Bug) -> Bug | None:
     return next((bug for bug in candidates if bug.is_open and bug.summary == summary), None)
 
 
-ACTION = Action(name="reboot", run=reboot, exclusive=True, single_flight=True, timeout=3 * 3600.0)
+ACTION = Action(
+    name="reboot", run=reboot, exclusive=True, single_flight=True, timeout=3 * 3600.0, scope="reboot"
+)

@@ -16,13 +16,15 @@ class HTTPProblem(Exception):
 
     @ivar error: a short machine-readable kind ("bad_request", "not_found", ...).
     @ivar msg: a sentence saying what was wrong and what was expected.
+    @ivar headers: extra response headers (C{Retry-After}, ...).
     """
 
-    def __init__(self, status: int, error: str, msg: str) -> None:
+    def __init__(self, status: int, error: str, msg: str, headers: dict[bytes, bytes] | None = None) -> None:
         super().__init__(msg)
         self.status = status
         self.error = error
         self.msg = msg
+        self.headers = dict(headers or {})
 
 
 def bad_request(msg: str) -> HTTPProblem:
@@ -31,6 +33,20 @@ def bad_request(msg: str) -> HTTPProblem:
 
 def not_found(msg: str) -> HTTPProblem:
     return HTTPProblem(404, "not_found", msg)
+
+
+#: Seconds a client is asked to wait before retrying when results cannot be recorded.
+STORE_RETRY_AFTER = 30
+
+
+def store_unavailable(reason: str) -> HTTPProblem:
+    """A request that could not be recorded (disk full, I/O error): 503, retry later."""
+    return HTTPProblem(
+        503,
+        "store_unavailable",
+        f"results cannot be recorded right now ({reason}), so the request was not queued; retry later",
+        {b"Retry-After": str(STORE_RETRY_AFTER).encode("ascii")},
+    )
 
 
 def json_body(request: IRequest, data: Any, status: int = 200) -> bytes:
@@ -42,4 +58,6 @@ def json_body(request: IRequest, data: Any, status: int = 200) -> bytes:
 
 def problem_body(request: IRequest, problem: HTTPProblem) -> bytes:
     """The JSON answer for C{problem}."""
+    for name, value in problem.headers.items():
+        request.setHeader(name, value)
     return json_body(request, {"error": problem.error, "msg": problem.msg}, problem.status)

@@ -18,24 +18,25 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from slaveapi.actions import aws as aws_actions
-from slaveapi.actions.disable import MAX_REASON_LENGTH
+from slaveapi.actions.disable import check_reason
 from slaveapi.actions.registry import ACTIONS
 from slaveapi.context import Context
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore
-from slaveapi.web import params
+from slaveapi.web import known, params
 from slaveapi.web.actions import ActionView
-from slaveapi.web.auth import authenticate
+from slaveapi.web.auth import Client, authenticate, authorize
 from slaveapi.web.errors import HTTPProblem, bad_request, json_body, not_found, problem_body
 from slaveapi.web.results import all_results
 from slaveapi.web.slaves import list_slaves, show_slave
 
 
 def disable_arguments(request: IRequest) -> dict[str, Any]:
-    """C{disable}'s form fields: C{reason} (free text) and C{force} (yes/no, default no)."""
-    reason = (params.value(request, "reason") or "").strip()
-    if len(reason) > MAX_REASON_LENGTH:
-        raise bad_request(f"reason: expected at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
+    """C{disable}'s form fields: C{reason} (one line of text) and C{force} (yes/no, default no)."""
+    try:
+        reason = check_reason(params.value(request, "reason") or "")
+    except ValueError as error:
+        raise bad_request(str(error)) from None
     return {"reason": reason, "force": bool(params.boolean(request, "force", default=False))}
 
 
@@ -60,7 +61,7 @@ ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
         "reboot": ActionView(ACTIONS["reboot"]),
         "shutdown_buildslave": ActionView(ACTIONS["shutdown_buildslave"]),
         "disable": ActionView(ACTIONS["disable"], disable_arguments),
-        "aws_create_instance": ActionView(ACTIONS["aws_create_instance"], aws_create_arguments),
+        "aws_create_instance": ActionView(ACTIONS["aws_create_instance"], aws_create_arguments, known.LOANERS),
         "start": ActionView(ACTIONS["aws_start_instance"]),
         "stop": ActionView(ACTIONS["aws_stop_instance"]),
         "terminate": ActionView(ACTIONS["aws_terminate_instance"]),
@@ -95,10 +96,13 @@ class SlaveAPIWeb:
         """The twisted.web resource serving this application."""
         return self.app.resource()
 
-    def _client(self, request: IRequest, write: bool) -> str | None:
+    def _client(self, request: IRequest, write: bool) -> Client | None:
+        """Who asks (401 without a valid token where one is needed); GETs under C{protect_reads} need C{read}."""
         config = self._context().config
-        required = write or config.auth.protect_reads
-        return authenticate(request, config.credentials.api_tokens, required)
+        client = authenticate(request, config.credentials.api_tokens, write or config.auth.protect_reads)
+        if not write:
+            authorize(client, "read", "reading")
+        return client
 
     def _view(self, route: str) -> ActionView:
         view = self._action_views.get(route)
@@ -129,8 +133,10 @@ class SlaveAPIWeb:
         name = params.slave_name(slave)
         view = self._view(action)
         if write:
-            return await view.post(self._processor, request, name, client)
-        return view.get(self._store, request, name)
+            authorize(client, view.action.scope, view.action.name)
+            who = client.name if client is not None else None
+            return await view.post(self._processor, request, name, who, self._context())
+        return view.get(self._store, request, known.read_name(self._context(), name))
 
     @app.handle_errors(HTTPProblem)
     def _problem(self, request: IRequest, failure: Failure) -> bytes:

@@ -15,6 +15,8 @@ from slaveapi.lab.bugzilla import LabBug
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 
+#: How SlaveAPI names the requester in Bugzilla when authentication is off.
+ANONYMOUS = "an anonymous client (authentication is off)"
 REBOOT_BUG = ("Infrastructure & Operations", "DCOps")
 #: Long enough for any path in the lab (boot time 1 s, short probe bounds).
 WAIT = "120"
@@ -126,7 +128,9 @@ async def test_a_dead_machine_gets_exactly_one_reboot_bug(lab_service: RunningSe
     assert len(filed) == 1
     assert lines[4:] == [f"Filed reboot bug {filed[0].id}."]
     assert len(tracking.comments) == comments_before + 1
-    assert tracking.comments[-1].text == result["text"]
+    assert tracking.comments[-1].text == (
+        result["text"] + f"\n\n(SlaveAPI reboot request {result['requestid']}, requested by {ANONYMOUS}.)"
+    )
 
     code, again = await reboot(lab_service, name)
     assert (code, again["state"]) == (200, 3)
@@ -162,7 +166,9 @@ async def test_a_dead_machine_without_tracking_bug_gets_one_and_a_closed_one_is_
     code, result = await reboot(lab_service, name)
     assert result["state"] == 3
     assert tracking.status == "REOPENED"
-    assert tracking.comments[-1].text == result["text"]
+    assert tracking.comments[-1].text == (
+        result["text"] + f"\n\n(SlaveAPI reboot request {result['requestid']}, requested by {ANONYMOUS}.)"
+    )
     open_bugs = [bug for bug in reboot_bugs(lab_service, name) if bug.is_open]
     assert len(open_bugs) == 1 and result["text"].endswith(f"Filed reboot bug {open_bugs[0].id}.")
 

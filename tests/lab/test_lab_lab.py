@@ -14,7 +14,7 @@ import treq
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionRefusedError
 
-from slaveapi.config import Secret, load_config
+from slaveapi.config import ApiToken, Secret, load_config
 from slaveapi.lab import Lab, LabService, build_fleet
 
 from .conftest import NOW
@@ -48,7 +48,7 @@ def test_write_config_loads_and_points_at_the_lab(lab: Lab, tmp_path) -> None:  
     assert credentials.bugzilla == Secret(lab.bugzilla_api_key)
     assert credentials.ipmi == Secret(lab.ipmi_password)
     assert credentials.snmp_community == Secret(lab.snmp_community)
-    assert credentials.api_tokens == {"dashboard": Secret("d" * 32)}
+    assert credentials.api_tokens == {"dashboard": ApiToken(Secret("d" * 32))}
     mode = os.stat(tmp_path / "etc" / "credentials.json").st_mode
     assert stat.S_IMODE(mode) == 0o600
     assert "api_tokens" in json.loads((tmp_path / "etc" / "credentials.json").read_text())
