@@ -10,6 +10,11 @@ the file, the section and key, and what was expected.
 
 Secrets are held in L{Secret}, which never shows its value when printed,
 logged or put in a repr.
+
+Credentials bound for a plain C{http://} URL (inventory's basic auth,
+Bugzilla's API key) are refused unless their section says
+C{allow_plain_http = true}; L{plain_http_credentials} lists what such a
+configuration sends in clear text, for the start-up warning.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.conch.ssh.keys import EncryptedKeyError, Key
+
+from slaveapi.hostnames import parse_authority, parse_origin
 
 T = TypeVar("T")
 
@@ -66,14 +75,31 @@ class ServerConfig:
     concurrency: int = 50
     daemonize: bool = False
     pidfile: str = "slaveapi.pid"
+    #: The largest request body accepted, in bytes; larger ones are a 413.
+    max_body: int = 64 * 1024
+    #: C{Host} values served besides the listening address (and, on loopback,
+    #: the localhost names): C{name}, C{name:port}, C{*.domain} or C{*} for any.
+    server_names: tuple[str, ...] = ()
+    #: How many of the C{concurrency} slots read-only actions may hold at once;
+    #: C{None}: four fifths of them (all of them when C{concurrency} is 1).
+    read_concurrency: int | None = None
+    #: Pending requests of each kind (read-only, changing) past which a POST is a 503.
+    max_queued: int = 10000
 
 
 @dataclass(frozen=True)
 class ServiceURL:
-    """A remote HTTP API and the user name we log in with, if any."""
+    """
+    A remote HTTP API and the user name we log in with, if any.
+
+    C{allow_plain_http}: credentials may be sent to an C{http://} URL
+    (C{[inventory]} and C{[bugzilla]} read it; without it such a
+    configuration is refused).
+    """
 
     api_url: str
     username: str | None = None
+    allow_plain_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,18 +146,22 @@ class DNSConfig:
 @dataclass(frozen=True)
 class SSHConfig:
     """
-    C{[ssh]}: port, timeouts, and what to do with host keys.
+    C{[ssh]}: port, timeouts, what to do with host keys, and how many
+    sessions to one host at once.
 
-    C{host_keys}: C{tofu} records a host's key on first use and refuses a
-    changed one; C{strict} accepts only keys already in C{known_hosts};
-    C{off} checks nothing (labs only).
+    C{host_keys}: C{strict} accepts only keys already in C{known_hosts};
+    C{tofu} records a host's key on first use and refuses a changed one,
+    but offers passwords only once a login by key has verified it; C{off}
+    checks nothing and is accepted only with C{--lab} (see
+    L{check_host_key_policy}).
     """
 
     port: int = 22
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
-    host_keys: str = "tofu"
+    host_keys: str = "strict"
     known_hosts: str = "known_hosts"
+    per_host: int = 2
 
 
 @dataclass(frozen=True)
@@ -243,6 +273,11 @@ class BuildbotConfig:
     C{buildbot_master}) is sent as HTTP basic auth to masters that need it.
     The shutdown is confirmed from twistd.log, polled every
     C{poll_interval} for at most C{max_wait} seconds.
+
+    C{scheme} (C{http} or C{https}) is how masters are reached;
+    C{master_schemes} overrides it per master (C{[masters]}, by fqdn or
+    nickname). Basic auth goes to an C{http} master only with
+    C{allow_plain_http}.
     """
 
     flavour: str = "auto"
@@ -250,6 +285,9 @@ class BuildbotConfig:
     masters: Mapping[str, str] = field(default_factory=dict)
     poll_interval: float = 30.0
     max_wait: float = 5 * 3600.0
+    scheme: str = "http"
+    master_schemes: Mapping[str, str] = field(default_factory=dict)
+    allow_plain_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,6 +320,11 @@ class AWSConfig:
     test_instance_type: str = "m5.large"
     build_domain: str | None = None
     test_domain: str | None = None
+    #: Short names of build and test loaners (shell-style, C{*} and C{?}): the
+    #: only names aws_create_instance creates, and machines SlaveAPI knows
+    #: even when slavealloc does not.
+    build_loaner_names: tuple[str, ...] = ("dev-linux64-ec2-*",)
+    test_loaner_names: tuple[str, ...] = ("tst-linux32-ec2-*", "tst-linux64-ec2-*")
 
 
 @dataclass(frozen=True)
@@ -293,9 +336,33 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """C{[auth]}: whether reads need a token too (writes do whenever tokens exist)."""
+    """
+    C{[auth]}: whether reads need a token too (writes do whenever tokens
+    exist), which other web origins may call the API from a browser, and
+    whether SlaveAPI may listen beyond loopback without tokens.
+    """
 
     protect_reads: bool = False
+    #: Normalised origins, e.g. C{"https://dashboard.example.com:443"}.
+    allowed_origins: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+
+
+#: What a token may be allowed to do: C{read} (GETs under C{protect_reads}),
+#: C{inspect} (uptime, last activity), C{reboot} (reboot, shutdown_buildslave),
+#: C{disable}, C{aws} (AWS instances).
+API_SCOPES = ("read", "inspect", "reboot", "disable", "aws")
+
+#: Letters, digits and C{. _ @ + -}: client names go into logs and bug comments.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One API client's bearer token and the scopes it grants."""
+
+    token: Secret
+    scopes: frozenset[str] = frozenset(API_SCOPES)
 
 
 @dataclass(frozen=True)
@@ -307,7 +374,8 @@ class Credentials:
     @ivar ssh_keys: user name to the absolute paths of its unencrypted private
         key files, offered before its passwords; each was read and checked
         when the credentials were loaded.
-    @ivar api_tokens: client name to bearer token; empty turns authentication off.
+    @ivar api_tokens: client name to its bearer token and scopes; empty
+        turns authentication off.
     """
 
     ssh: Mapping[str, tuple[Secret, ...]]
@@ -321,7 +389,7 @@ class Credentials:
     buildbot_master: Secret | None = None
     aws_access_key_id: Secret | None = None
     aws_secret_access_key: Secret | None = None
-    api_tokens: Mapping[str, Secret] = field(default_factory=dict)
+    api_tokens: Mapping[str, ApiToken] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -438,12 +506,184 @@ class _Section:
         return tuple(pairs)
 
 
+_MASTER_FLAVOURS = ("auto", "0.8", "modern")
+_MASTER_SCHEMES = ("http", "https")
+
+
+def _master_setting(masters: _Section, key: str) -> tuple[str | None, str | None]:
+    """One C{[masters]} value: a flavour, a scheme, or both (C{modern https}); either may be absent."""
+    expected = "a flavour (auto, 0.8 or modern) and/or a scheme (http or https), e.g. 'modern https'"
+    raw = masters.string(key)
+    flavour = scheme = None
+    for word in raw.replace(",", " ").lower().split():
+        if word in _MASTER_FLAVOURS and flavour is None:
+            flavour = word
+        elif word in _MASTER_SCHEMES and scheme is None:
+            scheme = word
+        else:
+            raise masters._fail(key, expected, raw)
+    return flavour, scheme
+
+
+@dataclass(frozen=True)
+class PlainHTTPCredentials:
+    """
+    A credential the configuration sends over plain http.
+
+    @ivar section: the ini section that says where it goes, and that needs
+        C{allow_plain_http = true} for it.
+    @ivar key: the key whose value makes it plain http.
+    @ivar where: the http:// URL (without user info), or which masters.
+    @ivar credential: what travels in clear text, e.g. C{"inventory's basic-auth password"}.
+    @ivar allowed: whether the section says C{allow_plain_http = true}.
+    """
+
+    section: str
+    key: str
+    where: str
+    credential: str
+    allowed: bool
+
+
+def plain_http_credentials(config: Config) -> tuple[PlainHTTPCredentials, ...]:
+    """
+    Each section whose credentials would travel over plain http, once: inventory's
+    basic auth, Bugzilla's API key, the Buildbot masters' basic auth (for
+    masters reached over http, as far as the configuration tells).
+    """
+    found = []
+    credentials = config.credentials
+    inventory = config.inventory
+    if inventory.username and credentials.inventory is not None:
+        for key, url in (("api_url", inventory.api_url), ("dns_api_url", inventory.dns_api_url)):
+            if url is not None and _is_plain_http(url):
+                credential = "inventory's basic-auth password"
+                found.append(PlainHTTPCredentials("inventory", key, _shown(url), credential, inventory.allow_plain_http))
+                break
+    bugzilla = config.bugzilla
+    if credentials.bugzilla is not None and _is_plain_http(bugzilla.api_url):
+        found.append(
+            PlainHTTPCredentials(
+                "bugzilla", "api_url", _shown(bugzilla.api_url), "the Bugzilla API key", bugzilla.allow_plain_http
+            )
+        )
+    buildbot = config.buildbot
+    plain_masters = sorted(name for name, scheme in buildbot.master_schemes.items() if scheme == "http")
+    if buildbot.username and credentials.buildbot_master is not None and (buildbot.scheme == "http" or plain_masters):
+        if buildbot.scheme == "http":
+            key, where = "scheme", "every master not set to https in [masters]"
+        else:
+            key, where = "masters", "the masters " + ", ".join(plain_masters)
+        credential = "the Buildbot masters' basic-auth password"
+        found.append(PlainHTTPCredentials("buildbot", key, where, credential, buildbot.allow_plain_http))
+    return tuple(found)
+
+
+def _refuse_plain_http(config: Config) -> None:
+    """
+    Refuse inventory or Bugzilla credentials bound for an http:// URL unless
+    their section allows it; masters are only known at run time, so their
+    client refuses them there.
+    """
+    for plain in plain_http_credentials(config):
+        if plain.allowed or plain.section == "buildbot":
+            continue
+        raise ConfigError(
+            f"{config.path}: [{plain.section}] {plain.key}: expected an https:// URL, got {plain.where!r}: "
+            f"{plain.credential} would be sent over plain http (set allow_plain_http = true in "
+            f"[{plain.section}] to accept that)"
+        )
+
+
+def _is_plain_http(url: str) -> bool:
+    return url.lower().startswith("http://")
+
+
+def _shown(url: str) -> str:
+    """C{url} without any user info (a password may hide there)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _read_concurrency(server: _Section) -> int | None:
+    """C{[server] read_concurrency}: 1 to C{concurrency}, or C{None} for the default share."""
+    concurrency = server.number("concurrency", 50, int, 1)
+    value: int | None = server.number("read_concurrency", None, int, 1)
+    if value is not None and value > concurrency:
+        raise server._fail("read_concurrency", f"an integer from 1 to concurrency ({concurrency})", str(value))
+    return value
+
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9*?][a-z0-9*?-]*$")
+
+
+def _name_patterns(section: _Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma- or space-separated short-name patterns (letters, digits, '-', '*' and '?')."""
+    raw = section.string(key, None)
+    if raw is None:
+        return default
+    patterns = tuple(part.lower() for part in re.split(r"[\s,]+", raw) if part)
+    for pattern in patterns:
+        if not _NAME_PATTERN.match(pattern) or pattern.strip("*?") == "":
+            raise section._fail(
+                key, "short-name patterns of letters, digits, '-', '*' and '?' (not only wildcards)", raw
+            )
+    return patterns
+
+
+def _words(section: _Section, key: str) -> list[str]:
+    """A list setting: items separated by spaces or commas."""
+    raw = section.string(key, "")
+    return raw.replace(",", " ").split()
+
+
+def _server_names(server: _Section) -> tuple[str, ...]:
+    """C{[server] server_names}: C{*}, C{*.domain}, C{host} or C{host:port}, lowered."""
+    expected = "host names (name, name:port, *.domain or *) separated by spaces or commas"
+    names = []
+    for item in _words(server, "server_names"):
+        try:
+            if item != "*":
+                parse_authority(item[2:] if item.startswith("*.") else item)
+        except ValueError:
+            raise server._fail("server_names", expected, item) from None
+        names.append(item.lower())
+    return tuple(names)
+
+
+def _allowed_origins(auth: _Section) -> tuple[str, ...]:
+    """C{[auth] allowed_origins}: web origins, normalised to C{scheme://host:port}."""
+    expected = "origins (http://host[:port] or https://host[:port]) separated by spaces or commas"
+    origins = []
+    for item in _words(auth, "allowed_origins"):
+        try:
+            origins.append(str(parse_origin(item.rstrip("/"))))
+        except ValueError:
+            raise auth._fail("allowed_origins", expected, item) from None
+    return tuple(origins)
+
+
 def _listen_endpoint(server: _Section) -> str:
     if server._parser.has_option("server", "endpoint"):
         return server.string("endpoint")
     interface = server.string("listen", "127.0.0.1")
     port = server.number("port", 9999, int, 0)
     return f"tcp:{port}:interface={interface}"
+
+
+def check_host_key_policy(config: Config, *, lab: bool) -> None:
+    """
+    Refuse C{[ssh] host_keys = off} outside the simulated lab: it offers
+    every password to whatever answers at a machine's address.
+
+    @raise ConfigError: C{off} without C{lab}.
+    """
+    if config.ssh.host_keys == "off" and not lab:
+        raise ConfigError(
+            f"{config.path}: [ssh] host_keys: off is accepted only with --lab"
+            " (it offers passwords to any host); use strict or tofu"
+        )
 
 
 def load_ssh_key(path: str) -> Key:
@@ -471,6 +711,36 @@ def load_ssh_key(path: str) -> Key:
     if key.isPublic():
         raise ConfigError(f"{path}: a public key; expected a private key")
     return key
+
+
+def _api_token(path: str, client: str, entry: Any) -> ApiToken:
+    """
+    One C{api_tokens} entry: C{"token"} (every scope, the 2015 form) or
+    C{{"token": "...", "scopes": ["read", ...]}}.
+    """
+    if _CLIENT_NAME.fullmatch(client) is None:
+        raise ConfigError(
+            f"{path}: api_tokens: client name {client[:80]!r}: expected letters, digits and . _ @ + - "
+            "(at most 64 characters)"
+        )
+    where = f"{path}: api_tokens.{client}"
+    scopes = frozenset(API_SCOPES)
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"token", "scopes"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected token and scopes")
+        raw_scopes = entry.get("scopes")
+        if not isinstance(raw_scopes, list) or not all(isinstance(scope, str) for scope in raw_scopes):
+            raise ConfigError(f"{where}.scopes: expected a list of scopes from {', '.join(API_SCOPES)}")
+        wrong = [scope for scope in raw_scopes if scope not in API_SCOPES]
+        if wrong:
+            raise ConfigError(f"{where}.scopes: unknown scope {wrong[0]!r}; expected some of {', '.join(API_SCOPES)}")
+        scopes = frozenset(raw_scopes)
+        entry = entry.get("token")
+        where += ".token"
+    if not isinstance(entry, str) or len(entry) < 16:
+        raise ConfigError(f"{where}: expected a token of at least 16 characters")
+    return ApiToken(Secret(entry), scopes)
 
 
 def load_credentials(path: str) -> Credentials:
@@ -529,11 +799,9 @@ def load_credentials(path: str) -> Credentials:
             except ConfigError as error:
                 raise ConfigError(f"{path}: ssh_keys.{user}: {error}") from None
         ssh_keys[user] = paths
-    tokens: dict[str, Secret] = {}
-    for client, token in mapping("api_tokens", required=False).items():
-        if not isinstance(token, str) or len(token) < 16:
-            raise ConfigError(f"{path}: api_tokens.{client}: expected a token of at least 16 characters")
-        tokens[client] = Secret(token)
+    tokens = {
+        client: _api_token(path, client, entry) for client, entry in mapping("api_tokens", required=False).items()
+    }
     return Credentials(
         ssh=ssh,
         ssh_keys=ssh_keys,
@@ -598,10 +866,15 @@ def load_config(path: str) -> Config:
     store = section("store", required=False)
     aws = section("aws", required=False)
     master_flavours = {}
+    master_schemes = {}
     if parser.has_section("masters"):
         masters = section("masters")
         for master in parser.options("masters"):
-            master_flavours[master] = masters.choice(master, "auto", ("auto", "0.8", "modern"))
+            flavour, scheme = _master_setting(masters, master)
+            if flavour is not None:
+                master_flavours[master] = flavour
+            if scheme is not None:
+                master_schemes[master] = scheme
     pdu_types = {}
     if parser.has_section("pdus"):
         pdus = section("pdus")
@@ -615,21 +888,30 @@ def load_config(path: str) -> Config:
         for key in parser.options("timeouts"):
             timeouts[key] = timeouts_section.number(key, _REQUIRED, float, 1)
 
-    return Config(
+    config = Config(
         path=os.path.abspath(path),
         server=ServerConfig(
             listen=_listen_endpoint(server),
             concurrency=server.number("concurrency", 50, int, 1),
             daemonize=server.boolean("daemonize", False),
             pidfile=server.string("pidfile", "slaveapi.pid"),
+            max_body=server.number("max_body", 64 * 1024, int, 1024),
+            server_names=_server_names(server),
+            read_concurrency=_read_concurrency(server),
+            max_queued=server.number("max_queued", 10000, int, 1),
         ),
         slavealloc=ServiceURL(slavealloc.url("api_url")),
         inventory=InventoryConfig(
             inventory.url("api_url"),
             inventory.string("username", None),
+            allow_plain_http=inventory.boolean("allow_plain_http", False),
             dns_api_url=inventory.url("dns_api_url", None) or inventory.url("api_url") + "/mozdns/api/v1_dns",
         ),
-        bugzilla=ServiceURL(bugzilla.url("api_url"), bugzilla.string("username", None)),
+        bugzilla=ServiceURL(
+            bugzilla.url("api_url"),
+            bugzilla.string("username", None),
+            allow_plain_http=bugzilla.boolean("allow_plain_http", False),
+        ),
         buildapi=BuildapiConfig(buildapi.url("api_url"), buildapi.number("max_concurrent", 3, int, 1)),
         slaves=SlavesConfig(
             default_domain=slaves.string("default_domain").strip("."),
@@ -647,11 +929,16 @@ def load_config(path: str) -> Config:
             port=ssh.number("port", 22, int, 1),
             connect_timeout=ssh.number("connect_timeout", 30.0, float, 0.1),
             command_timeout=ssh.number("command_timeout", 60.0, float, 0.1),
-            host_keys=ssh.choice("host_keys", "tofu", ("tofu", "strict", "off")),
+            host_keys=ssh.choice("host_keys", "strict", ("tofu", "strict", "off")),
             known_hosts=ssh.string("known_hosts", "known_hosts"),
+            per_host=ssh.number("per_host", 2, int, 1),
         ),
         http=HTTPConfig(timeout=http.number("timeout", 30.0, float, 0.1)),
-        auth=AuthConfig(protect_reads=auth.boolean("protect_reads", False)),
+        auth=AuthConfig(
+            protect_reads=auth.boolean("protect_reads", False),
+            allowed_origins=_allowed_origins(auth),
+            allow_anonymous=auth.boolean("allow_anonymous", False),
+        ),
         probes=ProbeConfig(
             method=probes.choice("method", "icmp", ("icmp", "tcp")),
             ping_count=probes.number("ping_count", 3, int, 1),
@@ -702,6 +989,9 @@ def load_config(path: str) -> Config:
             masters=master_flavours,
             poll_interval=buildbot.number("poll_interval", 30.0, float, 0.05),
             max_wait=buildbot.number("max_wait", 5 * 3600.0, float, 0.1),
+            scheme=buildbot.choice("scheme", "http", _MASTER_SCHEMES),
+            master_schemes=master_schemes,
+            allow_plain_http=buildbot.boolean("allow_plain_http", False),
         ),
         aws=AWSConfig(
             region=aws.string("region", "us-east-1"),
@@ -722,8 +1012,12 @@ def load_config(path: str) -> Config:
             test_instance_type=aws.string("test_instance_type", "m5.large"),
             build_domain=aws.string("build_domain", None),
             test_domain=aws.string("test_domain", None),
+            build_loaner_names=_name_patterns(aws, "build_loaner_names", AWSConfig.build_loaner_names),
+            test_loaner_names=_name_patterns(aws, "test_loaner_names", AWSConfig.test_loaner_names),
         ),
         store=StoreConfig(keep_days=store.number("keep_days", 90.0, float, 0)),
         devices_url=devices.url("url", None),
         timeouts=timeouts,
     )
+    _refuse_plain_http(config)
+    return config

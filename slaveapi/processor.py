@@ -5,20 +5,34 @@ Each submitted action gets a PENDING result at once. It then waits for its
 slave's lock (exclusive actions only) and for a free slot under the
 concurrency limit, runs as RUNNING with its progress shown in the result's
 text, and finishes as SUCCESS or FAILURE. A finished result is persisted
-before anyone waiting on it is told.
+before anyone waiting on it is told. How many may wait and which slots each
+kind of action may take is L{slaveapi.admission}'s business; locks and
+single flight are per machine, by its canonical identity.
+
+The processor works on its own copy of each result; readers see what the
+store last wrote (see L{slaveapi.store}). An action starts only once its
+RUNNING row is written (one whose start cannot be recorded does not run:
+nothing is done to a machine without a record of it). When a finished
+result's write fails, it is retried with a growing delay for at most
+C{FINAL_WRITE_PATIENCE} seconds while readers go on seeing the last state
+written; if it never succeeds, the row stays pending or running and the next
+start records it as interrupted.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import IResultStore, interrupted_text
+from slaveapi.store import IResultStore, StoreUnavailable, interrupted_text
 
 if TYPE_CHECKING:
     from slaveapi.context import Context
@@ -27,10 +41,22 @@ if TYPE_CHECKING:
 #: How long a stop waits for cancelled actions to clean up.
 STOP_GRACE = 30.0
 
+#: Seconds before the first retry of a finished result's write that failed;
+#: each further retry waits twice as long, up to C{FINAL_WRITE_MAX_DELAY}.
+FINAL_WRITE_FIRST_DELAY = 1.0
+FINAL_WRITE_MAX_DELAY = 60.0
+
+#: Seconds after which a finished result that could not be written is given up.
+FINAL_WRITE_PATIENCE = 3600.0
+
 
 def _key(slave: str, action: str) -> tuple[str, str]:
-    """One machine, however its name was written (case, short or qualified)."""
-    return slave.lower().split(".")[0], action
+    """
+    One machine and action. C{slave} is the machine's canonical identity
+    (its slavealloc name, see L{slaveapi.machines.identify}): two names
+    that differ are two machines, whatever their first labels.
+    """
+    return slave.lower(), action
 
 
 def one_line_reason(error: BaseException) -> str:
@@ -50,6 +76,9 @@ class ActionProcessor(Service):
         started with.
     @param timeouts: per action name, overall limits that override the
         action's own default.
+    @param limits: the current slot and queue limits (see
+        L{slaveapi.admission}); by default C{concurrency} slots and the
+        default read share and queue bound.
     """
 
     _log = Logger()
@@ -61,10 +90,17 @@ class ActionProcessor(Service):
         concurrency: int,
         reactor: Any,
         timeouts: Callable[[], dict[str, float]] = dict,
+        limits: Callable[[], Limits] | None = None,
     ) -> None:
         self._store = store
         self._context = context
-        self._slots = DeferredSemaphore(concurrency)
+        if limits is None:
+            fixed = Limits.of(concurrency)
+            limits = lambda: fixed  # noqa: E731
+        self._limits = limits
+        self._slots = Slots(lambda: self._limits().concurrency)
+        self._read_slots = Slots(lambda: self._limits().read_concurrency)
+        self._pending = {READS: 0, CHANGES: 0}
         self._reactor = reactor
         self._timeouts = timeouts
         self._slave_locks: dict[str, DeferredLock] = {}
@@ -74,6 +110,7 @@ class ActionProcessor(Service):
         self._running: set[Deferred[None]] = set()
         self._stopping = False
         self._context_users: dict[int, int] = {}
+        self._retry_sleeps: set[Deferred[None]] = set()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -86,6 +123,8 @@ class ActionProcessor(Service):
         running = list(self._running)
         for action in running:
             action.cancel()
+        for sleep in list(self._retry_sleeps):
+            sleep.cancel()
         finished: Deferred[Any] = DeferredList(running, consumeErrors=True)
         finished.addTimeout(STOP_GRACE, self._reactor)
         return finished.addBoth(lambda _: None)
@@ -100,6 +139,10 @@ class ActionProcessor(Service):
         return that request's result instead. A caller that goes away (an
         HTTP client hanging up) cancels only its own wait: a request that was
         recorded always runs.
+
+        @param slave: the machine's canonical identity.
+        @raise QueueFull: C{[server] max_queued} requests of the action's kind
+            are pending already (joining a request in flight is always possible).
         """
         key = _key(slave, action.name)
         if action.single_flight:
@@ -110,6 +153,12 @@ class ActionProcessor(Service):
                 joined: Deferred[ActionResult] = Deferred()
                 self._joining[key].append(joined)
                 return await joined
+        kind = _kind(action)
+        limit = self._limits().max_queued
+        if self._pending[kind] >= limit:
+            raise QueueFull(kind, limit)
+        self._pending[kind] += 1
+        if action.single_flight:
             self._joining[key] = []
         created = self._store.create(slave, action.name, client)
         created.addCallbacks(self._start, self._not_recorded, (action, arguments or {}), None, (action, key))
@@ -129,19 +178,25 @@ class ActionProcessor(Service):
         return result
 
     def _not_recorded(self, failure: Any, action: Action, key: tuple[str, str]) -> Any:
+        self._pending[_kind(action)] -= 1
         if action.single_flight:
             for joined in self._joining.pop(key, []):
                 joined.errback(failure)
         return failure
 
     def wait(self, result: ActionResult, seconds: float) -> Deferred[None]:
-        """Fire when C{result} is finished, or after C{seconds}, whichever is first."""
-        if result.is_done() or seconds <= 0:
+        """Fire when C{result} is finished and written, or after C{seconds}, whichever is first."""
+        if self.recorded(result).is_done() or seconds <= 0:
             return Deferred.fromCoroutine(_nothing())
         waiter: Deferred[None] = Deferred()
         self._waiters.setdefault(result.requestid, []).append(waiter)
         waiter.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda _value, _timeout: None)
         return waiter
+
+    def recorded(self, result: ActionResult) -> ActionResult:
+        """C{result} as the store last wrote it: the only state callers may be shown."""
+        # Only finished results are ever pruned, and those were written.
+        return self._store.get(result.requestid) or result
 
     def uses(self, ctx: "Context") -> bool:
         """Whether a queued or running action still uses C{ctx}."""
@@ -162,22 +217,25 @@ class ActionProcessor(Service):
     ) -> None:
         log = ActionLog(self._log, result.slave, result.requestid, action.name)
         lock = None
+        kind = _kind(action)
+        pending = True
         try:
             if action.exclusive:
                 slave_lock = self._slave_locks.setdefault(_key(result.slave, "")[0], DeferredLock())
                 await slave_lock.acquire()
                 lock = slave_lock
-            await self._slots.acquire()
-            try:
+            async with self._slots_for(kind):
+                pending = False
+                self._pending[kind] -= 1
                 if self._stopping:
                     raise CancelledError()
                 await self._run(result, action, arguments, ctx, log)
-            finally:
-                self._slots.release()
         except CancelledError:
             progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
             self._finish(result, FAILURE, interrupted_text(progress), log)
         finally:
+            if pending:
+                self._pending[kind] -= 1
             if lock is not None:
                 lock.release()
                 if not lock.locked and not lock.waiting:
@@ -187,14 +245,49 @@ class ActionProcessor(Service):
                 del self._in_flight[key]
             await self._persist_and_notify(result, log)
 
+    @asynccontextmanager
+    async def _slots_for(self, kind: str) -> AsyncIterator[None]:
+        """
+        Hold a slot for an action of C{kind}: a read-only action one of its
+        own first, so that waiting reads never queue ahead of changes.
+        """
+        pools = [self._read_slots, self._slots] if kind == READS else [self._slots]
+        held: list[Slots] = []
+        try:
+            for pool in pools:
+                await pool.acquire()
+                held.append(pool)
+            yield
+        finally:
+            for pool in reversed(held):
+                pool.release()
+
+    def queued(self) -> dict[str, int]:
+        """Pending requests by kind (read-only, changing), for operators and tests."""
+        return dict(self._pending)
+
     async def _run(
         self, result: ActionResult, action: Action, arguments: dict[str, Any], ctx: "Context", log: ActionLog
     ) -> None:
         result.state = RUNNING
         result.start_timestamp = int(self._reactor.seconds())
-        self._save_progress(result, log)
-        run = ActionRun(ctx, result.slave, result.requestid, action.name, log, lambda text: self._report(result, text, log))
+        try:
+            await self._store.save(result)
+        except StoreUnavailable as error:
+            log.error("Not starting: its start could not be recorded ({reason})", reason=str(error))
+            self._finish(result, FAILURE, f"Not started: its start could not be recorded ({error}).", log)
+            return
         timeout = self._timeouts().get(action.name, action.timeout)
+        run = ActionRun(
+            ctx,
+            result.slave,
+            result.requestid,
+            action.name,
+            log,
+            lambda text: self._report(result, text, log),
+            client=result.client,
+            deadline=self._reactor.seconds() + timeout,
+        )
         log.info("Starting (timeout {timeout}s)", timeout=timeout)
         work = Deferred.fromCoroutine(action.run(run, **arguments))
         timed_out: list[bool] = []
@@ -242,13 +335,60 @@ class ActionProcessor(Service):
         self._store.save(result).addErrback(failed)
 
     async def _persist_and_notify(self, result: ActionResult, log: ActionLog) -> None:
-        try:
-            await self._store.save(result)
-        except Exception as error:
-            log.error("Could not persist the finished result: {reason}", reason=one_line_reason(error))
+        # A stop cancelling this coroutine must not abandon the write under way,
+        # nor leave its waiters untold: the recording goes on by itself.
+        recording = Deferred.fromCoroutine(self._record_final(result, log))
+        recording.addCallback(lambda _: self._notify(result))
+        view: Deferred[None] = Deferred()
+        recording.addBoth(lambda outcome: None if view.called else view.callback(outcome))
+        await view
+
+    def _notify(self, result: ActionResult) -> None:
         for waiter in self._waiters.pop(result.requestid, []):
             if not waiter.called:
                 waiter.callback(None)
+
+    async def _record_final(self, result: ActionResult, log: ActionLog) -> None:
+        """
+        Write the finished C{result}, retrying while the store cannot be
+        written; give up after C{FINAL_WRITE_PATIENCE} seconds or when the
+        service stops (the next start then records it as interrupted).
+        """
+        delay = FINAL_WRITE_FIRST_DELAY
+        give_up_at = self._reactor.seconds() + FINAL_WRITE_PATIENCE
+        while True:
+            try:
+                await self._store.save(result)
+                return
+            except Exception as error:
+                reason = one_line_reason(error)
+            if self._stopping or self._reactor.seconds() + delay > give_up_at:
+                break
+            log.warn(
+                "Could not record the finished result ({reason}); it shows its last recorded state;"
+                " retrying in {delay:g}s",
+                reason=reason,
+                delay=delay,
+            )
+            sleep = deferLater(self._reactor, delay)
+            self._retry_sleeps.add(sleep)
+            try:
+                await sleep
+            except CancelledError:
+                break
+            finally:
+                self._retry_sleeps.discard(sleep)
+            delay = min(delay * 2, FINAL_WRITE_MAX_DELAY)
+        log.error(
+            "Gave up recording the finished result ({reason}); it shows its last recorded state"
+            " until the next start records it as interrupted",
+            reason=reason,
+        )
+
+
+def _kind(action: Action) -> str:
+    """Actions that change machines hold their lock; the others only read."""
+    return CHANGES if action.exclusive else READS
 
 
 async def _nothing() -> None:

@@ -30,12 +30,28 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
-from slaveapi.config import Config, ConfigError, LoggingConfig, load_config
+from slaveapi.config import (
+    Config,
+    ConfigError,
+    LoggingConfig,
+    check_host_key_policy,
+    load_config,
+    plain_http_credentials,
+)
 from slaveapi.context import Context, build_context, close_contexts
+from slaveapi.admission import server_limits
 from slaveapi.processor import ActionProcessor
-from slaveapi.store import SQLiteResultStore, default_store_path
+from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
+from slaveapi.store import (
+    SQLiteResultStore,
+    StoreUnavailable,
+    StoreUnreadable,
+    default_store_path,
+    prepare_store_file,
+)
+from slaveapi.web.gate import GatedSite
+from slaveapi.web.listening import check_anonymous_exposure
 from slaveapi.web.routes import SlaveAPIWeb
 
 _LEVELS = {
@@ -159,13 +175,28 @@ class ContextHolder(Service):
     SIGHUP re-reads the ini and the credentials; a configuration that does not
     load is refused with a log line and the old one stays. Actions already
     queued or running keep the context they have.
+
+    @param lab: whether SlaveAPI runs against the simulated lab (which alone
+        may turn host key checks off).
+    @param check: refuses a reloaded configuration the running service
+        cannot take (raising L{ConfigError}).
     """
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, data_dir: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        data_dir: str,
+        *,
+        lab: bool = False,
+        check: Callable[[Config], None] = lambda config: None,
+    ) -> None:
         self._reactor = reactor
+        self._check = check
         self._data_dir = data_dir
+        self._lab = lab
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 10
         self._current = build_context(config, reactor, self._pool, data_dir)
@@ -190,9 +221,12 @@ class ContextHolder(Service):
         path = self._current.config.path
         try:
             config = load_config(path)
+            check_host_key_policy(config, lab=self._lab)
+            self._check(config)
         except ConfigError as error:
             self._log.error("Configuration reload refused, keeping the old one: {reason}", reason=str(error))
             return False
+        warn_plain_http(config)
         previous = self._current
         self._current = build_context(config, self._reactor, self._pool, self._data_dir, previous)
         self._retired.append(previous)
@@ -249,7 +283,13 @@ class StoreService(Service):
         self._pruning: LoopingCall | None = None
 
     def startService(self) -> None:
-        self.store.open()
+        try:
+            self.store.open()
+        except (StoreUnreadable, StoreUnavailable) as error:
+            # make_service checked the file; this is a race with something else.
+            self._log.critical("slaveapi: not starting: {reason}", reason=str(error))
+            self._reactor.callWhenRunning(self._reactor.stop)
+            return
         super().startService()
         if self._keep_days > 0:
             self._pruning = LoopingCall(self._prune)
@@ -262,6 +302,8 @@ class StoreService(Service):
         return self.store.prune(self._reactor.seconds() - self._keep_days * 86400)
 
     def stopService(self) -> Any:
+        if not self.running:
+            return None
         super().stopService()
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
@@ -298,6 +340,20 @@ class LogFileService(Service):
             self._file = None
 
 
+def warn_plain_http(config: Config) -> None:
+    """One warning per section whose credentials C{allow_plain_http} lets travel in clear text."""
+    log = Logger(namespace="slaveapi.config")
+    for plain in plain_http_credentials(config):
+        if plain.allowed:
+            log.warn(
+                "[{section}] allow_plain_http = true: {credential} is sent over plain http to {where}",
+                section=plain.section,
+                key=plain.key,
+                credential=plain.credential,
+                where=plain.where,
+            )
+
+
 def check_reactor(reactor: Any) -> None:
     """Refuse any reactor but asyncio's: pysnmp 7 runs only on asyncio."""
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -314,15 +370,32 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
     Assemble SlaveAPI.
 
     @raise StartupError: for a reactor, configuration or listening address
-        that cannot work.
+        that cannot work, a C{--data} directory another instance holds, or a
+        results database that cannot be read or written.
     """
     check_reactor(reactor)
-    data_dir = os.path.abspath(options.data)
     try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as error:
-        raise StartupError(f"--data {options.data}: cannot create the directory ({error.strerror})") from None
+        data_dir = ensure_data_dir(options.data)
+        lock = lock_data_dir(data_dir)
+    except DataDirError as error:
+        raise StartupError(str(error)) from None
+    try:
+        return _assemble(options, reactor, data_dir, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDirLock) -> OrderedMultiService:
+    """Everything but the data directory's lock, which the caller holds."""
+    store_path = default_store_path(data_dir)
+    try:
+        prepare_store_file(store_path, reactor.seconds(), Logger(namespace="slaveapi.store"))
+    except (StoreUnreadable, StoreUnavailable) as error:
+        raise StartupError(str(error)) from None
     top = OrderedMultiService()
+    # The first child stops last: the directory is given up once all else has stopped.
+    DataDirLockService(lock).setServiceParent(top)
     config_path = options.config
     ready: Deferred[None] = succeed(None)
     if options.lab is not None:
@@ -330,18 +403,26 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
     assert config_path is not None
     try:
         config = load_config(config_path)
+        check_host_key_policy(config, lab=options.lab is not None)
     except ConfigError as error:
         raise StartupError(str(error)) from None
+    warn_plain_http(config)
     listen = options.listen or config.server.listen
     try:
         endpoint = serverFromString(reactor, listen)
     except (ValueError, KeyError, TypeError) as error:
         raise StartupError(f"--listen {listen}: not a server endpoint string ({error})") from None
+    try:
+        check_anonymous_exposure(config, listen)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
 
     LogFileService(config.logging).setServiceParent(top)
-    store = SQLiteResultStore(default_store_path(data_dir), reactor)
+    store = SQLiteResultStore(store_path, reactor)
     StoreService(store, reactor, config.store.keep_days).setServiceParent(top)
-    holder = ContextHolder(config, reactor, data_dir)
+    holder = ContextHolder(
+        config, reactor, data_dir, lab=options.lab is not None, check=lambda new: check_anonymous_exposure(new, listen)
+    )
     holder.setServiceParent(top)
     processor = ActionProcessor(
         store,
@@ -349,12 +430,12 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
         config.server.concurrency,
         reactor,
         timeouts=lambda: dict(holder.context().config.timeouts),
+        limits=lambda: server_limits(holder.context().config.server),
     )
     processor.setServiceParent(top)
     holder.watch(processor.uses)
     web = SlaveAPIWeb(processor, store, holder.context)
-    site = Site(web.resource())
-    site.displayTracebacks = False
+    site = GatedSite(web.resource(), lambda: holder.context().config, reactor)
     ListenWhenReady(endpoint, site, ready, reactor).setServiceParent(top)
     return top
 

@@ -44,6 +44,10 @@ class Action:
         that one instead of starting another.
     @ivar timeout: the overall limit in seconds, unless configuration says
         otherwise.
+    @ivar scope: what an API token must allow for a client to request it
+        (C{inspect}, C{reboot}, C{disable}, C{aws}: see
+        L{slaveapi.config.API_SCOPES}); C{None}: only a token allowing
+        everything may.
     """
 
     name: str
@@ -51,6 +55,7 @@ class Action:
     exclusive: bool = False
     single_flight: bool = False
     timeout: float = 600.0
+    scope: str | None = None
 
 
 class ActionLog:
@@ -88,6 +93,11 @@ class ActionRun:
 
     @ivar ctx: clients and configuration, as they were when the action started
         (a reload does not change them under a running action).
+    @ivar client: the name of the API client that asked for it; C{None} when
+        authentication is off.
+    @ivar deadline: when (on C{ctx.reactor}'s clock) the action's time limit
+        cancels it; C{None} when it has none. A wait that must end with the
+        action's own words ends before then.
     """
 
     def __init__(
@@ -98,8 +108,12 @@ class ActionRun:
         action: str,
         log: ActionLog,
         report: Callable[[str], None],
+        client: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.ctx = ctx
+        self.client = client
+        self.deadline = deadline
         self.slave = slave
         self.requestid = requestid
         self.action = action

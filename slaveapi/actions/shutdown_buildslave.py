@@ -164,6 +164,10 @@ async def _wait_for_shutdown(
     reactor = run.ctx.reactor
     max_wait = _max_wait(run)
     deadline = reactor.seconds() + max_wait
+    if run.deadline is not None:
+        # The steps before this one took some of the action's time: keep the
+        # margin before its time limit, so the action still ends in its own words.
+        deadline = min(deadline, run.deadline - _margin(run))
     heading = "Waiting for the buildbot to shut down..."
     status.add(heading)
     while True:
@@ -196,8 +200,8 @@ def _max_wait(run: ActionRun) -> float:
     the wait off: the action then still ends saying it could not confirm.
     """
     config = run.ctx.config
-    limit = config.timeouts.get(run.action, ACTION_TIMEOUT)
-    room = limit - min(_MARGIN, limit / 10)
+    limit = _limit(run)
+    room = limit - _margin(run)
     if config.buildbot.max_wait <= room:
         return config.buildbot.max_wait
     run.log.warn(
@@ -205,6 +209,16 @@ def _max_wait(run: ActionRun) -> float:
         max_wait=config.buildbot.max_wait, limit=limit, room=room,
     )
     return room
+
+
+def _limit(run: ActionRun) -> float:
+    """The action's time limit in seconds."""
+    return run.ctx.config.timeouts.get(run.action, ACTION_TIMEOUT)
+
+
+def _margin(run: ActionRun) -> float:
+    """How long before the action's time limit the wait for a shutdown gives up."""
+    return min(_MARGIN, _limit(run) / 10)
 
 
 class _LogReader:
@@ -292,5 +306,6 @@ async def shutdown_buildslave(run: ActionRun) -> str:
 #: The wait is C{[buildbot] max_wait} (5 hours by default); the overall limit
 #: leaves room for the lookups and SSH logins around it.
 ACTION = Action(
-    name="shutdown_buildslave", run=shutdown_buildslave, exclusive=True, single_flight=True, timeout=ACTION_TIMEOUT
+    name="shutdown_buildslave", run=shutdown_buildslave, exclusive=True, single_flight=True, timeout=ACTION_TIMEOUT,
+    scope="reboot",
 )

@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from slaveapi.clients.ssh_hostkeys import replace_file
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.dns import LabDNS
@@ -232,8 +233,11 @@ class Lab:
             f"[server]\nendpoint = {listen}\n\n"
             "[secrets]\ncredentials_file = credentials.json\n\n"
             f"[slavealloc]\napi_url = {url}/slavealloc/api\n\n"
-            f"[inventory]\napi_url = {url}/inventory/api\nusername = {self.inventory_user}\n\n"
-            f"[bugzilla]\napi_url = {url}/bugzilla/rest\nusername = {self.bugzilla_user}\n\n"
+            # The lab serves plain http on loopback; credentials go there knowingly.
+            f"[inventory]\napi_url = {url}/inventory/api\nusername = {self.inventory_user}\n"
+            "allow_plain_http = true\n\n"
+            f"[bugzilla]\napi_url = {url}/bugzilla/rest\nusername = {self.bugzilla_user}\n"
+            "allow_plain_http = true\n\n"
             f"[buildapi]\napi_url = {url}/buildapi\n\n"
             f"[slaves]\ndefault_domain = {self.domain}\nipmi_username = {self.ipmi_username}\n\n"
             f"[dns]\nservers = 127.0.0.1:{self.dns_port}\n\n"
@@ -335,9 +339,11 @@ class Lab:
         public = self.host_key.public().toString("openssh").decode("ascii")
         with open(os.path.join(self.workdir, "ssh_host_ed25519_key.pub"), "w", encoding="ascii") as handle:
             handle.write(public + "\n")
-        with open(os.path.join(self.workdir, "known_hosts"), "w", encoding="ascii") as handle:
-            for machine in self.fleet.all_hosts():
-                handle.write(f"[{machine.fqdn}]:{self.ssh_port},[{machine.ip}]:{self.ssh_port} {public}\n")
+        lines = "".join(
+            f"[{machine.fqdn}]:{self.ssh_port},[{machine.ip}]:{self.ssh_port} {public}\n"
+            for machine in self.fleet.all_hosts()
+        )
+        replace_file(os.path.join(self.workdir, "known_hosts"), lines.encode("ascii"))
 
 
 def _refuse_ssh(fleet: Fleet, share: float) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from slaveapi.config import (
+    ApiToken,
     AuthConfig,
     BuildapiConfig,
     Config,
@@ -17,12 +18,13 @@ from slaveapi.config import (
     ServiceURL,
     SlavesConfig,
 )
+from fake_fleet import fake_clients
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import SQLiteResultStore
 
 
-def make_config(tokens: dict[str, str] | None = None, protect_reads: bool = False) -> Config:
-    """A configuration whose remote systems are never called."""
+def make_config(tokens: dict[str, str | ApiToken] | None = None, protect_reads: bool = False) -> Config:
+    """A configuration whose remote systems are never called; C{tokens} as strings have every scope."""
     return Config(
         path="/nonexistent/slaveapi.ini",
         server=ServerConfig(),
@@ -32,7 +34,11 @@ def make_config(tokens: dict[str, str] | None = None, protect_reads: bool = Fals
         buildapi=BuildapiConfig("http://127.0.0.1:1/buildapi"),
         slaves=SlavesConfig(default_domain="example.test"),
         credentials=Credentials(
-            ssh={}, api_tokens={name: Secret(token) for name, token in (tokens or {}).items()}
+            ssh={},
+            api_tokens={
+                name: token if isinstance(token, ApiToken) else ApiToken(Secret(token))
+                for name, token in (tokens or {}).items()
+            },
         ),
         auth=AuthConfig(protect_reads=protect_reads),
     )
@@ -53,7 +59,7 @@ def context_box() -> SimpleNamespace:
     """Holds the context the processor and the web app see; tests may replace .context."""
     from twisted.internet import reactor
 
-    return SimpleNamespace(context=SimpleNamespace(config=make_config(), clients=None, reactor=reactor))
+    return SimpleNamespace(context=SimpleNamespace(config=make_config(), clients=fake_clients(), reactor=reactor))
 
 
 @pytest.fixture

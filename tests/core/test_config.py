@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from slaveapi.config import (
+    API_SCOPES,
+    ApiToken,
     InventoryConfig,
     AuthConfig,
     BuildapiConfig,
@@ -69,7 +71,7 @@ api_url = https://127.0.0.1:8002/en-US/tasty-api/v1
 username = slaveapi
 
 [bugzilla]
-api_url = http://127.0.0.1:8003/rest
+api_url = https://127.0.0.1:8003/rest
 username = slaveapi@example.test
 
 [buildapi]
@@ -183,7 +185,7 @@ def test_full_ini_loads_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
     assert config.slavealloc == ServiceURL("http://127.0.0.1:8001/api")
     assert config.inventory == InventoryConfig("https://127.0.0.1:8002/en-US/tasty-api/v1", "slaveapi", dns_api_url="https://127.0.0.1:8002/en-US/tasty-api/v1" + "/mozdns/api/v1_dns")
-    assert config.bugzilla == ServiceURL("http://127.0.0.1:8003/rest", "slaveapi@example.test")
+    assert config.bugzilla == ServiceURL("https://127.0.0.1:8003/rest", "slaveapi@example.test")
     assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=4)
     assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="IPMIADMIN")
     assert config.logging == LoggingConfig(
@@ -215,7 +217,8 @@ def test_full_ini_loads_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert credentials.ipmi is not None and credentials.ipmi.reveal() == _IPMI_PASSWORD
     assert credentials.bugzilla is not None and credentials.bugzilla.reveal() == _BUGZILLA_KEY
     assert credentials.snmp_community is not None and credentials.snmp_community.reveal() == _COMMUNITY
-    assert {name: token.reveal() for name, token in credentials.api_tokens.items()} == {"dashboard": _TOKEN}
+    assert {name: entry.token.reveal() for name, entry in credentials.api_tokens.items()} == {"dashboard": _TOKEN}
+    assert credentials.api_tokens["dashboard"].scopes == frozenset(API_SCOPES)
 
     # Nothing secret shows when the whole configuration is printed.
     for text in (repr(config), str(config), f"{config}", repr(credentials)):
@@ -234,7 +237,8 @@ def test_minimal_ini_gets_the_defaults(tmp_path: Path) -> None:
     assert config.logging == LoggingConfig()
     assert config.dns == DNSConfig(servers=(), timeout=5.0)
     assert config.ssh == SSHConfig()
-    assert config.ssh.host_keys == "tofu"
+    assert config.ssh.host_keys == "strict"
+    assert config.ssh.per_host == 2
     assert config.http == HTTPConfig()
     assert config.auth == AuthConfig(protect_reads=False)
     assert config.devices_url is None
@@ -555,3 +559,102 @@ def test_credentials_ssh_keys_user_not_a_list_of_paths(tmp_path: Path, value: An
 def test_credentials_ssh_keys_not_an_object(tmp_path: Path) -> None:
     path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh_keys=["keys/k"]))
     assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh_keys: expected an object"
+
+
+# -- the HTTP gate's settings and scoped tokens --------------------------------------------
+
+
+def test_gate_settings_default_to_a_64k_body_no_extra_names_and_no_anonymous_exposure(tmp_path: Path) -> None:
+    config = load_config(str(_write(tmp_path, _MINIMAL_INI, credentials={"ssh": {}})))
+    assert (config.server.max_body, config.server.server_names) == (65536, ())
+    assert (config.auth.allowed_origins, config.auth.allow_anonymous) == ((), False)
+
+
+def test_gate_settings_load(tmp_path: Path) -> None:
+    ini = _MINIMAL_INI + (
+        "\n[server]\nmax_body = 2048\nserver_names = SlaveAPI.example.com, *.build.example.com api.example.org:8443\n"
+        "\n[auth]\nallowed_origins = https://dash.example.com/ http://127.0.0.1:8080\nallow_anonymous = yes\n"
+    )
+    config = load_config(str(_write(tmp_path, ini, credentials={"ssh": {}})))
+    assert config.server.max_body == 2048
+    assert config.server.server_names == ("slaveapi.example.com", "*.build.example.com", "api.example.org:8443")
+    assert config.auth.allowed_origins == ("https://dash.example.com:443", "http://127.0.0.1:8080")
+    assert config.auth.allow_anonymous is True
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "expected"),
+    [
+        ("server", "max_body = 10", "[server] max_body: expected an integer >= 1024, got '10'"),
+        (
+            "server",
+            "server_names = good.example bad_name",
+            "[server] server_names: expected host names (name, name:port, *.domain or *) separated by spaces or "
+            "commas, got 'bad_name'",
+        ),
+        (
+            "auth",
+            "allowed_origins = null",
+            "[auth] allowed_origins: expected origins (http://host[:port] or https://host[:port]) separated by "
+            "spaces or commas, got 'null'",
+        ),
+        (
+            "auth",
+            "allowed_origins = https://dash.example.com/path",
+            "[auth] allowed_origins: expected origins (http://host[:port] or https://host[:port]) separated by "
+            "spaces or commas, got 'https://dash.example.com/path'",
+        ),
+        ("auth", "allow_anonymous = perhaps", "[auth] allow_anonymous: expected true or false, got 'perhaps'"),
+    ],
+)
+def test_gate_settings_errors_name_the_key(tmp_path: Path, section: str, line: str, expected: str) -> None:
+    path = _write(tmp_path, _MINIMAL_INI + f"\n[{section}]\n{line}\n", credentials={"ssh": {}})
+    assert _error(path) == f"{path}: {expected}"
+
+
+def test_api_tokens_may_carry_scopes_and_the_old_form_has_them_all(tmp_path: Path) -> None:
+    tokens = {
+        "idle-rebooter": {"token": _TOKEN, "scopes": ["read", "inspect", "reboot"]},
+        "buildduty": "buildduty-token-fedcba9876543210",
+        "nobody": {"token": "nobody-token-00000000000000", "scopes": []},
+    }
+    _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, api_tokens=tokens))
+    credentials = load_credentials(str(tmp_path / "credentials.json"))
+    assert credentials.api_tokens == {
+        "idle-rebooter": ApiToken(Secret(_TOKEN), frozenset({"read", "inspect", "reboot"})),
+        "buildduty": ApiToken(Secret("buildduty-token-fedcba9876543210"), frozenset(API_SCOPES)),
+        "nobody": ApiToken(Secret("nobody-token-00000000000000"), frozenset()),
+    }
+    assert _TOKEN not in repr(credentials)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"token": _TOKEN, "scopes": ["read", "shutdown"]}, "api_tokens.dashboard.scopes: unknown scope 'shutdown'; "
+         "expected some of read, inspect, reboot, disable, aws"),
+        ({"token": _TOKEN, "scopes": "read"}, "api_tokens.dashboard.scopes: expected a list of scopes from read, "
+         "inspect, reboot, disable, aws"),
+        ({"token": _TOKEN}, "api_tokens.dashboard.scopes: expected a list of scopes from read, inspect, reboot, "
+         "disable, aws"),
+        (
+            {"token": "short", "scopes": ["read"]},
+            "api_tokens.dashboard.token: expected a token of at least 16 characters",
+        ),
+        ({"scopes": ["read"]}, "api_tokens.dashboard.token: expected a token of at least 16 characters"),
+        ({"token": _TOKEN, "scopes": ["read"], "role": "admin"}, "api_tokens.dashboard: unknown key 'role'; "
+         "expected token and scopes"),
+    ],
+)
+def test_scoped_token_errors_name_the_key(tmp_path: Path, entry: Any, expected: str) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, api_tokens={"dashboard": entry}))
+    assert _error(path) == f"{tmp_path / 'credentials.json'}: {expected}"
+
+
+@pytest.mark.parametrize("name", ["dash board", "dash\nReason: forged", "", "x" * 65, "-leading-dash"])
+def test_client_names_are_plain_words(tmp_path: Path, name: str) -> None:
+    path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, api_tokens={name: _TOKEN}))
+    assert _error(path) == (
+        f"{tmp_path / 'credentials.json'}: api_tokens: client name {name!r}: expected letters, digits and "
+        ". _ @ + - (at most 64 characters)"
+    )

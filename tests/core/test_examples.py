@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from slaveapi.actions.registry import ACTIONS
-from slaveapi.config import Config, Credentials, Secret, load_config
+from slaveapi.config import API_SCOPES, Config, Credentials, Secret, load_config
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE_INI = os.path.join(_ROOT, "examples", "slaveapi.ini")
@@ -111,7 +111,7 @@ def test_example_loads_with_the_values_it_shows() -> None:
     assert (config.logging.maxsize, config.logging.maxfiles) == (10485760, 10)
     assert config.dns.servers == (("10.26.75.40", 53), ("10.26.75.41", 53))
     assert config.dns.timeout == 5.0
-    assert dataclasses.astuple(config.ssh) == (22, 30.0, 60.0, "tofu", "known_hosts")
+    assert dataclasses.astuple(config.ssh) == (22, 30.0, 60.0, "strict", "known_hosts", 2)
     assert config.http.timeout == 30.0
     assert config.auth.protect_reads is False
     assert config.probes.method == "icmp"
@@ -145,6 +145,8 @@ def test_example_credentials_fill_every_field() -> None:
     ]
     assert credentials.bugzilla == Secret("fake-bugzilla-api-key-0000000000000000")
     assert sorted(credentials.api_tokens) == ["buildduty-dashboard", "idle-rebooter", "loan-service"]
+    assert credentials.api_tokens["buildduty-dashboard"].scopes == frozenset(API_SCOPES)
+    assert credentials.api_tokens["idle-rebooter"].scopes == {"read", "inspect", "reboot"}
 
 
 def test_no_example_secret_shows_in_the_config_repr() -> None:
@@ -153,7 +155,7 @@ def test_no_example_secret_shows_in_the_config_repr() -> None:
         raw = json.load(handle)
     secrets = [value for value in raw.values() if isinstance(value, str)]
     secrets += [p for passwords in raw["ssh"].values() for p in passwords]
-    secrets += list(raw["api_tokens"].values())
+    secrets += [entry if isinstance(entry, str) else entry["token"] for entry in raw["api_tokens"].values()]
     assert len(secrets) == 15
     assert [secret for secret in secrets if secret in shown] == []
 

@@ -54,10 +54,12 @@ class _Controlled:
     async def __call__(self, run: ActionRun, **arguments: Any) -> Any:
         call = _Call(run, arguments)
         self.calls.append(call)
-        for waiter in self._started.pop(len(self.calls) - 1, []):
-            waiter.callback(call)
         self.active += 1
         self.peak = max(self.peak, self.active)
+        for waiter in self._started.pop(len(self.calls) - 1, []):
+            # Told on the next turn of the reactor: the processor finishes
+            # starting the run (its timeout timer, ...) before the test goes on.
+            _soon(waiter.callback, call)
         try:
             return await call.gate
         finally:
@@ -72,6 +74,13 @@ class _Controlled:
         waiter: Deferred[_Call] = Deferred()
         self._started.setdefault(index, []).append(waiter)
         return waiter
+
+
+def _soon(function: Callable[..., Any], *args: Any) -> None:
+    """Call C{function} on the real reactor's next turn."""
+    from twisted.internet import reactor
+
+    reactor.callLater(0, function, *args)
 
 
 class _InsertionOrderedSet(set):  # type: ignore[type-arg]
@@ -188,7 +197,9 @@ async def test_result_goes_pending_running_success_with_timestamps(
     assert result.state == RUNNING
     assert result.start_timestamp == 1_000_000
     assert result.finish_timestamp == 0
-    assert store.get(result.requestid) is result
+    # Readers get the store's copy, as written: the RUNNING row is written before the action starts.
+    assert store.get(result.requestid) is not result
+    assert store.get(result.requestid) == result
 
     clock.advance(7)
     call.gate.callback("Great success!")
@@ -243,8 +254,11 @@ async def test_progress_is_visible_while_running(
 
     call.run.progress("Connecting over SSH...")
     assert (result.state, result.text) == (RUNNING, "Connecting over SSH...")
+    # Readers see progress once it is written.
+    await _within(store.flushed())
     assert store.get(result.requestid).to_dict()["text"] == "Connecting over SSH..."
     call.run.step("\nRebooting...")
+    await _within(store.flushed())
     assert store.get(result.requestid).text == "Connecting over SSH...\nRebooting..."
     assert call.run.status == "Connecting over SSH...\nRebooting..."
 
