@@ -22,6 +22,16 @@ WAL, C{NORMAL} syncs only at checkpoints, so a commit that has returned can
 still be lost in a power cut; C{FULL} syncs the log on every commit, so a
 row that has been written is durable before anybody is told about it.
 
+Request ids are never reused, not even once every result that had one was
+pruned: they also key things outside SlaveAPI (the EC2 C{ClientToken} of a
+loan, C{slaveapi-<requestid>-<name>}, is idempotent for EC2 for days). The
+C{meta} table keeps the highest id ever written (C{last_requestid}), updated
+in the same transaction as each new result and as each prune, and the next
+id is one more than that or than any stored result, whichever is higher. A
+database made before the table existed gets it when opened and goes on from
+the ids its results still hold (ids an older release pruned without recording
+cannot be known; from then on none is lost).
+
 The database and its C{-wal} and C{-shm} files are private (0600): the
 database file is created 0600 before SQLite opens it, and SQLite gives its
 C{-wal} and C{-shm} files the database file's permissions.
@@ -89,7 +99,26 @@ CREATE TABLE IF NOT EXISTS results (
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS results_by_slave_action ON results (slave, action);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+#: The C{meta} key of the highest request id ever written.
+_LAST_REQUESTID = "last_requestid"
+
+# Raises the high-water mark to the highest id in results now (never lowers
+# it). It takes no parameters: the id comes from the table itself, in the
+# same transaction as the insert it follows or the delete it precedes.
+# ("WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT.)
+_RAISE_HIGH_WATER = f"""
+INSERT INTO meta (key, value)
+SELECT '{_LAST_REQUESTID}', coalesce(max(requestid), 0) FROM results WHERE true
+ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)
+"""
+
+_SELECT_HIGH_WATER = f"SELECT value FROM meta WHERE key = '{_LAST_REQUESTID}'"
 
 _SELECT = (
     "SELECT requestid, slave, action, state, text, request_timestamp,"
@@ -118,8 +147,9 @@ class IResultStore(Interface):
 
     def create(slave: str, action: str, client: str | None) -> Deferred[ActionResult]:
         """
-        Record a new PENDING result with a fresh request id; it exists for
-        readers once written. Fails with L{StoreUnavailable} if it could not be.
+        Record a new PENDING result with a fresh request id, higher than any
+        handed out before (pruned ones included); it exists for readers once
+        written. Fails with L{StoreUnavailable} if it could not be.
 
         @return: the caller's own copy: changes to it reach readers only
             through C{save}, once written.
@@ -138,7 +168,10 @@ class IResultStore(Interface):
         """Results as last written, oldest first, optionally only one slave's and one action's."""
 
     def prune(older_than: float) -> Deferred[int]:
-        """Forget finished results that finished before C{older_than} (Unix seconds)."""
+        """
+        Forget finished results that finished before C{older_than} (Unix
+        seconds); their request ids stay used.
+        """
 
 
 def _row(result: ActionResult) -> tuple[Any, ...]:
@@ -226,6 +259,36 @@ def _recover(db: sqlite3.Connection, path: str, now: float, log: Logger) -> list
     return results
 
 
+def _high_water(db: sqlite3.Connection, path: str) -> int:
+    """
+    The highest request id ever written, as C{meta} records it (0 if it does not yet).
+
+    @raise StoreUnreadable: if it cannot be read.
+    """
+    try:
+        row = db.execute(_SELECT_HIGH_WATER).fetchone()
+        return int(row[0]) if row is not None else 0
+    except (sqlite3.Error, ValueError, TypeError) as error:
+        raise StoreUnreadable(path, _unreadable_reason(error)) from None
+
+
+def _in_transaction(db: sqlite3.Connection, statements: Callable[[], None]) -> None:
+    """
+    Run C{statements} in one transaction: all of their changes are
+    committed together, or (when one fails) none is.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        statements()
+        db.execute("COMMIT")
+    except BaseException:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction left to roll back (SQLite ended it on the error)
+        raise
+
+
 def prepare_store_file(
     path: str, now: float, log: Logger, connect: Callable[..., sqlite3.Connection] = sqlite3.connect
 ) -> None:
@@ -285,11 +348,16 @@ class SQLiteResultStore:
         except Exception:
             db.close()
             raise
+        try:
+            used = _high_water(db, self.path)
+        except StoreUnreadable:
+            db.close()
+            raise
         self._db = db
         for result in loaded:
             self._results[result.requestid] = result
-        if self._results:
-            self._next_id = max(self._results) + 1
+        # Never an id handed out before: pruned ones live on in the high-water mark.
+        self._next_id = max([used, *self._results]) + 1
         self._writer.start()
 
     def close(self) -> Deferred[None]:
@@ -312,13 +380,31 @@ class SQLiteResultStore:
     def _write(self, work: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._writer, work, *args)
 
-    def _upsert(self, row: tuple[Any, ...]) -> None:
+    def _open_db(self) -> sqlite3.Connection:
         if self._db is None:
             raise sqlite3.ProgrammingError("the results store is closed")
-        self._db.execute(_UPSERT, row)
+        return self._db
 
-    def _write_row(self, row: tuple[Any, ...], what: str) -> Deferred[None]:
-        """Write C{row}; a failure becomes L{StoreUnavailable}, logged once here."""
+    def _upsert(self, row: tuple[Any, ...]) -> None:
+        self._open_db().execute(_UPSERT, row)
+
+    def _insert(self, row: tuple[Any, ...]) -> None:
+        """Write a new result and raise the high-water mark to its id, in one transaction."""
+        db = self._open_db()
+
+        def statements() -> None:
+            db.execute(_UPSERT, row)
+            db.execute(_RAISE_HIGH_WATER)
+
+        _in_transaction(db, statements)
+
+    def _write_row(
+        self, row: tuple[Any, ...], what: str, write: Callable[[tuple[Any, ...]], None] | None = None
+    ) -> Deferred[None]:
+        """
+        Write C{row} (by C{write}, default an upsert); a failure becomes
+        L{StoreUnavailable}, logged once here.
+        """
 
         def failed(failure: Failure) -> Failure:
             if not failure.check(sqlite3.Error):
@@ -335,7 +421,7 @@ class SQLiteResultStore:
             )
             return Failure(StoreUnavailable(reason))
 
-        return self._write(self._upsert, row).addErrback(failed)
+        return self._write(write or self._upsert, row).addErrback(failed)
 
     def create(self, slave: str, action: str, client: str | None) -> Deferred[ActionResult]:
         requestid = self._next_id
@@ -352,7 +438,7 @@ class SQLiteResultStore:
             self._results[requestid] = result
             return dataclasses.replace(result)
 
-        return self._write_row(_row(result), "the new request").addCallback(recorded)
+        return self._write_row(_row(result), "the new request", self._insert).addCallback(recorded)
 
     def save(self, result: ActionResult) -> Deferred[None]:
         row = _row(result)
@@ -381,9 +467,16 @@ class SQLiteResultStore:
         ]
 
         def delete() -> None:
-            if self._db is None:
-                raise sqlite3.ProgrammingError("the results store is closed")
-            self._db.executemany("DELETE FROM results WHERE requestid = ?", [(r,) for r in expired])
+            db = self._open_db()
+            if not expired:
+                return
+
+            def statements() -> None:
+                # Before the rows go: their ids must stay used.
+                db.execute(_RAISE_HIGH_WATER)
+                db.executemany("DELETE FROM results WHERE requestid = ?", [(r,) for r in expired])
+
+            _in_transaction(db, statements)
 
         def deleted(_: None) -> int:
             for requestid in expired:

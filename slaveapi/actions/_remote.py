@@ -16,6 +16,7 @@ from slaveapi.actions._base import ActionFailure, ActionRun
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.ssh import (
     CommandResult,
+    SSHBusy,
     SSHConnectionRefused,
     SSHError,
     SSHSession,
@@ -33,6 +34,13 @@ _WINDOWS_NAME = re.compile(r"^(t-w|b-20|y-20|w64-|w32-|t-xp|win)", re.IGNORECASE
 
 class Offline(ActionFailure):
     """The machine did not answer over SSH."""
+
+
+class Busy(ActionFailure):
+    """
+    No SSH place to the host came free in time: SlaveAPI's other sessions to
+    it hold all C{[ssh] per_host} of them. Says nothing about the host itself.
+    """
 
 
 async def locate(run: ActionRun) -> Slave:
@@ -62,7 +70,8 @@ def is_windows(slave: Slave) -> bool:
 
 async def connect(run: ActionRun, host: str, label: str) -> SSHSession:
     """
-    Log in to C{host}; L{Offline} if it does not answer, L{ActionFailure} otherwise.
+    Log in to C{host}; L{Offline} if it does not answer, L{Busy} if no SSH
+    place to it came free, L{ActionFailure} otherwise.
 
     @param label: how the host is named in messages.
     """
@@ -72,6 +81,8 @@ async def connect(run: ActionRun, host: str, label: str) -> SSHSession:
     except OFFLINE_ERRORS as error:
         run.log.info("SSH to {host} failed: {reason}", host=host, reason=str(error))
         raise Offline(f"{label} did not answer over SSH: {error}") from None
+    except SSHBusy as error:
+        raise Busy(f"Could not log in to {label} over SSH: {error}") from None
     except SSHError as error:
         raise ActionFailure(f"Could not log in to {label} over SSH: {error}") from None
 

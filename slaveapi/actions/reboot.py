@@ -16,22 +16,35 @@ When everything failed and C{update_bug} is on, the status goes to Bugzilla:
 an existing open reboot bug is left alone; otherwise the problem-tracking
 bug is created if missing, a reboot bug blocking it is filed, and the status
 is commented on the tracking bug (reopening it if closed).
+
+SSH places to a host are limited (C{[ssh] per_host}); L{SSHBusy} says that
+SlaveAPI's own other sessions to the machine hold them all. That is no
+failure of the machine, and no evidence about a reboot: the machine answers
+(those sessions are logged in to it). So a busy host is tried again, up to
+L{BUSY_TRIES} times L{BUSY_PAUSE} seconds apart (each try itself waits up to
+C{[ssh] connect_timeout} for a place); if it stays busy, the action stops
+there and fails saying so, without Mozpool, IPMI, the PDU or a bug: cutting
+the power of a machine that is up and answering, or filing a bug about it,
+because SlaveAPI was busy with it, would do harm for no reason. The bound
+keeps the whole wait for places at a few minutes.
 """
 
 from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from twisted.internet.task import deferLater
+
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
-from slaveapi.actions._remote import OFFLINE_ERRORS, connect, locate, read_uptime
+from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.ipmi import IPMIError
 from slaveapi.clients.mozpool import MozpoolError
 from slaveapi.clients.pdu import PDUError
-from slaveapi.clients.ssh import SSHError, SSHTimeout
+from slaveapi.clients.ssh import SSHBusy, SSHError, SSHSession, SSHTimeout
 from slaveapi.machines import Slave, load_slave_info
 
 #: Tried in order until one is accepted.
@@ -39,7 +52,58 @@ REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
 
 NEVER_WENT_DOWN = "it never went down"
 
+#: How many times a step tries to get an SSH session to a machine whose places are all taken.
+BUSY_TRIES = 3
+#: Seconds between those tries (on top of the C{connect_timeout} each try waits for a place).
+BUSY_PAUSE = 30.0
+
 _REMOTE_ERRORS = (IPMIError, PDUError, MozpoolError, RemoteError, DNSError, SSHError)
+
+
+class _StayedBusy(Exception):
+    """
+    SSH to the machine stayed busy through every try of a step: the reboot
+    stops there, without power control (see the module docstring).
+
+    @ivar step: what was being done, for the status text.
+    @ivar error: the last L{SSHBusy}.
+    """
+
+    def __init__(self, step: str, error: SSHBusy) -> None:
+        super().__init__(f"{step}: {error}")
+        self.step = step
+        self.error = error
+
+
+async def _session_when_free(run: ActionRun, slave: Slave, step: str) -> SSHSession:
+    """
+    An SSH session to the machine, trying again (a bounded number of times)
+    while its places are all taken.
+
+    @param step: what the session is for, for the text if it stays busy.
+    @raise _StayedBusy: still busy after L{BUSY_TRIES} tries.
+    @raise SSHError: any other failure to log in, at once.
+    """
+    for attempt in range(1, BUSY_TRIES + 1):
+        try:
+            return await run.ctx.clients.ssh.session(slave.address)
+        except SSHBusy as error:
+            run.log.info(
+                "SSH to {host} busy ({step}, try {attempt} of {tries}): {reason}",
+                host=slave.address, step=step, attempt=attempt, tries=BUSY_TRIES, reason=str(error),
+            )
+            if attempt == BUSY_TRIES:
+                raise _StayedBusy(step, error) from None
+            await deferLater(run.ctx.reactor, BUSY_PAUSE, lambda: None)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _stayed_busy_text(slave: Slave) -> str:
+    """The last line of a reboot that stopped because SSH to the machine stayed busy."""
+    return (
+        f"{slave.name} answers, but SSH to it stayed busy after {BUSY_TRIES} tries:"
+        " no power control was used (Mozpool, IPMI and the PDU were not tried) and no bug was filed."
+    )
 
 
 class _Escalation(StatusLines):
@@ -66,11 +130,18 @@ class _Escalation(StatusLines):
         self.run.log.info("Attempting {method} reboot", method=method)
         try:
             await start()
+        except _StayedBusy as busy:
+            self.replace_last(f"{heading}Stopped while {busy.step} ({_one_line(busy.error)}).")
+            raise
         except _REMOTE_ERRORS as error:
             self.replace_last(f"{heading}Failed ({_one_line(error)}).")
             return False
         self.replace_last(f"{heading}initiated, waiting for it to come back...")
-        problem = await wait()
+        try:
+            problem = await wait()
+        except _StayedBusy as busy:
+            self.replace_last(f"{heading}initiated, then stopped while {busy.step} ({_one_line(busy.error)}).")
+            raise
         if problem is None:
             self.replace_last(f"{heading}Success!")
             return True
@@ -89,7 +160,14 @@ async def reboot(run: ActionRun, update_bug: bool = True) -> str:
     await load_slave_info(run.ctx, slave)
     escalation = _Escalation(run, slave)
     for method in (_ssh, _mozpool, _ipmi, _pdu):
-        if await method(escalation):
+        try:
+            rebooted = await method(escalation)
+        except _StayedBusy as busy:
+            # Not a failed method: the machine is up; escalating would cut its power.
+            escalation.add(_stayed_busy_text(slave))
+            run.log.warn("SSH to the machine stayed busy {step}; no power control used", step=busy.step)
+            raise ActionFailure(escalation.text) from None
+        if rebooted:
             run.log.info("Rebooted")
             return escalation.text
     if not update_bug:
@@ -103,6 +181,8 @@ async def _wait_for_reboot(escalation: _Escalation, check_uptime: bool = False) 
 
     @param check_uptime: when the probe never saw it down, ask the machine
         over SSH whether it booted meanwhile (a reboot quicker than the polls).
+    @raise _StayedBusy: SSH to the machine stayed busy while checking its
+        uptime, so whether it rebooted is not known.
     """
     outcome = await escalation.run.ctx.clients.prober.wait_for_reboot(escalation.slave.address)
     if not outcome.went_down:
@@ -136,7 +216,7 @@ async def _ssh(escalation: _Escalation) -> bool:
 
     async def start() -> None:
         try:
-            session = await clients.ssh.session(slave.address)
+            session = await _session_when_free(run, slave, "logging in to send the reboot command")
         except OFFLINE_ERRORS as error:
             raise SSHError(f"could not connect: {_one_line(error)}") from None
         try:
@@ -163,10 +243,17 @@ async def _rebooted_since(run: ActionRun, slave: Slave, seconds: float) -> bool:
     """
     Whether the machine booted within the last C{seconds}: a reboot faster
     than the probe's polls looks as if the machine never went down.
+
+    False when the machine cannot be asked (it does not answer, refuses the
+    login, or its uptime cannot be read). Busy SSH places say nothing either
+    way, so they are waited for, a bounded number of times.
+
+    @raise _StayedBusy: they stayed busy: not known.
     """
     try:
-        session = await connect(run, slave.address, slave.name)
-    except ActionFailure:
+        session = await _session_when_free(run, slave, "checking its uptime after the reboot command")
+    except SSHError as error:
+        run.log.info("Cannot read the uptime over SSH: {reason}", reason=_one_line(error))
         return False
     try:
         uptime = await read_uptime(run, slave, session)

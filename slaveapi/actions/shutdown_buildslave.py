@@ -8,7 +8,8 @@ do!"). Otherwise the master is asked for a graceful shutdown (the one way
 that also works on Windows, and the buildbot finishes its running command
 first), and the shutdown is confirmed by reading the tail of
 C{<basedir>/twistd.log} over SSH (on the device's foopy when devices.json
-names one) every C{[buildbot] poll_interval} seconds until a
+names one) every C{[buildbot] poll_interval} seconds, logging in for each
+read and out right after it, until a
 "Server Shut Down." line written after the request appears, for at most
 C{[buildbot] max_wait} seconds ("Couldn't confirm shutdown" after that). The
 result says whether the buildbot stopped on command from its master, as a
@@ -20,6 +21,13 @@ too, writing into the same L{StatusLines}. The status reads like::
 
     Requesting graceful shutdown from master bm01-build1...Accepted (Buildbot 0.8, HTTP 302).
     Waiting for the buildbot to shut down...Confirmed: it shut down gracefully on command from its master at 2026-11-28 01:30:48+0000.
+
+No SSH session is held while only waiting: the wait may last hours, SSH
+places to a host are limited (C{[ssh] per_host}), and for a device the host
+is its foopy, which serves many devices. Holding a session through the wait
+would keep every other action on that foopy out (L{SSHBusy}) for as long.
+A read that finds the host busy or not answering is simply tried again at
+the next poll, within the same C{max_wait}.
 
 Nothing from the log is ever echoed but the few fixed messages looked for:
 a worker writes its commands' whole environment into twistd.log.
@@ -34,7 +42,7 @@ from datetime import datetime, timezone
 from twisted.internet.task import deferLater
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
-from slaveapi.actions._remote import Offline, buildbot_address, connect, locate, log_paths
+from slaveapi.actions._remote import Busy, Offline, buildbot_address, connect, locate, log_paths
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.master import MasterError
 from slaveapi.clients.slavealloc import MasterRecord
@@ -127,33 +135,34 @@ async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reaso
         return ShutdownOutcome(MACHINE_OFFLINE)
     except ActionFailure as failure:
         raise status.fail(str(failure.payload)) from None
-    reader = _LogReader(run, address, label, session)
+    reader = _LogReader(run, address, label)
     try:
         if not slave.basedir:
             raise status.fail(f"No basedir for {slave.name} in slavealloc, cannot find twistd.log.")
-        lines = await reader.tail(slave.basedir)
-        events = _events(lines or [])
-        if events and _SHUT_DOWN in events[-1].message:
-            stopped_at = events[-1].timestamp
-            status.add(f"Buildbot is not running (its twistd.log ends with {_SHUT_DOWN!r} at {_show(stopped_at)}),"
-                       " nothing to do!")
-            return ShutdownOutcome(NOT_RUNNING, stopped_at)
-
-        # "After the request" on the log's own clock: the slave's clock may be
-        # off from ours, and a new shutdown line follows the newest line now there.
-        requested_at = events[-1].timestamp if events else datetime.now(timezone.utc).replace(microsecond=0)
-        heading = f"Requesting graceful shutdown from master {master.nickname}..."
-        status.add(heading)
-        run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
-        try:
-            accepted = await run.ctx.clients.master.shutdown_worker(master, slave.name, reason)
-        except MasterError as error:
-            status.replace_last(f"{heading}Failed: {error}")
-            raise ActionFailure(status.text) from None
-        status.replace_last(f"{heading}Accepted (Buildbot {accepted.flavour}, HTTP {accepted.status}).")
-        return await _wait_for_shutdown(run, reader, slave.basedir, requested_at, status)
+        lines = await reader.tail(slave.basedir, session)
     finally:
-        reader.close()
+        # Not held while the master is asked, nor through the wait after.
+        await session.close()
+    events = _events(lines or [])
+    if events and _SHUT_DOWN in events[-1].message:
+        stopped_at = events[-1].timestamp
+        status.add(f"Buildbot is not running (its twistd.log ends with {_SHUT_DOWN!r} at {_show(stopped_at)}),"
+                   " nothing to do!")
+        return ShutdownOutcome(NOT_RUNNING, stopped_at)
+
+    # "After the request" on the log's own clock: the slave's clock may be
+    # off from ours, and a new shutdown line follows the newest line now there.
+    requested_at = events[-1].timestamp if events else datetime.now(timezone.utc).replace(microsecond=0)
+    heading = f"Requesting graceful shutdown from master {master.nickname}..."
+    status.add(heading)
+    run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
+    try:
+        accepted = await run.ctx.clients.master.shutdown_worker(master, slave.name, reason)
+    except MasterError as error:
+        status.replace_last(f"{heading}Failed: {error}")
+        raise ActionFailure(status.text) from None
+    status.replace_last(f"{heading}Accepted (Buildbot {accepted.flavour}, HTTP {accepted.status}).")
+    return await _wait_for_shutdown(run, reader, slave.basedir, requested_at, status)
 
 
 async def _wait_for_shutdown(
@@ -223,44 +232,46 @@ def _margin(run: ActionRun) -> float:
 
 class _LogReader:
     """
-    Reads the tail of twistd.log over one SSH session, logging in again
-    when the connection was lost (a long wait may outlive it).
+    Reads the tail of twistd.log over SSH, logging in for each read and out
+    right after it, so that an SSH place to the host (C{[ssh] per_host}) is
+    held only while the commands run, never through the waits between reads.
     """
 
-    def __init__(self, run: ActionRun, address: str, label: str, session: SSHSession) -> None:
+    def __init__(self, run: ActionRun, address: str, label: str) -> None:
         self._run = run
         self._address = address
         self._label = label
-        self._session: SSHSession | None = session
 
-    async def tail(self, basedir: str) -> list[str] | None:
+    async def tail(self, basedir: str, session: SSHSession | None = None) -> list[str] | None:
         """
         The last lines of twistd.log.1 then twistd.log, oldest first; None
-        when the host does not answer right now.
+        when they cannot be read right now (the host does not answer, all
+        SSH places to it are taken, or the connection broke).
 
+        @param session: a session to read over, which the caller closes;
+            by default one of its own, closed before this returns.
         @raise ActionFailure: the host refuses the login.
         """
-        if self._session is None:
+        own = session is None
+        if session is None:
             try:
-                self._session = await connect(self._run, self._address, self._label)
-            except Offline:
+                session = await connect(self._run, self._address, self._label)
+            except (Offline, Busy) as error:
+                self._run.log.info("Cannot read twistd.log now, will try again: {reason}", reason=str(error.payload))
                 return None
         lines: list[str] = []
         try:
             for path in log_paths(basedir):
-                result = await self._session.run(f"tail -n {_TAIL_LINES} {shlex.quote(path)}")
+                result = await session.run(f"tail -n {_TAIL_LINES} {shlex.quote(path)}")
                 if result.ok:
                     lines.extend(result.stdout.splitlines())
         except SSHError as error:
             self._run.log.info("Reading twistd.log failed, will log in again: {reason}", reason=str(error))
-            self.close()
             return None
+        finally:
+            if own:
+                await session.close()
         return lines
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
 
 
 def _events(lines: list[str]) -> list[LogEvent]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -96,6 +97,17 @@ class LabBuildbots:
         self.shutdown_delay = shutdown_delay
         self.requests: list[LabShutdownRequest] = []
         self._pending: dict[str, IDelayedCall] = {}
+        self._awaiting: dict[str, list[Deferred[LabShutdownRequest]]] = {}
+
+    def next_request(self, name: str) -> Deferred[LabShutdownRequest]:
+        """
+        Fires with the next shutdown request a master accepts for machine
+        C{name} (its short name): a test waits on it rather than polling.
+        The caller bounds the wait (C{addTimeout}).
+        """
+        waiting: Deferred[LabShutdownRequest] = Deferred()
+        self._awaiting.setdefault(name, []).append(waiting)
+        return waiting
 
     def stop(self) -> None:
         """Cancel the shutdowns still to happen."""
@@ -121,8 +133,12 @@ class LabBuildbots:
         asked = self._master_asked(request)
         if asked is not None and asked.nickname != machine.master:
             return _json(request, {"error": "not found", "msg": f"{name} is not attached to {asked.nickname}"}, 404)
-        self.requests.append(LabShutdownRequest(machine.master, machine.name, self._clock()))
+        accepted = LabShutdownRequest(machine.master, machine.name, self._clock())
+        self.requests.append(accepted)
         self.request_shutdown(machine)
+        for waiting in self._awaiting.pop(machine.name, []):
+            if not waiting.called:
+                waiting.callback(accepted)
         request.setResponseCode(302)
         request.setHeader(b"Location", f"../../buildslaves/{machine.name}".encode("utf-8"))
         return b""

@@ -7,17 +7,19 @@ run, a caller that asks for no bug).
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 
 from slaveapi.actions import ActionFailure, ActionLog, ActionRun
-from slaveapi.actions.reboot import reboot
+from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES, reboot
 from slaveapi.clients.dns import HostInfo
 from slaveapi.clients.probe import RebootWait
-from slaveapi.clients.ssh import CommandResult
+from slaveapi.clients.ssh import CommandResult, SSHBusy
 from slaveapi.config import AWSConfig, ProbeConfig, RebootConfig, SlavesConfig
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from fake_fleet import FakeSlavealloc
@@ -42,7 +44,13 @@ class _Session:
         pass
 
 
-def _run(prober: Any, session: _Session, bugzilla: Any) -> tuple[ActionRun, list[str]]:
+def _run(
+    prober: Any, session: _Session, bugzilla: Any, clock: Any = None, **overrides: Any
+) -> tuple[ActionRun, list[str]]:
+    """
+    A reboot run of C{bld-1} on fakes; C{overrides} replace clients by name,
+    C{clock} (default the reactor) is the context's reactor.
+    """
     from twisted.internet import reactor
 
     host = HostInfo("bld-1", "bld-1.example.test", "example.test", "127.0.9.1", None)
@@ -66,10 +74,12 @@ def _run(prober: Any, session: _Session, bugzilla: Any) -> tuple[ActionRun, list
         prober=prober,
         ssh=SimpleNamespace(session=open_session),
     )
+    for name, client in overrides.items():
+        setattr(clients, name, client)
     config = SimpleNamespace(
         probes=ProbeConfig(up_timeout=1), reboot=RebootConfig(), slaves=SlavesConfig("example.test"), aws=AWSConfig()
     )
-    ctx = SimpleNamespace(clients=clients, config=config, reactor=reactor)
+    ctx = SimpleNamespace(clients=clients, config=config, reactor=clock or reactor)
     shown: list[str] = []
     log = ActionLog(Logger(), "bld-1", 1, "reboot")
     return ActionRun(ctx, "bld-1", 1, "reboot", log, shown.append), shown  # type: ignore[arg-type]
@@ -130,3 +140,138 @@ async def test_a_probe_that_cannot_run_skips_ssh_with_the_reason() -> None:
     with pytest.raises(ActionFailure) as failed:
         await reboot(run, update_bug=False)
     assert failed.value.payload.split("\n")[0] == "Skipping SSH reboot: cannot probe the machine: no ping command found."
+
+
+class _PowerControl:
+    """
+    Mozpool, IPMI and a PDU that would all apply to bld-1 (an imaging server
+    and an outlet in inventory, a -mgmt name whose BMC answers); C{calls}
+    lists every power control asked of them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def clients(self) -> dict[str, Any]:
+        async def get_system(fqdn: str) -> Any:
+            return SimpleNamespace(pdu="pdu1.example.test:AA1", imaging_server="mobile-imaging-001.example.test")
+
+        async def ipmi_name(name: str) -> str:
+            return f"{name}-mgmt.example.test"
+
+        async def available(address: str) -> bool:
+            return True
+
+        def record(what: str) -> Any:
+            async def call(*args: Any, **kwargs: Any) -> None:
+                self.calls.append(what)
+
+            return call
+
+        host = HostInfo("bld-1", "bld-1.example.test", "example.test", "127.0.9.1", None)
+
+        async def lookup_host(name: str) -> HostInfo | None:
+            return host if name.startswith("bld-1") else None
+
+        return {
+            "inventory": SimpleNamespace(get_system=get_system),
+            "dns": SimpleNamespace(lookup_host=lookup_host, ipmi_name=ipmi_name, qualify=lambda n: n + ".example.test"),
+            "mozpool": SimpleNamespace(power_cycle=record("mozpool")),
+            "ipmi": SimpleNamespace(available=available, powercycle=record("ipmi")),
+            "pdu": SimpleNamespace(powercycle=record("pdu")),
+        }
+
+
+class _BusySSH:
+    """
+    An SSH client whose places to the machine may all be taken: the calls
+    (counted from 1) for which C{busy} is true fail with L{SSHBusy}, the
+    others get C{session}. C{asked} counts the calls.
+    """
+
+    def __init__(self, session: _Session, busy: Callable[[int], bool]) -> None:
+        self._session = session
+        self._busy = busy
+        self.asked = 0
+
+    async def session(self, address: str, **kwargs: Any) -> _Session:
+        self.asked += 1
+        if self._busy(self.asked):
+            raise SSHBusy(
+                f"ssh {address}:22: no SSH session came free within 30s"
+                " (2 already open to this host, the [ssh] per_host limit)"
+            )
+        return self._session
+
+
+async def _failure_after_the_busy_waits(clock: Clock, action: Deferred[Any]) -> str:
+    """Let the pauses between busy tries pass on C{clock}; the action's failure text."""
+    for _ in range(BUSY_TRIES - 1):
+        assert not action.called
+        clock.advance(BUSY_PAUSE)
+    assert action.called
+    with pytest.raises(ActionFailure) as failed:
+        await action
+    return str(failed.value.payload)
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_ssh_is_retried_then_stops_the_reboot_without_power_control() -> None:
+    clock, power = Clock(), _PowerControl()
+    ssh = _BusySSH(_Session("1 1"), busy=lambda call: True)
+    run, _ = _run(_Prober(), _Session("1 1"), _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
+
+    text = await _failure_after_the_busy_waits(clock, ensureDeferred(reboot(run)))
+
+    assert ssh.asked == BUSY_TRIES
+    assert power.calls == []
+    assert text.split("\n") == [
+        (
+            "Attempting SSH reboot...Stopped while logging in to send the reboot command (ssh 127.0.9.1:22: no SSH"
+            " session came free within 30s (2 already open to this host, the [ssh] per_host limit))."
+        ),
+        (
+            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
+            " PDU were not tried) and no bug was filed."
+        ),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_ssh_after_the_reboot_command_is_not_taken_for_a_machine_that_never_went_down() -> None:
+    # The reboot command was accepted, the probe never saw the machine down, and the
+    # uptime cannot be read because SSH to it is busy: not known, so no power control.
+    clock, power = Clock(), _PowerControl()
+    session = _Session("86400.0 1.0\n")
+    ssh = _BusySSH(session, busy=lambda call: call > 1)
+    run, _ = _run(_Prober(), session, _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
+
+    text = await _failure_after_the_busy_waits(clock, ensureDeferred(reboot(run)))
+
+    assert session.commands == ["reboot"]
+    assert ssh.asked == 1 + BUSY_TRIES
+    assert power.calls == []
+    lines = text.split("\n")
+    assert lines[0].startswith(
+        "Attempting SSH reboot...initiated, then stopped while checking its uptime after the reboot command (ssh "
+    )
+    assert lines[1:] == [
+        (
+            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
+            " PDU were not tried) and no bug was filed."
+        )
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_busy_for_a_while_is_waited_for_and_the_ssh_reboot_goes_ahead() -> None:
+    clock, power = Clock(), _PowerControl()
+    session = _Session("12.5 3.0\n")
+    ssh = _BusySSH(session, busy=lambda call: call == 1)
+    run, _ = _run(_Prober(), session, _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
+    action = ensureDeferred(reboot(run))
+    assert not action.called
+    clock.advance(BUSY_PAUSE)
+    assert await action == "Attempting SSH reboot...Success!"
+    assert ssh.asked == 3  # busy, then the reboot command, then the uptime
+    assert session.commands[0] == "reboot" and power.calls == []

@@ -15,6 +15,7 @@ import re
 from typing import Any, AsyncIterator
 
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 
 from slaveapi.lab.bugzilla import LabBug
 from slaveapi.lab.buildbot import running_command
@@ -203,6 +204,58 @@ async def test_an_unconfirmed_shutdown_fails_before_the_action_time_limit(lab_se
         )
         assert lab.buildbots.pending(machine.name)
         assert not machine.twistd_log[-1].endswith("Server Shut Down.")
+    finally:
+        with open(ini, "w", encoding="utf-8") as handle:
+            handle.write(original)
+        assert holder.reload()
+        lab.buildbots.stop()
+        lab.buildbots.shutdown_delay = 0.05
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shutdown_waiting_for_a_device_leaves_ssh_to_its_foopy_free(lab_service: RunningService) -> None:
+    # A device's twistd.log is on its foopy, which serves many devices. With one SSH
+    # place per host, a shutdown that held its session through the wait (up to
+    # [buildbot] max_wait, hours in production) would keep every other action on the
+    # foopy out; between its reads it must hold none.
+    from twisted.internet import reactor
+
+    lab = lab_service.lab
+    device = lab.machine("panda-0008")
+    assert device.foopy is not None
+    if device.twistd_log[-1].endswith("Server Shut Down."):
+        device.boot(reactor.seconds())  # stopped by an earlier test: its buildbot runs again
+    holder = next(child for child in lab_service.service if isinstance(child, ContextHolder))
+    ini = holder.context().config.path
+    with open(ini, encoding="utf-8") as handle:
+        original = handle.read()
+    limited = original.replace("[ssh]\n", "[ssh]\nper_host = 1\nconnect_timeout = 5\n", 1)
+    assert limited != original
+    with open(ini, "w", encoding="utf-8") as handle:
+        handle.write(limited)
+    assert holder.reload()
+    lab.buildbots.shutdown_delay = 600  # the buildbot takes its time: the action waits
+    try:
+        asked = lab.buildbots.next_request(device.name)
+        asked.addTimeout(30, reactor)
+        shutting = ensureDeferred(post(lab_service, device.name, "shutdown_buildslave"))
+        await asked
+
+        code, uptime = await post(lab_service, device.name, "buildslave_uptime")
+        assert (code, uptime["state"]) == (200, 2), uptime
+        assert isinstance(uptime["text"], int)
+        assert lab.buildbots.pending(device.name) and not shutting.called
+
+        # Now let the buildbot stop: the waiting shutdown sees it and succeeds.
+        lab.buildbots.stop()
+        lab.buildbots.shutdown_delay = 0.05
+        lab.buildbots.request_shutdown(device)
+        code, result = await shutting
+        assert (code, result["state"]) == (200, 2), result
+        assert result["text"] == (
+            "Requesting graceful shutdown from master bm03-tests2...Accepted (Buildbot 0.8, HTTP 302).\n"
+            + confirmed(device)
+        )
     finally:
         with open(ini, "w", encoding="utf-8") as handle:
             handle.write(original)
