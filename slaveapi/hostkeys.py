@@ -1,21 +1,28 @@
 """
-Enrol the SSH host keys of the machines slavealloc knows, in bulk.
+Enrol the SSH host keys of the hosts SlaveAPI logs in to, in bulk.
 
-SlaveAPI offers a password only to a host whose key is verified, and with the
-default C{[ssh] host_keys = strict} it talks only to such hosts. This command
-fills C{known_hosts} for a fleet::
+SlaveAPI offers a password only to a host whose key is verified (in
+C{known_hosts}, where only an operator puts keys: no login ever verifies
+one), and with the default C{[ssh] host_keys = strict} it talks only to
+such hosts. This command fills C{known_hosts} for a fleet::
 
     python -m slaveapi.hostkeys scan --config /etc/slaveapi/slaveapi.ini --data /var/lib/slaveapi
     python -m slaveapi.hostkeys scan --config /etc/slaveapi/slaveapi.ini --data /var/lib/slaveapi --write
 
-It lists slavealloc's machines, looks each up in DNS as SlaveAPI does, fetches
-its SSH host key (the key type SlaveAPI's client negotiates), and prints one
-line per machine: C{new}, C{known} or C{changed}, the names the key is filed
-under, the key type and its OpenSSH C{SHA256:} fingerprint. With C{--write},
-the new keys are added to the configured known_hosts in one atomic rewrite;
-a changed key is never replaced (remove the old line by hand once the change
-is understood). Every connection and lookup is bounded, and at most
-C{--parallel} hosts are scanned at once.
+It scans every host SlaveAPI may log in to: the machines slavealloc lists,
+the devices devices.json lists (when C{[devices] url} is set) and the
+foopies devices.json names, where a device's buildbot runs and where SSH
+goes for it; each once. With C{--host NAME} (repeatable) it scans only the
+machines named, e.g. an AWS loaner just created, which slavealloc may not
+list yet. Each host is looked up in DNS as SlaveAPI does (a machine under
+its configured domain, a foopy as devices.json names it), and its SSH host
+key fetched (the key type SlaveAPI's client negotiates); one line per host
+is printed: C{new}, C{known} or C{changed}, the names the key is filed
+under, the key type and its OpenSSH C{SHA256:} fingerprint. With
+C{--write}, the new keys are added to the configured known_hosts in one
+atomic rewrite; a changed key is never replaced (remove the old line by hand
+once the change is understood). Every connection and lookup is bounded, and
+at most C{--parallel} hosts are scanned at once.
 
 Exit status: 0 when every machine's key was fetched and none changed, 1
 otherwise, 2 for a configuration that does not load.
@@ -38,6 +45,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
+from slaveapi.clients.devices import DevicesClient
 from slaveapi.clients.dns import DNSClient, DNSError
 from slaveapi.clients.http import JSONClient, RemoteError, make_http_client
 from slaveapi.clients.slavealloc import SlaveallocClient
@@ -49,6 +57,7 @@ from slaveapi.clients.ssh_hostkeys import (
     known_hosts_name,
 )
 from slaveapi.config import Config, ConfigError, load_config
+from slaveapi.machines import canonical_name, machine_fqdn
 
 NEW = "new"
 KNOWN = "known"
@@ -98,7 +107,7 @@ class ScannedHost:
     """
     One machine's scan.
 
-    @ivar name: slavealloc's name for it.
+    @ivar name: its name as listed (slavealloc's, devices.json's, or as given with C{--host}).
     @ivar names: the names its key is filed under (known_hosts form).
     @ivar status: L{NEW}, L{KNOWN}, L{CHANGED} or L{FAILED}.
     @ivar key: the key it presented; C{None} when that failed.
@@ -119,6 +128,42 @@ class ScannedHost:
         return f"{self.status:<8} {self.name:<28} {shown} {describe_key(self.key)}"
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A host to scan: its name as listed, and the name SlaveAPI resolves for it."""
+
+    name: str
+    fqdn: str
+
+
+async def _targets(
+    config: Config, dns: DNSClient, slavealloc: SlaveallocClient, devices: DevicesClient
+) -> list[_Target]:
+    """
+    Every host SlaveAPI may log in to, each once: slavealloc's machines,
+    devices.json's devices, then the foopies that run the devices' buildbots.
+
+    Machines are resolved under their configured domain (L{machine_fqdn}),
+    as SlaveAPI names them; a foopy as SlaveAPI looks it up when it logs in
+    for a device (qualified with C{[slaves] default_domain} if it has no dot).
+    """
+    records = await slavealloc.list_slaves()
+    listed = await devices.list_devices()
+    found: dict[str, _Target] = {}
+
+    def add(name: str, fqdn: str) -> None:
+        found.setdefault(fqdn.lower(), _Target(name, fqdn))
+
+    for record in records:
+        add(record.name, machine_fqdn(config, record.name.lower()))
+    for device in listed:
+        add(device.name, machine_fqdn(config, device.name.lower()))
+    for device in listed:
+        if device.foopy:
+            add(device.foopy, dns.qualify(device.foopy).rstrip("."))
+    return list(found.values())
+
+
 async def scan(
     reactor: Any,
     config: Config,
@@ -127,20 +172,26 @@ async def scan(
     parallel: int = 20,
     timeout: float | None = None,
     http_pool: HTTPConnectionPool | None = None,
+    hosts: Sequence[str] = (),
 ) -> list[ScannedHost]:
-    """Fetch and judge the host key of every machine slavealloc lists, C{parallel} at a time."""
+    """
+    Fetch and judge the host key of every host SlaveAPI may log in to (see
+    L{_targets}), or of the machines named in C{hosts} only, C{parallel} at a time.
+    """
     pool = http_pool or HTTPConnectionPool(reactor, persistent=False)
     http = make_http_client(reactor, pool)
     slavealloc = SlaveallocClient(config.slavealloc.api_url, JSONClient("slavealloc", http, config.http.timeout, reactor))
+    devices = DevicesClient(config.devices_url, JSONClient("devices", http, config.http.timeout, reactor))
     dns = DNSClient(reactor, config.slaves.default_domain, config.dns.servers, config.dns.timeout)
     store = HostKeyStore(known_hosts_path)
     limit = DeferredSemaphore(parallel)
     seconds = timeout or config.ssh.connect_timeout
     port = config.ssh.port
 
-    async def one(name: str) -> ScannedHost:
+    async def one(target: _Target) -> ScannedHost:
+        name = target.name
         try:
-            host = await dns.lookup_host(dns.qualify(name).rstrip("."))
+            host = await dns.lookup_host(target.fqdn)
         except DNSError as error:
             return ScannedHost(name, (), FAILED, reason=f"DNS: {error}")
         if host is None:
@@ -159,16 +210,20 @@ async def scan(
             status = NEW
         return ScannedHost(name, names, status, key)
 
-    async def limited(name: str) -> ScannedHost:
+    async def limited(target: _Target) -> ScannedHost:
         await limit.acquire()
         try:
-            return await one(name)
+            return await one(target)
         finally:
             limit.release()
 
     try:
-        records = await slavealloc.list_slaves()
-        scans = [Deferred.fromCoroutine(limited(record.name)) for record in records]
+        if hosts:
+            named = {machine_fqdn(config, canonical_name(config, name)): name for name in hosts}
+            targets = [_Target(name, fqdn) for fqdn, name in named.items()]
+        else:
+            targets = await _targets(config, dns, slavealloc, devices)
+        scans = [Deferred.fromCoroutine(limited(target)) for target in targets]
         return [await each for each in scans]
     finally:
         if http_pool is None:
@@ -203,15 +258,25 @@ def _known_hosts_path(config: Config, data_dir: str) -> str:
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m slaveapi.hostkeys", description="Enrol the SSH host keys of slavealloc's machines."
+        prog="python -m slaveapi.hostkeys",
+        description="Enrol the SSH host keys of the hosts SlaveAPI logs in to (slavealloc's machines,"
+        " devices.json's devices and their foopies).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    scan_command = commands.add_parser("scan", help="fetch every machine's host key and compare it with known_hosts")
+    scan_command = commands.add_parser("scan", help="fetch every host's key and compare it with known_hosts")
     scan_command.add_argument("--config", required=True, help="SlaveAPI's ini file")
     scan_command.add_argument(
         "--data", default=".", help="SlaveAPI's --data directory (a relative [ssh] known_hosts is under it)"
     )
     scan_command.add_argument("--write", action="store_true", help="add the new keys to known_hosts")
+    scan_command.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        default=[],
+        metavar="NAME",
+        help="scan only this machine (repeatable), e.g. an AWS loaner just created; resolved under its configured domain",
+    )
     scan_command.add_argument("--parallel", type=int, default=20, help="hosts scanned at once (default 20)")
     scan_command.add_argument(
         "--timeout", type=float, default=None, help="seconds per host (default: [ssh] connect_timeout)"
@@ -234,7 +299,9 @@ async def main(reactor: Any, argv: Sequence[str]) -> int:
         return 2
     path = _known_hosts_path(config, arguments.data)
     try:
-        scanned = await scan(reactor, config, path, parallel=arguments.parallel, timeout=arguments.timeout)
+        scanned = await scan(
+            reactor, config, path, parallel=arguments.parallel, timeout=arguments.timeout, hosts=arguments.hosts
+        )
     except RemoteError as error:
         print(f"slaveapi.hostkeys: cannot list the machines: {error}", file=sys.stderr)
         return 1

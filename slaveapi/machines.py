@@ -129,14 +129,23 @@ def canonical_name(config: Config, name: str) -> str:
     return _split_known_domain(config, name)[0]
 
 
+def machine_fqdn(config: Config, name: str) -> str:
+    """
+    The FQDN SlaveAPI gives the machine called C{name} (its canonical,
+    lower-case name): C{name} under its loaner domain when it matches the
+    loaner patterns, else under C{[slaves] default_domain}; a name with dots
+    is its own FQDN. The enrolment command resolves machines by it too.
+    """
+    if "." in name:
+        return name
+    kind = loaner_type(config, name)
+    domain = loaner_domain(config, kind) if kind else config.slaves.default_domain.strip(".").lower()
+    return f"{name}.{domain}"
+
+
 def _known(config: Config, name: str, known_by: str, **found: Any) -> KnownMachine:
     kind = loaner_type(config, name)
-    if "." in name:
-        fqdn = name
-    else:
-        domain = loaner_domain(config, kind) if kind else config.slaves.default_domain.strip(".").lower()
-        fqdn = f"{name}.{domain}"
-    return KnownMachine(name=name, fqdn=fqdn, known_by=known_by, loaner=kind, **found)
+    return KnownMachine(name=name, fqdn=machine_fqdn(config, name), known_by=known_by, loaner=kind, **found)
 
 
 async def identify(ctx: Context, name: str) -> KnownMachine:

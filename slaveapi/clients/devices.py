@@ -44,16 +44,37 @@ class DevicesClient:
 
     async def get_device(self, name: str) -> Device | None:
         """The device called C{name}, or C{None} when it is not one (or no URL is configured)."""
+        devices = await self._load()
+        if devices is None:
+            return None
+        entry = devices.get(name)
+        if entry is None:
+            return None
+        return self._device(name, entry)
+
+    async def list_devices(self) -> list[Device]:
+        """
+        Every device devices.json lists, in its order; none when no URL is
+        configured. For the host key enrolment, which must reach the foopies
+        SlaveAPI logs in to for them.
+        """
+        devices = await self._load()
+        if devices is None:
+            return []
+        return [self._device(str(name), entry) for name, entry in devices.items()]
+
+    async def _load(self) -> dict[str, Any] | None:
+        """devices.json's object of devices; C{None} when no URL is configured."""
         if not self._url:
             return None
         data = await self._http.get_json(self._url)
         if not isinstance(data, dict):
             raise RemoteError(_SERVICE, "GET", self._url, "malformed answer: expected an object of devices")
-        entry = data.get(name)
-        if entry is None:
-            return None
+        return data
+
+    def _device(self, name: str, entry: Any) -> Device:
         if not isinstance(entry, dict):
-            raise RemoteError(_SERVICE, "GET", self._url, f"malformed answer: device {name} is not an object")
+            raise RemoteError(_SERVICE, "GET", self._url or "", f"malformed answer: device {name} is not an object")
         foopy = entry.get("foopy")
         if foopy is not None and (not isinstance(foopy, str) or not foopy):
             self._log.warn("devices: {device}: ignoring malformed foopy value", device=name)

@@ -11,10 +11,12 @@ made, and no key from C{~/.ssh} or an ssh-agent is ever used.
 Host keys are checked per the configured policy (C{strict}, trust on first
 use, or C{off}) against the verified known_hosts file and, for trust on
 first use, the keys recorded beside it (L{slaveapi.clients.ssh_hostkeys}).
-A password is only ever offered to a host whose key is verified: under
-C{strict} nothing at all goes to another host; under C{tofu} only keys do,
-and a key login that succeeds verifies the recorded key. At most
-C{per_host} sessions to one host are open at once.
+A password is only ever offered to a host whose key is verified, that is in
+known_hosts, where only an operator puts keys: under C{strict} nothing at
+all goes to another host; under C{tofu} only keys do, for good. No login
+outcome ever makes a key verified: a server may answer "accepted" to our
+key without checking any signature, so a key login proves nothing about
+the server. At most C{per_host} sessions to one host are open at once.
 
 Everything is bounded: connecting and logging in by C{connect_timeout}, each
 command by its own timeout. Failures are L{SSHError} subclasses whose
@@ -151,18 +153,30 @@ class _HostKeys:
     The host key policy, applied against the verified known_hosts file and
     the keys recorded on first use beside it (L{HostKeyStore}).
 
-    Checking and recording happen in one synchronous call, so concurrent
-    connections to new hosts cannot interleave between the check and the
-    write.
+    Checking and recording a new key happen in one synchronous call (the
+    key is pinned in memory at once), so concurrent connections to new
+    hosts cannot interleave between the check and the record. The file is
+    written afterwards, in a worker thread (with a reactor), never on the
+    reactor: the check cannot wait for it, since conch's client reads on
+    after the host key (a server's next packets come under the new keys).
+
+    @param reactor: writes go to its thread pool; without one, at once.
+    @param store: the store to use (the previous client's, on a reload, so
+        that one process has one writer per file); default a new one on C{path}.
     """
 
-    def __init__(self, policy: str, path: str) -> None:
+    def __init__(self, policy: str, path: str, reactor: Any = None, store: HostKeyStore | None = None) -> None:
         if policy not in ("tofu", "strict", "off"):
             raise ValueError(f"unknown host key policy {policy!r}")
         self._policy = policy
-        self._store = HostKeyStore(path)
+        self._store = store if store is not None and store.path == path else HostKeyStore(path, reactor)
         if policy != "off":
             self._store.create()
+
+    @property
+    def store(self) -> HostKeyStore:
+        """The files the keys are recorded in."""
+        return self._store
 
     @property
     def path(self) -> str:
@@ -176,18 +190,30 @@ class _HostKeys:
         """
         if self._policy != "tofu":
             return False
-        if not self._store.forget(known_hosts_name(host, port)):
+        dropped, written = self._store.forget(known_hosts_name(host, port))
+        written.addErrback(self._not_written, host, port, "cannot drop its recorded host key")
+        if not dropped:
             return False
         _log.info("ssh {host}:{port}: forgot its recorded host key", host=host, port=port)
         return True
+
+    @staticmethod
+    def _not_written(failure: Failure, host: str, port: int, what: str) -> None:
+        """Log that a change to the host key files could not be written (it is reported, not raised)."""
+        error = failure.value
+        reason = (error.strerror if isinstance(error, OSError) else None) or _one_line(str(error)) or type(error).__name__
+        _log.error("ssh {host}:{port}: {what}: {reason}", host=host, port=port, what=what, reason=reason)
 
     def check(self, host: str, port: int, key: Key) -> bool:
         """
         Accept C{key} for C{host}:C{port}, or raise L{SSHHostKeyMismatch}.
 
-        @return: whether the key is verified, so that passwords may be
-            offered to the host. Under C{tofu} an unknown key is recorded
-            and accepted unverified: only key logins may follow.
+        @return: whether the key is verified (in known_hosts), so that
+            passwords may be offered to the host. Under C{tofu} an unknown
+            key is recorded and accepted unverified: only key logins may
+            follow, now and later. It is pinned at once and written to
+            disk in the background; a write that fails is logged, and the
+            key recorded again on the next connection.
 
         Unlike C{KnownHostsFile.hasHostKey}, a recorded key of another type
         counts as a mismatch, so that a server cannot dodge the check by
@@ -217,33 +243,24 @@ class _HostKeys:
                 f" and host_keys is strict); check its fingerprint and {_ENROL_HINT}"
             )
         if verdict.status == UNKNOWN:
-            self._store.record_unverified(name, key)
             _log.info(
-                "ssh {host}:{port}: recorded host key {key} on first use, not verified yet",
+                "ssh {host}:{port}: recorded host key {key} on first use (not verified: key logins only)",
                 host=host,
                 port=port,
                 key=described,
             )
+            recorded = self._store.record_unverified(name, key)
+            recorded.addErrback(self._not_written, host, port, f"cannot record its host key {described}")
         return False
-
-    def verified_by_key_login(self, host: str, port: int, key: Key) -> None:
-        """A key recorded on first use belongs to a host that accepted one of our keys: verified now."""
-        if self._policy != "tofu":
-            return
-        self._store.mark_verified(known_hosts_name(host, port), key)
-        _log.info(
-            "ssh {host}:{port}: host key {key} verified by a key login",
-            host=host,
-            port=port,
-            key=describe_key(key),
-        )
 
     def not_verified(self, host: str, port: int, key: Key) -> SSHHostKeyNotVerified:
         """The error for a host whose key is not verified and that took none of our keys."""
         return SSHHostKeyNotVerified(
-            f"ssh {host}:{port}: host key not verified ({describe_key(key)} is not in {self.path}"
-            " and no login by key has succeeded), so no password was offered; give the user a key"
-            f" in the credentials' ssh_keys, or check the fingerprint and {_ENROL_HINT}"
+            f"ssh {host}:{port}: host key not verified ({describe_key(key)} is not in {self.path};"
+            " a key recorded on first use only ever gets key logins: a server can accept any key"
+            " without our signature being checked, so a key login proves nothing about the server),"
+            " so no password was offered; give the user a key in the credentials' ssh_keys,"
+            f" or check the fingerprint and {_ENROL_HINT}"
         )
 
 
@@ -343,8 +360,6 @@ class _Link:
         # The host's key, and whether it is verified (passwords may go to it).
         self.host_key: Key | None = None
         self.host_verified = False
-        # The login method the server accepted (b"publickey", b"password", b"none").
-        self.accepted_method: bytes | None = None
         self.we_disconnected: int | None = None
         self.server_said: str | None = None
         self.transport: _ClientTransport | None = None
@@ -414,6 +429,8 @@ class _Link:
         self.phase = "securing"
 
     def verify_host_key(self, blob: bytes) -> Deferred[bool]:
+        # Decided at once: conch goes on reading the server's packets, which
+        # after its NEWKEYS come under keys not set up until this fires.
         try:
             key = Key.fromString(blob)
             self.host_verified = self.host_keys.check(self.host, self.port, key)
@@ -498,18 +515,9 @@ class _Link:
         )
 
     def authenticated(self, connection: _Connection) -> None:
+        # Whatever the login, the host key's trust stays as it was: a server
+        # can "accept" a key without checking our signature.
         self.phase = "connected"
-        if not self.host_verified and self.accepted_method == b"publickey" and self.host_key is not None:
-            try:
-                self.host_keys.verified_by_key_login(self.host, self.port, self.host_key)
-            except OSError as error:
-                # Still usable for keys; passwords wait until it can be recorded.
-                _log.error(
-                    "ssh {host}:{port}: cannot record the verified host key: {reason}",
-                    host=self.host,
-                    port=self.port,
-                    reason=error.strerror or type(error).__name__,
-                )
         _log.debug(
             "ssh {host}:{port}: logged in as {user}",
             host=self.host,
@@ -601,10 +609,6 @@ class _LoginAuth(SSHUserAuthClient):
         if kind not in (b"publickey", b"password"):
             return None
         return super().tryAuth(kind)
-
-    def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> Any:
-        self._link.accepted_method = self.lastAuth
-        return super().ssh_USERAUTH_SUCCESS(packet)
 
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
         methods, _ = getNS(packet)
@@ -969,7 +973,14 @@ class SSHClient:
                 _Login(len(user_keys) + index, password=secret) for index, secret in enumerate(logins.get(user, ()))
             ]
             self._logins[user] = (*user_keys, *passwords)
-        self._host_keys = _HostKeys(config.host_keys, known_hosts_path)
+        # On a reload, the previous client's store: one writer per file in the process.
+        self._host_keys: _HostKeys = _HostKeys(
+            config.host_keys,
+            known_hosts_path,
+            reactor,
+            store=previous._host_keys.store if previous is not None else None,
+        )
+        self._slots: _SessionSlots
         if previous is not None and previous._slots.per_host == config.per_host:
             self._slots = previous._slots
         else:
@@ -989,6 +1000,14 @@ class SSHClient:
                     plan.insert(0, plan.pop(position))
                     break
         return plan
+
+    def host_keys_flushed(self) -> Deferred[None]:
+        """
+        Fires once every host key recorded or forgotten so far is on disk
+        (or its write failed and was logged): the files are written in the
+        background.
+        """
+        return self._host_keys.store.flushed()
 
     def forget_host(self, host: str, port: int | None = None) -> bool:
         """

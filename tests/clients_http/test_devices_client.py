@@ -45,6 +45,17 @@ async def test_get_device() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_list_devices() -> None:
+    assert await _client(FakeDevices(DEVICES)).list_devices() == [
+        Device("panda-0001", "foopy01", DEVICES["panda-0001"]),
+        Device("panda-0002", None, DEVICES["panda-0002"]),
+    ]
+    fake = FakeDevices(DEVICES)
+    assert await _client(fake, url=None).list_devices() == []
+    assert fake.requests == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_unknown_device_is_none() -> None:
     assert await _client(FakeDevices(DEVICES)).get_device("bld-linux64-ix-001") is None
 

@@ -5,7 +5,9 @@ It records every authentication request (user and method), counts the
 sessions (logged-in connections) and the commands open at once, and can
 hold each command until the test lets it finish. Logins: a password and/or
 one authorized public key (properly verified), or, for a rogue server, no
-login at all.
+login at all, or any key at all once, without a signature (it answers
+"accepted" to the client's first unsigned key query, as a server that checks
+nothing can), and passwords only after that.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class PeerState:
     """What the server saw; shared by its connections."""
 
     attempts: list[tuple[str, str]] = field(default_factory=list)
+    # Every password offered, and how many unsigned key queries were "accepted".
+    passwords: list[bytes] = field(default_factory=list)
+    unsigned_accepted: int = 0
     sessions: int = 0
     max_sessions: int = 0
     commands: int = 0
@@ -85,6 +90,8 @@ class ConchPeer:
     @param password: the password it accepts for any user; C{None} for none.
     @param authorized: the public key it accepts for any user; C{None} for none.
     @param hold: commands wait for L{PeerState.release_all} before finishing.
+    @param accept_any_key_once: answer "accepted" to the first key query,
+        any key, no signature needed; refuse every key after that.
     """
 
     def __init__(
@@ -95,12 +102,14 @@ class ConchPeer:
         password: str | None = None,
         authorized: keys.Key | None = None,
         hold: bool = False,
+        accept_any_key_once: bool = False,
     ) -> None:
         self.reactor = reactor
         self.host_key = host_key or new_key()
         self.password = password.encode() if password is not None else None
         self.authorized = authorized.public() if authorized is not None else None
         self.hold = hold
+        self.accept_any_key_once = accept_any_key_once
         self.state = PeerState()
         self._port: Any = None
 
@@ -166,9 +175,15 @@ class _Checker:
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
         peer = self._peer
         if IUsernamePassword.providedBy(credentials):
+            peer.state.passwords.append(credentials.password)
             if peer.password is not None and credentials.password == peer.password:
                 return defer.succeed(credentials.username)
             return defer.fail(UnauthorizedLogin("wrong password"))
+        if peer.accept_any_key_once:
+            if peer.state.unsigned_accepted == 0 and credentials.signature is None:
+                peer.state.unsigned_accepted += 1
+                return defer.succeed(credentials.username)
+            return defer.fail(UnauthorizedLogin("key not authorized"))
         if peer.authorized is None or credentials.blob != peer.authorized.blob():
             return defer.fail(UnauthorizedLogin("key not authorized"))
         if credentials.signature is None:

@@ -1,10 +1,13 @@
 """
-Passwords go only to hosts whose key is verified; at most C{per_host}
-sessions to one host; known_hosts is rewritten atomically, mode 0600.
+Passwords go only to hosts whose key is verified (in known_hosts: no login
+ever verifies a key); at most C{per_host} sessions to one host; known_hosts
+is rewritten atomically, mode 0600.
 
 The SSH servers are conch servers of the test's own (L{ConchPeer}) on
 loopback: they record every authentication request and count the sessions
-open at once.
+open at once. Under C{tofu} a key recorded on first use is written in the
+background: a test awaits L{SSHClient.host_keys_flushed} before reading the
+files.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
 
 from slaveapi.clients import ssh_hostkeys
 from slaveapi.clients.ssh import (
@@ -32,6 +36,9 @@ from slaveapi.config import Secret, SSHConfig
 from tests.clients_ssh_dns.conch_peer import ConchPeer, new_key
 
 reactor: Any = _reactor
+
+# Seconds any one wait in these tests may take before it counts as hung.
+BOUND = 10.0
 
 USER = "cltbld"
 PASSWORD = "trust-test-pw-5501"
@@ -121,12 +128,19 @@ async def test_tofu_without_keys_does_not_even_start_a_login(peers: Any, tmp_pat
     assert "no password was offered; give the user a key in the credentials' ssh_keys" in str(caught.value)
 
 
+async def _flushed(client: SSHClient) -> None:
+    """Wait (bounded) until the client's host key files hold what it recorded."""
+    await client.host_keys_flushed().addTimeout(BOUND, reactor)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_key_recorded_on_first_use_stays_unverified_across_restarts(peers: Any, tmp_path: Path) -> None:
     rogue, port = peers(password=PASSWORD)
     known_hosts = tmp_path / "known_hosts"
+    first = _client(known_hosts, host_keys="tofu")
     with pytest.raises(SSHHostKeyNotVerified):
-        await _client(known_hosts, host_keys="tofu").run(HOST, "true", port=port)
+        await first.run(HOST, "true", port=port)
+    await _flushed(first)
     unverified = Path(f"{known_hosts}.unverified")
     assert known_hosts.read_text() == ""
     assert unverified.read_text() == rogue.known_hosts_line(HOST, port)
@@ -146,22 +160,55 @@ async def test_a_key_recorded_on_first_use_stays_unverified_across_restarts(peer
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_login_by_key_verifies_a_key_recorded_on_first_use(peers: Any, tmp_path: Path) -> None:
+async def test_a_login_by_key_leaves_a_key_recorded_on_first_use_unverified(peers: Any, tmp_path: Path) -> None:
     key = new_key()
     server, port = peers(password=PASSWORD, authorized=key)
     known_hosts = tmp_path / "known_hosts"
     keyed = _client(known_hosts, host_keys="tofu", key_file=_key_file(tmp_path, key))
     assert await keyed.run(HOST, "first", port=port) == CommandResult(0, "ran first\n", "")
+    assert (await keyed.run(HOST, "again", port=port)).ok
     assert server.state.methods() == {"publickey"}
-    # Verified now, and so recorded for the next start.
-    assert known_hosts.read_text() == server.known_hosts_line(HOST, port)
-    assert Path(f"{known_hosts}.unverified").read_text() == ""
+    await _flushed(keyed)
+    # Key-only it stays, however many key logins it takes: still unverified.
+    assert known_hosts.read_text() == ""
+    assert Path(f"{known_hosts}.unverified").read_text() == server.known_hosts_line(HOST, port)
+    # A password-only client (a restart, or credentials without keys) is refused.
     passwords_only = _client(known_hosts, host_keys="tofu")
-    assert await passwords_only.run(HOST, "second", port=port) == CommandResult(0, "ran second\n", "")
-    assert server.state.attempts[-1] == (USER, "password")
-    # strict reads the same file.
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await passwords_only.run(HOST, "second", port=port)
+    assert str(caught.value).startswith(f"ssh {HOST}:{port}: host key not verified (")
+    assert "a key login proves nothing about the server" in str(caught.value)
+    assert "password" not in server.state.methods()
     strict = _client(known_hosts, host_keys="strict")
-    assert (await strict.run(HOST, "third", port=port)).ok
+    with pytest.raises(SSHHostKeyNotVerified):
+        await strict.run(HOST, "third", port=port)
+    assert "password" not in server.state.methods()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rogue_server_that_accepts_any_key_never_gets_a_password(peers: Any, tmp_path: Path) -> None:
+    # The rogue answers "accepted" to the first key query, unsigned: it checks
+    # nothing. Then, on the next connection, it refuses keys and asks for a password.
+    rogue, port = peers(password=PASSWORD, accept_any_key_once=True)
+    known_hosts = tmp_path / "known_hosts"
+    client = _client(
+        known_hosts, host_keys="tofu", passwords=(PASSWORD,), key_file=_key_file(tmp_path, new_key())
+    )
+    async with await client.session(HOST, port=port) as session:
+        assert (await session.run("first")).ok  # "logged in"
+    assert rogue.state.unsigned_accepted == 1
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await client.run(HOST, "second", port=port)
+    assert "no password was offered" in str(caught.value)
+    assert rogue.state.passwords == []
+    assert "password" not in rogue.state.methods()
+    await _flushed(client)
+    assert known_hosts.read_text() == ""
+    assert Path(f"{known_hosts}.unverified").read_text() == rogue.known_hosts_line(HOST, port)
+    # Nor after a restart.
+    with pytest.raises(SSHHostKeyNotVerified):
+        await _client(known_hosts, host_keys="tofu", passwords=(PASSWORD,)).run(HOST, "third", port=port)
+    assert rogue.state.passwords == []
 
 
 @pytest_twisted.ensureDeferred
@@ -291,8 +338,10 @@ def test_a_crash_while_writing_leaves_the_old_file_intact(
     monkeypatch.setattr(ssh_hostkeys.os, failing, crash)
     with pytest.raises(OSError):
         store.verified.add([b"10.1.2.4"], new_key())
-    with pytest.raises(OSError):
-        store.forget(b"10.1.2.3")
+    dropped, written = store.forget(b"10.1.2.3")
+    failed: list[Failure] = []
+    written.addErrback(failed.append)
+    assert dropped and len(failed) == 1 and failed[0].check(OSError)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["known_hosts"]  # no temporary file left behind

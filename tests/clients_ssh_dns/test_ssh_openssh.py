@@ -14,7 +14,8 @@ those files live in a world-readable directory of their own under /tmp
 A password only ever goes to a host whose key is verified, so the client
 helper first enrols the sshd's host key (its C{host_key.pub}) in the
 test's known_hosts, as an operator would, and uses C{host_keys = strict};
-the host key tests start from an empty file instead. A host key change is
+the host key tests start from an empty file instead (and, under tofu, await
+C{host_keys_flushed} before reading the files, written in the background). A host key change is
 made by swapping the key of the running sshd (config rewritten, SIGHUP: sshd
 re-executes itself on the same port), never by restarting on a freed port.
 """
@@ -560,8 +561,13 @@ def test_connect_errors_are_mapped() -> None:
 # --- host keys --------------------------------------------------------------------
 
 
+async def _flushed(client: SSHClient) -> None:
+    """Wait (bounded) until the client's host key files hold what it recorded."""
+    await client.host_keys_flushed().addTimeout(10, reactor)
+
+
 @pytest_twisted.ensureDeferred
-async def test_tofu_records_key_unverified_verifies_it_by_key_login_and_refuses_a_changed_one(
+async def test_tofu_records_key_unverified_keeps_it_so_after_a_key_login_and_refuses_a_changed_one(
     new_sshd: Callable[..., Deferred[_Sshd]], client_keys: _ClientKeys, tmp_path: Path
 ) -> None:
     known_hosts = tmp_path / "state" / "known_hosts"
@@ -575,23 +581,29 @@ async def test_tofu_records_key_unverified_verifies_it_by_key_login_and_refuses_
     with pytest.raises(SSHHostKeyNotVerified) as caught:
         await passwords_only.run("127.0.0.1", "true", port=server.port)
     assert str(caught.value).startswith(
-        f"ssh 127.0.0.1:{server.port}: host key not verified (ssh-ed25519 {first_key} is not in {known_hosts}"
-        " and no login by key has succeeded), so no password was offered; "
+        f"ssh 127.0.0.1:{server.port}: host key not verified (ssh-ed25519 {first_key} is not in {known_hosts};"
+        " a key recorded on first use only ever gets key logins: a server can accept any key without our"
+        " signature being checked, so a key login proves nothing about the server), so no password was offered; "
     )
     assert str(caught.value).endswith(ENROL_HINT)
     assert server.count(f"password for {USER}") == 0
+    await _flushed(passwords_only)
     assert known_hosts.read_text() == ""
     assert unverified.read_text() == line
-    # A login by one of our keys verifies it: it moves to known_hosts.
+    # A login by one of our keys works, and verifies nothing: the key stays where it was.
     keyed = _client(known_hosts, host_keys="tofu", keys={USER: (client_keys.good,)})
     assert (await keyed.run("127.0.0.1", "echo first", port=server.port)).stdout == "first\n"
     assert server.count(f"Accepted publickey for {USER}") == 1
-    assert known_hosts.read_text() == line
-    assert unverified.read_text() == ""
-    # Verified, the host is offered passwords; the key is not recorded again.
-    assert (await passwords_only.run("127.0.0.1", "echo known", port=server.port)).stdout == "known\n"
-    assert server.count(f"Accepted password for {USER}") == 1
-    assert known_hosts.read_text() == line
+    await _flushed(keyed)
+    assert known_hosts.read_text() == ""
+    assert unverified.read_text() == line
+    # Still no password for the host; the key is not recorded again.
+    with pytest.raises(SSHHostKeyNotVerified) as caught:
+        await passwords_only.run("127.0.0.1", "echo known", port=server.port)
+    assert str(caught.value).startswith(f"ssh 127.0.0.1:{server.port}: host key not verified (")
+    assert server.count(f"password for {USER}") == 0
+    await _flushed(passwords_only)
+    assert unverified.read_text() == line
 
     # The same sshd, on the same port, now serves another key.
     await server.swap_host_key(_host_key(tmp_path / "key-b"))
@@ -601,7 +613,7 @@ async def test_tofu_records_key_unverified_verifies_it_by_key_login_and_refuses_
     assert not isinstance(caught.value, SSHHostKeyNotVerified)
     assert str(caught.value) == (
         f"ssh 127.0.0.1:{server.port}: host key changed (ssh-ed25519 {server.fingerprint()}"
-        f" does not match the key recorded in {known_hosts})"
+        f" does not match the key recorded in {unverified})"
     )
     # A new client reading the same files refuses it too, even with a key to log in with.
     with pytest.raises(SSHHostKeyMismatch) as caught:
@@ -610,8 +622,8 @@ async def test_tofu_records_key_unverified_verifies_it_by_key_login_and_refuses_
         )
     assert not isinstance(caught.value, SSHHostKeyNotVerified)
     assert server.count(f" for {USER} from ") == logins_before  # stopped at the key exchange
-    assert known_hosts.read_text() == line
-    assert unverified.read_text() == ""
+    assert known_hosts.read_text() == ""
+    assert unverified.read_text() == line
 
 
 @pytest_twisted.ensureDeferred
@@ -623,14 +635,16 @@ async def test_keys_are_recorded_under_the_name_connected_to(
     # A name goes through the (non-blocking) resolver: /etc/hosts maps localhost to loopback.
     result = await client.run("localhost", "echo by name", port=sshd.port)
     assert result == CommandResult(0, "by name\n", "")
+    await _flushed(client)
     key = Key.fromFile(str(sshd.host_key) + ".pub")
-    # Verified by the key login, and so in known_hosts (read here by conch's own parser).
-    recorded = KnownHostsFile.fromPath(FilePath(str(known_hosts)))
+    # Recorded on first use (read here by conch's own parser), and not verified by the key login.
+    recorded = KnownHostsFile.fromPath(FilePath(f"{known_hosts}.unverified"))
     # OpenSSH's convention off port 22: "[host]:port".
     assert recorded.hasHostKey(f"[localhost]:{sshd.port}".encode(), key) is True
     assert recorded.hasHostKey(f"[127.0.0.1]:{sshd.port}".encode(), key) is False
-    assert Path(f"{known_hosts}.unverified").read_text() == ""
-    # Passwords go to the name it is verified under, and only there.
+    assert known_hosts.read_text() == ""
+    # Enrolled under the name, passwords go to that name, and only there.
+    _enrol(known_hosts, sshd, "localhost")
     assert (await _client(known_hosts).run("localhost", "echo pw", port=sshd.port)).stdout == "pw\n"
     with pytest.raises(SSHHostKeyNotVerified) as caught:
         await _client(known_hosts).run("127.0.0.1", "true", port=sshd.port)
@@ -655,8 +669,10 @@ async def test_strict_accepts_only_verified_keys(sshd: _Sshd, tmp_path: Path) ->
     assert not unverified.exists()
     assert sshd.count(f" for {USER} from ") == logins_before  # stopped at the key exchange
     # A key recorded on first use under tofu is not verified: strict still refuses it.
+    tofu = _client(known_hosts, host_keys="tofu")
     with pytest.raises(SSHHostKeyNotVerified):
-        await _client(known_hosts, host_keys="tofu").run("127.0.0.1", "true", port=sshd.port)
+        await tofu.run("127.0.0.1", "true", port=sshd.port)
+    await _flushed(tofu)
     assert unverified.read_text() == f"[127.0.0.1]:{sshd.port} {sshd.public_key()}\n"
     with pytest.raises(SSHHostKeyNotVerified) as caught:
         await strict.run("127.0.0.1", "true", port=sshd.port)
@@ -702,20 +718,23 @@ async def test_concurrent_first_use_records_every_host(
     for (succeeded, failure), address in zip(results, ADDRESSES):
         assert not succeeded and failure.check(SSHHostKeyNotVerified)
         assert str(failure.value).startswith(f"ssh {address}:{sshd.port}: host key not verified (")
+    await _flushed(passwords_only)
     assert sorted(unverified.read_text().splitlines()) == lines
     assert known_hosts.read_text() == ""
-    # Logins by key, at once, verify every one of them.
+    # Logins by key, at once, all work, and verify none of them.
     keyed = _client(known_hosts, {}, host_keys="tofu", keys={USER: (client_keys.good,)})
     runs = [Deferred.fromCoroutine(keyed.run(address, "echo $SSH_CONNECTION", port=sshd.port)) for address in ADDRESSES]
     results = await DeferredList(runs, fireOnOneErrback=True, consumeErrors=True)
     for (succeeded, result), address in zip(results, ADDRESSES):
         assert succeeded and result.exit_code == 0
         assert result.stdout.endswith(f" {address} {sshd.port}\n")
-    assert sorted(known_hosts.read_text().splitlines()) == lines
-    assert unverified.read_text() == ""
+    await _flushed(keyed)
+    assert known_hosts.read_text() == ""
+    assert sorted(unverified.read_text().splitlines()) == lines
     strict = _client(known_hosts)
     for address in ADDRESSES:
-        assert (await strict.run(address, "echo ok", port=sshd.port)).stdout == "ok\n"
+        with pytest.raises(SSHHostKeyNotVerified):
+            await strict.run(address, "echo ok", port=sshd.port)
 
 
 # --- private keys -------------------------------------------------------------------

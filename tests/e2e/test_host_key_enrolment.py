@@ -2,7 +2,8 @@
 Through the HTTP API against the lab: a known machine whose host key is not
 verified is never offered a password, the action says why and how to enrol
 the key, and the enrolment command (a real process, against the running lab)
-fixes it. Outside the lab, C{host_keys = off} stops twistd with one line.
+fixes it, for the foopies that devices' SSH goes to as well. Outside the
+lab, C{host_keys = off} stops twistd with one line.
 
 The lab's SSH servers are looked behind by wrapping their password check:
 every password any machine is offered is recorded, with the machine's name.
@@ -60,10 +61,19 @@ def _unenrol(service: RunningService, name: str) -> None:
     known_hosts.write_text("".join(kept))
 
 
+def _holder(service: RunningService) -> ContextHolder:
+    return next(child for child in service.service if isinstance(child, ContextHolder))
+
+
+async def _host_keys_written(service: RunningService) -> None:
+    """Wait (bounded) until SlaveAPI's host key files hold what it recorded (they are written in the background)."""
+    await _holder(service).context().clients.ssh.host_keys_flushed().addTimeout(10, reactor)
+
+
 def _set_policy(service: RunningService, policy: str) -> None:
     ini = _lab_dir(service) / "slaveapi.ini"
     ini.write_text(re.sub(r"(?m)^host_keys = \w+$", f"host_keys = {policy}", ini.read_text()))
-    holder = next(child for child in service.service if isinstance(child, ContextHolder))
+    holder = _holder(service)
     assert holder.reload()
     assert holder.context().config.ssh.host_keys == policy
 
@@ -117,6 +127,7 @@ async def test_tofu_records_the_key_but_offers_no_password_until_verified(lab_se
         assert "no password was offered" in result["text"]
     assert name not in lab_service.offered  # type: ignore[attr-defined]
     # Recorded on first use, kept apart from the verified keys.
+    await _host_keys_written(lab_service)
     machine = lab_service.lab.machine(name)
     unverified = (_lab_dir(lab_service) / "known_hosts.unverified").read_text()
     assert f"[{machine.ip}]:{lab_service.lab.ssh_port} ssh-ed25519 " in unverified
@@ -157,6 +168,66 @@ async def test_the_enrolment_command_lists_new_keys_and_writes_them(lab_service:
 
     out, _, _ = await _scan(lab_service)
     assert f"known    {name} " in out and "\nnew " not in out and not out.startswith("new ")
+
+
+def _host_lines(out: str) -> list[list[str]]:
+    """The scan's lines for hosts, split in words (the summary line left out)."""
+    words = [line.split() for line in out.splitlines()]
+    return [line for line in words if line[:1] and line[0] in ("new", "known", "changed", "failed")]
+
+
+def _scanned(out: str) -> dict[str, list[str]]:
+    """The scan's lines by host name."""
+    return {line[1]: line for line in _host_lines(out)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_enrolment_command_covers_the_foopies_devices_are_reached_through(
+    lab_service: RunningService,
+) -> None:
+    _set_policy(lab_service, "strict")
+    lab = lab_service.lab
+    device = next(machine for machine in lab.fleet.machines if machine.foopy is not None)
+    foopy = lab.machine(device.foopy)
+    port = lab.ssh_port
+    _unenrol(lab_service, foopy.name)
+    known_hosts = _lab_dir(lab_service) / "known_hosts"
+    # The device's uptime is read on its foopy: without the foopy's key, no login at all.
+    result = await _uptime(lab_service, device.name)
+    assert result["state"] == 3, result
+    assert f"ssh {foopy.ip}:{port}: host key not verified (" in result["text"]
+    assert foopy.name not in lab_service.offered  # type: ignore[attr-defined]
+
+    out, err, _code = await _scan(lab_service)
+    lines = _scanned(out)
+    fingerprint = openssh_fingerprint(lab.host_key)
+    assert lines[foopy.name] == ["new", foopy.name, f"[{foopy.fqdn}]:{port},[{foopy.ip}]:{port}", "ssh-ed25519", fingerprint]
+    # Every host once: slavealloc's machines (the devices among them) and the foopy.
+    listed = [line[1] for line in _host_lines(out)]
+    assert sorted(listed) == sorted([machine.name for machine in lab.fleet.machines] + [foopy.name]), out + err
+
+    out, err, _code = await _scan(lab_service, "--write")
+    assert f"written to {known_hosts}" in out, out + err
+    assert f"[{foopy.fqdn}]:{port},[{foopy.ip}]:{port} ssh-ed25519 " in known_hosts.read_text()
+    result = await _uptime(lab_service, device.name)
+    assert result["state"] == 2 and isinstance(result["text"], int), result
+    assert foopy.name in lab_service.offered  # type: ignore[attr-defined]
+    assert _scanned((await _scan(lab_service))[0])[foopy.name][0] == "known"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_new_machine_is_enrolled_on_its_own_by_name(lab_service: RunningService) -> None:
+    # As for an AWS loaner just created: --host scans only the machines named.
+    _set_policy(lab_service, "strict")
+    name = "bld-linux64-lab-001"
+    _unenrol(lab_service, name)
+    machine = lab_service.lab.machine(name)
+    port = lab_service.lab.ssh_port
+    out, err, code = await _scan(lab_service, "--host", name, "--write")
+    assert code == 0, out + err
+    assert list(_scanned(out)) == [name]
+    assert _scanned(out)[name][:3] == ["new", name, f"[{machine.fqdn}]:{port},[{machine.ip}]:{port}"]
+    assert out.splitlines()[-1].startswith("0 known, 1 new written to ")
 
 
 @pytest_twisted.ensureDeferred
