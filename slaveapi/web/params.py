@@ -10,11 +10,9 @@ import math
 
 from twisted.web.iweb import IRequest
 
+from slaveapi._yesno import NO, YES, parse_yes_no
 from slaveapi.machines import is_valid_slave_name
 from slaveapi.web.errors import bad_request
-
-_TRUE = ("1", "y", "yes", "true")
-_FALSE = ("0", "n", "no", "false")
 
 #: The longest a POST may hold its HTTP request open waiting for the action.
 MAX_WAITTIME = 3600.0
@@ -78,13 +76,11 @@ def waittime(request: IRequest) -> float:
 
 
 def boolean(request: IRequest, name: str, default: bool | None = None) -> bool | None:
-    """A yes/no argument in any case: y, yes, 1, true or n, no, 0, false."""
+    """A yes/no argument in the one vocabulary of L{slaveapi._yesno}; empty or absent is C{default}."""
     raw = value(request, name)
     if raw is None or raw.strip() == "":
         return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise bad_request(f"{name}: expected one of {', '.join(_TRUE + _FALSE)} (any case), got {raw[:40]!r}")
+    answer = parse_yes_no(raw)
+    if answer is None:
+        raise bad_request(f"{name}: expected one of {', '.join(YES + NO)} (any case), got {raw[:40]!r}")
+    return answer

@@ -5,6 +5,7 @@ single-line, secret-free message per kind of mistake.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from slaveapi.config import (
     InventoryConfig,
     AuthConfig,
     BuildapiConfig,
+    Config,
     ConfigError,
     Credentials,
     DNSConfig,
@@ -28,9 +30,11 @@ from slaveapi.config import (
     ServiceURL,
     SlavesConfig,
     SSHConfig,
+    ini_schema,
     load_config,
     load_credentials,
 )
+from slaveapi._yesno import parse_yes_no
 
 _SSH_PASSWORD = "ssh-password-one"
 _SSH_PASSWORD_2 = "ssh-password-two"
@@ -265,14 +269,22 @@ def test_listen_alone_uses_the_default_port(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("1", True), ("YES", True), ("true", True), ("On", True), ("y", True),
-     ("0", False), ("no", False), ("False", False), ("off", False), ("n", False)],
+    [("1", True), ("YES", True), ("true", True), ("Y", True), ("y", True), ("on", True),
+     ("0", False), ("no", False), ("False", False), ("N", False), ("n", False), ("Off", False)],
 )
 def test_booleans(tmp_path: Path, raw: str, expected: bool) -> None:
     ini = _replace(_FULL_INI, "daemonize = yes", f"daemonize = {raw}")
     ini = _replace(ini, "protect_reads = true", f"protect_reads = {raw}")
     config = load_config(str(_write(tmp_path, ini)))
     assert (config.server.daemonize, config.auth.protect_reads) == (expected, expected)
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled"])
+def test_booleans_are_the_web_vocabulary(tmp_path: Path, raw: str) -> None:
+    # One yes/no vocabulary for the ini and request parameters.
+    assert (parse_yes_no(raw), parse_yes_no("Yes "), parse_yes_no(" 0"), parse_yes_no("ON")) == (None, True, False, True)
+    path = _write(tmp_path, _replace(_FULL_INI, "daemonize = yes", f"daemonize = {raw}"))
+    assert _error(path) == f"{path}: [server] daemonize: expected true or false, got {raw!r}"
 
 
 @pytest.mark.parametrize("choice", ["tofu", "strict", "off", "TOFU"])
@@ -397,6 +409,78 @@ def test_empty_required_value(tmp_path: Path) -> None:
 def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> None:
     path = _write(tmp_path, _replace(_FULL_INI, old, new))
     assert _error(path) == f"{path}: {expected}"
+
+
+# -- unknown sections and keys: one line naming them and the closest known name ------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[ssh]\nknown_host = kh\n", "[ssh] known_host: unknown key; did you mean 'known_hosts'?"),
+        ("[store]\nkeepdays = 3\n", "[store] keepdays: unknown key; did you mean 'keep_days'?"),
+        ("[store]\nurl = postgresql://db/slaveapi\n", "[store] url: unknown key; expected one of keep_days"),
+        ("[stroe]\nkeep_days = 3\n", "[stroe]: unknown section; did you mean 'store'?"),
+        ("[Probes]\nmethod = tcp\n", "[Probes]: unknown section; did you mean 'probes'?"),
+        ("[cluster]\nnodes = 3\n", "[cluster]: unknown section; expected one of server, slavealloc, inventory, "
+         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, snmp, pdus, mozpool, "
+         "reboot, buildbot, masters, aws, store, devices, timeouts"),
+        ("[mozpool]\nhost = imaging\n", "[mozpool] host: unknown key; expected one of scheme, port"),
+        ("[DEFAULT]\ntimeout = 3\n", "[DEFAULT]: unknown section; expected one of server, slavealloc, inventory, "
+         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, snmp, pdus, mozpool, "
+         "reboot, buildbot, masters, aws, store, devices, timeouts"),
+    ],
+)
+def test_unknown_sections_and_keys_stop_loading(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, _MINIMAL_INI + "\n" + text, credentials={"ssh": {}})
+    assert _error(path) == f"{path}: {expected}"
+
+
+def test_a_key_of_a_sibling_section_is_unknown(tmp_path: Path) -> None:
+    # [slavealloc] reads api_url only, unlike [bugzilla]: a user name there would be sent nowhere.
+    ini = _replace(_MINIMAL_INI, "[slavealloc]\n", "[slavealloc]\nusername = slaveapi\n")
+    path = _write(tmp_path, ini, credentials={"ssh": {}})
+    assert _error(path) == f"{path}: [slavealloc] username: unknown key; expected one of api_url"
+
+
+def test_a_misspelt_section_is_unknown_before_it_is_missing(tmp_path: Path) -> None:
+    ini = _replace(_MINIMAL_INI, "[slavealloc]", "[slavealloc ]")
+    path = _write(tmp_path, ini, credentials={"ssh": {}})
+    assert _error(path) == f"{path}: [slavealloc ]: unknown section; did you mean 'slavealloc'?"
+
+
+def test_free_form_sections_take_any_key(tmp_path: Path) -> None:
+    ini = _MINIMAL_INI + "\n[timeouts]\nany_action = 5\n\n[pdus]\npdu1.example.test = APC\n\n[masters]\nbm1 = 0.8\n"
+    config = load_config(str(_write(tmp_path, ini, credentials={"ssh": {}})))
+    assert (dict(config.timeouts), dict(config.snmp.pdu_types), dict(config.buildbot.masters)) == (
+        {"any_action": 5.0},
+        {"pdu1.example.test": "apc"},
+        {"bm1": "0.8"},
+    )
+
+
+def test_schema_lists_what_the_loader_accepts() -> None:
+    schema = {section.name: section for section in ini_schema()}
+    assert [name for name, section in schema.items() if section.required] == [
+        "slavealloc", "inventory", "bugzilla", "buildapi", "slaves", "secrets"
+    ]
+    assert [name for name, section in schema.items() if section.keys is None] == ["pdus", "masters", "timeouts"]
+    assert schema["server"].keys == (
+        "listen", "port", "endpoint", "concurrency", "daemonize", "pidfile", "max_body", "server_names",
+        "read_concurrency", "max_queued",
+    )
+    assert schema["secrets"].keys == ("credentials_file",)
+    assert schema["snmp"].keys is not None and "pdu_types" not in schema["snmp"].keys
+
+
+def test_each_default_is_the_records_own(tmp_path: Path) -> None:
+    # A section left out gets exactly its record's dataclass defaults: nothing restates them.
+    config = load_config(str(_write(tmp_path, _MINIMAL_INI, credentials={"ssh": {}})))
+    for field in dataclasses.fields(Config):
+        if field.default is not dataclasses.MISSING:
+            assert getattr(config, field.name) == field.default, field.name
+    assert config.server == ServerConfig()
+    assert config.slaves == SlavesConfig(default_domain="build.example.test")
 
 
 # -- the credentials file -------------------------------------------------------------------

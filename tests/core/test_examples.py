@@ -1,14 +1,12 @@
 """
 The example configuration stays true to the loader, and the docs to the example.
 
-C{examples/slaveapi.ini} must load with L{load_config}, show every key the
-loader reads (and nothing it ignores: unknown keys would otherwise pass
-silently), describe each key in a comment, and have every key documented in
-C{docs/configuration.rst}. C{examples/credentials.json} must fill every field
-of L{Credentials}.
-
-Which keys the loader reads is found by watching it: every option is asked
-for with C{RawConfigParser.has_option} before it is read.
+C{examples/slaveapi.ini} must load with L{load_config}, show every key of
+the loader's schema (L{ini_schema}: the sections and keys the loader
+accepts; anything else stops it) with the default the record holds,
+describe each key in a comment, and have every key documented in
+C{docs/configuration.rst} with that same default. C{examples/credentials.json}
+must fill every field of L{Credentials}.
 """
 
 from __future__ import annotations
@@ -21,18 +19,13 @@ import re
 import shutil
 from typing import Any
 
-import pytest
-
 from slaveapi.actions.registry import ACTIONS
-from slaveapi.config import API_SCOPES, Config, Credentials, Secret, load_config
+from slaveapi.config import API_SCOPES, Credentials, Secret, ini_schema, load_config
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE_INI = os.path.join(_ROOT, "examples", "slaveapi.ini")
 EXAMPLE_CREDENTIALS = os.path.join(_ROOT, "examples", "credentials.json")
 CONFIGURATION_DOC = os.path.join(_ROOT, "docs", "configuration.rst")
-
-#: Sections whose keys are free-form (action names, PDU host names).
-_FREE_FORM = ("timeouts", "pdus", "masters")
 
 #: A commented-out alternative setting: ";key = value".
 _ALTERNATIVE = re.compile(r"^;\s*([A-Za-z0-9_.-]+)\s*=")
@@ -64,19 +57,31 @@ def _alternatives(path: str) -> set[tuple[str, str]]:
     return found
 
 
-def _load_watching(path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, set[tuple[str, str]]]:
-    """Load C{path} and return the (section, key) pairs the loader asked for."""
-    asked: set[tuple[str, str]] = set()
-    real_has_option = configparser.RawConfigParser.has_option
+def _schema_keys() -> set[tuple[str, str]]:
+    """(section, key) of every key the loader accepts, free-form sections left out."""
+    return {(section.name, key) for section in ini_schema() for key in section.keys or ()}
 
-    def has_option(self: configparser.RawConfigParser, section: str, option: str) -> bool:
-        asked.add((section, option.lower()))
-        return real_has_option(self, section, option)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(configparser.RawConfigParser, "has_option", has_option)
-        config = load_config(path)
-    return config, asked
+def _free_form() -> set[str]:
+    return {section.name for section in ini_schema() if section.keys is None}
+
+
+def _defaults() -> dict[tuple[str, str], Any]:
+    """(section, key) to the default its record holds, for keys with a plain (not empty) default."""
+    return {
+        (section.name, key): default
+        for section in ini_schema()
+        for key, default in section.defaults.items()
+        if isinstance(default, (bool, int, float, str))
+    }
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _with_alternatives(tmp_path: Any) -> str:
@@ -160,19 +165,40 @@ def test_no_example_secret_shows_in_the_config_repr() -> None:
     assert [secret for secret in secrets if secret in shown] == []
 
 
-def test_every_key_in_the_example_is_read_by_the_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    _, asked = _load_watching(EXAMPLE_INI, monkeypatch)
-    _, asked_with_alternatives = _load_watching(_with_alternatives(tmp_path), monkeypatch)
+def test_every_key_in_the_example_is_one_the_loader_accepts(tmp_path: Any) -> None:
+    load_config(_with_alternatives(tmp_path))  # unknown keys would stop it
     shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
-    ignored = shown - (asked | asked_with_alternatives)
-    assert ignored == set(), f"examples/slaveapi.ini has keys load_config ignores: {sorted(ignored)}"
+    unknown = {(section, key) for section, key in shown if section not in _free_form()} - _schema_keys()
+    assert unknown == set(), f"examples/slaveapi.ini has keys load_config does not accept: {sorted(unknown)}"
 
 
-def test_every_key_the_loader_reads_is_in_the_example(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, asked = _load_watching(EXAMPLE_INI, monkeypatch)
+def test_every_key_the_loader_accepts_is_in_the_example() -> None:
     shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
-    missing = asked - shown
-    assert missing == set(), f"load_config reads keys examples/slaveapi.ini does not show: {sorted(missing)}"
+    missing = _schema_keys() - shown
+    assert missing == set(), f"examples/slaveapi.ini does not show keys load_config accepts: {sorted(missing)}"
+    assert {section.name for section in ini_schema()} == {section for section, _ in shown}
+
+
+def test_the_example_states_each_default_the_records_hold() -> None:
+    comments: dict[tuple[str, str], str] = {}
+    section = key = None
+    with open(EXAMPLE_INI, encoding="utf-8") as handle:
+        for line in handle:
+            if header := _SECTION.match(line.strip()):
+                section = header.group(1)
+            elif described := re.match(r"^# ([a-z0-9_]+): ", line):
+                key = described.group(1)
+                comments[(section or "", key)] = line
+            elif line.startswith("#   ") and key is not None:
+                comments[(section or "", key)] += line
+            else:
+                key = None
+    wrong = [
+        f"[{section}] {key}: Default: {_shown_default(default)}"
+        for (section, key), default in _defaults().items()
+        if f"Default: {_shown_default(default)}" not in " ".join(comments.get((section, key), "").split())
+    ]
+    assert wrong == [], f"examples/slaveapi.ini comments disagree with the records' defaults: {wrong}"
 
 
 def test_endpoint_alternative_replaces_listen_and_port(tmp_path: Any) -> None:
@@ -220,14 +246,30 @@ def test_every_key_has_a_comment_naming_it() -> None:
 def test_configuration_doc_covers_every_section_and_key() -> None:
     with open(CONFIGURATION_DOC, encoding="utf-8") as handle:
         doc = handle.read()
-    shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI)
-    sections = {section for section, _ in shown}
+    shown = _ini_keys(EXAMPLE_INI) | _alternatives(EXAMPLE_INI) | _schema_keys()
+    sections = {section for section, _ in shown} | {section.name for section in ini_schema()}
     missing = sorted(f"[{section}]" for section in sections if f"[{section}]" not in doc)
     missing += sorted(
         f"[{section}] {key}"
         for section, key in shown
-        if section not in _FREE_FORM and f"``{key}``" not in doc
+        if section not in _free_form() and f"``{key}``" not in doc
     )
     with open(EXAMPLE_CREDENTIALS, encoding="utf-8") as handle:
         missing += sorted(f"credentials {key}" for key in json.load(handle) if f"``{key}``" not in doc)
     assert missing == []
+
+
+def test_configuration_doc_states_each_default_the_records_hold() -> None:
+    with open(CONFIGURATION_DOC, encoding="utf-8") as handle:
+        doc = handle.read()
+    tables = {}
+    for part in re.split(r"(?m)^(?=\[[a-z]+\]\n~+$)", doc):
+        if header := re.match(r"\[([a-z]+)\]\n", part):
+            rows = re.findall(r"(?m)^   \* - ``([a-z0-9_]+)``\n     - (.*)$", part)
+            tables[header.group(1)] = dict(rows)
+    wrong = [
+        f"[{section}] {key}: {tables.get(section, {}).get(key)!r}, not ``{_shown_default(default)}``"
+        for (section, key), default in _defaults().items()
+        if not tables.get(section, {}).get(key, "").startswith(f"``{_shown_default(default)}``")
+    ]
+    assert wrong == [], f"docs/configuration.rst disagrees with the records' defaults: {wrong}"

@@ -1,0 +1,377 @@
+"""
+The configuration records, one per ini section, and L{Config} holding them.
+
+Each field's dataclass default is its one default; its metadata (L{ini})
+says how its key is read: kind, bounds, choices. Each field of L{Config}
+says which section its record comes from (L{part}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ._credentials import Credentials
+from ._readers import (
+    DEFAULT_INTERFACE,
+    DEFAULT_PORT,
+    MASTER_FLAVOURS,
+    MASTER_SCHEMES,
+    check_read_concurrency,
+    default_dns_api_url,
+    read_credentials_file,
+    read_domain,
+    read_listen,
+    read_master_flavour,
+    read_master_scheme,
+    read_name_patterns,
+    read_origins,
+    read_server_names,
+)
+from ._schema import (
+    URL,
+    Boolean,
+    Choice,
+    Custom,
+    Entries,
+    HostPorts,
+    Integer,
+    Number,
+    Path,
+    Text,
+    ini,
+    part,
+)
+
+_PDU_TYPES = ("sentry", "apc")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """C{[server]}: where to listen and how much to run at once."""
+
+    #: A server endpoint string: C{endpoint}, or else C{listen} and C{port}.
+    listen: str = field(
+        default=f"tcp:{DEFAULT_PORT}:interface={DEFAULT_INTERFACE}",
+        metadata=ini(Custom(read_listen), also=("port", "endpoint")),
+    )
+    concurrency: int = field(default=50, metadata=ini(Integer(1)))
+    daemonize: bool = field(default=False, metadata=ini(Boolean()))
+    pidfile: str = field(default="slaveapi.pid", metadata=ini(Text()))
+    #: The largest request body accepted, in bytes; larger ones are a 413.
+    max_body: int = field(default=64 * 1024, metadata=ini(Integer(1024)))
+    #: C{Host} values served besides the listening address (and, on loopback,
+    #: the localhost names): C{name}, C{name:port}, C{*.domain} or C{*} for any.
+    server_names: tuple[str, ...] = field(default=(), metadata=ini(Custom(read_server_names)))
+    #: How many of the C{concurrency} slots read-only actions may hold at once;
+    #: C{None}: four fifths of them (all of them when C{concurrency} is 1).
+    read_concurrency: int | None = field(default=None, metadata=ini(Integer(1)))
+    #: Pending requests of each kind (read-only, changing) past which a POST is a 503.
+    max_queued: int = field(default=10000, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class ServiceURL:
+    """
+    A remote HTTP API and the user name we log in with, if any.
+
+    C{allow_plain_http}: credentials may be sent to an C{http://} URL
+    (C{[inventory]} and C{[bugzilla]} read it; without it such a
+    configuration is refused).
+    """
+
+    api_url: str = field(metadata=ini(URL()))
+    username: str | None = field(default=None, metadata=ini(Text()))
+    allow_plain_http: bool = field(default=False, metadata=ini(Boolean()))
+
+
+@dataclass(frozen=True)
+class InventoryConfig(ServiceURL):
+    """C{[inventory]}: systems by hostname, and the DNS records API (for AWS loaners)."""
+
+    #: Read as C{<api_url>/mozdns/api/v1_dns} when not given.
+    dns_api_url: str | None = field(default=None, metadata=ini(URL()))
+
+
+@dataclass(frozen=True)
+class BuildapiConfig:
+    """C{[buildapi]}: recent jobs; C{max_concurrent} limits calls in flight."""
+
+    api_url: str = field(metadata=ini(URL()))
+    max_concurrent: int = field(default=3, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class SlavesConfig:
+    """C{[slaves]}: how short names become hosts, and the BMC user."""
+
+    default_domain: str = field(metadata=ini(Custom(read_domain)))
+    ipmi_username: str = field(default="ADMIN", metadata=ini(Text()))
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """C{[logging]}: level and optional rotating file."""
+
+    level: str = field(
+        default="info", metadata=ini(Choice(("debug", "info", "warn", "warning", "error", "critical")))
+    )
+    file: str | None = field(default=None, metadata=ini(Path()))
+    maxsize: int = field(default=10 * 1024 * 1024, metadata=ini(Integer(1024)))
+    maxfiles: int = field(default=5, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """C{[dns]}: resolvers (host, port); none means the system's."""
+
+    servers: tuple[tuple[str, int], ...] = field(default=(), metadata=ini(HostPorts(53)))
+    timeout: float = field(default=5.0, metadata=ini(Number(0.1)))
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    """
+    C{[ssh]}: port, timeouts, what to do with host keys, and how many
+    sessions to one host at once.
+
+    C{host_keys}: C{strict} accepts only keys already in C{known_hosts};
+    C{tofu} records a host's key on first use and refuses a changed one,
+    but offers that host only keys, never a password (no login verifies a
+    key: a server can accept any key without our signature being checked,
+    so a key login proves nothing about it); C{off} checks nothing and is accepted only with C{--lab} (see
+    C{check_host_key_policy}).
+    """
+
+    port: int = field(default=22, metadata=ini(Integer(1)))
+    connect_timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+    command_timeout: float = field(default=60.0, metadata=ini(Number(0.1)))
+    host_keys: str = field(default="strict", metadata=ini(Choice(("tofu", "strict", "off"))))
+    #: Relative to the C{--data} directory, not the ini file's.
+    known_hosts: str = field(default="known_hosts", metadata=ini(Text()))
+    per_host: int = field(default=2, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """C{[http]}: the limit on every HTTP call to a remote API."""
+
+    timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """
+    C{[probes]}: how to tell whether a machine is up, and how long to wait
+    for a reboot to take it down and bring it back.
+
+    C{method}: C{tcp} connects to the SSH port; C{icmp} runs the system
+    C{ping} (C{ping_count} packets, C{ping_deadline} seconds).
+    """
+
+    method: str = field(default="icmp", metadata=ini(Choice(("icmp", "tcp"))))
+    ping_count: int = field(default=3, metadata=ini(Integer(1)))
+    ping_deadline: float = field(default=5.0, metadata=ini(Number(1)))
+    tcp_timeout: float = field(default=3.0, metadata=ini(Number(0.1)))
+    interval: float = field(default=5.0, metadata=ini(Number(0.05)))
+    down_timeout: float = field(default=300.0, metadata=ini(Number(0.1)))
+    up_timeout: float = field(default=600.0, metadata=ini(Number(0.1)))
+
+
+@dataclass(frozen=True)
+class IPMIConfig:
+    """
+    C{[ipmi]}: BMC power control through pyghmi worker processes.
+
+    @ivar timeout: the deadline of one IPMI call (pyghmi has none of its own).
+    @ivar retries: further attempts when setting up a session fails.
+    @ivar workers: how many worker processes serve IPMI calls in parallel.
+    @ivar off_timeout: how long a soft power-off may take before a hard one.
+    @ivar power_delay: seconds between power off and power on.
+    """
+
+    port: int = field(default=623, metadata=ini(Integer(1)))
+    timeout: float = field(default=20.0, metadata=ini(Number(0.1)))
+    retries: int = field(default=2, metadata=ini(Integer(0)))
+    workers: int = field(default=8, metadata=ini(Integer(1)))
+    off_timeout: float = field(default=60.0, metadata=ini(Number(0)))
+    poll_interval: float = field(default=2.0, metadata=ini(Number(0.05)))
+    power_delay: float = field(default=5.0, metadata=ini(Number(0)))
+
+
+@dataclass(frozen=True)
+class SNMPConfig:
+    """
+    C{[snmp]}: PDU outlet control.
+
+    C{version} C{2c} uses the credentials' C{snmp_community}; C{3} uses USM
+    with C{v3_user} and the credentials' C{snmp_v3_auth_key} and
+    C{snmp_v3_priv_key}. C{pdu_types} maps a PDU host to C{sentry} or C{apc}
+    (from C{[pdus]}); others are C{default_pdu_type}.
+    """
+
+    port: int = field(default=161, metadata=ini(Integer(1)))
+    timeout: float = field(default=2.0, metadata=ini(Number(0.1)))
+    retries: int = field(default=1, metadata=ini(Integer(0)))
+    version: str = field(default="2c", metadata=ini(Choice(("2c", "3"))))
+    v3_user: str | None = field(default=None, metadata=ini(Text()))
+    v3_auth_protocol: str = field(default="sha", metadata=ini(Choice(("md5", "sha", "sha256"))))
+    v3_priv_protocol: str = field(default="aes", metadata=ini(Choice(("none", "des", "aes"))))
+    default_pdu_type: str = field(default="sentry", metadata=ini(Choice(_PDU_TYPES)))
+    pdu_types: Mapping[str, str] = field(
+        default_factory=dict, metadata=ini(Entries(Choice(_PDU_TYPES)), section="pdus")
+    )
+    state_timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+    poll_interval: float = field(default=1.0, metadata=ini(Number(0.05)))
+    power_delay: float = field(default=5.0, metadata=ini(Number(0)))
+
+
+@dataclass(frozen=True)
+class MozpoolConfig:
+    """C{[mozpool]}: how to reach the imaging server named in inventory."""
+
+    scheme: str = field(default="http", metadata=ini(Choice(("http", "https"))))
+    port: int | None = field(default=None, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class RebootConfig:
+    """
+    C{[reboot]}: the Bugzilla hand-off when every reboot method failed.
+
+    Summaries are templates with C{{name}} (the short name).
+    """
+
+    bug_product: str = field(default="Infrastructure & Operations", metadata=ini(Text()))
+    bug_component: str = field(default="DCOps", metadata=ini(Text()))
+    bug_summary: str = field(default="{name} is unreachable", metadata=ini(Text()))
+    tracking_product: str = field(default="Release Engineering", metadata=ini(Text()))
+    tracking_component: str = field(default="Buildduty", metadata=ini(Text()))
+    tracking_summary: str = field(default="{name} problem tracking", metadata=ini(Text()))
+
+
+@dataclass(frozen=True)
+class BuildbotConfig:
+    """
+    C{[buildbot]} and C{[masters]}: graceful shutdowns through Buildbot masters.
+
+    C{flavour} says how to ask a master: C{0.8} (POST to the old web
+    status's C{/buildslaves/<name>/shutdown}), C{modern} (the data API's
+    JSON-RPC C{stop} on the worker, Buildbot >= 1.0) or C{auto} (ask the
+    data API first, fall back to 0.8). C{[masters]} overrides it per master
+    (by fqdn or nickname). C{username} (with the credentials'
+    C{buildbot_master}) is sent as HTTP basic auth to masters that need it.
+    The shutdown is confirmed from twistd.log, polled every
+    C{poll_interval} for at most C{max_wait} seconds.
+
+    C{scheme} (C{http} or C{https}) is how masters are reached;
+    C{master_schemes} overrides it per master (C{[masters]}, by fqdn or
+    nickname). Basic auth goes to an C{http} master only with
+    C{allow_plain_http}.
+    """
+
+    flavour: str = field(default="auto", metadata=ini(Choice(MASTER_FLAVOURS)))
+    username: str | None = field(default=None, metadata=ini(Text()))
+    masters: Mapping[str, str] = field(
+        default_factory=dict, metadata=ini(Entries(Custom(read_master_flavour)), section="masters")
+    )
+    poll_interval: float = field(default=30.0, metadata=ini(Number(0.05)))
+    max_wait: float = field(default=5 * 3600.0, metadata=ini(Number(0.1)))
+    scheme: str = field(default="http", metadata=ini(Choice(MASTER_SCHEMES)))
+    master_schemes: Mapping[str, str] = field(
+        default_factory=dict, metadata=ini(Entries(Custom(read_master_scheme)), section="masters")
+    )
+    allow_plain_http: bool = field(default=False, metadata=ini(Boolean()))
+
+
+@dataclass(frozen=True)
+class AWSConfig:
+    """
+    C{[aws]}: EC2 instances, through boto3 in a bounded thread pool.
+
+    Credentials come from the credentials file (C{aws_access_key_id},
+    C{aws_secret_access_key}) or else boto3's standard chain. C{endpoint_url}
+    points at another EC2 endpoint (the lab's moto server). Loaners are
+    launched from the AMI or launch template of their type into C{subnet_id}
+    and named in C{build_domain} / C{test_domain}.
+    """
+
+    region: str = field(default="us-east-1", metadata=ini(Text()))
+    endpoint_url: str | None = field(default=None, metadata=ini(URL()))
+    timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+    retries: int = field(default=3, metadata=ini(Integer(0)))
+    threads: int = field(default=10, metadata=ini(Integer(1)))
+    poll_interval: float = field(default=5.0, metadata=ini(Number(0.05)))
+    state_timeout: float = field(default=600.0, metadata=ini(Number(0.1)))
+    dns_timeout: float = field(default=1200.0, metadata=ini(Number(0.1)))
+    subnet_id: str | None = field(default=None, metadata=ini(Text()))
+    key_name: str | None = field(default=None, metadata=ini(Text()))
+    build_ami: str | None = field(default=None, metadata=ini(Text()))
+    test_ami: str | None = field(default=None, metadata=ini(Text()))
+    build_launch_template: str | None = field(default=None, metadata=ini(Text()))
+    test_launch_template: str | None = field(default=None, metadata=ini(Text()))
+    build_instance_type: str = field(default="c5.2xlarge", metadata=ini(Text()))
+    test_instance_type: str = field(default="m5.large", metadata=ini(Text()))
+    build_domain: str | None = field(default=None, metadata=ini(Text()))
+    test_domain: str | None = field(default=None, metadata=ini(Text()))
+    #: Short names of build and test loaners (shell-style, C{*} and C{?}): the
+    #: only names aws_create_instance creates, and machines SlaveAPI knows
+    #: even when slavealloc does not.
+    build_loaner_names: tuple[str, ...] = field(
+        default=("dev-linux64-ec2-*",), metadata=ini(Custom(read_name_patterns))
+    )
+    test_loaner_names: tuple[str, ...] = field(
+        default=("tst-linux32-ec2-*", "tst-linux64-ec2-*"), metadata=ini(Custom(read_name_patterns))
+    )
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """C{[store]}: how long finished results are kept (0 days: for ever)."""
+
+    keep_days: float = field(default=90.0, metadata=ini(Number(0)))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """
+    C{[auth]}: whether reads need a token too (writes do whenever tokens
+    exist), which other web origins may call the API from a browser, and
+    whether SlaveAPI may listen beyond loopback without tokens.
+    """
+
+    protect_reads: bool = field(default=False, metadata=ini(Boolean()))
+    #: Normalised origins, e.g. C{"https://dashboard.example.com:443"}.
+    allowed_origins: tuple[str, ...] = field(default=(), metadata=ini(Custom(read_origins)))
+    allow_anonymous: bool = field(default=False, metadata=ini(Boolean()))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the service is configured with; C{path} is the ini file's absolute path."""
+
+    path: str
+    server: ServerConfig = field(metadata=part("server", finish=check_read_concurrency))
+    slavealloc: ServiceURL = field(metadata=part("slavealloc", required=True, only=("api_url",)))
+    inventory: InventoryConfig = field(metadata=part("inventory", required=True, finish=default_dns_api_url))
+    bugzilla: ServiceURL = field(metadata=part("bugzilla", required=True))
+    buildapi: BuildapiConfig = field(metadata=part("buildapi", required=True))
+    slaves: SlavesConfig = field(metadata=part("slaves", required=True))
+    credentials: Credentials = field(
+        metadata=ini(Custom(read_credentials_file), section="secrets", key="credentials_file", required_section=True)
+    )
+    logging: LoggingConfig = field(default=LoggingConfig(), metadata=part("logging"))
+    dns: DNSConfig = field(default=DNSConfig(), metadata=part("dns"))
+    ssh: SSHConfig = field(default=SSHConfig(), metadata=part("ssh"))
+    http: HTTPConfig = field(default=HTTPConfig(), metadata=part("http"))
+    auth: AuthConfig = field(default=AuthConfig(), metadata=part("auth"))
+    probes: ProbeConfig = field(default=ProbeConfig(), metadata=part("probes"))
+    ipmi: IPMIConfig = field(default=IPMIConfig(), metadata=part("ipmi"))
+    snmp: SNMPConfig = field(default=SNMPConfig(), metadata=part("snmp"))
+    mozpool: MozpoolConfig = field(default=MozpoolConfig(), metadata=part("mozpool"))
+    reboot: RebootConfig = field(default=RebootConfig(), metadata=part("reboot"))
+    buildbot: BuildbotConfig = field(default=BuildbotConfig(), metadata=part("buildbot"))
+    aws: AWSConfig = field(default=AWSConfig(), metadata=part("aws"))
+    store: StoreConfig = field(default=StoreConfig(), metadata=part("store"))
+    devices_url: str | None = field(default=None, metadata=ini(URL(), section="devices", key="url"))
+    timeouts: Mapping[str, float] = field(default_factory=dict, metadata=ini(Entries(Number(1)), section="timeouts"))
