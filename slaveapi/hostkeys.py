@@ -49,7 +49,7 @@ from slaveapi.clients.devices import DevicesClient
 from slaveapi.clients.dns import DNSClient, DNSError
 from slaveapi.clients.http import JSONClient, RemoteError, make_http_client
 from slaveapi.clients.slavealloc import SlaveallocClient
-from slaveapi.clients.ssh_hostkeys import (
+from slaveapi.clients.ssh import (
     CHANGED,
     VERIFIED,
     HostKeyStore,

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from slaveapi.clients.ssh_hostkeys import replace_file
+from slaveapi.clients.ssh import replace_file
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.dns import LabDNS

@@ -8,8 +8,8 @@ import pytest
 from twisted.conch.ssh.keys import Key
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from slaveapi.clients.ssh import SSHHostKeyMismatch, _HostKeys
-from slaveapi.clients.ssh_hostkeys import HostKeyStore
+from slaveapi.clients.ssh import HostKeyStore, SSHHostKeyMismatch
+from slaveapi.clients.ssh._hostkeys import HostKeyPolicy as _HostKeys
 
 
 def _new_key() -> Key:

@@ -27,9 +27,9 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 
-from slaveapi.clients import ssh_hostkeys
-from slaveapi.clients.ssh import SSHHostKeyMismatch, _HostKeys
-from slaveapi.clients.ssh_hostkeys import HostKeyStore
+from slaveapi.clients.ssh import HostKeyStore, SSHHostKeyMismatch
+from slaveapi.clients.ssh import _knownhosts as ssh_hostkeys
+from slaveapi.clients.ssh._hostkeys import HostKeyPolicy as _HostKeys
 
 reactor: Any = _reactor
 

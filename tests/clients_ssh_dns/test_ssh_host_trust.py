@@ -22,16 +22,18 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
-from slaveapi.clients import ssh_hostkeys
 from slaveapi.clients.ssh import (
     CommandResult,
+    HostKeyStore,
+    KnownHostsFile,
     SSHAuthenticationFailed,
     SSHBusy,
     SSHClient,
     SSHHostKeyMismatch,
     SSHHostKeyNotVerified,
+    openssh_fingerprint,
 )
-from slaveapi.clients.ssh_hostkeys import HostKeyStore, KnownHostsFile, openssh_fingerprint
+from slaveapi.clients.ssh import _knownhosts as ssh_hostkeys
 from slaveapi.config import Secret, SSHConfig
 from tests.clients_ssh_dns.conch_peer import ConchPeer, new_key
 

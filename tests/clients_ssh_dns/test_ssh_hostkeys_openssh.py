@@ -29,8 +29,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from slaveapi.clients.ssh import CommandResult, SSHClient, SSHHostKeyNotVerified
-from slaveapi.clients.ssh_hostkeys import HostKeyStore, known_hosts_name, openssh_fingerprint
+from slaveapi.clients.ssh import (
+    CommandResult,
+    HostKeyStore,
+    SSHClient,
+    SSHHostKeyNotVerified,
+    known_hosts_name,
+    openssh_fingerprint,
+)
 from slaveapi.config import Secret, SSHConfig
 from slaveapi.hostkeys import fetch_host_key
 

@@ -58,8 +58,8 @@ from slaveapi.clients.ssh import (
     SSHHostKeyNotVerified,
     SSHTimeout,
     SSHUnreachable,
-    _connect_error,
 )
+from slaveapi.clients.ssh._errors import connect_error as _connect_error
 from slaveapi.config import ConfigError, Secret, SSHConfig
 from slaveapi.hostkeys import fetch_host_key
 

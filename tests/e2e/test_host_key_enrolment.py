@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from slaveapi.clients.ssh_hostkeys import openssh_fingerprint
+from slaveapi.clients.ssh import openssh_fingerprint
 from slaveapi.service import ContextHolder
 from tests.e2e.harness import request_json, twistd_command
 from tests.e2e.inprocess import RunningService, start_in_process

@@ -1,30 +1,20 @@
 """
-The SSH host keys SlaveAPI knows, kept in two OpenSSH-format files.
+One OpenSSH known_hosts file, held in memory as an index by host name
+(L{KnownHostsFile}), and how it is rewritten safely.
 
-C{known_hosts} holds I{verified} keys, and only an operator puts them there
-(by hand, or with C{python -m slaveapi.hostkeys scan --write} after the
-fingerprints were shown). C{known_hosts.unverified}, beside it, holds the
-keys recorded on first use (C{host_keys = tofu}): they pin a host's key
-against a change, and no outcome of a login ever moves them to
-C{known_hosts}. A key login in particular proves nothing about the server:
-a server may answer "accepted" to our key without ever checking a signature.
-Keeping the two files apart means the verified one can be handed to OpenSSH
-as it is, and whether a key is verified survives restarts.
-
-Each file is held in memory as an index by host name, kept up to date by
-our own changes; the file is read again only when someone else changed it
-(its size, modification time or inode differ from what our last read or
-write left). Lines are parsed into keys only when their host is looked up,
-so reading a big file again is a split per line, not a key parse per line.
+The index is kept up to date by our own changes; the file is read again
+only when someone else changed it (its size, modification time or inode
+differ from what our last read or write left). Lines are parsed into keys
+only when their host is looked up, so reading a big file again is a split
+per line, not a key parse per line.
 
 Every change writes a new file beside the old one (mode 0600, flushed to
 disk) and renames it over the old one, so that a crash never leaves a file
 empty or half-written. Writers in different processes take turns through an
-exclusive lock on the directory. In SlaveAPI (a L{HostKeyStore} given a
-reactor) the change is made in memory at once and written in a thread of
-the reactor's pool, one write at a time per file, several queued changes in
-one write: neither the fsyncs nor the wait for the lock ever hold up the
-reactor.
+exclusive lock on the directory. Given a runner that uses the reactor's
+thread pool, a change is made in memory at once and written in a worker
+thread, one write at a time per file, several queued changes in one write:
+neither the fsyncs nor the wait for the lock ever hold up the reactor.
 """
 
 from __future__ import annotations
@@ -44,14 +34,11 @@ from typing import Any, TypeVar
 from twisted.conch.client.knownhosts import HashedEntry, PlainEntry, UnparsedEntry
 from twisted.conch.error import InvalidEntry
 from twisted.conch.ssh.keys import BadKeyError, Key
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
-
-#: The suffix of the file of keys recorded on first use (not verified).
-UNVERIFIED_SUFFIX = ".unverified"
 
 #: How a key compares with what a file records for a host.
 VERIFIED = "verified"
@@ -63,22 +50,6 @@ CHANGED = "changed"
 # _LOCK_PAUSE seconds (5 s), never on the reactor thread.
 _LOCK_ATTEMPTS = 500
 _LOCK_PAUSE = 0.01
-
-
-def known_hosts_name(host: str, port: int) -> bytes:
-    """The name OpenSSH files a host's key under: C{host}, or C{[host]:port} off port 22."""
-    return (host if port == 22 else f"[{host}]:{port}").encode("utf-8")
-
-
-def openssh_fingerprint(key: Key) -> str:
-    """The key's fingerprint as OpenSSH prints it: C{SHA256:} and unpadded base64."""
-    digest = hashlib.sha256(key.public().blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-def describe_key(key: Key) -> str:
-    """The key's type and fingerprint, e.g. C{ssh-ed25519 SHA256:...}."""
-    return f"{key.sshType().decode('ascii')} {openssh_fingerprint(key)}"
 
 
 def replace_file(path: str, data: bytes) -> None:
@@ -130,7 +101,7 @@ class _DirectoryLock:
     it leaves a lock on the old one. The wait is bounded (about 5 s); a
     holder keeps the lock only for one small write. The wait pauses the
     calling thread, so SlaveAPI takes the lock only in a worker thread
-    (see L{HostKeyStore}), never on the reactor.
+    (see L{run_in_threads}), never on the reactor.
     """
 
     def __init__(self, directory: str) -> None:
@@ -310,6 +281,7 @@ class _Remove:
 
 _Change = _Add | _Remove
 
+
 def _stamp_of(status: os.stat_result) -> tuple[int, int, int, int, int]:
     """What tells one version of a file from another: device, inode, size, mtime and ctime (ns)."""
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
@@ -371,14 +343,16 @@ def _rewrite(path: str, changes: list[_Change], expected: Any) -> _Rewritten:
 
 
 #: How blocking work is run: at once (no reactor), or in a worker thread.
-_Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
 def _run_inline(work: Callable[[], T]) -> Deferred[T]:
     return maybeDeferred(work)
 
 
-def _run_in_threads(reactor: Any) -> _Runner:
+def run_in_threads(reactor: Any) -> Runner:
+    """A runner that runs each piece of blocking work in a thread of C{reactor}'s pool."""
+
     def run(work: Callable[[], T]) -> Deferred[T]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
@@ -404,9 +378,9 @@ class KnownHostsFile:
     @param run: runs one blocking write; default at once, in the caller's thread.
     """
 
-    def __init__(self, path: str, run: _Runner | None = None) -> None:
+    def __init__(self, path: str, run: Runner | None = None) -> None:
         self.path = path
-        self._run: _Runner = run or _run_inline
+        self._run: Runner = run or _run_inline
         self._index = _Index()
         # What the index stands for on disk (our changes being written or queued aside).
         self._stamp: Any = _NEVER_READ
@@ -491,7 +465,7 @@ class KnownHostsFile:
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
 
-    def _submit(self, changes: list[_Change], run: _Runner) -> Deferred[None]:
+    def _submit(self, changes: list[_Change], run: Runner) -> Deferred[None]:
         self._refresh()
         for change in changes:
             change.apply(self._index)
@@ -500,7 +474,7 @@ class KnownHostsFile:
         self._start(run)
         return done
 
-    def _start(self, run: _Runner) -> None:
+    def _start(self, run: Runner) -> None:
         """Write everything queued, in one rewrite, unless a write is under way."""
         if self._writing is not None or not self._queued:
             return
@@ -533,86 +507,3 @@ class KnownHostsFile:
             waiters, self._flush_waiters = self._flush_waiters, []
             for waiting in waiters:
                 waiting.callback(None)
-
-
-@dataclass(frozen=True)
-class HostKeyVerdict:
-    """
-    How a host's key compares with what SlaveAPI has recorded.
-
-    @ivar status: L{VERIFIED}, L{UNVERIFIED} (recorded on first use),
-        L{UNKNOWN} or L{CHANGED} (another key is recorded).
-    @ivar path: the file that records the other key, for L{CHANGED}.
-    """
-
-    status: str
-    path: str | None = None
-
-
-def _all(deferreds: list[Deferred[None]]) -> Deferred[None]:
-    """Fires once all have; fails with the first failure itself (not wrapped)."""
-    gathered = gatherResults(deferreds, consumeErrors=True)
-    return gathered.addCallbacks(lambda _: None, lambda failure: failure.value.subFailure)
-
-
-class HostKeyStore:
-    """
-    The verified C{known_hosts} file and, beside it, the keys recorded on first use.
-
-    Nothing here ever moves a key from the second file to the first: only an
-    operator verifies a key.
-
-    @param reactor: when given, the changes made while SlaveAPI runs
-        (L{record_unverified}, L{forget}) are written in its thread pool;
-        without it, at once in the calling thread.
-    """
-
-    def __init__(self, known_hosts_path: str, reactor: Any = None) -> None:
-        run = _run_in_threads(reactor) if reactor is not None else None
-        self.verified = KnownHostsFile(known_hosts_path, run)
-        self.unverified = KnownHostsFile(known_hosts_path + UNVERIFIED_SUFFIX, run)
-
-    @property
-    def path(self) -> str:
-        """The verified file."""
-        return self.verified.path
-
-    def create(self) -> None:
-        """Create the verified file (empty, 0600) if it is missing."""
-        create_if_missing(self.verified.path)
-
-    def judge(self, name: bytes, key: Key, *, first_use: bool) -> HostKeyVerdict:
-        """
-        Compare C{key} with the keys recorded under C{name}; with C{first_use},
-        the keys recorded on first use count too.
-        """
-        files = [(self.verified, VERIFIED)] + ([(self.unverified, UNVERIFIED)] if first_use else [])
-        for known, status in files:
-            found = known.compare(name, key)
-            if found == VERIFIED:
-                return HostKeyVerdict(status)
-            if found == CHANGED:
-                return HostKeyVerdict(CHANGED, known.path)
-        return HostKeyVerdict(UNKNOWN)
-
-    def flushed(self) -> Deferred[None]:
-        """Fires once neither file has a change being written or queued."""
-        return _all([self.verified.flushed(), self.unverified.flushed()])
-
-    def record_unverified(self, name: bytes, key: Key) -> Deferred[None]:
-        """
-        Record C{key} for C{name} on first use: pinned at once (a later
-        L{judge} sees it), on disk when the Deferred fires.
-        """
-        return self.unverified.add_later([name], key)
-
-    def forget(self, name: bytes) -> tuple[bool, Deferred[None]]:
-        """
-        Drop every key recorded for C{name}, verified or not: in memory now.
-
-        @return: whether there was one, and a Deferred that fires once both
-            files no longer have it (or fails with the first write's error).
-        """
-        dropped, verified_written = self.verified.remove_later(name)
-        also, unverified_written = self.unverified.remove_later(name)
-        return dropped or also, _all([verified_written, unverified_written])
