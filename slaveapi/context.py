@@ -28,25 +28,44 @@ from slaveapi.clients.probe import Prober
 from slaveapi.clients.slavealloc import SlaveallocClient
 from slaveapi.clients.ssh import SSHClient
 from slaveapi.config import Config
+from slaveapi.interfaces import (
+    AWSSpec,
+    BugzillaSpec,
+    BuildapiSpec,
+    DevicesSpec,
+    DNSSpec,
+    InventorySpec,
+    IPMISpec,
+    MasterSpec,
+    MozpoolSpec,
+    PDUSpec,
+    ProberSpec,
+    SlaveallocSpec,
+    SSHClientSpec,
+)
 
 
 @dataclass(frozen=True)
 class Clients:
-    """One client per remote system."""
+    """
+    One client per remote system, typed on what is asked of it (the specs
+    of L{slaveapi.interfaces}): L{build_context} puts the real clients in,
+    L{slaveapi.testing} fakes.
+    """
 
-    dns: DNSClient
-    ssh: SSHClient
-    slavealloc: SlaveallocClient
-    inventory: InventoryClient
-    buildapi: BuildapiClient
-    bugzilla: BugzillaClient
-    devices: DevicesClient
-    prober: Prober
-    mozpool: MozpoolClient
-    ipmi: IPMIClient
-    pdu: PDUClient
-    master: MasterClient
-    aws: AWSClient
+    dns: DNSSpec
+    ssh: SSHClientSpec
+    slavealloc: SlaveallocSpec
+    inventory: InventorySpec
+    buildapi: BuildapiSpec
+    bugzilla: BugzillaSpec
+    devices: DevicesSpec
+    prober: ProberSpec
+    mozpool: MozpoolSpec
+    ipmi: IPMISpec
+    pdu: PDUSpec
+    master: MasterSpec
+    aws: AWSSpec
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,7 @@ def build_context(
             credentials.ssh,
             known_hosts,
             credentials.ssh_keys,
-            previous=previous.clients.ssh if previous is not None else None,
+            previous=_previous_ssh(previous),
         ),
         slavealloc=SlaveallocClient(config.slavealloc.api_url, json_client("slavealloc")),
         inventory=InventoryClient(
@@ -113,7 +132,14 @@ def build_context(
     return Context(config=config, clients=clients, reactor=reactor)
 
 
-def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMIClient:
+def _previous_ssh(previous: Context | None) -> SSHClient | None:
+    """The SSH client a reload shares the per-host session places with (a real one only)."""
+    if previous is not None and isinstance(previous.clients.ssh, SSHClient):
+        return previous.clients.ssh
+    return None
+
+
+def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMISpec:
     if previous is not None and _ipmi_settings(previous.config) == _ipmi_settings(config):
         return previous.clients.ipmi
     return IPMIClient(reactor, config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
@@ -123,7 +149,7 @@ def _ipmi_settings(config: Config) -> tuple[Any, ...]:
     return (config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
 
 
-def _aws_client(config: Config, reactor: Any, previous: Context | None) -> AWSClient:
+def _aws_client(config: Config, reactor: Any, previous: Context | None) -> AWSSpec:
     """The previous context's AWS client (its thread pool) when nothing it uses changed."""
     credentials = config.credentials
     if previous is not None and _aws_settings(previous.config) == _aws_settings(config):
@@ -136,7 +162,7 @@ def _aws_settings(config: Config) -> tuple[Any, ...]:
     return (config.aws, credentials.aws_access_key_id, credentials.aws_secret_access_key)
 
 
-def _pdu_client(config: Config, reactor: Any, dns: DNSClient, previous: Context | None) -> PDUClient:
+def _pdu_client(config: Config, reactor: Any, dns: DNSClient, previous: Context | None) -> PDUSpec:
     if previous is not None and _snmp_settings(previous.config) == _snmp_settings(config):
         return previous.clients.pdu
 

@@ -32,8 +32,10 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from slaveapi.config import AWSConfig, Secret
+from slaveapi.interfaces import IAWS
 
 T = TypeVar("T")
 
@@ -138,6 +140,7 @@ class LaunchSpec:
     client_token: str | None = None
 
 
+@implementer(IAWS)
 class AWSClient:
     """
     EC2 through boto3, every call in a bounded thread pool with a deadline.

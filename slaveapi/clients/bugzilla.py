@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote
+from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, ParamValue, RemoteError, url_with_params
 from slaveapi.config import Secret
+from slaveapi.interfaces import IBugzilla
 
 _SERVICE = "bugzilla"
 
@@ -45,6 +47,7 @@ class Bug:
     depends_on: tuple[int, ...]
 
 
+@implementer(IBugzilla)
 class BugzillaClient:
     """
     Reads and writes bugs through Bugzilla's REST API at C{api_url}

@@ -15,12 +15,15 @@ from urllib.parse import quote
 
 from twisted.internet.defer import DeferredSemaphore
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, RemoteError, url_with_params
+from slaveapi.interfaces import IBuildapi
 
 _SERVICE = "buildapi"
 
 
+@implementer(IBuildapi)
 class BuildapiClient:
     """
     Reads recent jobs from buildapi at C{api_url}.

@@ -13,8 +13,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, RemoteError
+from slaveapi.interfaces import IDevices
 
 _SERVICE = "devices"
 
@@ -33,6 +35,7 @@ class Device:
     fields: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
+@implementer(IDevices)
 class DevicesClient:
     """Looks devices up in the devices.json at C{url} (C{None}: not configured)."""
 

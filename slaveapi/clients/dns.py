@@ -19,6 +19,9 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError as Def
 from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import AuthoritativeDomainError, DNSNameError, DomainError
+from zope.interface import implementer
+
+from slaveapi.interfaces import IDNS
 
 # How many CNAMEs we follow before deciding the chain is a loop.
 _MAX_CNAME_HOPS = 8
@@ -72,6 +75,7 @@ def _payload(record: dns.RRHeader) -> Any:
     return record.payload
 
 
+@implementer(IDNS)
 class DNSClient:
     """
     Name lookups against the configured servers, or the system's resolver.

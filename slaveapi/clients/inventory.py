@@ -22,9 +22,11 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, RemoteError, url_with_params
 from slaveapi.config import Secret
+from slaveapi.interfaces import IInventory
 
 _SERVICE = "inventory"
 _OUTLET = re.compile(r"^([A-Za-z])([A-Za-z])([0-9]{1,4})$")
@@ -126,6 +128,7 @@ class DNSRecord:
         return "addressrecord" if self.kind == "A" else "ptr"
 
 
+@implementer(IInventory)
 class InventoryClient:
     """
     Looks hosts up in the inventory's REST API at C{api_url}.

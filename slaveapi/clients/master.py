@@ -64,6 +64,7 @@ from zope.interface import implementer
 from slaveapi.clients.dns import DNSClient, DNSError
 from slaveapi.clients.slavealloc import MasterRecord
 from slaveapi.config import BuildbotConfig, Secret
+from slaveapi.interfaces import IMaster
 
 #: Buildbot 0.8's web status.
 FLAVOUR_08 = "0.8"
@@ -110,6 +111,7 @@ class _BodyTooLarge(Exception):
     """The answer exceeded L{_MAX_BODY}."""
 
 
+@implementer(IMaster)
 class MasterClient:
     """
     Asks Buildbot masters to shut workers down gracefully.

@@ -8,17 +8,20 @@ C{POST /api/device/<device>/power-cycle/}.
 """
 
 from __future__ import annotations
+from zope.interface import implementer
 
 from slaveapi.clients.dns import DNSClient
 from slaveapi.clients.http import JSONClient, RemoteError
 from slaveapi.config import MozpoolConfig
 from slaveapi.hostnames import is_valid_hostname
+from slaveapi.interfaces import IMozpool
 
 
 class MozpoolError(Exception):
     """The power-cycle request did not succeed; one line saying why."""
 
 
+@implementer(IMozpool)
 class MozpoolClient:
     """Asks Mozpool imaging servers to power-cycle devices."""
 

@@ -24,8 +24,10 @@ from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from slaveapi.config import ProbeConfig
+from slaveapi.interfaces import IProber
 
 #: Where the system ping usually lives; the first that exists is used.
 _PING_PATHS = ("/usr/bin/ping", "/bin/ping", "/sbin/ping", "/usr/sbin/ping")
@@ -54,6 +56,7 @@ class _Closer(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProber)
 class Prober:
     """
     Answers "is it up?" by ICMP or TCP, and waits for reboots.

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
+from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, NotFound, RemoteError, url_with_params
+from slaveapi.interfaces import ISlavealloc
 
 _SERVICE = "slavealloc"
 _DRIVE = re.compile(r"^([A-Za-z]):(.*)$")
@@ -115,6 +117,7 @@ def filter_slaves(
     ]
 
 
+@implementer(ISlavealloc)
 class SlaveallocClient:
     """
     Reads and updates slavealloc's REST API at C{api_url}.

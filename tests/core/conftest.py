@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+
 from slaveapi.config import (
     ApiToken,
     AuthConfig,
@@ -18,7 +19,6 @@ from slaveapi.config import (
     ServiceURL,
     SlavesConfig,
 )
-from fake_fleet import fake_clients
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import SQLiteResultStore
 
@@ -57,9 +57,15 @@ async def store(tmp_path: Any) -> Any:
 @pytest.fixture
 def context_box() -> SimpleNamespace:
     """Holds the context the processor and the web app see; tests may replace .context."""
+    # Imported here: the SSH client (which the fakes and the context bring in)
+    # imports conch, which installs the default reactor, and this module is
+    # loaded before pytest-twisted installs the asyncio one.
+    from fake_fleet import fake_clients
     from twisted.internet import reactor
 
-    return SimpleNamespace(context=SimpleNamespace(config=make_config(), clients=fake_clients(), reactor=reactor))
+    from slaveapi.context import Context
+
+    return SimpleNamespace(context=Context(config=make_config(), clients=fake_clients(clock=reactor), reactor=reactor))
 
 
 @pytest.fixture

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 from conftest import make_config
 
 from fake_fleet import fake_clients
 from slaveapi.clients.http import RemoteError
 from slaveapi.config import AWSConfig, ConfigError, load_config
+from slaveapi.context import Context
 from slaveapi.machines import (
     IdentificationFailed,
     KnownMachine,
@@ -33,7 +34,7 @@ _EXAMPLE_INI = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "
 def _ctx(names: tuple[str, ...] = ("bld-1", "Panda-Board-2"), devices: tuple[str, ...] = ("panda-0008",)) -> Any:
     config = make_config()
     config = dataclasses.replace(config, aws=AWSConfig(build_domain="build.aws.test", test_domain="test.aws.test"))
-    return SimpleNamespace(config=config, clients=fake_clients(names, devices))
+    return Context(config=config, clients=fake_clients(names, devices), reactor=Clock())
 
 
 @pytest_twisted.ensureDeferred

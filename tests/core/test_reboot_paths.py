@@ -1,130 +1,97 @@
 """
-The reboot escalation's decisions, with every remote system faked: what the
-lab cannot stage (a reboot faster than the probe's polls, a probe that cannot
-run, a caller that asks for no bug).
+The reboot escalation's decisions, on the shipped fakes and a C{Clock}: what
+the lab cannot stage (a reboot faster than the probe's polls, a probe that
+cannot run, a caller that asks for no bug, SSH places that stay taken).
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-import pytest_twisted
+from twisted.logger import Logger
 
 from slaveapi.actions import ActionFailure, ActionLog, ActionRun
 from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES, reboot
-from slaveapi.clients.dns import HostInfo
-from slaveapi.clients.probe import RebootWait
 from slaveapi.clients.ssh import CommandResult, SSHBusy
-from slaveapi.config import AWSConfig, ProbeConfig, RebootConfig, SlavesConfig
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import Clock
-from twisted.logger import Logger
+from slaveapi.testing import FakeHost, Fakes, make_fakes, run_on_clock
 
-from fake_fleet import FakeSlavealloc
+IP = "127.0.9.1"
 
+_BUSY = SSHBusy(
+    f"ssh {IP}:22: no SSH session came free within 30s (2 already open to this host, the [ssh] per_host limit)"
+)
 
-async def _none(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-class _Session:
-    def __init__(self, uptime: str) -> None:
-        self._uptime = uptime
-        self.commands: list[str] = []
-
-    async def run(self, command: str, **kwargs: Any) -> CommandResult:
-        self.commands.append(command)
-        if command == "cat /proc/uptime":
-            return CommandResult(0, self._uptime, "")
-        return CommandResult(0, "", "")
-
-    def close(self) -> None:
-        pass
+_STAYED_BUSY = (
+    "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
+    " PDU were not tried) and no bug was filed."
+)
 
 
-def _run(
-    prober: Any, session: _Session, bugzilla: Any, clock: Any = None, **overrides: Any
-) -> tuple[ActionRun, list[str]]:
+def _fakes(with_power_control: bool = False) -> Fakes:
     """
-    A reboot run of C{bld-1} on fakes; C{overrides} replace clients by name,
-    C{clock} (default the reactor) is the context's reactor.
+    bld-1, up for a day; C{with_power_control}: Mozpool, IPMI and a PDU
+    would all apply to it (an imaging server and an outlet in inventory, a
+    -mgmt name whose BMC answers).
     """
-    from twisted.internet import reactor
+    power: dict[str, Any] = {}
+    if with_power_control:
+        power = {
+            "bmc_ip": "127.0.10.1",
+            "outlet": "pdu1.example.test:AA1",
+            "imaging_server": "mobile-imaging-001.example.test",
+        }
+    return make_fakes([FakeHost("bld-1", IP, **power)])
 
-    host = HostInfo("bld-1", "bld-1.example.test", "example.test", "127.0.9.1", None)
 
-    async def lookup_host(name: str) -> HostInfo | None:
-        return host if name.startswith("bld-1") else None
+def _reboots_between_polls(fakes: Fakes) -> None:
+    """The reboot command takes bld-1 down a second later and it boots in two: quicker than the probe's polls."""
+    host = fakes.hosts.find("bld-1")
+    assert host is not None and fakes.config.probes.interval > 3
+    host.boot_seconds = 2.0
 
-    async def open_session(address: str, **kwargs: Any) -> _Session:
-        return session
+    def accepted(address: str) -> CommandResult:
+        fakes.clock.callLater(1.0, fakes.hosts.go_down, host)
+        return CommandResult(None, "", "")
 
-    async def no_jobs(name: str, count: int = 10) -> list[Any]:
-        return []
+    fakes.ssh.answer("reboot", accepted)
 
-    clients = SimpleNamespace(
-        dns=SimpleNamespace(lookup_host=lookup_host, ipmi_name=_none, qualify=lambda name: name + ".example.test"),
-        slavealloc=FakeSlavealloc(("bld-1",)),
-        devices=SimpleNamespace(get_device=_none),
-        inventory=SimpleNamespace(get_system=_none),
-        buildapi=SimpleNamespace(recent_jobs=no_jobs),
-        bugzilla=bugzilla,
-        prober=prober,
-        ssh=SimpleNamespace(session=open_session),
-    )
-    for name, client in overrides.items():
-        setattr(clients, name, client)
-    config = SimpleNamespace(
-        probes=ProbeConfig(up_timeout=1), reboot=RebootConfig(), slaves=SlavesConfig("example.test"), aws=AWSConfig()
-    )
-    ctx = SimpleNamespace(clients=clients, config=config, reactor=clock or reactor)
+
+def _never_goes_down(fakes: Fakes) -> None:
+    """The reboot command is accepted, and nothing happens."""
+    fakes.ssh.answer("reboot", CommandResult(0, "", ""))
+
+
+def _reboot(fakes: Fakes, update_bug: bool = True) -> tuple[str, list[str]]:
+    """The reboot of bld-1 run to its end on the fakes' clock: its final text, and the texts shown."""
     shown: list[str] = []
-    log = ActionLog(Logger(), "bld-1", 1, "reboot")
-    return ActionRun(ctx, "bld-1", 1, "reboot", log, shown.append), shown  # type: ignore[arg-type]
+    run = ActionRun(fakes.context(), "bld-1", 1, "reboot", ActionLog(Logger(), "bld-1", 1, "reboot"), shown.append)
+    try:
+        return run_on_clock(fakes.clock, reboot(run, update_bug=update_bug)), shown
+    except ActionFailure as failure:
+        return str(failure.payload), shown
 
 
-class _Prober:
-    """Says the machine is up, and that a reboot never took it down."""
-
-    def __init__(self, alive_error: Exception | None = None) -> None:
-        self._alive_error = alive_error
-
-    async def alive(self, host: str) -> bool:
-        if self._alive_error is not None:
-            raise self._alive_error
-        return True
-
-    async def wait_for_reboot(self, host: str, progress: Any = None) -> RebootWait:
-        return RebootWait(went_down=False, came_back=False, waited=30.0)
-
-    async def wait_for(self, host: str, up: bool, limit: float) -> bool:
-        return False
+def _no_power_control(fakes: Fakes) -> bool:
+    powercycles = [call for call in fakes.ipmi.calls if call[0] == "powercycle"]
+    return not (powercycles or fakes.pdu.calls or fakes.mozpool.calls)
 
 
-def _untouchable_bugzilla() -> Any:
-    async def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("Bugzilla must not be called")
-
-    return SimpleNamespace(get_bug=_none, search=refuse, create_bug=refuse, add_comment=refuse, update_bug=refuse)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_reboot_too_fast_for_the_probe_is_seen_in_the_uptime() -> None:
-    session = _Session("12.5 3.0\n")
-    run, _ = _run(_Prober(), session, _untouchable_bugzilla())
-    assert await reboot(run) == "Attempting SSH reboot...Success!"
-    assert session.commands[0] == "reboot"
+def test_a_reboot_too_fast_for_the_probe_is_seen_in_the_uptime() -> None:
+    fakes = _fakes()
+    _reboots_between_polls(fakes)
+    text, _ = _reboot(fakes)
+    assert text == "Attempting SSH reboot...Success!"
+    assert [command for _, command in fakes.ssh.commands] == ["reboot", "cat /proc/uptime"]
+    # The probe never saw it down: it waited its whole down_timeout.
+    assert fakes.clock.seconds() >= fakes.config.probes.down_timeout
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_not_to() -> None:
-    session = _Session("86400.0 1.0\n")
-    run, shown = _run(_Prober(), session, _untouchable_bugzilla())
-    with pytest.raises(ActionFailure) as failed:
-        await reboot(run, update_bug=False)
-    assert failed.value.payload.split("\n") == [
+def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_not_to() -> None:
+    fakes = _fakes()
+    _never_goes_down(fakes)
+    text, shown = _reboot(fakes, update_bug=False)
+    assert text.split("\n") == [
         "Attempting SSH reboot...Failed (it never went down).",
         "Skipping Mozpool reboot: no imaging server in inventory.",
         "Skipping IPMI reboot: no -mgmt interface in DNS.",
@@ -132,146 +99,65 @@ async def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_
         "All reboot methods failed; not filing a bug, as asked.",
     ]
     assert "Attempting SSH reboot...initiated, waiting for it to come back..." in shown[1]
+    assert fakes.bugzilla.created == [] and fakes.bugzilla.comments == {}
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_probe_that_cannot_run_skips_ssh_with_the_reason() -> None:
-    run, _ = _run(_Prober(RuntimeError("no ping command found")), _Session("1 1"), _untouchable_bugzilla())
-    with pytest.raises(ActionFailure) as failed:
-        await reboot(run, update_bug=False)
-    assert failed.value.payload.split("\n")[0] == "Skipping SSH reboot: cannot probe the machine: no ping command found."
+def test_a_probe_that_cannot_run_skips_ssh_with_the_reason() -> None:
+    fakes = _fakes()
+    fakes.prober.error = RuntimeError("no ping command found")
+    text, _ = _reboot(fakes, update_bug=False)
+    assert text.split("\n")[0] == "Skipping SSH reboot: cannot probe the machine: no ping command found."
+    assert fakes.ssh.logins == []
 
 
-class _PowerControl:
-    """
-    Mozpool, IPMI and a PDU that would all apply to bld-1 (an imaging server
-    and an outlet in inventory, a -mgmt name whose BMC answers); C{calls}
-    lists every power control asked of them.
-    """
+def test_busy_ssh_is_retried_then_stops_the_reboot_without_power_control() -> None:
+    fakes = _fakes(with_power_control=True)
+    fakes.ssh.script_logins(IP, then=_BUSY)
 
-    def __init__(self) -> None:
-        self.calls: list[str] = []
+    text, _ = _reboot(fakes)
 
-    def clients(self) -> dict[str, Any]:
-        async def get_system(fqdn: str) -> Any:
-            return SimpleNamespace(pdu="pdu1.example.test:AA1", imaging_server="mobile-imaging-001.example.test")
-
-        async def ipmi_name(name: str) -> str:
-            return f"{name}-mgmt.example.test"
-
-        async def available(address: str) -> bool:
-            return True
-
-        def record(what: str) -> Any:
-            async def call(*args: Any, **kwargs: Any) -> None:
-                self.calls.append(what)
-
-            return call
-
-        host = HostInfo("bld-1", "bld-1.example.test", "example.test", "127.0.9.1", None)
-
-        async def lookup_host(name: str) -> HostInfo | None:
-            return host if name.startswith("bld-1") else None
-
-        return {
-            "inventory": SimpleNamespace(get_system=get_system),
-            "dns": SimpleNamespace(lookup_host=lookup_host, ipmi_name=ipmi_name, qualify=lambda n: n + ".example.test"),
-            "mozpool": SimpleNamespace(power_cycle=record("mozpool")),
-            "ipmi": SimpleNamespace(available=available, powercycle=record("ipmi")),
-            "pdu": SimpleNamespace(powercycle=record("pdu")),
-        }
-
-
-class _BusySSH:
-    """
-    An SSH client whose places to the machine may all be taken: the calls
-    (counted from 1) for which C{busy} is true fail with L{SSHBusy}, the
-    others get C{session}. C{asked} counts the calls.
-    """
-
-    def __init__(self, session: _Session, busy: Callable[[int], bool]) -> None:
-        self._session = session
-        self._busy = busy
-        self.asked = 0
-
-    async def session(self, address: str, **kwargs: Any) -> _Session:
-        self.asked += 1
-        if self._busy(self.asked):
-            raise SSHBusy(
-                f"ssh {address}:22: no SSH session came free within 30s"
-                " (2 already open to this host, the [ssh] per_host limit)"
-            )
-        return self._session
-
-
-async def _failure_after_the_busy_waits(clock: Clock, action: Deferred[Any]) -> str:
-    """Let the pauses between busy tries pass on C{clock}; the action's failure text."""
-    for _ in range(BUSY_TRIES - 1):
-        assert not action.called
-        clock.advance(BUSY_PAUSE)
-    assert action.called
-    with pytest.raises(ActionFailure) as failed:
-        await action
-    return str(failed.value.payload)
-
-
-@pytest_twisted.ensureDeferred
-async def test_busy_ssh_is_retried_then_stops_the_reboot_without_power_control() -> None:
-    clock, power = Clock(), _PowerControl()
-    ssh = _BusySSH(_Session("1 1"), busy=lambda call: True)
-    run, _ = _run(_Prober(), _Session("1 1"), _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
-
-    text = await _failure_after_the_busy_waits(clock, ensureDeferred(reboot(run)))
-
-    assert ssh.asked == BUSY_TRIES
-    assert power.calls == []
+    assert fakes.ssh.logins == [IP] * BUSY_TRIES
+    assert fakes.clock.seconds() == BUSY_PAUSE * (BUSY_TRIES - 1)
+    assert _no_power_control(fakes) and fakes.bugzilla.created == []
     assert text.split("\n") == [
         (
             "Attempting SSH reboot...Stopped while logging in to send the reboot command (ssh 127.0.9.1:22: no SSH"
             " session came free within 30s (2 already open to this host, the [ssh] per_host limit))."
         ),
-        (
-            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
-            " PDU were not tried) and no bug was filed."
-        ),
+        _STAYED_BUSY,
     ]
 
 
-@pytest_twisted.ensureDeferred
-async def test_busy_ssh_after_the_reboot_command_is_not_taken_for_a_machine_that_never_went_down() -> None:
+def test_busy_ssh_after_the_reboot_command_is_not_taken_for_a_machine_that_never_went_down() -> None:
     # The reboot command was accepted, the probe never saw the machine down, and the
     # uptime cannot be read because SSH to it is busy: not known, so no power control.
-    clock, power = Clock(), _PowerControl()
-    session = _Session("86400.0 1.0\n")
-    ssh = _BusySSH(session, busy=lambda call: call > 1)
-    run, _ = _run(_Prober(), session, _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
+    fakes = _fakes(with_power_control=True)
+    _never_goes_down(fakes)
+    fakes.ssh.script_logins(IP, None, then=_BUSY)
 
-    text = await _failure_after_the_busy_waits(clock, ensureDeferred(reboot(run)))
+    text, _ = _reboot(fakes)
 
-    assert session.commands == ["reboot"]
-    assert ssh.asked == 1 + BUSY_TRIES
-    assert power.calls == []
+    assert fakes.ssh.commands == [(IP, "reboot")]
+    assert fakes.ssh.logins == [IP] * (1 + BUSY_TRIES)
+    assert _no_power_control(fakes) and fakes.bugzilla.created == []
     lines = text.split("\n")
     assert lines[0].startswith(
         "Attempting SSH reboot...initiated, then stopped while checking its uptime after the reboot command (ssh "
     )
-    assert lines[1:] == [
-        (
-            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
-            " PDU were not tried) and no bug was filed."
-        )
-    ]
+    assert lines[1:] == [_STAYED_BUSY]
 
 
-@pytest_twisted.ensureDeferred
-async def test_ssh_busy_for_a_while_is_waited_for_and_the_ssh_reboot_goes_ahead() -> None:
-    clock, power = Clock(), _PowerControl()
-    session = _Session("12.5 3.0\n")
-    ssh = _BusySSH(session, busy=lambda call: call == 1)
-    run, _ = _run(_Prober(), session, _untouchable_bugzilla(), clock, ssh=ssh, **power.clients())
-    action = ensureDeferred(reboot(run))
-    assert not action.called
-    clock.advance(BUSY_PAUSE)
-    assert await action == "Attempting SSH reboot...Success!"
-    assert ssh.asked == 3  # busy, then the reboot command, then the uptime
-    assert session.commands[0] == "reboot" and power.calls == []
+@pytest.mark.parametrize("busy_logins", [1, BUSY_TRIES - 1])
+def test_ssh_busy_for_a_while_is_waited_for_and_the_ssh_reboot_goes_ahead(busy_logins: int) -> None:
+    fakes = _fakes(with_power_control=True)
+    _reboots_between_polls(fakes)
+    fakes.ssh.script_logins(IP, *[_BUSY] * busy_logins)
+
+    text, _ = _reboot(fakes)
+
+    assert text == "Attempting SSH reboot...Success!"
+    # Busy, then the reboot command, then the uptime.
+    assert fakes.ssh.logins == [IP] * (busy_logins + 2)
+    assert fakes.ssh.commands[0] == (IP, "reboot")
+    assert _no_power_control(fakes)
+    assert fakes.ssh.open_sessions == 0
