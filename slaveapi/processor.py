@@ -29,7 +29,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.actions import Action, ActionFailure, ActionLog, ActionRun
 from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import IResultStore, StoreUnavailable, interrupted_text

@@ -2,10 +2,34 @@
 The actions SlaveAPI carries out, one module each.
 
 Each module defines an C{async def} doing the work and an L{Action} named
-C{ACTION} describing it; L{slaveapi.actions.registry.ACTIONS} maps action
-names to them.
+C{ACTION} describing it: its limits, the form fields it takes and the routes
+that serve it. L{slaveapi.actions.registry.ACTIONS} maps action names to them.
 """
 
-from slaveapi.actions._base import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.actions._base import (
+    LOANERS,
+    MACHINES,
+    Action,
+    ActionFailure,
+    ActionLog,
+    ActionRun,
+    ArgumentError,
+    Arguments,
+    MissingArguments,
+    no_arguments,
+    yes_no,
+)
 
-__all__ = ["Action", "ActionFailure", "ActionLog", "ActionRun"]
+__all__ = [
+    "LOANERS",
+    "MACHINES",
+    "Action",
+    "ActionFailure",
+    "ActionLog",
+    "ActionRun",
+    "ArgumentError",
+    "Arguments",
+    "MissingArguments",
+    "no_arguments",
+    "yes_no",
+]

@@ -2,19 +2,20 @@
 What an action is, and what it is handed while it runs.
 
 An action is an C{async def} taking an L{ActionRun} (plus the keyword
-arguments its route validated) and returning its payload on success. It
-raises L{ActionFailure} with the payload to finish as FAILURE; any other
-exception also ends as FAILURE, with a one-line reason, its traceback going to
-the log only.
+arguments its L{Action.arguments} parser made of the request's form fields)
+and returning its payload on success. It raises L{ActionFailure} with the
+payload to finish as FAILURE; any other exception also ends as FAILURE, with
+a one-line reason, its traceback going to the log only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Final, Literal, Mapping, Sequence
 
 from twisted.logger import Logger
 
+from slaveapi._yesno import NO, YES, parse_yes_no
 from slaveapi.results import Payload
 
 if TYPE_CHECKING:
@@ -29,6 +30,65 @@ class ActionFailure(Exception):
     def __init__(self, payload: Payload) -> None:
         super().__init__(payload)
         self.payload = payload
+
+
+class ArgumentError(ValueError):
+    """
+    A form field the action cannot take; the web layer answers it as a 400.
+
+    @ivar field: the field at fault.
+    @ivar expected: what was expected (and what came), as the message says it
+        after the field's name: C{"bug: expected a bug number, got 'abc'"}.
+    """
+
+    def __init__(self, field: str, expected: str) -> None:
+        super().__init__(f"{field}: {expected}")
+        self.field = field
+        self.expected = expected
+
+
+class MissingArguments(ArgumentError):
+    """
+    Required form fields that were not given (C{field} is the first of them).
+    """
+
+    def __init__(self, missing: Sequence[str], required: Sequence[str], received: str) -> None:
+        super().__init__(missing[0], "required")
+        self.missing = tuple(missing)
+        self._message = f"missing field(s) {', '.join(missing)}; required: {', '.join(required)}; received: {received}"
+
+    def __str__(self) -> str:
+        return self._message
+
+
+#: Parses a request's form fields (name -> first value) into an action's
+#: keyword arguments, raising L{ArgumentError} for a field it cannot take.
+Arguments = Callable[[Mapping[str, str]], dict[str, Any]]
+
+
+def no_arguments(form: Mapping[str, str]) -> dict[str, Any]:
+    """For actions that take no form fields: whatever the request carries is ignored."""
+    return {}
+
+
+#: Any machine SlaveAPI knows (slavealloc, devices.json, loaner names).
+MACHINES: Final = "machines"
+#: Loaner names only, and C{default} (a name made from the request's fields).
+LOANERS: Final = "loaners"
+
+def yes_no(form: Mapping[str, str], field: str, default: bool) -> bool:
+    """
+    A yes/no field (L{slaveapi._yesno}'s words); C{default} when absent or empty.
+
+    @raise ArgumentError: for any other word.
+    """
+    raw = form.get(field)
+    if raw is None or raw.strip() == "":
+        return default
+    value = parse_yes_no(raw)
+    if value is None:
+        raise ArgumentError(field, f"expected one of {', '.join(YES + NO)} (any case), got {raw[:40]!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,6 +108,13 @@ class Action:
         (C{inspect}, C{reboot}, C{disable}, C{aws}: see
         L{slaveapi.config.API_SCOPES}); C{None}: only a token allowing
         everything may.
+    @ivar arguments: makes the request's form fields into C{run}'s keyword
+        arguments (see L{Arguments}).
+    @ivar routes: the URL segments under C{/slaves/<slave>/actions/} that
+        serve it; by default its name alone. Results are filed under C{name}
+        whichever route asked.
+    @ivar names: which slave names a request may act on: L{MACHINES} (every
+        machine SlaveAPI knows) or L{LOANERS} (loaner names and C{default}).
     """
 
     name: str
@@ -56,6 +123,13 @@ class Action:
     single_flight: bool = False
     timeout: float = 600.0
     scope: str | None = None
+    arguments: Arguments = no_arguments
+    routes: tuple[str, ...] = ()
+    names: Literal["machines", "loaners"] = MACHINES
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            object.__setattr__(self, "routes", (self.name,))
 
 
 class ActionLog:
@@ -125,10 +199,6 @@ class ActionRun:
         """Show C{text} as the result's text while the action runs."""
         self.status = text
         self._report(text)
-
-    def step(self, line: str) -> None:
-        """Append C{line} to the progress text (the reference's status style)."""
-        self.progress(self.status + line)
 
 
 class StatusLines:

@@ -19,10 +19,10 @@ from slaveapi.clients.ssh import (
     SSHBusy,
     SSHConnectionRefused,
     SSHError,
-    SSHSession,
     SSHTimeout,
     SSHUnreachable,
 )
+from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import IdentificationFailed, Slave, UnknownMachine, find_slave
 from slaveapi.uptime import UptimeParseError, parse_net_statistics, parse_proc_uptime, parse_uptime_output
 
@@ -62,13 +62,18 @@ async def locate(run: ActionRun) -> Slave:
     return slave
 
 
+def now(run: ActionRun) -> datetime:
+    """The time on the action's reactor (a test's C{Clock} sets it), in UTC."""
+    return datetime.fromtimestamp(run.ctx.reactor.seconds(), timezone.utc)
+
+
 def is_windows(slave: Slave) -> bool:
     """Whether the machine runs Windows (its distro says so, or its name does)."""
     distro = (slave.slavealloc.distro or "") if slave.slavealloc else ""
     return "win" in distro.lower() or bool(_WINDOWS_NAME.match(slave.name))
 
 
-async def connect(run: ActionRun, host: str, label: str) -> SSHSession:
+async def connect(run: ActionRun, host: str, label: str) -> SSHSessionSpec:
     """
     Log in to C{host}; L{Offline} if it does not answer, L{Busy} if no SSH
     place to it came free, L{ActionFailure} otherwise.
@@ -87,14 +92,14 @@ async def connect(run: ActionRun, host: str, label: str) -> SSHSession:
         raise ActionFailure(f"Could not log in to {label} over SSH: {error}") from None
 
 
-async def _command(run: ActionRun, session: SSHSession, command: str) -> CommandResult:
+async def _command(run: ActionRun, session: SSHSessionSpec, command: str) -> CommandResult:
     try:
         return await session.run(command)
     except SSHError as error:
         raise ActionFailure(f"Running '{command}' on {run.slave} failed: {error}") from None
 
 
-async def read_uptime(run: ActionRun, slave: Slave, session: SSHSession) -> int:
+async def read_uptime(run: ActionRun, slave: Slave, session: SSHSessionSpec) -> int:
     """
     The machine's uptime in seconds: C{cat /proc/uptime}, else C{uptime}, or on
     Windows C{net statistics server}.
@@ -103,7 +108,7 @@ async def read_uptime(run: ActionRun, slave: Slave, session: SSHSession) -> int:
         ("cat /proc/uptime", parse_proc_uptime),
         ("uptime", parse_uptime_output),
     ]
-    windows = ("net statistics server", lambda text: parse_net_statistics(text, datetime.now(timezone.utc)))
+    windows = ("net statistics server", lambda text: parse_net_statistics(text, now(run)))
     if is_windows(slave):
         attempts.insert(0, windows)
     else:
@@ -126,7 +131,7 @@ def log_paths(basedir: str) -> list[str]:
     return [posixpath.join(basedir, "twistd.log.1"), posixpath.join(basedir, "twistd.log")]
 
 
-async def tail_logs(run: ActionRun, session: SSHSession, basedir: str, lines: int = 100) -> list[str]:
+async def tail_logs(run: ActionRun, session: SSHSessionSpec, basedir: str, lines: int = 100) -> list[str]:
     """The last C{lines} lines of twistd.log.1 then twistd.log; a missing file gives none."""
     collected: list[str] = []
     for path in log_paths(basedir):
@@ -156,7 +161,7 @@ async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
     return info.ip, f"{slave.name}'s foopy {host}"
 
 
-async def log_in_where_buildbot_runs(run: ActionRun, wanted: str) -> tuple[Slave, SSHSession]:
+async def log_in_where_buildbot_runs(run: ActionRun, wanted: str) -> tuple[Slave, SSHSessionSpec]:
     """
     Find the machine and log in where its buildbot runs (itself, or its foopy).
 

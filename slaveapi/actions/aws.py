@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from twisted.internet import task
 from twisted.internet.defer import CancelledError
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
+from slaveapi.actions._base import LOANERS, Action, ActionFailure, ActionRun, ArgumentError, MissingArguments
 from slaveapi.clients.aws import AWSClient, AWSError, Instance, LaunchSpec
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.http import RemoteError
@@ -78,39 +78,37 @@ def create_arguments(form: Mapping[str, str]) -> dict[str, Any]:
     The keyword arguments of L{aws_create_instance} from a request's fields.
 
     @param form: every field the request carried (query and body), first value each.
-    @raise ValueError: the message says what is wrong (the route answers it as a 400).
+    @raise ArgumentError: the message says what is wrong (the route answers it as a 400).
     """
     fields = {name: (form.get(name) or "").strip() for name in CREATE_FIELDS}
     missing = [name for name in REQUIRED_FIELDS if not fields[name]]
     if missing:
         received = ", ".join(f"{name}={_shown(value)}" for name, value in sorted(form.items())) or "nothing"
-        raise ValueError(
-            f"missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}; received: {received}"
-        )
+        raise MissingArguments(missing, REQUIRED_FIELDS, received)
     email = fields["email"]
     if not _EMAIL.match(email):
-        raise ValueError(f"email: expected an email address (user@domain), got {_shown(email)}")
+        raise ArgumentError("email", f"expected an email address (user@domain), got {_shown(email)}")
     if not nick_of(email):
-        raise ValueError(
-            f"email: the part before '@' of {_shown(email)} gives no host name (letters, digits and '-')"
+        raise ArgumentError(
+            "email", f"the part before '@' of {_shown(email)} gives no host name (letters, digits and '-')"
         )
     bug = fields["bug"]
     if not bug.isdigit() or not bug.isascii() or int(bug) < 1:
-        raise ValueError(f"bug: expected a bug number, got {_shown(bug)}")
+        raise ArgumentError("bug", f"expected a bug number, got {_shown(bug)}")
     instance_type = fields["instance_type"]
     if instance_type not in INSTANCE_TYPES:
-        raise ValueError(f"instance_type: expected 'build' or 'test', got {_shown(instance_type)}")
+        raise ArgumentError("instance_type", f"expected 'build' or 'test', got {_shown(instance_type)}")
     arch_text = fields["arch"] or "64"
     if arch_text not in ("32", "64"):
-        raise ValueError(f"arch: expected 32 or 64, got {_shown(arch_text)}")
+        raise ArgumentError("arch", f"expected 32 or 64, got {_shown(arch_text)}")
     arch = int(arch_text)
     if arch == 32 and instance_type == "build":
-        raise ValueError("arch: 32bit instances are not used for building")
+        raise ArgumentError("arch", "32bit instances are not used for building")
     disambig_text = fields["disambig"]
     disambig = None
     if disambig_text:
         if not disambig_text.isdigit() or not disambig_text.isascii():
-            raise ValueError(f"disambig: expected a non-negative integer, got {_shown(disambig_text)}")
+            raise ArgumentError("disambig", f"expected a non-negative integer, got {_shown(disambig_text)}")
         disambig = int(disambig_text)
     return {"email": email, "bug": int(bug), "instance_type": instance_type, "arch": arch, "disambig": disambig}
 
@@ -524,8 +522,25 @@ async def _wait_for_dns(run: ActionRun, fqdn: str, ip: str) -> None:
 
 
 ACTIONS = (
-    Action(name="aws_create_instance", run=aws_create_instance, exclusive=True, timeout=3600.0, scope="aws"),
-    Action(name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0, scope="aws"),
-    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0, scope="aws"),
-    Action(name="aws_terminate_instance", run=aws_terminate_instance, exclusive=True, timeout=1200.0, scope="aws"),
+    Action(
+        name="aws_create_instance",
+        run=aws_create_instance,
+        exclusive=True,
+        timeout=3600.0,
+        scope="aws",
+        arguments=create_arguments,
+        names=LOANERS,
+    ),
+    Action(
+        name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0, scope="aws", routes=("start",)
+    ),
+    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0, scope="aws", routes=("stop",)),
+    Action(
+        name="aws_terminate_instance",
+        run=aws_terminate_instance,
+        exclusive=True,
+        timeout=1200.0,
+        scope="aws",
+        routes=("terminate",),
+    ),
 )

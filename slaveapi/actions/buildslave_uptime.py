@@ -16,12 +16,18 @@ from slaveapi.actions._remote import log_in_where_buildbot_runs, read_uptime
 async def buildslave_uptime(run: ActionRun) -> int:
     """Log in over SSH and return the machine's uptime in seconds."""
     slave, session = await log_in_where_buildbot_runs(run, "uptime")
-    try:
+    async with session:
         uptime = await read_uptime(run, slave, session)
-    finally:
-        session.close()
     run.log.info("Uptime is {uptime} seconds", uptime=uptime)
     return uptime
 
 
-ACTION = Action(name="buildslave_uptime", run=buildslave_uptime, single_flight=True, timeout=300.0, scope="inspect")
+#: The 2015 service served it as C{get_uptime} (its documentation said C{buildslave_uptime}).
+ACTION = Action(
+    name="buildslave_uptime",
+    run=buildslave_uptime,
+    single_flight=True,
+    timeout=300.0,
+    scope="inspect",
+    routes=("buildslave_uptime", "get_uptime"),
+)

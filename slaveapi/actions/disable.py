@@ -27,7 +27,9 @@ still run; nothing runs after slavealloc refused).
 
 from __future__ import annotations
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
+from typing import Any, Mapping
+
+from slaveapi.actions._base import Action, ActionFailure, ActionRun, ArgumentError, StatusLines, yes_no
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, requester
 from slaveapi.actions._remote import locate
 from slaveapi.actions.reboot import reboot
@@ -48,14 +50,21 @@ def check_reason(raw: str) -> str:
     L{MAX_REASON_LENGTH} printable characters (it is quoted in a public bug
     comment, where it must not be able to pass for SlaveAPI's own lines).
 
-    @raise ValueError: naming the field and what was expected.
+    @raise ArgumentError: naming the field and what was expected.
     """
     reason = raw.strip(" ")
     if len(reason) > MAX_REASON_LENGTH:
-        raise ValueError(f"reason: expected at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
+        raise ArgumentError("reason", f"expected at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
     if not reason.isprintable():
-        raise ValueError("reason: expected one line of printable characters (no newlines, tabs or control characters)")
+        raise ArgumentError(
+            "reason", "expected one line of printable characters (no newlines, tabs or control characters)"
+        )
     return reason
+
+
+def disable_arguments(form: Mapping[str, str]) -> dict[str, Any]:
+    """C{disable}'s form fields: C{reason} (one line of text) and C{force} (yes/no, default no)."""
+    return {"reason": check_reason(form.get("reason") or ""), "force": yes_no(form, "force", default=False)}
 
 
 def quoted_reason(run: ActionRun, reason: str) -> str:
@@ -162,5 +171,11 @@ async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: S
 
 #: A graceful shutdown may wait C{[buildbot] max_wait} (5 hours by default).
 ACTION = Action(
-    name="disable", run=disable, exclusive=True, single_flight=True, timeout=ACTION_TIMEOUT, scope="disable"
+    name="disable",
+    run=disable,
+    exclusive=True,
+    single_flight=True,
+    timeout=ACTION_TIMEOUT,
+    scope="disable",
+    arguments=disable_arguments,
 )

@@ -44,7 +44,8 @@ from slaveapi.clients.http import RemoteError
 from slaveapi.clients.ipmi import IPMIError
 from slaveapi.clients.mozpool import MozpoolError
 from slaveapi.clients.pdu import PDUError
-from slaveapi.clients.ssh import SSHBusy, SSHError, SSHSession, SSHTimeout
+from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
+from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import Slave, load_slave_info
 
 #: Tried in order until one is accepted.
@@ -75,7 +76,7 @@ class _StayedBusy(Exception):
         self.error = error
 
 
-async def _session_when_free(run: ActionRun, slave: Slave, step: str) -> SSHSession:
+async def _session_when_free(run: ActionRun, slave: Slave, step: str) -> SSHSessionSpec:
     """
     An SSH session to the machine, trying again (a bounded number of times)
     while its places are all taken.
@@ -219,7 +220,7 @@ async def _ssh(escalation: _Escalation) -> bool:
             session = await _session_when_free(run, slave, "logging in to send the reboot command")
         except OFFLINE_ERRORS as error:
             raise SSHError(f"could not connect: {_one_line(error)}") from None
-        try:
+        async with session:
             refusals = []
             for command in REBOOT_COMMANDS:
                 try:
@@ -233,8 +234,6 @@ async def _ssh(escalation: _Escalation) -> bool:
                     return
                 refusals.append(f"'{command}' exited {result.exit_code}")
             raise SSHError("every reboot command was refused: " + ", ".join(refusals))
-        finally:
-            session.close()
 
     return await escalation.attempt("SSH", start, lambda: _wait_for_reboot(escalation, check_uptime=True))
 
@@ -255,12 +254,11 @@ async def _rebooted_since(run: ActionRun, slave: Slave, seconds: float) -> bool:
     except SSHError as error:
         run.log.info("Cannot read the uptime over SSH: {reason}", reason=_one_line(error))
         return False
-    try:
-        uptime = await read_uptime(run, slave, session)
-    except ActionFailure:
-        return False
-    finally:
-        session.close()
+    async with session:
+        try:
+            uptime = await read_uptime(run, slave, session)
+        except ActionFailure:
+            return False
     run.log.info("Uptime after the reboot command: {uptime}s", uptime=uptime)
     return uptime <= seconds
 

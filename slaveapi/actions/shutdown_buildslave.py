@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from twisted.internet.task import deferLater
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
-from slaveapi.actions._remote import Busy, Offline, buildbot_address, connect, locate, log_paths
+from slaveapi.actions._remote import Busy, Offline, buildbot_address, connect, locate, log_paths, now
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.master import MasterError
 from slaveapi.clients.slavealloc import MasterRecord
-from slaveapi.clients.ssh import SSHError, SSHSession
+from slaveapi.clients.ssh import SSHError
+from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import Slave
 from slaveapi.twistdlog import RUNNING_COMMAND, LogEvent, last_activity, parse_log_line
 
@@ -136,13 +137,11 @@ async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reaso
     except ActionFailure as failure:
         raise status.fail(str(failure.payload)) from None
     reader = _LogReader(run, address, label)
-    try:
+    # Not held while the master is asked, nor through the wait after.
+    async with session:
         if not slave.basedir:
             raise status.fail(f"No basedir for {slave.name} in slavealloc, cannot find twistd.log.")
         lines = await reader.tail(slave.basedir, session)
-    finally:
-        # Not held while the master is asked, nor through the wait after.
-        await session.close()
     events = _events(lines or [])
     if events and _SHUT_DOWN in events[-1].message:
         stopped_at = events[-1].timestamp
@@ -152,7 +151,7 @@ async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reaso
 
     # "After the request" on the log's own clock: the slave's clock may be
     # off from ours, and a new shutdown line follows the newest line now there.
-    requested_at = events[-1].timestamp if events else datetime.now(timezone.utc).replace(microsecond=0)
+    requested_at = events[-1].timestamp if events else now(run).replace(microsecond=0)
     heading = f"Requesting graceful shutdown from master {master.nickname}..."
     status.add(heading)
     run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
@@ -192,7 +191,7 @@ async def _wait_for_shutdown(
                 status.replace_last(heading + _describe(outcome))
                 run.log.info("Shutdown confirmed ({kind})", kind=outcome.kind)
                 return outcome
-            busy = last_activity(lines, datetime.now(timezone.utc), _NO_BOOT_RULE).last_state == RUNNING_COMMAND
+            busy = last_activity(lines, now(run), _NO_BOOT_RULE).last_state == RUNNING_COMMAND
             waiting = heading + ("(it is finishing its running command)" if busy else "")
             if status.lines[-1] != waiting:
                 status.replace_last(waiting)
@@ -242,7 +241,7 @@ class _LogReader:
         self._address = address
         self._label = label
 
-    async def tail(self, basedir: str, session: SSHSession | None = None) -> list[str] | None:
+    async def tail(self, basedir: str, session: SSHSessionSpec | None = None) -> list[str] | None:
         """
         The last lines of twistd.log.1 then twistd.log, oldest first; None
         when they cannot be read right now (the host does not answer, all
@@ -252,13 +251,17 @@ class _LogReader:
             by default one of its own, closed before this returns.
         @raise ActionFailure: the host refuses the login.
         """
-        own = session is None
-        if session is None:
-            try:
-                session = await connect(self._run, self._address, self._label)
-            except (Offline, Busy) as error:
-                self._run.log.info("Cannot read twistd.log now, will try again: {reason}", reason=str(error.payload))
-                return None
+        if session is not None:
+            return await self._read(basedir, session)
+        try:
+            own = await connect(self._run, self._address, self._label)
+        except (Offline, Busy) as error:
+            self._run.log.info("Cannot read twistd.log now, will try again: {reason}", reason=str(error.payload))
+            return None
+        async with own:
+            return await self._read(basedir, own)
+
+    async def _read(self, basedir: str, session: SSHSessionSpec) -> list[str] | None:
         lines: list[str] = []
         try:
             for path in log_paths(basedir):
@@ -268,9 +271,6 @@ class _LogReader:
         except SSHError as error:
             self._run.log.info("Reading twistd.log failed, will log in again: {reason}", reason=str(error))
             return None
-        finally:
-            if own:
-                await session.close()
         return lines
 
 

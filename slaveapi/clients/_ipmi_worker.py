@@ -84,7 +84,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
 
     try:
         # Bytes, not str: with str credentials pyghmi 1.6.19 hangs on the
-        # second Command of a process (PEERS.md).
+        # second Command of a process.
         cmd = ipmi_command.Command(
             bmc=host, userid=username.encode("utf-8"), password=password.encode("utf-8"), port=port
         )

@@ -11,8 +11,10 @@ Execution model
 The protocol work is done by pyghmi, which cannot run on the reactor nor in
 ordinary threads: it blocks, has no per-call timeout (an unknown user or a
 BMC that stops answering can hang it for ever), deadlocks when several
-threads of one process use it at once, and must not share a process with
-pyghmi's BMC server (PEERS.md). So:
+threads of one process use it at once (seen with pyghmi 1.6.19), and must
+not share a process with pyghmi's BMC server (both use pyghmi's global
+session tables: calls stall for about 30 s, then the server's loop dies).
+So:
 
   - pyghmi runs in a pool of at most C{workers} long-lived worker processes
     (L{slaveapi.clients._ipmi_worker}), spawned lazily with
@@ -70,10 +72,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import slaveapi
 from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import IPMIConfig, Secret
+from slaveapi.interfaces import IIPMI
 
 _log = Logger(namespace="slaveapi.clients.ipmi")
 
@@ -201,11 +205,6 @@ class _WorkerPool:
         self._next_id = 0
         self._closed = False
         self.spawned = 0
-
-    @property
-    def pids(self) -> list[int]:
-        """The PIDs of the worker processes alive now."""
-        return [w.pid for w in self._workers if w.pid is not None and not w.exited]
 
     def run(self, host: str, step: str, payload: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Queue a request; fires with the worker's answer or fails with an L{IPMIError}."""
@@ -376,6 +375,7 @@ def _reason(error: IPMIError) -> str:
     return str(error).split(": ", 1)[-1]
 
 
+@implementer(IIPMI)
 class IPMIClient:
     """
     Chassis power through BMCs, with our own deadlines (see the module docstring).
@@ -393,11 +393,6 @@ class IPMIClient:
         self._pool = _WorkerPool(reactor, config.workers, config.timeout)
         # The off-to-on parts of running power cycles; close() waits for them.
         self._unfinished = Unfinished(_log)
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """The PIDs of the worker processes alive now (for tests and diagnostics)."""
-        return self._pool.pids
 
     async def power_state(self, host: str) -> bool:
         """Whether the machine behind C{host}'s BMC has chassis power."""

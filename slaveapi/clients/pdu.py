@@ -61,10 +61,13 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from slaveapi._text import error_line, one_line
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import Secret, SNMPConfig
+from slaveapi.interfaces import IPDU
 
 SENTRY = "sentry"
 APC = "apc"
@@ -159,14 +162,11 @@ def _oid_text(oid: tuple[int, ...]) -> str:
     return ".".join(str(part) for part in oid)
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
-
-
 class _NoAnswer(Exception):
     """The reactor deadline ran out before pysnmp answered."""
 
 
+@implementer(IPDU)
 class PDUClient:
     """
     Reads and switches PDU outlets over SNMP.
@@ -414,7 +414,7 @@ class PDUClient:
         except CancelledError:
             raise
         except Exception as error:
-            raise fail(f"cannot resolve {outlet.host}: {_one_line(str(error)) or type(error).__name__}") from None
+            raise fail(f"cannot resolve {outlet.host}: {error_line(error)}") from None
         if not address:
             raise fail(f"{outlet.host} does not resolve")
         return address
@@ -439,13 +439,13 @@ class PDUClient:
         except _NoAnswer:
             raise fail(f"no answer within {bound:g}s") from None
         except PySnmpError as error:
-            raise fail(_one_line(str(error)) or type(error).__name__) from None
+            raise fail(error_line(error)) from None
 
         tries = self._config.retries + 1
         if isinstance(error_indication, errind.RequestTimedOut):
             raise fail(f"no answer after {tries} {'try' if tries == 1 else 'tries'}")
         if error_indication:
-            raise fail(_one_line(str(error_indication)))
+            raise fail(one_line(str(error_indication)))
         if error_status:
             verb = "SET" if value is not None else "GET"
             raise fail(f"{verb} refused: {error_status.prettyPrint()}")

@@ -4,8 +4,8 @@ The simulated fleet ("the lab"): fake services speaking the real protocols.
 SlaveAPI's clients talk to the lab exactly as to production: a DNS server
 for the lab zone, one SSH server per machine on its own loopback address,
 and HTTP fakes of slavealloc, inventory, buildapi, Bugzilla and devices.json.
-Reboots really take machines away for a while. See DESIGN.md, "The
-simulated fleet", and docs/remote-apis.rst for the wire contract.
+Reboots really take machines away for a while. See docs/lab.rst for the
+fleet and how to run it, and docs/remote-apis.rst for the wire contract.
 
 The lab imports nothing from SlaveAPI's actions, web or clients: it is a
 stand-in for the outside world.

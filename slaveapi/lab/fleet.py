@@ -277,40 +277,38 @@ class Fleet:
         """Every machine with an operating system: slaves and foopies."""
         return self.machines + self.foopies
 
-    def by_scenario(self, scenario: str) -> list[LabMachine]:
-        """The slaves playing one case of the mix."""
-        return [m for m in self.machines if m.scenario == scenario]
-
     def master_by_id(self, masterid: int) -> LabMaster | None:
         return next((m for m in self.masters if m.masterid == masterid), None)
 
     def master_by_nickname(self, nickname: str | None) -> LabMaster | None:
         return next((m for m in self.masters if m.nickname == nickname), None)
 
-    def add_machine(self, machine: LabMachine) -> None:
-        """Add a slave (e.g. a new AWS instance)."""
-        self.machines.append(machine)
-        self._remember(machine)
-
 
 # --- building a fleet ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Role:
-    """A template for one machine of the fleet."""
+    """
+    A template for one machine of the fleet.
 
-    template: str  # name, formatted with n (the 1-based position)
-    os: str
-    purpose: str
-    environment: str
-    pool: str
-    distro: str
-    scenario: str
-    style: str
-    tz_offset: str
+    @ivar template: the name, formatted with C{n} (the 1-based position).
+    @ivar uptime: seconds since it booted, at the fleet's C{now}.
+    @ivar master: index into the masters, or None.
+    @ivar apc: on the APC rack PDU rather than a Sentry (implies a PDU).
+    """
+
+    template: str
     uptime: int
-    master: int | None  # index into the masters, or None
+    master: int | None
+    os: str = LINUX
+    purpose: str = "tests"
+    environment: str = "prod"
+    pool: str = "tests-scl3"
+    distro: str = "ubuntu64"
+    scenario: str = "idle"
+    style: str = logs.STYLE_4X
+    tz_offset: str = "+0000"
     bmc: bool = False
     pdu: bool = False
     ssh: str = SSH_OK
@@ -319,7 +317,7 @@ class _Role:
     bug: bool = False
     is_aws: bool = False
     device: bool = False
-    apc: bool = False  # on the APC rack PDU rather than a Sentry
+    apc: bool = False
 
 
 _MASTERS = (
@@ -330,27 +328,27 @@ _MASTERS = (
 )
 
 _MIX = (
-    _Role("bld-linux64-lab-{n:03d}", LINUX, "build", "prod", "build-scl3", "centos6-mock", "idle",
-          logs.STYLE_4X, "+0000", 78 * _DAY + 21 * _HOUR + 57 * _MINUTE + 12, 0, bmc=True),
-    _Role("tst-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "running_command",
-          logs.STYLE_08, "-0800", 2 * _DAY + 10 * _MINUTE + 5, 1, pdu=True),
-    _Role("t-yosemite-r7-lab-{n:03d}", MACOS, "tests", "prod", "tests-scl3", "yosemite", "booting",
-          logs.STYLE_4X, "-0700", 100, 1, pdu=True),
-    _Role("t-w864-lab-{n:03d}", WINDOWS, "tests", "prod", "tests-scl3", "win864", "idle",
-          logs.STYLE_08, "+0000", 5 * _DAY + 3 * _HOUR + 25 * _MINUTE + 9, 1, bmc=True),
-    _Role("dev-linux64-ec2-lab{n}", LINUX, "build", "dev", "build-aws-use1", "centos6-mock", "stopped",
-          logs.STYLE_4X, "+0000", 2 * _HOUR + 40, None, enabled=False,
+    _Role(template="bld-linux64-lab-{n:03d}", purpose="build", pool="build-scl3", distro="centos6-mock",
+          uptime=78 * _DAY + 21 * _HOUR + 57 * _MINUTE + 12, master=0, bmc=True),
+    _Role(template="tst-linux64-lab-{n:03d}", scenario="running_command", style=logs.STYLE_08, tz_offset="-0800",
+          uptime=2 * _DAY + 10 * _MINUTE + 5, master=1, pdu=True),
+    _Role(template="t-yosemite-r7-lab-{n:03d}", os=MACOS, distro="yosemite", scenario="booting", tz_offset="-0700",
+          uptime=100, master=1, pdu=True),
+    _Role(template="t-w864-lab-{n:03d}", os=WINDOWS, distro="win864", style=logs.STYLE_08,
+          uptime=5 * _DAY + 3 * _HOUR + 25 * _MINUTE + 9, master=1, bmc=True),
+    _Role(template="dev-linux64-ec2-lab{n}", purpose="build", environment="dev", pool="build-aws-use1",
+          distro="centos6-mock", scenario="stopped", uptime=2 * _HOUR + 40, master=None, enabled=False,
           notes="loaned to dev@example.test for bug 1100001", is_aws=True),
-    _Role("bld-linux64-lab-{n:03d}", LINUX, "build", "prod", "build-scl3", "centos6-mock", "refuse_login",
-          logs.STYLE_4X, "+0000", 12 * _DAY + 4 * _HOUR + 2 * _MINUTE, 0, bmc=True, ssh=SSH_REFUSE_LOGIN,
-          bug=True),
-    _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "dead",
-          logs.STYLE_08, "-0800", 45 * _DAY, 1, pdu=True, bug=True),
-    _Role("panda-{n:04d}", LINUX, "tests", "prod", "panda-scl3", "android", "device",
-          logs.STYLE_08, "-0700", 20 * _MINUTE + 15, 2, pdu=True, ssh=SSH_REFUSE_LOGIN, device=True),
+    _Role(template="bld-linux64-lab-{n:03d}", purpose="build", pool="build-scl3", distro="centos6-mock",
+          scenario="refuse_login", uptime=12 * _DAY + 4 * _HOUR + 2 * _MINUTE, master=0, bmc=True,
+          ssh=SSH_REFUSE_LOGIN, bug=True),
+    _Role(template="t-linux64-lab-{n:03d}", scenario="dead", style=logs.STYLE_08, tz_offset="-0800",
+          uptime=45 * _DAY, master=1, pdu=True, bug=True),
+    _Role(template="panda-{n:04d}", pool="panda-scl3", distro="android", scenario="device", style=logs.STYLE_08,
+          tz_offset="-0700", uptime=20 * _MINUTE + 15, master=2, pdu=True, ssh=SSH_REFUSE_LOGIN, device=True),
     # Hung: off the network until its power is cycled, then it boots (the PDU path).
-    _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", "hung",
-          logs.STYLE_08, "-0800", 6 * _DAY, 1, pdu=True, apc=True),
+    _Role(template="t-linux64-lab-{n:03d}", scenario="hung", style=logs.STYLE_08, tz_offset="-0800",
+          uptime=6 * _DAY, master=1, pdu=True, apc=True),
 )
 
 # The foopy that runs the devices' buildbots.
@@ -452,13 +450,14 @@ def _extra_role(rng: random.Random) -> _Role:
     tz = rng.choice(("+0000", "+0000", "-0800", "-0700"))
     has_master = rng.random() < 0.8
     if kind < 0.4:
-        return _Role("bld-linux64-lab-{n:03d}", LINUX, "build", "prod", "build-scl3", "centos6-mock", scenario,
-                     style, tz, uptime, 0 if has_master else None, bmc=True)
+        return _Role(template="bld-linux64-lab-{n:03d}", purpose="build", pool="build-scl3",
+                     distro="centos6-mock", scenario=scenario, style=style, tz_offset=tz, uptime=uptime,
+                     master=0 if has_master else None, bmc=True)
     if kind < 0.75:
-        return _Role("t-linux64-lab-{n:03d}", LINUX, "tests", "prod", "tests-scl3", "ubuntu64", scenario,
-                     style, tz, uptime, 1 if has_master else None, pdu=True)
-    return _Role("tst-linux64-ec2-{n:03d}", LINUX, "tests", "prod", "tests-aws-use1", "ubuntu64", scenario,
-                 logs.STYLE_4X, "+0000", uptime, 3 if has_master else None, is_aws=True)
+        return _Role(template="t-linux64-lab-{n:03d}", scenario=scenario, style=style, tz_offset=tz,
+                     uptime=uptime, master=1 if has_master else None, pdu=True)
+    return _Role(template="tst-linux64-ec2-{n:03d}", pool="tests-aws-use1", scenario=scenario, uptime=uptime,
+                 master=3 if has_master else None, is_aws=True)
 
 
 def _pdu_outlet(k: int, domain: str) -> str:
@@ -575,18 +574,26 @@ def _write_history(
     oldest first; the older half lands in twistd.log.1 (absent when there is
     only one event).
     """
-    kind = _job_kind(machine)
-    argv = list(_ARGV[kind])
-    home = _HOMES[machine.os]
-    workdir = machine.basedir + ("\\test" if machine.os == WINDOWS else "/test")
-    tz, style = machine.tz_offset, machine.log_style
     now = float(int(now))
     scenario = role.scenario
-    booted = machine.booted_at
-    boot_at = booted + _TWISTD_START_DELAY
     recently_booted = scenario in ("booting", "device") or (scenario == "idle" and machine.uptime(now) < 6 * _HOUR)
+    jobs = _plan_jobs(machine, scenario, now, recently_booted, rng)
+    events = _job_events(machine, jobs, masters, rng)
+    events += _boot_events(machine, scenario, jobs, now, recently_booted)
+    events.sort(key=lambda event: event[0])
+    half = len(events) // 2
+    for _, lines in events[:half]:
+        machine.twistd_log_1.extend(lines)
+    for _, lines in events[half:]:
+        machine.twistd_log.extend(lines)
 
-    # Plan the jobs backwards from the newest: (start, end or None).
+
+def _plan_jobs(
+    machine: LabMachine, scenario: str, now: float, recently_booted: bool, rng: random.Random
+) -> list[tuple[float, float | None]]:
+    """The machine's recent jobs, oldest first: (start, end or None while running)."""
+    booted = machine.booted_at
+    # Planned backwards from the newest.
     jobs: list[tuple[float, float | None]] = []
     if scenario == "running_command":
         start = now - rng.randint(2 * _MINUTE, 20 * _MINUTE)
@@ -598,7 +605,7 @@ def _write_history(
         cursor = booted - 5 * _MINUTE
     else:
         cursor = now - rng.randint(5 * _MINUTE, 40 * _MINUTE)
-    earliest = booted - 7 * _DAY if recently_booted else boot_at + _MINUTE
+    earliest = booted - 7 * _DAY if recently_booted else booted + _TWISTD_START_DELAY + _MINUTE
     while scenario != "stopped" and len(jobs) < 6:  # a stopped loaner runs no jobs
         end = cursor
         start = end - rng.randint(10 * _MINUTE, 60 * _MINUTE)
@@ -607,11 +614,22 @@ def _write_history(
         jobs.append((start, end))
         cursor = start - rng.randint(_MINUTE, 10 * _MINUTE)
     jobs.reverse()
+    return jobs
 
-    events: list[tuple[float, list[str]]] = []
+
+def _job_events(
+    machine: LabMachine, jobs: list[tuple[float, float | None]], masters: list[LabMaster], rng: random.Random
+) -> list[tuple[float, list[str]]]:
+    """Record C{jobs} in buildapi's list (newest first) and return their twistd.log lines."""
+    kind = _job_kind(machine)
+    argv = list(_ARGV[kind])
+    home = _HOMES[machine.os]
+    workdir = machine.basedir + ("\\test" if machine.os == WINDOWS else "/test")
+    tz, style = machine.tz_offset, machine.log_style
     master = machine.master or masters[0].nickname
     builders = _BUILDERS[kind]
     number = rng.randint(1000, 9000)
+    events: list[tuple[float, list[str]]] = []
     for position, (began, ended) in enumerate(jobs):
         machine.recent_jobs.insert(
             0,
@@ -629,27 +647,30 @@ def _write_history(
         events.append((began, logs.command_start_lines(style, began, tz, workdir, argv, home)))
         if ended is not None:
             events.append((ended, logs.command_end_lines(style, ended, tz, ended - began, argv)))
+    return events
 
-    boot = logs.boot_lines(style, boot_at, tz, machine.master_address)
-    if not machine.master:
-        boot = boot[:-2]  # without a master the buildbot never gets past connecting
+
+def _boot_events(
+    machine: LabMachine, scenario: str, jobs: list[tuple[float, float | None]], now: float, recently_booted: bool
+) -> list[tuple[float, list[str]]]:
+    """The twistd.log lines of the buildbot's starts and stops around the last boot."""
+    tz, style = machine.tz_offset, machine.log_style
+    booted = machine.booted_at
+    boot_at = booted + _TWISTD_START_DELAY
+    events: list[tuple[float, list[str]]] = []
     if scenario == "booting":
         previous_boot = jobs[0][0] - _HOUR if jobs else booted - _DAY
         events.append((previous_boot, logs.boot_lines(style, previous_boot, tz, machine.master_address)))
     if recently_booted:
         events.append((booted - _MINUTE, logs.sigterm_lines(booted - _MINUTE, tz)))
-    if boot_at < now and (machine.uptime(now) < 2 * _DAY or scenario == "stopped" or not events):
-        events.append((boot_at, boot))
+    if boot_at < now and (machine.uptime(now) < 2 * _DAY or scenario == "stopped" or not (jobs or events)):
+        boot = logs.boot_lines(style, boot_at, tz, machine.master_address)
+        # Without a master the buildbot never gets past connecting.
+        events.append((boot_at, boot if machine.master else boot[:-2]))
     if scenario == "stopped":
         stop_at = boot_at + 5 * _MINUTE
         if machine.master:
             events.append((stop_at, logs.graceful_shutdown_lines(style, stop_at, tz)))
         else:
             events.append((stop_at, logs.sigterm_lines(stop_at, tz)))
-
-    events.sort(key=lambda event: event[0])
-    half = len(events) // 2
-    for _, lines in events[:half]:
-        machine.twistd_log_1.extend(lines)
-    for _, lines in events[half:]:
-        machine.twistd_log.extend(lines)
+    return events

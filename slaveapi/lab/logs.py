@@ -6,8 +6,11 @@ Real slaves run either a Buildbot 0.8 C{buildslave} (2015) or a Buildbot
 C{2026-11-27 23:23:05+0000 [context] message} in the machine's local time
 with its UTC offset. This module writes those lines for the events the
 fleet simulates (start-up, commands, shutdown) in either flavour, with the
-markers SlaveAPI reads (PEERS.md "Worker log markers"). It only formats
-text; which events happen when is decided in L{slaveapi.lab.fleet}.
+markers SlaveAPI reads (L{slaveapi.twistdlog}): "slave is ready" (0.8) or
+"Connected to buildmaster; worker is ready" (4.x), "RunProcess._startCommand",
+"commandComplete" (0.8) or "ProtocolCommandBase.command_complete" (4.x), and
+"Server Shut Down.". It only formats text; which events happen when is
+decided in L{slaveapi.lab.fleet}.
 """
 
 from __future__ import annotations

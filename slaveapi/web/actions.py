@@ -1,9 +1,10 @@
 """
 The generic action view: GET reads results of one action, POST requests it.
 
-This is the reference's C{ActionView}: a route for a new action is an
-L{ActionView} with the L{Action} and, if it takes form fields, a function
-that validates them into keyword arguments.
+This is the reference's C{ActionView}. Everything specific to an action comes
+from its L{Action}: the routes serving it, the parser of its form fields and
+which slave names it acts on; L{route_table} makes the views of a set of
+actions, so a new action needs no change here.
 
 A POST acts only on a machine SlaveAPI knows (L{slaveapi.web.known}); GETs
 read results by the name's canonical form, without asking anyone.
@@ -12,39 +13,50 @@ read results by the name's canonical form, without asking anyone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Iterable, Iterator, Mapping
 
 from twisted.web.iweb import IRequest
 
-from slaveapi.actions import Action
+from slaveapi.actions import Action, ArgumentError
 from slaveapi.admission import QueueFull
 from slaveapi.context import Context
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore, StoreUnavailable
 from slaveapi.web import known, params
-from slaveapi.web.errors import HTTPProblem, json_body, not_found, store_unavailable
+from slaveapi.web.errors import HTTPProblem, bad_request, json_body, not_found, store_unavailable
 
 
-def no_arguments(request: IRequest) -> dict[str, Any]:
-    """For actions that take no form fields."""
-    return {}
+class _Form(Mapping[str, str]):
+    """
+    A request's form fields (query string and body), the first value of each.
+
+    A value is decoded when it is read, so that a field the action does not
+    look at cannot make its request a 400.
+    """
+
+    def __init__(self, request: IRequest) -> None:
+        self._request = request
+        self._names = [raw.decode("ascii") for raw in request.args or {} if isinstance(raw, bytes) and raw.isascii()]
+
+    def __getitem__(self, name: str) -> str:
+        found = params.value(self._request, name) if name in self._names else None
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @dataclass(frozen=True)
 class ActionView:
-    """
-    GET and POST for C{/slaves/<slave>/actions/<route>}.
-
-    @ivar parse_arguments: validates the request's form fields into the
-        action's keyword arguments, raising a 400 for anything wrong.
-    @ivar names: which names a POST may act on: C{known.MACHINES} (every
-        machine SlaveAPI knows) or C{known.LOANERS} (loaner names only, and
-        C{default}: for creating loaners).
-    """
+    """GET and POST for C{/slaves/<slave>/actions/<route>}, for each route of C{action}."""
 
     action: Action
-    parse_arguments: Callable[[IRequest], dict[str, Any]] = no_arguments
-    names: str = known.MACHINES
 
     def get(self, store: IResultStore, request: IRequest, slave: str) -> bytes:
         """
@@ -70,8 +82,11 @@ class ActionView:
         result with C{requestid}: 200 if it finished, 202 if it goes on.
         """
         waittime = params.waittime(request)
-        arguments = self.parse_arguments(request)
-        machine = await known.machine_name(ctx, slave, self.names)
+        try:
+            arguments = self.action.arguments(_Form(request))
+        except ArgumentError as error:
+            raise bad_request(str(error)) from None
+        machine = await known.machine_name(ctx, slave, self.action.names)
         try:
             result = await processor.submit(machine, self.action, arguments, client)
         except StoreUnavailable as error:
@@ -83,3 +98,18 @@ class ActionView:
         # Only what is on disk is answered: finished once its final row is written.
         shown = processor.recorded(result)
         return json_body(request, shown.to_dict(include_requestid=True), 200 if shown.is_done() else 202)
+
+
+def route_table(actions: Iterable[Action]) -> Mapping[str, ActionView]:
+    """
+    Every route of C{actions} -> its view.
+
+    @raise ValueError: when two actions claim the same route.
+    """
+    views: dict[str, ActionView] = {}
+    for action in actions:
+        for route in action.routes:
+            if route in views:
+                raise ValueError(f"route {route!r} is claimed by both {views[route].action.name} and {action.name}")
+            views[route] = ActionView(action)
+    return MappingProxyType(views)

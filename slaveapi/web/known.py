@@ -10,14 +10,10 @@ identity. Reads of results need no lookup: they go by L{read_name}.
 
 from __future__ import annotations
 
+from slaveapi.actions import LOANERS, MACHINES
 from slaveapi.context import Context
 from slaveapi.machines import IdentificationFailed, UnknownMachine, canonical_name, identify, identify_loaner
 from slaveapi.web.errors import HTTPProblem, not_found
-
-#: Any machine SlaveAPI knows (slavealloc, devices.json, loaner names).
-MACHINES = "machines"
-#: Loaner names only, and C{default} (a name made from the request's fields).
-LOANERS = "loaners"
 
 #: The slave name with which aws_create_instance makes the loaner's name itself.
 DEFAULT_LOANER = "default"

@@ -3,13 +3,13 @@ Every HTTP route of SlaveAPI, in one place.
 
 The routes only check the request (slave name, authentication) and hand over
 to the views in L{slaveapi.web.actions}, L{slaveapi.web.slaves} and
-L{slaveapi.web.results}. Every answer, errors included, is JSON.
+L{slaveapi.web.results}. The action routes are those the actions declare
+(L{slaveapi.actions.registry.ACTIONS}). Every answer, errors included, is JSON.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable
 
 from klein import Klein
 from twisted.logger import Logger
@@ -17,56 +17,17 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from slaveapi.actions import aws as aws_actions
-from slaveapi.actions.disable import check_reason
+from slaveapi.actions import Action
 from slaveapi.actions.registry import ACTIONS
 from slaveapi.context import Context
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore
 from slaveapi.web import known, params
-from slaveapi.web.actions import ActionView
+from slaveapi.web.actions import ActionView, route_table
 from slaveapi.web.auth import Client, authenticate, authorize
-from slaveapi.web.errors import HTTPProblem, bad_request, json_body, not_found, problem_body
+from slaveapi.web.errors import HTTPProblem, json_body, not_found, problem_body
 from slaveapi.web.results import all_results
 from slaveapi.web.slaves import list_slaves, show_slave
-
-
-def disable_arguments(request: IRequest) -> dict[str, Any]:
-    """C{disable}'s form fields: C{reason} (one line of text) and C{force} (yes/no, default no)."""
-    try:
-        reason = check_reason(params.value(request, "reason") or "")
-    except ValueError as error:
-        raise bad_request(str(error)) from None
-    return {"reason": reason, "force": bool(params.boolean(request, "force", default=False))}
-
-
-def aws_create_arguments(request: IRequest) -> dict[str, Any]:
-    """C{aws_create_instance}'s form fields: C{email}, C{bug}, C{instance_type}, C{arch}, C{disambig}."""
-    form = {}
-    for raw in request.args or {}:
-        if isinstance(raw, bytes) and raw.isascii():
-            name = raw.decode("ascii")
-            form[name] = params.value(request, name) or ""
-    try:
-        return aws_actions.create_arguments(form)
-    except ValueError as error:
-        raise bad_request(str(error)) from None
-
-
-#: URL segment under /slaves/<slave>/actions/ -> its view.
-ACTION_VIEWS: Mapping[str, ActionView] = MappingProxyType(
-    {
-        "buildslave_uptime": ActionView(ACTIONS["buildslave_uptime"]),
-        "buildslave_last_activity": ActionView(ACTIONS["buildslave_last_activity"]),
-        "reboot": ActionView(ACTIONS["reboot"]),
-        "shutdown_buildslave": ActionView(ACTIONS["shutdown_buildslave"]),
-        "disable": ActionView(ACTIONS["disable"], disable_arguments),
-        "aws_create_instance": ActionView(ACTIONS["aws_create_instance"], aws_create_arguments, known.LOANERS),
-        "start": ActionView(ACTIONS["aws_start_instance"]),
-        "stop": ActionView(ACTIONS["aws_stop_instance"]),
-        "terminate": ActionView(ACTIONS["aws_terminate_instance"]),
-    }
-)
 
 
 class SlaveAPIWeb:
@@ -75,6 +36,7 @@ class SlaveAPIWeb:
 
     @param context: the current context (configuration and clients); asked
         on every request so that a reload takes effect at once.
+    @param actions: the actions served, each under its routes.
     """
 
     app = Klein()
@@ -85,12 +47,12 @@ class SlaveAPIWeb:
         processor: ActionProcessor,
         store: IResultStore,
         context: Callable[[], Context],
-        action_views: Mapping[str, ActionView] = ACTION_VIEWS,
+        actions: Iterable[Action] = ACTIONS.values(),
     ) -> None:
         self._processor = processor
         self._store = store
         self._context = context
-        self._action_views = action_views
+        self._action_views = route_table(actions)
 
     def resource(self) -> Any:
         """The twisted.web resource serving this application."""

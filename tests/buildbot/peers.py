@@ -4,8 +4,10 @@ an OpenSSH sshd, a DNS server and a small slavealloc, all on loopback.
 
 Processes are started from the reactor (C{spawnProcess}), so their exit is an
 event the tests can await, and are stopped by their PID. Buildbot writes no
-readiness signal but its twistd.log, so readiness is read from there with a
-bounded poll, as PEERS.md says (the ports too: both listen on port 0).
+readiness signal but its twistd.log (a failed foreground start even exits 0),
+so readiness is read from there with a bounded poll ("BuildMaster is
+running"), and so are the ports: both listen on port 0 and log the ones they
+got ("BuildbotSite starting on N", "PBServerFactory starting on N").
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ flavour choice (configuration, detection), authentication, and every way a
 request fails (each a one-line message naming the URL and the status).
 
 The real Buildbot 4.x master is in test_real_buildbot.py; these fakes answer
-as Buildbot 0.8's web status and 4.x's data API do (PEERS.md).
+as Buildbot 0.8's web status (C{POST /buildslaves/<name>/shutdown}) and 4.x's
+data API (a JSON-RPC C{stop} on C{/api/v2/workers/<name>}) do.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from slaveapi.store import (
     StoreUnreadable,
     prepare_store_file,
 )
-from slaveapi.web.actions import ActionView
 from slaveapi.web.routes import SlaveAPIWeb
 
 _DISK_FULL = "database or disk is full"
@@ -138,12 +137,12 @@ class _Service:
         self.clock = clock
         self.action = _Gated()
         self.processor = ActionProcessor(store, lambda: context_box.context, concurrency=4, reactor=clock)
-        views = {
-            "gated": ActionView(Action(name="gated_action", run=self.action)),
-            "locked": ActionView(Action(name="locked_action", run=self.action, exclusive=True)),
-            "quick": ActionView(Action(name="quick_action", run=_quick)),
-        }
-        self.app = SlaveAPIWeb(self.processor, store, lambda: context_box.context, action_views=views)
+        actions = [
+            Action(name="gated_action", run=self.action, routes=("gated",)),
+            Action(name="locked_action", run=self.action, exclusive=True, routes=("locked",)),
+            Action(name="quick_action", run=_quick, routes=("quick",)),
+        ]
+        self.app = SlaveAPIWeb(self.processor, store, lambda: context_box.context, actions=actions)
         self.url = ""
         self.port: Any = None
 

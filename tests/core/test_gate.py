@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import pytest_twisted
 from conftest import make_config
@@ -26,7 +26,6 @@ from slaveapi.actions import Action, ActionRun
 from slaveapi.config import ApiToken, AuthConfig, Secret, ServerConfig
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import SQLiteResultStore
-from slaveapi.web.actions import ActionView
 from slaveapi.web.gate import GatedSite
 from slaveapi.web.routes import SlaveAPIWeb
 
@@ -38,8 +37,8 @@ async def _echo(run: ActionRun, **arguments: Any) -> Any:
     return {"slave": run.slave, "arguments": arguments}
 
 
-def _parse_note(request: Any) -> dict[str, Any]:
-    return {"note_length": len((request.args or {}).get(b"note", [b""])[0])}
+def _parse_note(form: Mapping[str, str]) -> dict[str, Any]:
+    return {"note_length": len(form.get("note", ""))}
 
 
 class _RawClient(Protocol):
@@ -95,8 +94,8 @@ class _Gate:
 
         self.store = store
         self.box = box
-        views = {"echo": ActionView(Action(name="echo_action", run=_echo, scope="inspect"), _parse_note)}
-        web = SlaveAPIWeb(processor, store, lambda: box.context, action_views=views)
+        echo = Action(name="echo_action", run=_echo, scope="inspect", arguments=_parse_note, routes=("echo",))
+        web = SlaveAPIWeb(processor, store, lambda: box.context, actions=[echo])
         self.site = GatedSite(web.resource(), lambda: box.context.config)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.number = self.port.getHost().port
@@ -105,7 +104,7 @@ class _Gate:
         """Replace parts of the configuration: server=..., auth=..., tokens=..."""
         tokens = changes.pop("tokens", None)
         config = make_config(tokens=tokens)
-        self.box.context.config = dataclasses.replace(config, **changes)
+        self.box.context = dataclasses.replace(self.box.context, config=dataclasses.replace(config, **changes))
 
     async def exchange(self, data: bytes) -> _Answer:
         """Send C{data} as is and read the answer until the server closes."""

@@ -257,7 +257,7 @@ async def test_progress_is_visible_while_running(
     # Readers see progress once it is written.
     await _within(store.flushed())
     assert store.get(result.requestid).to_dict()["text"] == "Connecting over SSH..."
-    call.run.step("\nRebooting...")
+    call.run.progress("Connecting over SSH...\nRebooting...")
     await _within(store.flushed())
     assert store.get(result.requestid).text == "Connecting over SSH...\nRebooting..."
     assert call.run.status == "Connecting over SSH...\nRebooting..."

@@ -10,10 +10,11 @@ test sleeps or polls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 from urllib.parse import quote
 
 import pytest
@@ -24,12 +25,12 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from slaveapi.actions import Action, ActionFailure, ActionRun
+from slaveapi.actions import Action, ActionFailure, ActionRun, ArgumentError
+from slaveapi.actions.registry import ACTIONS
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS
 from slaveapi.store import SQLiteResultStore
-from slaveapi.web.actions import ActionView
-from slaveapi.web.errors import bad_request
+from slaveapi.web.actions import route_table
 from slaveapi.web.routes import SlaveAPIWeb
 
 _TOKEN = "dashboard-token-0123456789abcdef"
@@ -117,14 +118,14 @@ async def _crashes(run: ActionRun) -> str:
     raise ValueError("unexpected thing\nTraceback (most recent call last): nope")
 
 
-def _parse_count(request: IRequest) -> dict[str, Any]:
-    raw = (request.args or {}).get(b"count", [b"1"])[0].decode()
+def _parse_count(form: Mapping[str, str]) -> dict[str, Any]:
+    raw = form.get("count", "1")
     if not raw.isdigit():
-        raise bad_request(f"count: expected an integer, got {raw!r}")
+        raise ArgumentError("count", f"expected an integer, got {raw!r}")
     return {"count": int(raw)}
 
 
-def _parse_badly(request: IRequest) -> dict[str, Any]:
+def _parse_badly(form: Mapping[str, str]) -> dict[str, Any]:
     raise RuntimeError("parser bug /home/slaveapi/secret.py")
 
 
@@ -136,22 +137,23 @@ class _Web:
         self.processor = processor
         self.context_box = context_box
         self.gates = _Gates()
-        views = {
-            "fake": ActionView(Action(name="fake_action", run=_quick)),
-            "counted": ActionView(Action(name="counted_action", run=_quick), _parse_count),
-            "gated": ActionView(Action(name="gated_action", run=self.gates.wait)),
-            "locked": ActionView(Action(name="locked_action", run=self.gates.wait, exclusive=True)),
-            "refuses": ActionView(Action(name="refusing_action", run=_refuses)),
-            "crashes": ActionView(Action(name="crashing_action", run=_crashes)),
-            "badparser": ActionView(Action(name="fake_action", run=_quick), _parse_badly),
-        }
-        app = SlaveAPIWeb(processor, store, lambda: context_box.context, action_views=views)
+        actions = [
+            Action(name="fake_action", run=_quick, routes=("fake",)),
+            Action(name="counted_action", run=_quick, arguments=_parse_count, routes=("counted",)),
+            Action(name="gated_action", run=self.gates.wait, routes=("gated",)),
+            Action(name="locked_action", run=self.gates.wait, exclusive=True, routes=("locked",)),
+            Action(name="refusing_action", run=_refuses, routes=("refuses",)),
+            Action(name="crashing_action", run=_crashes, routes=("crashes",)),
+            Action(name="fake_action", run=_quick, arguments=_parse_badly, routes=("badparser",)),
+        ]
+        app = SlaveAPIWeb(processor, store, lambda: context_box.context, actions=actions)
         self._root = _FlushWhenFinished(app.resource())
         self.stub = StubTreq(self._root)
         self._root.stub = self.stub
 
     def configure(self, tokens: dict[str, str] | None = None, protect_reads: bool = False) -> None:
-        self.context_box.context.config = make_config(tokens=tokens, protect_reads=protect_reads)
+        config = make_config(tokens=tokens, protect_reads=protect_reads)
+        self.context_box.context = dataclasses.replace(self.context_box.context, config=config)
 
     async def request(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> _Answer:
         from twisted.internet import reactor
@@ -436,6 +438,37 @@ async def test_action_argument_errors_are_400(web: _Web) -> None:
     answer = await web.request("POST", "/slaves/bld-1/actions/counted", data={"count": "many"})
     assert _assert_problem(answer, 400, "bad_request")["msg"] == "count: expected an integer, got 'many'"
     assert web.store.find() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_fields_an_action_reads_must_be_utf8(web: _Web) -> None:
+    ignored = await web.request("POST", "/slaves/bld-1/actions/counted?waittime=5&note=%FF&count=2")
+    assert (ignored.status, ignored.json["text"]["arguments"]) == (200, {"count": 2})
+    read = await web.request("POST", "/slaves/bld-1/actions/counted?count=%FF")
+    assert _assert_problem(read, 400, "bad_request")["msg"] == "count: expected UTF-8 text"
+
+
+def test_every_action_is_served_under_its_routes() -> None:
+    served = {route: view.action.name for route, view in route_table(ACTIONS.values()).items()}
+    assert served == {
+        "buildslave_uptime": "buildslave_uptime",
+        "get_uptime": "buildslave_uptime",
+        "buildslave_last_activity": "buildslave_last_activity",
+        "get_last_activity": "buildslave_last_activity",
+        "reboot": "reboot",
+        "shutdown_buildslave": "shutdown_buildslave",
+        "disable": "disable",
+        "aws_create_instance": "aws_create_instance",
+        "start": "aws_start_instance",
+        "stop": "aws_stop_instance",
+        "terminate": "aws_terminate_instance",
+    }
+
+
+def test_two_actions_cannot_claim_one_route() -> None:
+    first, second = Action(name="first", run=_quick), Action(name="second", run=_quick, routes=("first",))
+    with pytest.raises(ValueError, match="^route 'first' is claimed by both first and second$"):
+        route_table([first, second])
 
 
 # -- 404 and 405 ----------------------------------------------------------------------------

@@ -170,6 +170,29 @@ async def test_post_without_waittime_answers_202_then_polls_to_the_result(servic
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_2015_service_route_names_serve_the_read_only_actions(service: ServiceProcess) -> None:
+    slave = "bld-linux64-lab-001"
+    actions = f"{service.url}/slaves/{slave}/actions"
+    code, uptime = await post(service, slave, "get_uptime")
+    assert (code, uptime["state"]) == (200, 2) and isinstance(uptime["text"], int)
+    requestid = str(uptime.pop("requestid"))
+    for route in ("get_uptime", "buildslave_uptime"):
+        code, filed = await request_json("GET", f"{actions}/{route}")
+        assert code == 200 and list(filed) == ["buildslave_uptime"]
+        assert filed["buildslave_uptime"][requestid] == uptime
+    code, nested = await request_json("GET", f"{service.url}/results")
+    assert nested[slave]["buildslave_uptime"][requestid] == uptime
+
+    code, activity = await post(service, slave, "buildslave_last_activity")
+    assert (code, activity["state"]) == (200, 2)
+    requestid = str(activity.pop("requestid"))
+    code, read = await request_json("GET", f"{actions}/get_last_activity?requestid={requestid}")
+    assert (code, read) == (200, activity)
+    code, filed = await request_json("GET", f"{actions}/get_last_activity")
+    assert code == 200 and filed["buildslave_last_activity"][requestid] == activity
+
+
+@pytest_twisted.ensureDeferred
 async def test_waittime_in_the_query_string(service: ServiceProcess) -> None:
     code, result = await request_json(
         "POST", f"{service.url}/slaves/bld-linux64-lab-001/actions/buildslave_uptime?waittime=30"

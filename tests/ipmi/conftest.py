@@ -92,6 +92,25 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def ipmi_worker_pids() -> set[int]:
+    """The live IPMI worker processes of this test process, as the system lists them."""
+    found = set()
+    parent = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                state, ppid = handle.read().rsplit(")", 1)[-1].split()[:2]
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and state != "Z" and b"slaveapi.clients._ipmi_worker" in argv:
+            found.add(int(entry))
+    return found
+
+
 async def bounded(waiting: Deferred[Any], seconds: float) -> Any:
     """Await C{waiting} for at most C{seconds} (then it fails with TimeoutError)."""
     return await waiting.addTimeout(seconds, _reactor())
@@ -247,6 +266,8 @@ class Clients:
 
     made: list[IPMIClient] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
+    #: Workers alive before the test (none, unless another test leaked one): not this test's.
+    before: set[int] = field(default_factory=ipmi_worker_pids)
 
     def make(self, config: IPMIConfig, password: str | None, username: str = SIM_USER) -> IPMIClient:
         from slaveapi.clients.ipmi import IPMIClient
@@ -256,9 +277,12 @@ class Clients:
         self.made.append(client)
         return client
 
+    def workers(self) -> list[int]:
+        """The PIDs of the IPMI worker processes the test's clients have running now."""
+        return sorted(ipmi_worker_pids() - self.before)
+
     def remember_pids(self) -> None:
-        for client in self.made:
-            self.pids.update(client.worker_pids)
+        self.pids.update(self.workers())
 
 
 @pytest_twisted.async_yield_fixture

@@ -128,7 +128,7 @@ async def test_set_power_rejects_unknown_states(clients: Clients) -> None:
     client = clients.make(_config(9), SIM_PASSWORD)
     with pytest.raises(ValueError, match="unknown power state 'boot'"):
         await client.set_power("127.0.0.1", "boot")
-    assert client.worker_pids == []
+    assert clients.workers() == []
 
 
 @pytest_twisted.ensureDeferred
@@ -185,7 +185,7 @@ async def test_wrong_password_is_an_auth_error_and_never_shown(ipmi_sim: IPMISim
         # One quick refusal: not retried (retries=2), not ended by a deadline (that is IPMITimeout).
         assert asked == ["127.0.0.1"]
         # The argv of the worker has no password either.
-        for pid in client.worker_pids:
+        for pid in clients.workers():
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 assert wrong.encode() not in handle.read()
         assert await _run(client.available("127.0.0.1")) is False
@@ -248,7 +248,7 @@ async def test_hung_bmc_times_out_its_worker_is_replaced_and_the_queue_waits_fre
         assert await bounded(behind, GENEROUS) is True
         await bounded(worker.ended, GENEROUS)
         assert not pid_alive(first)
-        [second] = client.worker_pids
+        [second] = clients.workers()
         assert second != first
     finally:
         await hung.stopListening()
@@ -261,7 +261,7 @@ async def test_close_stops_a_busy_worker_and_fails_what_waits(ipmi_sim: IPMISim,
     try:
         client, clocked = _clocked_client(clients, _config(ipmi_sim.port, workers=1, timeout=DEADLINE))
         assert await _run(client.power_state("127.0.0.1")) is True
-        [pid] = client.worker_pids
+        [pid] = clients.workers()
         # The ready worker takes the hung BMC at once; the next call queues behind it.
         stuck = Deferred.fromCoroutine(client.power_state("127.0.0.2"))
         queued = Deferred.fromCoroutine(client.power_state("127.0.0.1"))
@@ -272,7 +272,7 @@ async def test_close_stops_a_busy_worker_and_fails_what_waits(ipmi_sim: IPMISim,
         assert not closing.called and not stuck.called and pid_alive(pid)
         clocked.clock.advance(0.5)
         await bounded(closing, GENEROUS)
-        assert client.worker_pids == []
+        assert clients.workers() == []
         assert not pid_alive(pid)
         with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.2: worker process died$"):
             await bounded(stuck, 1)
