@@ -21,8 +21,9 @@ start records it as interrupted.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
@@ -31,6 +32,7 @@ from twisted.logger import Logger
 
 from slaveapi.actions import Action, ActionFailure, ActionLog, ActionRun
 from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
+from slaveapi.clients import within
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import IResultStore, StoreUnavailable, interrupted_text
 
@@ -48,6 +50,10 @@ FINAL_WRITE_MAX_DELAY = 60.0
 
 #: Seconds after which a finished result that could not be written is given up.
 FINAL_WRITE_PATIENCE = 3600.0
+
+
+class _ActionTimedOut(Exception):
+    """An action ran past its time limit and was cancelled."""
 
 
 def _key(slave: str, action: str) -> tuple[str, str]:
@@ -86,7 +92,7 @@ class ActionProcessor(Service):
     def __init__(
         self,
         store: IResultStore,
-        context: Callable[[], "Context"],
+        context: Callable[[], Context],
         concurrency: int,
         reactor: Any,
         timeouts: Callable[[], dict[str, float]] = dict,
@@ -161,7 +167,9 @@ class ActionProcessor(Service):
         if action.single_flight:
             self._joining[key] = []
         created = self._store.create(slave, action.name, client)
-        created.addCallbacks(self._start, self._not_recorded, (action, arguments or {}), None, (action, key))
+        created.addCallbacks(
+            self._start, self._not_recorded, callbackArgs=(action, arguments or {}), errbackArgs=(action, key)
+        )
         caller: Deferred[ActionResult] = Deferred()
         created.chainDeferred(caller)
         return await caller
@@ -198,7 +206,7 @@ class ActionProcessor(Service):
         # Only finished results are ever pruned, and those were written.
         return self._store.get(result.requestid) or result
 
-    def uses(self, ctx: "Context") -> bool:
+    def uses(self, ctx: Context) -> bool:
         """Whether a queued or running action still uses C{ctx}."""
         return self._context_users.get(id(ctx), 0) > 0
 
@@ -213,7 +221,7 @@ class ActionProcessor(Service):
                 self._context_users[id(ctx)] = left
 
     async def _execute_in(
-        self, ctx: "Context", result: ActionResult, action: Action, arguments: dict[str, Any]
+        self, ctx: Context, result: ActionResult, action: Action, arguments: dict[str, Any]
     ) -> None:
         log = ActionLog(self._log, result.slave, result.requestid, action.name)
         lock = None
@@ -267,7 +275,7 @@ class ActionProcessor(Service):
         return dict(self._pending)
 
     async def _run(
-        self, result: ActionResult, action: Action, arguments: dict[str, Any], ctx: "Context", log: ActionLog
+        self, result: ActionResult, action: Action, arguments: dict[str, Any], ctx: Context, log: ActionLog
     ) -> None:
         result.state = RUNNING
         result.start_timestamp = int(self._reactor.seconds())
@@ -289,32 +297,23 @@ class ActionProcessor(Service):
             deadline=self._reactor.seconds() + timeout,
         )
         log.info("Starting (timeout {timeout}s)", timeout=timeout)
-        work = Deferred.fromCoroutine(action.run(run, **arguments))
-        timed_out: list[bool] = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            work.cancel()
-
-        timer = self._reactor.callLater(timeout, expire)
         try:
-            payload = await work
+            payload = await within(
+                self._reactor, timeout, action.run(run, **arguments), action.name, timeout_error=_ActionTimedOut
+            )
         except ActionFailure as failure:
             self._finish(result, FAILURE, failure.payload, log)
-        except CancelledError:
-            if not timed_out:
-                raise
+        except _ActionTimedOut:
             where = f" Last progress:\n{run.status}" if run.status else ""
             self._finish(result, FAILURE, f"Timed out after {timeout:g} seconds.{where}", log)
+        except CancelledError:
+            raise
         except Exception as error:
             log.failure("Action raised an unexpected error")
             where = f"{run.status}\n" if run.status else ""
             self._finish(result, FAILURE, f"{where}Unexpected error: {one_line_reason(error)}", log)
         else:
             self._finish(result, SUCCESS, payload, log)
-        finally:
-            if timer.active():
-                timer.cancel()
 
     def _finish(self, result: ActionResult, state: int, payload: Any, log: ActionLog) -> None:
         result.state = state
@@ -370,7 +369,7 @@ class ActionProcessor(Service):
                 reason=reason,
                 delay=delay,
             )
-            sleep = deferLater(self._reactor, delay)
+            sleep: Deferred[None] = deferLater(self._reactor, delay)
             self._retry_sleeps.add(sleep)
             try:
                 await sleep

@@ -1,1 +1,6 @@
 """Clients for the remote systems SlaveAPI talks to, one module each, all asynchronous."""
+
+from slaveapi.clients._bounded import poll_until, within
+from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
+
+__all__ = ["ClientError", "ClientTimeout", "Unreachable", "poll_until", "within"]

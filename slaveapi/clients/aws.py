@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from slaveapi.clients._bounded import poll_until, within
+from slaveapi.clients._errors import ClientError, ClientTimeout
 from slaveapi.config import AWSConfig, Secret
 from slaveapi.interfaces import IAWS
 
@@ -56,7 +59,7 @@ _MAX_BACKOFF = 20.0
 _MAX_MESSAGE = 300
 
 
-class AWSError(Exception):
+class AWSError(ClientError):
     """
     An EC2 call failed; C{str()} is one line saying which and why, with no secret in it.
 
@@ -74,8 +77,8 @@ class AWSError(Exception):
         return str(self.args[0])
 
 
-class AWSTimeout(AWSError):
-    """An instance did not reach the wanted state in time."""
+class AWSTimeout(AWSError, ClientTimeout):
+    """An EC2 call got no answer in time, or an instance did not reach the wanted state in time."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,9 @@ class AWSClient:
             raise _Malformed(f"no state change for {instance_id} in the answer")
 
         state = await self._call(operation, work)
-        self._log.info("EC2 {operation} {instance_id}: {state}", operation=operation, instance_id=instance_id, state=state)
+        self._log.info(
+            "EC2 {operation} {instance_id}: {state}", operation=operation, instance_id=instance_id, state=state
+        )
         return state
 
     async def wait_for_state(
@@ -278,28 +283,28 @@ class AWSClient:
         """
         timeout = self.config.state_timeout if timeout is None else timeout
         poll_interval = self.config.poll_interval if poll_interval is None else poll_interval
-        give_up = self._reactor.seconds() + timeout
         state = "unknown"
-        while True:
+
+        async def arrived() -> Instance | None:
+            nonlocal state
             try:
                 instance = await self.describe_instance(instance_id)
             except AWSError as error:
                 if error.code != "InvalidInstanceID.NotFound":
                     raise
-            else:
-                state = instance.state
-                if state == target:
-                    return instance
-                if state in _DEAD_ENDS.get(target, ()):
-                    raise AWSError(
-                        f"instance {instance_id} is {state}; it will not become {target}", "DescribeInstances"
-                    )
-            if self._reactor.seconds() >= give_up:
-                raise AWSTimeout(
-                    f"instance {instance_id} is still {state} after {timeout:g}s; expected {target}",
-                    "DescribeInstances",
-                )
-            await task.deferLater(self._reactor, poll_interval, lambda: None)
+                return None
+            state = instance.state
+            if state in _DEAD_ENDS.get(target, ()):
+                raise AWSError(f"instance {instance_id} is {state}; it will not become {target}", "DescribeInstances")
+            return instance if state == target else None
+
+        def late() -> AWSTimeout:
+            return AWSTimeout(
+                f"instance {instance_id} is still {state} after {timeout:g}s; expected {target}", "DescribeInstances"
+            )
+
+        what = f"EC2 instance {instance_id} to be {target}"
+        return await poll_until(self._reactor, arrived, poll_interval, timeout, what, timeout_error=late)
 
     async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
         """The subnet's CIDR block and every private address in use in it."""
@@ -376,12 +381,15 @@ class AWSClient:
             raise AWSError(f"EC2 {operation} not attempted: the AWS client is closed", operation)
         started = time.monotonic()
         call: defer.Deferred[T] = deferToThreadPool(self._reactor, self._pool, self._in_thread, operation, work)
-        call.addTimeout(self.deadline, self._reactor)
+
+        def late() -> AWSTimeout:
+            return AWSTimeout(f"EC2 {operation} failed: no answer within {self.deadline:g}s", operation)
+
         try:
-            result = await call
-        except defer.TimeoutError:
+            result = await within(self._reactor, self.deadline, call, f"EC2 {operation}", timeout_error=late)
+        except AWSTimeout:
             self._log.warn("EC2 {operation} got no answer in {deadline}s", operation=operation, deadline=self.deadline)
-            raise AWSError(f"EC2 {operation} failed: no answer within {self.deadline:g}s", operation) from None
+            raise
         self._log.debug(
             "EC2 {operation} answered in {elapsed:.3f}s", operation=operation, elapsed=time.monotonic() - started
         )

@@ -11,9 +11,11 @@ C{[bugzilla] allow_plain_http} says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
+
 from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, ParamValue, RemoteError, url_with_params

@@ -8,9 +8,10 @@ The file is optional: with no URL configured nothing is a device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer

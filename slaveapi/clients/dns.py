@@ -12,8 +12,9 @@ tell apart from "this name does not exist" (C{None}).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
@@ -21,6 +22,7 @@ from twisted.names import client, dns
 from twisted.names.error import AuthoritativeDomainError, DNSNameError, DomainError
 from zope.interface import implementer
 
+from slaveapi.clients._errors import ClientError
 from slaveapi.interfaces import IDNS
 
 # How many CNAMEs we follow before deciding the chain is a loop.
@@ -31,7 +33,7 @@ _MAX_CNAME_HOPS = 8
 _SYSTEM_SERVERS = 3
 
 
-class DNSError(Exception):
+class DNSError(ClientError):
     """A lookup failed (no answer in time, server failure), as opposed to a name that does not exist."""
 
 
@@ -147,7 +149,8 @@ class DNSClient:
         except Exception as error:
             first_line = (str(error).splitlines() or [""])[0]
             raise DNSError(
-                f"DNS {kind} query for {name} to {self._server_text} failed: {type(error).__name__} {first_line}".rstrip()
+                f"DNS {kind} query for {name} to {self._server_text} failed: "
+                f"{type(error).__name__} {first_line}".rstrip()
             ) from None
         return list(answers)
 
@@ -175,7 +178,9 @@ class DNSClient:
             # The server gave the CNAME but not its target's address (the
             # target is outside its zone): ask for the target itself.
             target = canonical
-        raise DNSError(f"DNS A query for {name} to {self._server_text} failed: CNAME chain longer than {_MAX_CNAME_HOPS}")
+        raise DNSError(
+            f"DNS A query for {name} to {self._server_text} failed: CNAME chain longer than {_MAX_CNAME_HOPS}"
+        )
 
     @staticmethod
     def _follow(name: str, answers: list[dns.RRHeader]) -> tuple[str, str | None]:

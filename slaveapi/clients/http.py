@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import (
@@ -30,21 +34,30 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeoutError,
 )
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
-from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from slaveapi.clients._bounded import within
+from slaveapi.clients._errors import ClientError, ClientTimeout
 
 #: The largest body we are willing to hold in memory (a slavealloc listing of
 #: a few thousand slaves is a few MB).
 _MAX_BODY = 64 * 1024 * 1024
+#: The most characters of a remote's own words quoted in a reason.
+_MAX_DETAIL = 200
+#: Twisted's errors that wrap the failures of one request.
+_WRAPPERS = (RequestTransmissionFailed, ResponseFailed)
 
 #: Query parameter values: one value, or several for a repeated parameter.
 ParamValue = str | int | float | bool | Sequence[str | int]
 
 
-class RemoteError(Exception):
+class RemoteError(ClientError):
     """
     A remote HTTP API could not be used for one call.
 
@@ -85,6 +98,10 @@ class RemoteError(Exception):
 
 class NotFound(RemoteError):
     """The remote system answered HTTP 404: what was asked for does not exist."""
+
+
+class RemoteTimeout(RemoteError, ClientTimeout):
+    """The call did not finish within the client's timeout."""
 
 
 class JSONClient:
@@ -172,43 +189,39 @@ class JSONClient:
         auth: tuple[str, str] | None,
     ) -> Any:
         """Run L{_exchange} under the timeout, cancelling it when time is up."""
-        timed_out: list[bool] = []
         started = time.monotonic()
-        exchange = Deferred.fromCoroutine(self._exchange(method, url, json_body, headers, auth))
 
-        def expire() -> None:
-            timed_out.append(True)
-            exchange.cancel()
+        def timed_out() -> RemoteTimeout:
+            return RemoteTimeout(self.service, method, url, f"timed out after {self._timeout:g}s")
 
-        call = self._reactor.callLater(self._timeout, expire)
         try:
-            result = await exchange
-        except Exception as error:
-            if timed_out:
-                self._log.warn(
-                    "{service}: {method} {url} timed out after {timeout}s",
-                    service=self.service,
-                    method=method,
-                    url=_without_userinfo(url),
-                    timeout=self._timeout,
-                )
-                raise RemoteError(
-                    self.service, method, url, f"timed out after {self._timeout:g}s"
-                ) from None
-            if isinstance(error, RemoteError):
-                log = self._log.debug if isinstance(error, NotFound) else self._log.info
-                log(
-                    "{service}: {method} {url} failed: {reason}",
-                    service=self.service,
-                    method=method,
-                    url=error.url,
-                    reason=error.reason,
-                    status=error.status,
-                )
+            result = await within(
+                self._reactor,
+                self._timeout,
+                self._exchange(method, url, json_body, headers, auth),
+                f"{self.service}: {method} {url}",
+                timeout_error=timed_out,
+            )
+        except RemoteTimeout:
+            self._log.warn(
+                "{service}: {method} {url} timed out after {timeout}s",
+                service=self.service,
+                method=method,
+                url=_without_userinfo(url),
+                timeout=self._timeout,
+            )
             raise
-        finally:
-            if call.active():
-                call.cancel()
+        except RemoteError as error:
+            log = self._log.debug if isinstance(error, NotFound) else self._log.info
+            log(
+                "{service}: {method} {url} failed: {reason}",
+                service=self.service,
+                method=method,
+                url=error.url,
+                reason=error.reason,
+                status=error.status,
+            )
+            raise
         self._log.debug(
             "{service}: {method} {url} answered in {elapsed:.3f}s",
             service=self.service,
@@ -229,59 +242,104 @@ class JSONClient:
         """Send the request, read the whole body, decode it; no timeout here."""
         request_headers = {"Accept": "application/json"}
         request_headers.update(headers or {})
-        # No redirects: treq would send our API-key header on to wherever a
-        # redirect points. A 3xx is reported like any other unexpected status.
-        kwargs: dict[str, Any] = {"headers": request_headers, "allow_redirects": False}
+        kwargs: dict[str, Any] = {"headers": request_headers}
         if json_body is not None:
             kwargs["json"] = json_body
         if auth is not None:
             kwargs["auth"] = auth
         try:
-            response = await self._http.request(method, url, **kwargs)
-        except CancelledError:
-            raise
-        except Exception as error:
-            if _was_cancelled(error):
-                raise CancelledError() from None
-            raise RemoteError(self.service, method, url, _connection_reason(error)) from None
+            answer = await fetch(self._http, method, url, **kwargs)
+        except FetchFailed as failed:
+            raise RemoteError(self.service, method, url, failed.reason, status=failed.status) from None
 
-        try:
-            body = await _read_body(response)
-        except CancelledError:
-            raise
-        except _BodyTooLarge:
-            raise RemoteError(
-                self.service, method, url, f"answer larger than {_MAX_BODY} bytes", status=response.code
-            ) from None
-        except Exception as error:
-            if _was_cancelled(error):
-                raise CancelledError() from None
-            raise RemoteError(
-                self.service,
-                method,
-                url,
-                f"HTTP {response.code}, body not read: {_connection_reason(error)}",
-                status=response.code,
-            ) from None
-
-        code = response.code
+        code = answer.status
         if not 200 <= code < 300:
-            phrase = _phrase(response)
             error_class = NotFound if code == 404 else RemoteError
             raise error_class(
                 self.service,
                 method,
                 url,
-                f"HTTP {code} {phrase}".rstrip(),
+                f"HTTP {code} {answer.phrase}".rstrip(),
                 status=code,
-                body=_decode_or_none(body),
+                body=_decode_or_none(answer.body),
             )
-        if code == 204 or (not body.strip() and method != "GET"):
+        if code == 204 or (not answer.body.strip() and method != "GET"):
             return None
         try:
-            return json.loads(body.decode("utf-8"))
+            return json.loads(answer.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise RemoteError(self.service, method, url, "answer is not JSON", status=code) from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """
+    One HTTP answer, read whole.
+
+    @ivar location: the C{Location} header (a redirect's target), or C{""}.
+    """
+
+    status: int
+    phrase: str
+    location: str
+    body: bytes
+
+
+class FetchFailed(Exception):
+    """
+    L{fetch} got no complete answer; callers turn it into their own error.
+
+    @ivar reason: a few words, e.g. C{"connection refused"} or
+        C{"answer larger than 1048576 bytes"}.
+    @ivar status: the HTTP status when the server answered before failing.
+    """
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+async def fetch(http: HTTPClient | Any, method: str, url: str, *, max_body: int = _MAX_BODY, **kwargs: Any) -> Answer:
+    """
+    Send one request through C{http} and read the whole answer; no timeout
+    here (callers bound it with L{within}), and any status is an answer.
+
+    Redirects are never followed: treq would send our credentials on to
+    wherever one points. C{kwargs} go to treq's C{request} as they are.
+
+    @param max_body: the largest body read; a longer one is cut off.
+    @raise FetchFailed: no connection, a connection lost, or a body larger
+        than C{max_body}.
+    @raise CancelledError: the call was cancelled (also when the agent
+        reports the cancellation as a lost connection).
+    """
+    try:
+        response = await http.request(method, url, allow_redirects=False, **kwargs)
+    except CancelledError:
+        raise
+    except Exception as error:
+        if _was_cancelled(error):
+            raise CancelledError() from None
+        raise FetchFailed(connection_reason(error)) from None
+
+    try:
+        body = await _read_body(response, max_body)
+    except CancelledError:
+        raise
+    except _BodyTooLarge:
+        raise FetchFailed(f"answer larger than {max_body} bytes", response.code) from None
+    except Exception as error:
+        if _was_cancelled(error):
+            raise CancelledError() from None
+        raise FetchFailed(f"HTTP {response.code}, body not read: {connection_reason(error)}", response.code) from None
+    location = (response.headers.getRawHeaders(b"location") or [b""])[0]
+    return Answer(
+        status=response.code,
+        phrase=_phrase(response),
+        location=location.decode("latin-1", "replace") if isinstance(location, bytes) else str(location),
+        body=body,
+    )
 
 
 def make_http_client(reactor: Any, pool: HTTPConnectionPool) -> HTTPClient:
@@ -291,11 +349,11 @@ def make_http_client(reactor: Any, pool: HTTPConnectionPool) -> HTTPClient:
     It sits on an L{Agent} using the service's one shared connection pool;
     TLS certificates are verified (the Agent's default browser-like policy).
     """
-    return HTTPClient(Agent(reactor, pool=pool))  # type: ignore[arg-type]  # zope interface
+    return HTTPClient(Agent(reactor, pool=pool))
 
 
 class _BodyTooLarge(Exception):
-    """The answer exceeded L{_MAX_BODY}."""
+    """The answer exceeded the size allowed."""
 
 
 class _BodyReader(Protocol):
@@ -306,29 +364,30 @@ class _BodyReader(Protocol):
     sending halfway does not keep it open after the caller gave up.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
+        self._max_body = max_body
         self.done: Deferred[bytes] = Deferred(self._cancel)
 
     def _cancel(self, _: Deferred[bytes]) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
             return
         self._size += len(data)
-        if self._size > _MAX_BODY:
+        if self._size > self._max_body:
             self._chunks = []
             if self.transport is not None:
-                self.transport.stopProducing()
+                cast(IPushProducer, self.transport).stopProducing()
             if not self.done.called:
                 self.done.errback(_BodyTooLarge())
             return
         self._chunks.append(data)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Protocol types reason as a Failure | None; a body reader always gets one
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -337,11 +396,11 @@ class _BodyReader(Protocol):
             self.done.errback(reason)
 
 
-async def _read_body(response: Any) -> bytes:
+async def _read_body(response: Any, max_body: int) -> bytes:
     """The whole body of C{response}."""
     if response.length == 0:
         return b""
-    reader = _BodyReader()
+    reader = _BodyReader(max_body)
     response.deliverBody(reader)
     return await reader.done
 
@@ -363,12 +422,12 @@ def _decode_or_none(body: bytes) -> Any:
 def _was_cancelled(error: BaseException) -> bool:
     """Whether the agent gave up on the request because we cancelled it."""
     reasons = getattr(error, "reasons", None) or []
-    return isinstance(error, (ResponseNeverReceived, ResponseFailed)) and any(
+    return isinstance(error, _WRAPPERS) and any(
         isinstance(reason, Failure) and reason.check(CancelledError) for reason in reasons
     )
 
 
-def _connection_reason(error: BaseException) -> str:
+def connection_reason(error: BaseException) -> str:
     """A short description of why a request could not be sent or answered."""
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
@@ -376,17 +435,39 @@ def _connection_reason(error: BaseException) -> str:
         return "host not found"
     if isinstance(error, ConnectTimeoutError):
         return "connect timed out"
-    if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
-        reasons = [
-            _connection_reason(reason.value) for reason in getattr(error, "reasons", []) if reason.value
-        ]
+    if isinstance(error, (SSL.Error, VerificationError)):
+        return _tls_reason([Failure(error)]) or "TLS handshake failed"
+    if isinstance(error, _WRAPPERS):
+        failures = getattr(error, "reasons", None) or []
+        tls = _tls_reason(failures)
+        if tls is not None:
+            return tls
+        reasons = [connection_reason(reason.value) for reason in failures if reason.value]
         detail = "; ".join(dict.fromkeys(reasons)) or "unknown reason"
         return f"connection lost: {detail}"
     if isinstance(error, ConnectError):
         return f"connection failed: {type(error).__name__}"
     text = str(error).strip().splitlines()
-    detail = text[0] if text else ""
+    detail = text[0][:_MAX_DETAIL] if text else ""
     return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+def _tls_reason(reasons: list[Failure]) -> str | None:
+    """Why a TLS handshake failed, when one of C{reasons} says so."""
+    for reason in reasons:
+        if reason.check(VerificationError):
+            return "TLS handshake failed: the certificate is not for this name"
+        if reason.check(SSL.Error):
+            return f"TLS handshake failed: {_ssl_detail(reason.value)}"
+    return None
+
+
+def _ssl_detail(error: BaseException | None) -> str:
+    """OpenSSL's own words, e.g. C{certificate verify failed}."""
+    args = error.args if error is not None else ()
+    entries = args[0] if args and isinstance(args[0], list) else []
+    texts = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry and entry[-1]]
+    return "; ".join(texts)[:_MAX_DETAIL] or "no reason given"
 
 
 def url_with_params(url: str, params: Mapping[str, ParamValue] | None) -> str:

@@ -17,9 +17,10 @@ L{InventoryClient.delete_dns_record}).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -73,7 +74,7 @@ class PDUOutlet:
         return int(self.outlet[2:])
 
     @classmethod
-    def parse(cls, value: str) -> "PDUOutlet":
+    def parse(cls, value: str) -> PDUOutlet:
         """
         Read inventory's C{<pdu host>:<tower letter><infeed letter><outlet number>}.
 

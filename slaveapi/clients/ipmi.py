@@ -57,17 +57,19 @@ after a grace period) and waits for them to be gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -75,6 +77,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import slaveapi
+from slaveapi.clients._bounded import poll_until, settled, within
+from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
 from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import IPMIConfig, Secret
 from slaveapi.interfaces import IIPMI
@@ -104,16 +108,20 @@ _START_BOUND = 30.0
 _MAX_LINE = 64 * 1024
 
 
-class IPMIError(Exception):
+class IPMIError(ClientError):
     """An IPMI call failed; the message is one line naming the host and the step."""
 
 
-class IPMITimeout(IPMIError):
+class IPMITimeout(IPMIError, ClientTimeout):
     """The BMC did not finish the call within our deadline."""
 
 
-class IPMIUnavailable(IPMIError):
+class IPMIUnavailable(IPMIError, Unreachable):
     """No BMC answered, or no session could be set up, after every retry."""
+
+
+class _NotReached(Exception):
+    """The power state waited for was not reached in time."""
 
 
 class IPMIAuthError(IPMIError):
@@ -148,8 +156,13 @@ class _Worker(ProcessProtocol):
         self.pid: int | None = None
         self.start_timer: IDelayedCall | None = None
 
+    @property
+    def _process(self) -> IProcessTransport:
+        assert self.transport is not None  # noqa: S101  (set before any of these is called)
+        return self.transport
+
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        self.pid = self._process.pid
 
     def outReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -168,21 +181,19 @@ class _Worker(ProcessProtocol):
                 _log.debug("ipmi worker {pid}: {line}", pid=self.pid, line=line[:500])
 
     def write(self, message: dict[str, Any]) -> None:
-        self.transport.write(json.dumps(message).encode("utf-8") + b"\n")
+        self._process.write(json.dumps(message).encode("utf-8") + b"\n")
 
     def kill(self) -> None:
         """SIGKILL the process by its PID (if it still runs); it takes no more work."""
         self.doomed = True
         if self.exited or self.pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def close_stdin(self) -> None:
         if not self.exited:
-            self.transport.closeStdin()
+            self._process.closeStdin()
 
     def processEnded(self, reason: Failure) -> None:
         self.exited = True
@@ -222,10 +233,10 @@ class _WorkerPool:
                 self._queue.remove(request)
                 return
         for worker in self._workers:
-            request = worker.request
-            if request is not None and request.result is result:
+            busy = worker.request
+            if busy is not None and busy.result is result:
                 # pyghmi cannot be interrupted: the worker goes.
-                self._finish(request)
+                self._finish(busy)
                 self._drop(worker)
                 worker.kill()
                 return
@@ -343,7 +354,11 @@ class _WorkerPool:
         for worker in workers:
             worker.close_stdin()  # idle ones exit now, busy ones after answering
         ended = defer.DeferredList([w.ended for w in workers], consumeErrors=True)
-        grace = self._reactor.callLater(_CLOSE_GRACE, lambda: [w.kill() for w in workers])
+        def kill_all() -> None:
+            for worker in workers:
+                worker.kill()
+
+        grace = self._reactor.callLater(_CLOSE_GRACE, kill_all)
         try:
             await _bounded(self._reactor, ended, _CLOSE_GRACE + _REAP_BOUND)
         finally:
@@ -354,20 +369,8 @@ class _WorkerPool:
 
 async def _bounded(reactor: Any, waiting: Deferred[Any], bound: float) -> None:
     """Wait for C{waiting}, at most C{bound} seconds (then give up quietly; C{waiting} is untouched)."""
-    done: Deferred[None] = Deferred()
-
-    def finish(result: object = None) -> object:
-        if not done.called:
-            done.callback(None)
-        return result
-
-    waiting.addBoth(finish)
-    timer = reactor.callLater(bound, finish)
-    try:
-        await done
-    finally:
-        if timer.active():
-            timer.cancel()
+    with contextlib.suppress(ClientTimeout):
+        await within(reactor, bound, settled(waiting), "ipmi: waiting")
 
 
 def _reason(error: IPMIError) -> str:
@@ -512,14 +515,16 @@ class IPMIClient:
 
     async def _wait_for(self, host: str, powered: bool, bound: float) -> bool:
         """Poll the power state until it is C{powered} or C{bound} seconds passed."""
-        deadline = self._reactor.seconds() + bound
-        while True:
-            if await self.power_state(host) == powered:
-                return True
-            remaining = deadline - self._reactor.seconds()
-            if remaining <= 0:
-                return False
-            await deferLater(self._reactor, min(self._config.poll_interval, remaining))
+
+        async def reached() -> bool:
+            return await self.power_state(host) == powered
+
+        what = f"ipmi: {host} powered {'on' if powered else 'off'}"
+        try:
+            await poll_until(self._reactor, reached, self._config.poll_interval, bound, what, timeout_error=_NotReached)
+        except _NotReached:
+            return False
+        return True
 
     async def _call(self, host: str, step: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to a worker, retrying failed session set-ups."""

@@ -46,22 +46,19 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+from slaveapi.clients._bounded import within
+from slaveapi.clients._errors import ClientError, ClientTimeout
 from slaveapi.clients.dns import DNSClient, DNSError
+from slaveapi.clients.http import Answer, FetchFailed, fetch
 from slaveapi.clients.slavealloc import MasterRecord
 from slaveapi.config import BuildbotConfig, Secret
 from slaveapi.interfaces import IMaster
@@ -78,8 +75,12 @@ _MAX_BODY = 1024 * 1024
 _MAX_DETAIL = 200
 
 
-class MasterError(Exception):
+class MasterError(ClientError):
     """Asking a master failed; the message is one line naming the URL and the status."""
+
+
+class MasterTimeout(MasterError, ClientTimeout):
+    """A master did not answer within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -95,20 +96,6 @@ class ShutdownRequested:
     url: str
     flavour: str
     status: int
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """One HTTP answer from a master."""
-
-    status: int
-    phrase: str
-    location: str
-    body: bytes
-
-
-class _BodyTooLarge(Exception):
-    """The answer exceeded L{_MAX_BODY}."""
 
 
 @implementer(IMaster)
@@ -230,10 +217,10 @@ class MasterClient:
     def _auth_header(self) -> dict[bytes, list[bytes]]:
         if not self._config.username or self._password is None:
             return {}
-        pair = f"{self._config.username}:{self._password.reveal()}".encode("utf-8")
+        pair = f"{self._config.username}:{self._password.reveal()}".encode()
         return {b"Authorization": [b"Basic " + base64.b64encode(pair)]}
 
-    async def _call(self, master: MasterRecord, method: str, path: str, body: Any = None) -> _Answer:
+    async def _call(self, master: MasterRecord, method: str, path: str, body: Any = None) -> Answer:
         """One request to C{master}, bounded by the timeout; any failure is a L{MasterError}."""
         url = self.url(master, path)
         auth = self._auth_header()
@@ -272,35 +259,17 @@ class MasterClient:
             target = f"http://{host.ip}:{master.http_port}{path}"
             http = self._http
 
-        timed_out: list[bool] = []
-        exchange = Deferred.fromCoroutine(self._exchange(http, method, target, Headers(headers), data))
-
-        def expire() -> None:
-            timed_out.append(True)
-            exchange.cancel()
-
-        call = self._reactor.callLater(self._timeout, expire)
+        prefix = f"master {master.nickname}: {method} {url} failed: "
         try:
-            answer = await exchange
-        except CancelledError:
-            if timed_out:
-                raise MasterError(
-                    f"master {master.nickname}: {method} {url} failed: timed out after {self._timeout:g}s"
-                ) from None
-            raise
-        except _BodyTooLarge:
-            raise MasterError(
-                f"master {master.nickname}: {method} {url} failed: answer larger than {_MAX_BODY} bytes"
-            ) from None
-        except Exception as error:
-            if timed_out:
-                raise MasterError(
-                    f"master {master.nickname}: {method} {url} failed: timed out after {self._timeout:g}s"
-                ) from None
-            raise MasterError(f"master {master.nickname}: {method} {url} failed: {_reason(error)}") from None
-        finally:
-            if call.active():
-                call.cancel()
+            answer = await within(
+                self._reactor,
+                self._timeout,
+                fetch(http, method, target, headers=Headers(headers), data=data, max_body=_MAX_BODY),
+                f"master {master.nickname}: {method} {url}",
+                timeout_error=lambda: MasterTimeout(f"{prefix}timed out after {self._timeout:g}s"),
+            )
+        except FetchFailed as failed:
+            raise MasterError(prefix + failed.reason) from None
         self._log.info(
             "master {master}: {method} {url} answered HTTP {status}",
             master=master.nickname,
@@ -309,29 +278,6 @@ class MasterClient:
             status=answer.status,
         )
         return answer
-
-    async def _exchange(self, http: Any, method: str, url: str, headers: Headers, data: bytes | None) -> _Answer:
-        """Send the request and read the whole answer; no timeout here, no redirects followed."""
-        response = await http.request(method, url, headers=headers, data=data, allow_redirects=False)
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(chunk: bytes) -> None:
-            nonlocal size
-            size += len(chunk)
-            if size > _MAX_BODY:
-                raise _BodyTooLarge()
-            chunks.append(chunk)
-
-        await response.collect(collect)
-        phrase = getattr(response, "phrase", b"") or b""
-        location = (response.headers.getRawHeaders(b"location") or [b""])[0]
-        return _Answer(
-            status=response.code,
-            phrase=phrase.decode("latin-1", "replace") if isinstance(phrase, bytes) else str(phrase),
-            location=location.decode("latin-1", "replace"),
-            body=b"".join(chunks),
-        )
 
 
 @implementer(IAgentEndpointFactory)
@@ -371,7 +317,7 @@ def _is_authfail(location: str) -> bool:
     return path.rsplit("/", 1)[-1] == "authfail"
 
 
-def _status(answer: _Answer) -> str:
+def _status(answer: Answer) -> str:
     return f"HTTP {answer.status} {answer.phrase}".rstrip()
 
 
@@ -382,38 +328,3 @@ def _rpc_detail(error: Any) -> str:
     message = " ".join(str(error.get("message", "")).split())[:_MAX_DETAIL]
     code = error.get("code")
     return f" (JSON-RPC error {code}: {message})" if message else f" (JSON-RPC error {code})"
-
-
-def _reason(error: BaseException) -> str:
-    """Why a request could not be sent or answered, in a few words."""
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, DNSLookupError):
-        return "host not found"
-    if isinstance(error, RequestTransmissionFailed):
-        return _tls_reason(error.reasons) or "connection lost while sending the request"
-    if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
-        return _tls_reason(error.reasons) or "connection lost before the answer was complete"
-    if isinstance(error, (SSL.Error, VerificationError)):
-        return _tls_reason([Failure(error)]) or "TLS handshake failed"
-    if isinstance(error, ConnectError):
-        return f"connection failed: {type(error).__name__}"
-    first = (str(error).strip().splitlines() or [""])[0][:_MAX_DETAIL]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-def _tls_reason(reasons: list[Failure]) -> str | None:
-    """Why a TLS handshake failed, when one of C{reasons} says so."""
-    for reason in reasons:
-        if reason.check(VerificationError):
-            return "TLS handshake failed: the certificate is not for this name"
-        if reason.check(SSL.Error):
-            return f"TLS handshake failed: {_ssl_detail(reason.value)}"
-    return None
-
-
-def _ssl_detail(error: SSL.Error) -> str:
-    """OpenSSL's own words, e.g. C{certificate verify failed}."""
-    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
-    texts = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry and entry[-1]]
-    return "; ".join(texts)[:_MAX_DETAIL] or "no reason given"

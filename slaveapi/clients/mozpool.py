@@ -8,8 +8,10 @@ C{POST /api/device/<device>/power-cycle/}.
 """
 
 from __future__ import annotations
+
 from zope.interface import implementer
 
+from slaveapi.clients._errors import ClientError
 from slaveapi.clients.dns import DNSClient
 from slaveapi.clients.http import JSONClient, RemoteError
 from slaveapi.config import MozpoolConfig
@@ -17,7 +19,7 @@ from slaveapi.hostnames import is_valid_hostname
 from slaveapi.interfaces import IMozpool
 
 
-class MozpoolError(Exception):
+class MozpoolError(ClientError):
     """The power-cycle request did not succeed; one line saying why."""
 
 

@@ -34,8 +34,9 @@ L{PDUClient.close} waits for it (bounded) first.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch.asyncio import (
@@ -58,14 +59,16 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from slaveapi._text import error_line, one_line
-from slaveapi.clients.inventory import PDUOutlet
+from slaveapi.clients._bounded import poll_until, within
+from slaveapi.clients._errors import ClientError
 from slaveapi.clients._unfinished import Unfinished
+from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.config import Secret, SNMPConfig
 from slaveapi.interfaces import IPDU
 
@@ -87,7 +90,7 @@ _PRIV_PROTOCOLS = {
 }
 
 
-class PDUError(Exception):
+class PDUError(ClientError):
     """
     Switching or reading an outlet failed; the message is one line naming
     the PDU, the outlet and the step, and never a community or key.
@@ -339,20 +342,19 @@ class PDUClient:
         wanted = dialect.on_state if on else dialect.off_state
         word = "on" if on else "off"
         limit = self._config.state_timeout
-        deadline = self._reactor.seconds() + limit
-        while True:
-            state = await self._read_state(outlet, dialect, f"wait for {word}")
-            if state == wanted:
-                return
-            remaining = deadline - self._reactor.seconds()
-            if remaining <= 0:
-                raise PDUError(
-                    self._where(outlet),
-                    outlet.outlet,
-                    f"wait for {word}",
-                    f"did not reach {word} within {limit:g}s (last state: {dialect.describe(state)})",
-                )
-            await deferLater(self._reactor, min(self._config.poll_interval, remaining), lambda: None)
+        last: list[int] = []
+
+        async def reached() -> bool:
+            last.append(await self._read_state(outlet, dialect, f"wait for {word}"))
+            return last[-1] == wanted
+
+        def late() -> PDUError:
+            reason = f"did not reach {word} within {limit:g}s (last state: {dialect.describe(last[-1])})"
+            return PDUError(self._where(outlet), outlet.outlet, f"wait for {word}", reason)
+
+        await poll_until(
+            self._reactor, reached, self._config.poll_interval, limit, f"wait for {word}", timeout_error=late
+        )
 
     async def _read_state(self, outlet: PDUOutlet, dialect: _Dialect, step: str) -> int:
         oid = dialect.status + dialect.index(outlet)
@@ -417,7 +419,7 @@ class PDUClient:
             raise fail(f"cannot resolve {outlet.host}: {error_line(error)}") from None
         if not address:
             raise fail(f"{outlet.host} does not resolve")
-        return address
+        return str(address)
 
     async def _exchange(self, outlet: PDUOutlet, step: str, oid: tuple[int, ...], value: int | None) -> int:
         """
@@ -433,7 +435,7 @@ class PDUClient:
         address = await self._address(outlet, fail)
         bound = self._bound()
         try:
-            error_indication, error_status, error_index, var_binds = await self._run(
+            error_indication, error_status, _error_index, var_binds = await self._run(
                 self._request(address, auth, oid, value), bound
             )
         except _NoAnswer:
@@ -468,13 +470,17 @@ class PDUClient:
         target = await UdpTransportTarget.create(
             (address, self._config.port), timeout=self._config.timeout, retries=self._config.retries
         )
+        # pysnmp is untyped: its answer is (errorIndication, errorStatus, errorIndex, varBinds).
+        answer: tuple[Any, Any, Any, Any]
         if value is None:
-            return await get_cmd(
+            answer = await get_cmd(
                 engine, auth, target, ContextData(), ObjectType(ObjectIdentity(oid)), lookupMib=False
             )
-        return await set_cmd(
-            engine, auth, target, ContextData(), ObjectType(ObjectIdentity(oid), Integer(value)), lookupMib=False
-        )
+        else:
+            answer = await set_cmd(
+                engine, auth, target, ContextData(), ObjectType(ObjectIdentity(oid), Integer(value)), lookupMib=False
+            )
+        return answer
 
     async def _run(self, coroutine: Any, bound: float) -> Any:
         """Await an asyncio coroutine (pysnmp's) from Twisted, cancelling it after C{bound} seconds."""
@@ -487,27 +493,4 @@ class PDUClient:
 
         @raise _NoAnswer: the time ran out.
         """
-        deferred: Deferred[Any]
-        if isinstance(awaitable, Deferred):
-            deferred = awaitable
-        elif asyncio.isfuture(awaitable):
-            deferred = Deferred.fromFuture(awaitable)
-        else:
-            deferred = ensureDeferred(awaitable)  # type: ignore[arg-type]
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            deferred.cancel()
-
-        timer = self._reactor.callLater(bound, expire)
-        try:
-            return await deferred
-        except (CancelledError, asyncio.CancelledError):
-            if expired:
-                raise _NoAnswer() from None
-            raise
-        finally:
-            if timer.active():
-                timer.cancel()
+        return await within(self._reactor, bound, awaitable, "snmp request", timeout_error=_NoAnswer)

@@ -13,19 +13,23 @@ C{up_timeout}).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from slaveapi.clients._bounded import poll_until, within
+from slaveapi.clients._errors import ClientError, ClientTimeout
 from slaveapi.config import ProbeConfig
 from slaveapi.interfaces import IProber
 
@@ -42,9 +46,36 @@ class RebootWait:
     waited: float
 
 
+class ProbeError(ClientError):
+    """A probe could not be run at all (as opposed to a machine that does not answer it)."""
+
+
+class _NotSeen(Exception):
+    """The machine did not reach the state waited for in time."""
+
+
 class _PingProtocol(ProcessProtocol):
+    """C{ended} fires with ping's exit code once it is reaped."""
+
     def __init__(self) -> None:
         self.ended: Deferred[int] = Deferred()
+
+    def exit_code(self) -> Deferred[int]:
+        """Fires as C{ended} does; cancelling it kills ping."""
+        waiting: Deferred[int] = Deferred(self._kill)
+
+        def follow(code: int) -> int:
+            if not waiting.called:
+                waiting.callback(code)
+            return code
+
+        self.ended.addCallback(follow)
+        return waiting
+
+    def _kill(self, _: Deferred[int]) -> None:
+        # Already gone is fine: the point is that it is gone.
+        with contextlib.suppress(Exception):
+            cast(IProcessTransport, self.transport).signalProcess("KILL")
 
     def processEnded(self, reason: Failure) -> None:
         code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
@@ -53,7 +84,8 @@ class _PingProtocol(ProcessProtocol):
 
 class _Closer(Protocol):
     def connectionMade(self) -> None:
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 @implementer(IProber)
@@ -82,9 +114,8 @@ class Prober:
     async def _tcp(self, host: str) -> bool:
         endpoint = HostnameEndpoint(self._reactor, host, self._ssh_port, timeout=self._config.tcp_timeout)
         attempt = endpoint.connect(Factory.forProtocol(_Closer))
-        attempt.addTimeout(self._config.tcp_timeout + 1, self._reactor)
         try:
-            await attempt
+            await within(self._reactor, self._config.tcp_timeout + 1, attempt, f"tcp probe of {host}")
         except CancelledError:
             raise
         except Exception:
@@ -94,39 +125,36 @@ class Prober:
     async def _ping(self, host: str) -> bool:
         ping = self._ping_path or next((path for path in _PING_PATHS if os.path.exists(path)), None)
         if ping is None:
-            raise RuntimeError("no ping command found (install iputils-ping) or set [probes] method = tcp")
+            raise ProbeError("no ping command found (install iputils-ping) or set [probes] method = tcp")
         protocol = _PingProtocol()
         deadline = self._config.ping_deadline
         args = [ping, "-n", "-q", "-c", str(self._config.ping_count), "-w", f"{deadline:g}", "--", host]
-        process = self._reactor.spawnProcess(protocol, ping, args, env={"LC_ALL": "C"})
-        overstayed: list[bool] = []
-
-        def kill() -> None:
-            overstayed.append(True)
-            self._log.warn("ping {host} overstayed its deadline; killing it", host=host)
-            try:
-                process.signalProcess("KILL")
-            except Exception:
-                pass
-
+        self._reactor.spawnProcess(protocol, ping, args, env={"LC_ALL": "C"})
         # ping -w bounds itself; this is for a ping that does not.
-        timer = self._reactor.callLater(deadline + 2, kill)
         try:
-            code = await protocol.ended
-        finally:
-            if timer.active():
-                timer.cancel()
-        return code == 0 and not overstayed
+            code = await within(self._reactor, deadline + 2, protocol.exit_code(), f"ping {host}")
+        except ClientTimeout:
+            self._log.warn("ping {host} overstayed its deadline; killing it", host=host)
+            await protocol.ended
+            return False
+        return code == 0
 
     async def wait_for(self, host: str, up: bool, limit: float) -> bool:
-        """Poll until C{host} is up (or down); False if C{limit} seconds pass first."""
-        started = self._reactor.seconds()
-        while True:
-            if await self.alive(host) == up:
-                return True
-            if self._reactor.seconds() - started >= limit:
-                return False
-            await deferLater(self._reactor, self._config.interval, lambda: None)
+        """
+        Poll until C{host} is up (or down); False if C{limit} seconds pass first.
+
+        @raise ProbeError: the probe cannot be run.
+        """
+
+        async def seen() -> bool:
+            return await self.alive(host) == up
+
+        what = f"wait for {host} to be {'up' if up else 'down'}"
+        try:
+            await poll_until(self._reactor, seen, self._config.interval, limit, what, timeout_error=_NotSeen)
+        except _NotSeen:
+            return False
+        return True
 
     async def wait_for_reboot(self, host: str, progress: Callable[[str], None] | None = None) -> RebootWait:
         """

@@ -13,10 +13,12 @@ never a C{KeyError} deep inside an action.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
+
 from zope.interface import implementer
 
 from slaveapi.clients.http import JSONClient, NotFound, RemoteError, url_with_params
@@ -232,7 +234,7 @@ def _parse_slave(data: Any, method: str, url: str, what: str) -> SlaveRecord:
     fields = _Fields(data, method, url, what)
     slaveid = fields.integer("slaveid", required=True)
     name = fields.string("name", required=True)
-    assert slaveid is not None and name is not None
+    assert slaveid is not None and name is not None  # noqa: S101  (required=True never answers None)
     basedir = fields.string("basedir", required=False)
     return SlaveRecord(
         slaveid=slaveid,
@@ -258,7 +260,7 @@ def _parse_master(data: Any, method: str, url: str) -> MasterRecord:
     masterid = fields.integer("masterid", required=True)
     nickname = fields.string("nickname", required=True)
     fqdn = fields.string("fqdn", required=True)
-    assert masterid is not None and nickname is not None and fqdn is not None
+    assert masterid is not None and nickname is not None and fqdn is not None  # noqa: S101  (required=True)
     return MasterRecord(
         masterid=masterid,
         nickname=nickname,

@@ -103,7 +103,7 @@ class Master:
         password = settings.pop("password", None)
         config = BuildbotConfig(**settings)
         http = make_http_client(reactor, self.pool)
-        return MasterClient(config, password, http, _FakeDNS(FQDN), timeout, reactor)  # type: ignore[arg-type]
+        return MasterClient(config, password, http, _FakeDNS(FQDN), timeout, reactor)  # type: ignore[arg-type]  # a one-method fake
 
     def url(self, path: str) -> str:
         return f"http://{FQDN}:{self.port}{path}"

@@ -162,7 +162,7 @@ async def test_unknown_bug_is_none() -> None:
 @pytest_twisted.ensureDeferred
 async def test_server_error_is_remote_error() -> None:
     fake = FakeBugzilla([TRACKING])
-    fake.answer = lambda seen: (500, {"error": True, "code": 32000, "message": "db gone"})  # type: ignore[method-assign]
+    fake.answer = lambda seen: (500, {"error": True, "code": 32000, "message": "db gone"})  # type: ignore[method-assign]  # scripts the fake
     with pytest.raises(RemoteError) as caught:
         await _client(fake).get_bug(1001)
     assert str(caught.value) == (
@@ -174,7 +174,7 @@ async def test_server_error_is_remote_error() -> None:
 @pytest_twisted.ensureDeferred
 async def test_error_reported_in_a_200_answer() -> None:
     fake = FakeBugzilla([TRACKING])
-    fake.answer = lambda seen: (200, {"error": True, "code": 102, "message": "Access denied."})  # type: ignore[method-assign]
+    fake.answer = lambda seen: (200, {"error": True, "code": 102, "message": "Access denied."})  # type: ignore[method-assign]  # scripts the fake
     with pytest.raises(RemoteError) as caught:
         await _client(fake).get_bug(1001)
     assert str(caught.value) == (
@@ -229,9 +229,9 @@ async def test_create_comment_update() -> None:
         "description": "Please power-cycle it.",
         "blocks": [1001],
     }
-    assert await client.add_comment(2001, "Rebooted by SlaveAPI") is None
+    await client.add_comment(2001, "Rebooted by SlaveAPI")
     assert fake.comments == {2001: ["Rebooted by SlaveAPI"]}
-    assert await client.update_bug(2001, status="RESOLVED", resolution="FIXED") is None
+    await client.update_bug(2001, status="RESOLVED", resolution="FIXED")
     bug = await client.get_bug(2001)
     assert bug is not None and (bug.status, bug.resolution, bug.blocks) == ("RESOLVED", "FIXED", (1001,))
     writes = [r for r in fake.requests if r.method != "GET"]

@@ -57,7 +57,7 @@ class FakeBuildapi(FakeJSONAPI):
 
 
 def _client(fake: FakeBuildapi, max_concurrent: int = 3):
-    json_client, stub, clock = make_json_client("buildapi", fake)
+    json_client, stub, _clock = make_json_client("buildapi", fake)
     return BuildapiClient(API, json_client, max_concurrent), stub
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -242,11 +243,11 @@ class _RealAPI(Resource):
 async def test_make_http_client_against_a_real_server() -> None:
     from twisted.internet import reactor
 
-    port = reactor.listenTCP(0, Site(_RealAPI()), interface="127.0.0.1")
+    port = reactor.listenTCP(0, Site(_RealAPI()), interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted's ServerFactory generics
     pool = HTTPConnectionPool(reactor, persistent=True)
     try:
         client = JSONClient("real", make_http_client(reactor, pool), 0.2, reactor)
-        base = f"http://127.0.0.1:{port.getHost().port}"
+        base = f"http://127.0.0.1:{cast(IPv4Address, port.getHost()).port}"
         assert await client.get_json(f"{base}/a") == {"path": "/a"}
         assert await client.get_json(f"{base}/b") == {"path": "/b"}
         with pytest.raises(RemoteError) as caught:
@@ -261,8 +262,8 @@ async def test_make_http_client_against_a_real_server() -> None:
 async def test_connection_refused() -> None:
     from twisted.internet import reactor
 
-    port = reactor.listenTCP(0, Site(_RealAPI()), interface="127.0.0.1")
-    number = port.getHost().port
+    port = reactor.listenTCP(0, Site(_RealAPI()), interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted's ServerFactory generics
+    number = cast(IPv4Address, port.getHost()).port
     await port.stopListening()
     pool = HTTPConnectionPool(reactor, persistent=True)
     try:

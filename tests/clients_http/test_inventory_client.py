@@ -55,7 +55,7 @@ class FakeInventory(FakeJSONAPI):
 
 
 def _client(fake: FakeInventory, username: str | None = "slaveapi", password: str | None = PASSWORD):
-    json_client, stub, clock = make_json_client("inventory", fake, timeout=10)
+    json_client, _stub, clock = make_json_client("inventory", fake, timeout=10)
     secret = Secret(password) if password is not None else None
     return InventoryClient(API, username, secret, json_client), clock
 
@@ -190,7 +190,7 @@ def test_timeout_error_does_not_show_password() -> None:
 @pytest_twisted.ensureDeferred
 async def test_malformed_answer() -> None:
     fake = FakeInventory([])
-    fake.answer = lambda seen: (200, [{"hostname": FQDN}])  # type: ignore[method-assign]
+    fake.answer = lambda seen: (200, [{"hostname": FQDN}])  # type: ignore[method-assign]  # scripts the fake
     client, _ = _client(fake)
     with pytest.raises(RemoteError) as caught:
         await client.get_system(FQDN)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -93,6 +93,7 @@ class _ClockedReactor:
     def __init__(self) -> None:
         self.clock = Clock()
         self.pids: list[int] = []
+        self.protocols: list[Any] = []
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(delay, f, *args, **kwargs)
@@ -103,6 +104,7 @@ class _ClockedReactor:
     def spawnProcess(self, protocol: ProcessProtocol, executable: str, args: Any, **kwargs: Any) -> Any:
         process = _reactor().spawnProcess(protocol, executable, args, **kwargs)
         self.pids.append(process.pid)
+        self.protocols.append(protocol)
         return process
 
 
@@ -119,6 +121,28 @@ async def test_a_ping_that_overstays_is_killed_and_counts_as_down(tmp_path: Any)
         reactor.clock.advance(1.0)  # deadline + 2 s: the prober kills it
         assert await _bounded(probing) is False
         assert not _pid_exists(pid)  # killed and reaped, not left behind
+    finally:
+        if _pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_probe_kills_its_ping(tmp_path: Any) -> None:
+    # Before the bounded-call toolkit, the ping went on running and its end
+    # then fired an already-cancelled Deferred (AlreadyCalledError).
+    reactor = _ClockedReactor()
+    ping = _fake_ping(tmp_path, "exec sleep 600")
+    prober = Prober(reactor, ProbeConfig(method="icmp", ping_count=1, ping_deadline=1), 22, ping_path=ping)
+    probing = Deferred.fromCoroutine(prober.alive("127.0.0.1"))
+    [pid] = reactor.pids
+    [protocol] = reactor.protocols
+    try:
+        probing.cancel()
+        failures: list[Failure] = []
+        probing.addErrback(failures.append)
+        assert [failure.type for failure in failures] == [CancelledError]
+        assert await _bounded(protocol.ended) != 0
+        assert not _pid_exists(pid)
     finally:
         if _pid_exists(pid):
             os.kill(pid, signal.SIGKILL)

@@ -6,14 +6,18 @@ the L{SSHSession} it hands out, which runs commands on one connection.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
-from zope.interface import classImplements
+from zope.interface import implementer
 
+from slaveapi.clients._bounded import settled, within
+from slaveapi.clients._errors import ClientTimeout
 from slaveapi.clients.ssh._errors import SSHAuthenticationFailed, SSHError, SSHTimeout
 from slaveapi.clients.ssh._hostkeys import HostKeyPolicy
 from slaveapi.clients.ssh._limits import SessionSlots
@@ -28,6 +32,7 @@ _CLOSE_GRACE = 5.0
 _log = Logger(namespace="slaveapi.clients.ssh")
 
 
+@implementer(ISSHSession)
 class SSHSession:
     """
     One authenticated SSH connection, for running several commands of one action.
@@ -75,15 +80,14 @@ class SSHSession:
             raise SSHError(f"{link.label}: connection closed")
         limit = timeout or self._command_timeout
         channel = ExecChannel(command.encode("utf-8"), connection, link.label)
-        timer = self._reactor.callLater(
-            limit, channel.give_up, SSHTimeout(f"{link.label}: command did not finish within {limit:g}s")
+        connection.openChannel(channel)
+        result = await within(
+            self._reactor,
+            limit,
+            channel.done,
+            f"{link.label}: command",
+            timeout_error=lambda: SSHTimeout(f"{link.label}: command did not finish within {limit:g}s"),
         )
-        try:
-            connection.openChannel(channel)
-            result = await channel.done
-        finally:
-            if timer.active():
-                timer.cancel()
         _log.debug(
             "{label}: command as {user} exited with {exit_code}",
             label=link.label,
@@ -98,25 +102,24 @@ class SSHSession:
 
         Safe to call more than once, and after the connection dropped.
         """
-        link = self._link
-        if link.closed.called:
+        if self._link.closed.called:
             return succeed(None)
-        done: Deferred[None] = Deferred()
-        guard = None
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        link = self._link
         transport = link.transport
-        if transport is not None and transport.transport is not None:
-            # A clean SSH disconnect; abort if the TCP close hangs.
-            guard = self._reactor.callLater(_CLOSE_GRACE, transport.transport.abortConnection)
-            transport.loseConnection()
-
-        def closed(_: object) -> None:
-            if guard is not None and guard.active():
-                guard.cancel()
-            if not done.called:
-                done.callback(None)
-
-        link.closed.addBoth(closed)
-        return done
+        if transport is None or transport.transport is None:
+            await settled(link.closed)
+            return
+        transport.loseConnection()
+        try:
+            await within(self._reactor, _CLOSE_GRACE, settled(link.closed), f"{link.label}: close")
+        except ClientTimeout:
+            # The clean SSH disconnect hangs: drop the TCP connection.
+            if transport.transport is not None:
+                cast(ITCPTransport, transport.transport).abortConnection()
+            await settled(link.closed)
 
     async def __aenter__(self) -> Self:
         return self
@@ -130,6 +133,7 @@ class SSHSession:
         await self.close()
 
 
+@implementer(ISSHClient)
 class SSHClient:
     """
     Runs commands on hosts over SSH with key and password logins.
@@ -265,7 +269,9 @@ class SSHClient:
                 link = Link(self._reactor, self._host_keys, host, port, user, remaining, first)
                 first = False
                 try:
-                    connection = await link.start(left)
+                    connection = await within(
+                        self._reactor, left, link.start(left), label, timeout_error=partial(link.timed_out, left)
+                    )
                 except Rejected as rejection:
                     if not link.host_verified and link.host_key is not None:
                         unverified_key = link.host_key
@@ -285,7 +291,7 @@ class SSHClient:
                         count=rejection.passwords,
                     )
                     continue
-                assert connection is link.connection
+                assert connection is link.connection  # noqa: S101  (the link just made it)
                 if link.accepted_index is not None:
                     self._last_login[(host, port)] = (user, link.accepted_index)
                 return link
@@ -325,5 +331,3 @@ class SSHClient:
             return await session.run(command, timeout=timeout)
 
 
-classImplements(SSHClient, ISSHClient)
-classImplements(SSHSession, ISSHSession)

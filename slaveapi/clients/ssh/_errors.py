@@ -13,9 +13,10 @@ from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 
 from slaveapi._text import one_line
+from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
 
 
-class SSHError(Exception):
+class SSHError(ClientError):
     """Talking to a host over SSH failed; the message is one line naming host and port."""
 
 
@@ -27,7 +28,7 @@ class SSHAuthenticationFailed(SSHError):
     """Every configured user, key and password was rejected."""
 
 
-class SSHTimeout(SSHError):
+class SSHTimeout(SSHError, ClientTimeout):
     """Logging in or a command took longer than allowed."""
 
 
@@ -46,7 +47,7 @@ class SSHBusy(SSHError):
     """No SSH session to the host came free in time (C{[ssh] per_host} are open)."""
 
 
-class SSHUnreachable(SSHError):
+class SSHUnreachable(SSHError, Unreachable):
     """The host cannot be reached: its name does not resolve, no route, or no answer at all."""
 
 

@@ -198,7 +198,9 @@ class HostKeyPolicy:
     def _not_written(failure: Failure, host: str, port: int, what: str) -> None:
         """Log that a change to the host key files could not be written (it is reported, not raised)."""
         error = failure.value
-        reason = (error.strerror if isinstance(error, OSError) else None) or one_line(str(error)) or type(error).__name__
+        reason = (
+            (error.strerror if isinstance(error, OSError) else None) or one_line(str(error)) or type(error).__name__
+        )
         _log.error("ssh {host}:{port}: {what}: {reason}", host=host, port=port, what=what, reason=reason)
 
     def check(self, host: str, port: int, key: Key) -> bool:

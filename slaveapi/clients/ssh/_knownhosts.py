@@ -20,6 +20,7 @@ neither the fsyncs nor the wait for the lock ever hold up the reactor.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -69,10 +70,8 @@ def replace_file(path: str, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
-        except OSError:
-            pass
         raise
     _sync_directory(directory)
 

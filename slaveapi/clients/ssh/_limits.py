@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import DeferredSemaphore
-from twisted.internet.defer import TimeoutError as WaitTimedOut
+from twisted.internet.defer import DeferredSemaphore, TimeoutError as WaitTimedOut
 
 from slaveapi.clients.ssh._errors import SSHBusy
 

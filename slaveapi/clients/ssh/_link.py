@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
@@ -25,6 +25,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     connectProtocol,
 )
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -140,12 +141,15 @@ class Link:
         self.closed: Deferred[None] = Deferred()
         self.ready: Deferred[Connection] = Deferred(self._cancel)
         self._connecting: Deferred[Any] | None = None
-        self._timer: Any = None
+        self._cancelled_in: Phase | None = None
         self._cancelled = False
 
     def start(self, remaining: float) -> Deferred[Connection]:
-        """Connect and log in, giving up after C{remaining} seconds."""
-        # Our own timer bounds the whole login; the endpoint's only the TCP part.
+        """
+        Connect and log in. The caller bounds the whole login to C{remaining}
+        seconds by cancelling the Deferred (see L{timed_out}); the TCP
+        connection attempt is bounded to that too.
+        """
         endpoint: Any
         if isIPAddress(self.host):
             endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=remaining + 1)
@@ -154,14 +158,11 @@ class Link:
         else:
             # Resolves the name without blocking; tries IPv6 and IPv4 addresses.
             endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=remaining + 1)
-        self._timer = self.reactor.callLater(remaining, self._time_out, remaining)
         self._connecting = connectProtocol(endpoint, ClientTransport(self))
         self._connecting.addErrback(self._connect_failed)
         return self.ready
 
     def _settle(self, outcome: Connection | Exception) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
         if self._cancelled or self.ready.called:
             return
         if isinstance(outcome, Exception):
@@ -173,21 +174,22 @@ class Link:
         if self._connecting is not None and not self._connecting.called:
             self._connecting.cancel()
         if self.transport is not None and self.transport.transport is not None:
-            self.transport.transport.abortConnection()
+            cast(ITCPTransport, self.transport.transport).abortConnection()
 
     def _cancel(self, ready: Deferred[Connection]) -> None:
         self._cancelled = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._cancelled_in = self.phase
         self._abort()
 
-    def _time_out(self, seconds: float) -> None:
-        if self.phase is Phase.CONNECTING and self.first:
-            error: SSHError = SSHUnreachable(f"{self.label}: host unreachable (no answer within {seconds:g}s)")
-        else:
-            error = SSHTimeout(f"{self.label}: not logged in within the connect timeout")
-        self._settle(error)
-        self._abort()
+    def timed_out(self, seconds: float) -> SSHError:
+        """
+        Why a login cancelled after C{seconds} failed: the first connection
+        to a host that never answered is L{SSHUnreachable}; any other is a
+        L{SSHTimeout}.
+        """
+        if self._cancelled_in is Phase.CONNECTING and self.first:
+            return SSHUnreachable(f"{self.label}: host unreachable (no answer within {seconds:g}s)")
+        return SSHTimeout(f"{self.label}: not logged in within the connect timeout")
 
     def _connect_failed(self, reason: Failure) -> None:
         if self._cancelled or self.ready.called:

@@ -137,7 +137,7 @@ class LoginAuth(SSHUserAuthClient):
         own: bytes = key.sshType()
         return own
 
-    def auth_publickey(self) -> bool:  # type: ignore[override]
+    def auth_publickey(self) -> bool:  # type: ignore[override]  # conch declares it returning a Deferred; we answer synchronously
         login = self._link.next_key(b"password" in self._server_methods)
         if login is None or login.key is None:
             return False
@@ -228,28 +228,18 @@ class ExecChannel(SSHChannel):
 
     def stop(self) -> None:
         """Kill the command if the server allows, and close the channel."""
-        if self.localClosed or self.id is None or self.conn is None:
+        channel_id: int | None = self.id  # conch sets it once the channel is open
+        if self.localClosed or channel_id is None or self.conn is None:
             return
         if self in self.conn.channelsToRemoteChannel:
             self.conn.sendRequest(self, b"signal", common.NS(b"KILL"))
             self.loseConnection()
 
-    def give_up(self, error: SSHError) -> None:
-        """
-        Stop the command (L{stop}) and fail C{done} with C{error} now, without
-        waiting for the channel to close (C{done} stays as it is if it has
-        fired already). What a caller's own deadline for the command calls.
-        """
-        # Stop first: failing `done` resumes the waiting caller at once, which
-        # may then close the connection.
-        self.stop()
-        self._finish(error)
-
     def openFailed(self, reason: Any) -> None:
         self._finish(SSHError(f"{self._label}: cannot open a session channel ({one_line(str(reason))})"))
 
     def channelOpen(self, specificData: bytes) -> None:
-        assert self.conn is not None
+        assert self.conn is not None  # noqa: S101  (conch opens channels on a connection)
         request = self.conn.sendRequest(self, b"exec", common.NS(self._command), wantReply=True)
         if request is not None:
             request.addErrback(self._exec_failed)
