@@ -6,16 +6,19 @@ canonical identity (L{KnownMachine}): the slavealloc name, lower-case, with
 its FQDN made from configuration, never from the name asked for. Unknown
 names go no further: nothing is contacted for them. L{find_slave} answers
 the questions every action asks first (what is its address, where is its
-buildbot); L{load_slave_info} adds everything else for
-C{GET /slaves/<slave>}. Past identification a remote system that fails does
-not hide what the others said: its failure is recorded in C{errors}.
+buildbot); L{load_slave_info} adds the L{Lookup}s asked for (all of them for
+C{GET /slaves/<slave>}, only what an action declares it needs for an
+action). Past identification a remote system that fails does not hide what
+the others said: its failure is recorded in C{errors}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Coroutine, Set
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fnmatch import fnmatchcase
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
@@ -30,6 +33,25 @@ from slaveapi.context import Context
 from slaveapi.hostnames import is_valid_hostname
 
 T = TypeVar("T")
+
+
+class Lookup(StrEnum):
+    """What L{load_slave_info} can add to a L{Slave}, one remote question each."""
+
+    #: Inventory's record: the PDU outlet and the Mozpool imaging server.
+    INVENTORY = "inventory"
+    #: The C{-mgmt} name of the machine's BMC, from DNS.
+    BMC = "bmc"
+    #: The problem-tracking bug, from Bugzilla.
+    BUG = "bug"
+    #: The recent jobs, from buildapi.
+    RECENT_JOBS = "recent_jobs"
+    #: The master its buildbot talks to, from slavealloc.
+    MASTER = "master"
+
+
+#: Everything L{load_slave_info} can look up (what C{GET /slaves/<slave>} shows).
+ALL_LOOKUPS: frozenset[Lookup] = frozenset(Lookup)
 
 def is_valid_slave_name(name: str) -> bool:
     """Whether C{name} may name a machine (checked before any lookup): a hostname."""
@@ -285,8 +307,8 @@ async def _guarded(slave: Slave, system: str, call: Callable[[], Awaitable[T]]) 
         return None
 
 
-def _both(*calls: Awaitable[Any]) -> Deferred[list[Any]]:
-    return gatherResults([Deferred.fromCoroutine(call) for call in calls])  # type: ignore[arg-type]
+def _concurrently(*calls: Coroutine[Any, Any, Any]) -> Deferred[list[Any]]:
+    return gatherResults([Deferred.fromCoroutine(call) for call in calls])
 
 
 async def find_slave(ctx: Context, name: str) -> Slave:
@@ -320,8 +342,11 @@ async def load_master(ctx: Context, slave: Slave) -> None:
         slave.master = await _guarded(slave, "slavealloc", lambda: ctx.clients.slavealloc.get_master(masterid))
 
 
-async def load_slave_info(ctx: Context, slave: Slave) -> None:
-    """Add inventory, BMC, problem-tracking bug, master and recent jobs."""
+async def load_slave_info(ctx: Context, slave: Slave, lookups: Set[Lookup] = ALL_LOOKUPS) -> None:
+    """
+    Add what C{lookups} name, asking the systems concurrently: inventory,
+    BMC, problem-tracking bug, recent jobs and master (by default all).
+    """
     clients = ctx.clients
     fqdn = slave.fqdn or clients.dns.qualify(slave.name)
 
@@ -340,4 +365,11 @@ async def load_slave_info(ctx: Context, slave: Slave) -> None:
     async def jobs() -> None:
         slave.recent_jobs = await _guarded(slave, "buildapi", lambda: clients.buildapi.recent_jobs(slave.name)) or []
 
-    await _both(inventory(), ipmi(), bug(), jobs(), load_master(ctx, slave))
+    calls: dict[Lookup, Callable[[], Coroutine[Any, Any, None]]] = {
+        Lookup.INVENTORY: inventory,
+        Lookup.BMC: ipmi,
+        Lookup.BUG: bug,
+        Lookup.RECENT_JOBS: jobs,
+        Lookup.MASTER: lambda: load_master(ctx, slave),
+    }
+    await _concurrently(*(call() for lookup, call in calls.items() if lookup in lookups))

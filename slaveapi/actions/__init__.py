@@ -16,6 +16,8 @@ from slaveapi.actions._base import (
     ArgumentError,
     Arguments,
     MissingArguments,
+    StatusLines,
+    StepFailed,
     no_arguments,
     yes_no,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "ArgumentError",
     "Arguments",
     "MissingArguments",
+    "StatusLines",
+    "StepFailed",
     "no_arguments",
     "yes_no",
 ]

@@ -10,8 +10,9 @@ a one-line reason, its traceback going to the log only.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Final, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from twisted.logger import Logger
 
@@ -20,6 +21,7 @@ from slaveapi.results import Payload
 
 if TYPE_CHECKING:
     from slaveapi.context import Context
+    from slaveapi.machines import Lookup
 
 
 class ActionFailure(Exception):
@@ -115,6 +117,9 @@ class Action:
         whichever route asked.
     @ivar names: which slave names a request may act on: L{MACHINES} (every
         machine SlaveAPI knows) or L{LOANERS} (loaner names and C{default}).
+    @ivar lookups: what the action needs known of the machine beyond its
+        identity, address and buildbot host (L{slaveapi.machines.Lookup});
+        only these are asked for.
     """
 
     name: str
@@ -126,6 +131,7 @@ class Action:
     arguments: Arguments = no_arguments
     routes: tuple[str, ...] = ()
     names: Literal["machines", "loaners"] = MACHINES
+    lookups: frozenset[Lookup] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -139,7 +145,7 @@ class ActionLog:
 
     def __init__(self, logger: Logger, slave: str, requestid: int, action: str) -> None:
         self._logger = logger
-        self._fields = {"slave": slave, "requestid": requestid, "action": action}
+        self._fields: dict[str, Any] = {"slave": slave, "requestid": requestid, "action": action}
 
     def _emit(self, method: Callable[..., None], format: str, fields: dict[str, Any]) -> None:
         method("[{slave} #{requestid} {action}] " + format, **self._fields, **fields)
@@ -176,7 +182,7 @@ class ActionRun:
 
     def __init__(
         self,
-        ctx: "Context",
+        ctx: Context,
         slave: str,
         requestid: int,
         action: str,
@@ -201,17 +207,45 @@ class ActionRun:
         self._report(text)
 
 
+class StepFailed(ActionFailure):
+    """
+    A step of L{StatusLines.step} failed: C{payload} is the whole status
+    text, its last line saying why.
+
+    @ivar heading: the step's heading.
+    @ivar reason: the failure's own words (an L{ActionFailure}'s payload or
+        the error's text), for the log and for callers that undo.
+    """
+
+    def __init__(self, text: str, heading: str, reason: str) -> None:
+        super().__init__(text)
+        self.heading = heading
+        self.reason = reason
+
+
+def failure_reason(error: BaseException) -> str:
+    """What failed, in the error's words: an L{ActionFailure}'s payload, else its text."""
+    return str(error.payload) if isinstance(error, ActionFailure) else str(error)
+
+
+def failed_colon(error: BaseException) -> str:
+    """The default outcome of a failed step: C{Failed: <reason>}."""
+    return f"Failed: {failure_reason(error)}"
+
+
 class StatusLines:
     """
     An action's status text, built one step a line and shown as its progress.
 
     Each step is a heading that gets its outcome appended, as the
-    reference's status lines read ("Disabling in slavealloc...Success!").
+    reference's status lines read ("Disabling in slavealloc...Success!");
+    L{step} is the way to write one.
     """
 
     def __init__(self, run: ActionRun) -> None:
         self._run = run
         self.lines: list[str] = []
+        self._heading: str | None = None
 
     @property
     def text(self) -> str:
@@ -231,3 +265,55 @@ class StatusLines:
         """Show C{line} and return the failure carrying the whole text, to raise."""
         self.add(line)
         return ActionFailure(self.text)
+
+    def show(self) -> None:
+        """Show the text as it is now (after changing L{lines} directly)."""
+        self._run.progress(self.text)
+
+    async def step(
+        self,
+        heading: str,
+        work: Callable[[], Awaitable[str | None]],
+        *,
+        failures: tuple[type[BaseException], ...] = (ActionFailure,),
+        failed: Callable[[BaseException], str] = failed_colon,
+        fatal: bool = True,
+    ) -> bool:
+        """
+        Run one step, shown as C{heading...} then C{heading...<outcome>}.
+
+        The contract:
+          - C{work} returns the outcome's text (C{None}: C{Success!}); the
+            step returns True.
+          - C{work} raises one of C{failures}: the outcome is
+            C{failed(error)} (by default C{Failed: <reason>}, see
+            L{failed_colon}); then, if C{fatal}, L{StepFailed} is raised,
+            carrying the whole text (the action ends as FAILURE with it
+            unless the caller catches it), else the step returns False.
+          - Anything else propagates unchanged, the line showing what it
+            showed last: the heading, or what C{work} gave L{outcome}.
+
+        @param heading: the step, without the trailing C{...}.
+        """
+        self._heading = heading
+        self.add(f"{heading}...")
+        try:
+            text = await work()
+        except failures as error:
+            reason = failure_reason(error)
+            self._run.log.warn("{step} failed: {reason}", step=heading, reason=reason)
+            self.outcome(failed(error))
+            if fatal:
+                raise StepFailed(self.text, heading, reason) from None
+            return False
+        self.replace_last(f"{heading}...{'Success!' if text is None else text}")
+        return True
+
+    def outcome(self, text: str) -> None:
+        """
+        Show C{text} after the heading of the step running (or that just
+        ran): an outcome so far, e.g. C{initiated, waiting...}.
+        """
+        if self._heading is None:
+            raise RuntimeError("no step is running")
+        self.replace_last(f"{self._heading}...{text}")

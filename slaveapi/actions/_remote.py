@@ -10,7 +10,8 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from datetime import datetime, timezone
+from collections.abc import Set
+from datetime import UTC, datetime
 
 from slaveapi.actions._base import ActionFailure, ActionRun
 from slaveapi.clients.dns import DNSError
@@ -23,7 +24,7 @@ from slaveapi.clients.ssh import (
     SSHUnreachable,
 )
 from slaveapi.interfaces import SSHSessionSpec
-from slaveapi.machines import IdentificationFailed, Slave, UnknownMachine, find_slave
+from slaveapi.machines import IdentificationFailed, Lookup, Slave, UnknownMachine, find_slave, load_slave_info
 from slaveapi.uptime import UptimeParseError, parse_net_statistics, parse_proc_uptime, parse_uptime_output
 
 #: Errors that mean the machine is not there, as opposed to refusing us.
@@ -43,13 +44,15 @@ class Busy(ActionFailure):
     """
 
 
-async def locate(run: ActionRun) -> Slave:
+async def locate(run: ActionRun, lookups: Set[Lookup] = frozenset()) -> Slave:
     """
     Find the machine this action is about, or fail saying it is unknown.
 
     The web layer checked the name already; this checks it again for the
     action (slavealloc may have changed meanwhile, and actions may come
     from elsewhere than the web).
+
+    @param lookups: what else to find out (an action's L{Action.lookups}).
     """
     try:
         slave = await find_slave(run.ctx, run.slave)
@@ -57,6 +60,8 @@ async def locate(run: ActionRun) -> Slave:
         raise ActionFailure(f"{run.slave} - Slave is not known: {unknown}.") from None
     except IdentificationFailed as error:
         raise ActionFailure(f"{run.slave} - {error}.") from None
+    if lookups:
+        await load_slave_info(run.ctx, slave, lookups)
     for system, reason in slave.errors.items():
         run.log.warn("Lookup in {system} failed: {reason}", system=system, reason=reason)
     return slave
@@ -64,7 +69,7 @@ async def locate(run: ActionRun) -> Slave:
 
 def now(run: ActionRun) -> datetime:
     """The time on the action's reactor (a test's C{Clock} sets it), in UTC."""
-    return datetime.fromtimestamp(run.ctx.reactor.seconds(), timezone.utc)
+    return datetime.fromtimestamp(run.ctx.reactor.seconds(), UTC)
 
 
 def is_windows(slave: Slave) -> bool:

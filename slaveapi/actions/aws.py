@@ -34,17 +34,31 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
-from twisted.internet import task
 from twisted.internet.defer import CancelledError
 
-from slaveapi.actions._base import LOANERS, Action, ActionFailure, ActionRun, ArgumentError, MissingArguments
-from slaveapi.clients.aws import AWSClient, AWSError, Instance, LaunchSpec
+from slaveapi.actions._base import (
+    LOANERS,
+    Action,
+    ActionFailure,
+    ActionRun,
+    ArgumentError,
+    MissingArguments,
+    StatusLines,
+    StepFailed,
+    failure_reason,
+)
+from slaveapi.clients import ClientError, poll_until
+from slaveapi.clients.aws import AWSError, Instance, LaunchSpec
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.inventory import DNSRecord
 from slaveapi.config import Config
+from slaveapi.interfaces import AWSSpec
 from slaveapi.machines import IdentificationFailed, UnknownMachine, identify, identify_loaner, loaner_type
 
 #: The form fields of aws_create_instance.
@@ -67,7 +81,8 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 _MAX_LABEL = 63
 _SHOWN = 40
-_STEP_ERRORS = (AWSError, RemoteError, DNSError)
+_T = TypeVar("_T")
+_STEP_ERRORS = (ActionFailure, ClientError)
 
 
 # --- validating the request --------------------------------------------------------
@@ -183,7 +198,7 @@ def is_managed(config: Config, instance: Instance) -> bool:
 async def _change_state(
     run: ActionRun,
     verb: str,
-    request: Callable[[AWSClient, str], Awaitable[str]],
+    request: Callable[[AWSSpec, str], Awaitable[str]],
     target: str,
     success: str,
 ) -> str:
@@ -218,60 +233,132 @@ def _past(verb: str) -> str:
 
 async def aws_start_instance(run: ActionRun) -> str:
     """Start the slave's instance and wait until it runs."""
-    return await _change_state(run, "Start", AWSClient.start, "running", "starting")
+    return await _change_state(run, "Start", lambda aws, ident: aws.start(ident), "running", "starting")
 
 
 async def aws_stop_instance(run: ActionRun) -> str:
     """Stop the slave's instance and wait until it is stopped."""
-    return await _change_state(run, "Stop", AWSClient.stop, "stopped", "stopping")
+    return await _change_state(run, "Stop", lambda aws, ident: aws.stop(ident), "stopped", "stopping")
 
 
 async def aws_terminate_instance(run: ActionRun) -> str:
     """Terminate the slave's instance and wait until it is gone."""
-    return await _change_state(run, "Terminate", AWSClient.terminate, "terminated", "has been terminated")
+    return await _change_state(
+        run, "Terminate", lambda aws, ident: aws.terminate(ident), "terminated", "has been terminated"
+    )
 
 
 # --- create ------------------------------------------------------------------------
 
 
-class _StepFailed(Exception):
-    """A step of the creation failed; its line already says why."""
+@dataclass(frozen=True)
+class _Loaner:
+    """The loaner a creation makes: who it is for, and its names."""
+
+    email: str
+    bug: int
+    instance_type: str
+    arch: int
+    nick: str
+    name: str
+    fqdn: str
+
+    @property
+    def moz_type(self) -> str:
+        return "dev-linux64" if self.instance_type == "build" else f"tst-linux{self.arch}"
 
 
-class _Creation:
-    """The progress text of one creation, and what it made (to undo on failure)."""
+def _step_failed(error: BaseException) -> str:
+    """How a creation step says it failed: C{Failed: <why>.}"""
+    return f"Failed: {failure_reason(error).rstrip('.')}."
+
+
+class _Creation(StatusLines):
+    """
+    The progress text of one creation, its steps, and what it made (to
+    undo on failure). A failed step raises L{StepFailed}.
+    """
 
     def __init__(self, run: ActionRun) -> None:
+        super().__init__(run)
         self.run = run
-        self.lines: list[str] = []
         self.records: list[DNSRecord] = []
         self.instance: Instance | None = None
+        #: The launched instance as it was once running.
+        self.running: Instance | None = None
         self.ip: str | None = None
         #: The name a launch was attempted under: a launch whose answer never
         #: came may still have started an instance.
         self.launching: str | None = None
 
-    def show(self) -> None:
-        self.run.progress("\n".join(self.lines))
+    async def _step(self, heading: str, work: Callable[[], Awaitable[str]]) -> None:
+        await self.step(heading, work, failures=_STEP_ERRORS, failed=_step_failed)
 
-    async def step(self, heading: str, work: Callable[[], Awaitable[str]]) -> None:
-        """Run one step: C{heading...}, then C{heading...<outcome>} or C{heading...Failed: <why>.}"""
-        self.lines.append(f"{heading}...")
-        self.show()
-        try:
-            outcome = await work()
-        except ActionFailure as failure:
-            self._failed(heading, str(failure.payload))
-        except _STEP_ERRORS as error:
-            self._failed(heading, str(error))
-        self.lines[-1] = f"{heading}...{outcome}"
-        self.show()
+    async def create(self, loaner: _Loaner) -> dict[str, str]:
+        """Run every step; the payload of a created loaner."""
+        subnet_id = self.run.ctx.config.aws.subnet_id
+        await self._step(f"Checking that {loaner.name} is not taken", partial(self._not_taken, loaner))
+        await self._step(f"Picking a free IP address in {subnet_id or 'the subnet'}", self._pick_address)
+        ip = _made(self.ip, "an address")
+        await self._step(f"Creating DNS records for {loaner.fqdn} -> {ip}", partial(self._make_records, loaner, ip))
+        await self._step(f"Waiting for {loaner.fqdn} to resolve", partial(self._resolves, loaner.fqdn, ip))
+        spec, source = _launch_spec(self.run, loaner, ip)
+        await self._step(f"Launching {loaner.name} from {source}", partial(self._launch, loaner, spec))
+        launched = _made(self.instance, "an instance")
+        await self._step(f"Waiting for {launched.instance_id} to be running", partial(self._running, launched))
+        running = _made(self.running, "a running instance")
+        self.run.log.info(
+            "Created {name} as {instance_id} at {ip}", name=loaner.name, instance_id=launched.instance_id, ip=ip
+        )
+        payload = dict(running.tags) or dict(spec.tags)
+        payload.update({"ip": ip, "instance_id": launched.instance_id})
+        return payload
 
-    def _failed(self, heading: str, why: str) -> None:
-        self.run.log.warn("{step} failed: {reason}", step=heading, reason=why)
-        self.lines[-1] = f"{heading}...Failed: {why.rstrip('.')}."
-        self.show()
-        raise _StepFailed(why)
+    async def _not_taken(self, loaner: _Loaner) -> str:
+        # Any live instance of that Name conflicts, whatever its FQDN tag: start,
+        # stop and terminate find instances by Name.
+        existing = await self.run.ctx.clients.aws.find_instances(loaner.name)
+        if existing:
+            raise ActionFailure(
+                f"Instance '{loaner.name}' already exists ({existing[0].instance_id}, {existing[0].state})"
+            )
+        known = await self.run.ctx.clients.dns.lookup_host(loaner.fqdn)
+        if known is not None:
+            raise ActionFailure(
+                f"{loaner.fqdn} already resolves to {known.ip}; remove its DNS records or pick another name (disambig)"
+            )
+        return "OK."
+
+    async def _pick_address(self) -> str:
+        subnet_id = self.run.ctx.config.aws.subnet_id
+        if not subnet_id:
+            raise ActionFailure("no [aws] subnet_id configured")
+        self.ip = await _free_address(self.run, self.run.ctx.clients.aws, subnet_id)
+        return f"{self.ip}."
+
+    async def _make_records(self, loaner: _Loaner, ip: str) -> str:
+        inventory = self.run.ctx.clients.inventory
+        description = f"bug {loaner.bug}: loaner for {loaner.nick}"
+        self.records.append(await inventory.create_address_record(loaner.fqdn, ip, description))
+        self.records.append(await inventory.create_ptr_record(loaner.fqdn, ip, description))
+        return "A and PTR created."
+
+    async def _resolves(self, fqdn: str, ip: str) -> str:
+        await _wait_for_dns(self.run, fqdn, ip)
+        return f"{ip}."
+
+    async def _launch(self, loaner: _Loaner, spec: LaunchSpec) -> str:
+        if not spec.image_id and not spec.launch_template:
+            raise ActionFailure(
+                f"no [aws] {loaner.instance_type}_ami or {loaner.instance_type}_launch_template configured"
+            )
+        self.launching = loaner.name
+        self.instance = await self.run.ctx.clients.aws.run_instance(spec)
+        return f"{self.instance.instance_id}."
+
+    async def _running(self, launched: Instance) -> str:
+        self.running = await self.run.ctx.clients.aws.wait_for_state(launched.instance_id, "running")
+        return "running."
 
     async def undo(self) -> None:
         """Terminate what was launched and delete the DNS records made, saying so."""
@@ -301,6 +388,43 @@ class _Creation:
         self.show()
 
 
+def _made(value: _T | None, what: str) -> _T:
+    """What a step that succeeded has set."""
+    if value is None:
+        raise RuntimeError(f"the step making {what} succeeded without it")
+    return value
+
+
+def _launch_spec(run: ActionRun, loaner: _Loaner, ip: str) -> tuple[LaunchSpec, str]:
+    """What to launch for C{loaner} at C{ip}, and where it comes from as the status says it."""
+    config = run.ctx.config.aws
+    if loaner.instance_type == "build":
+        image, template, kind = config.build_ami, config.build_launch_template, config.build_instance_type
+    else:
+        image, template, kind = config.test_ami, config.test_launch_template, config.test_instance_type
+    tags = {
+        "Name": loaner.name,
+        "FQDN": loaner.fqdn,
+        "moz-loaned-to": loaner.email,
+        "moz-bug": str(loaner.bug),
+        "moz-type": loaner.moz_type,
+        "moz-state": "ready",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.ctx.reactor.seconds())),
+    }
+    source = f"launch template {template}" + (f" with {image}" if image else "") if template else image or "nothing"
+    spec = LaunchSpec(
+        subnet_id=config.subnet_id or "",
+        private_ip=ip,
+        tags=tags,
+        image_id=image,
+        launch_template=template,
+        instance_type=kind,
+        key_name=config.key_name,
+        client_token=f"slaveapi-{run.requestid}-{loaner.name}",
+    )
+    return spec, source
+
+
 async def aws_create_instance(
     run: ActionRun, email: str, bug: int, instance_type: str, arch: int = 64, disambig: int | None = None
 ) -> dict[str, str]:
@@ -322,11 +446,13 @@ async def aws_create_instance(
         raise ActionFailure(f"Instance name {fqdn} is too long for a host name; use a shorter slave name or email.")
     creation = _Creation(run)
     try:
-        return await _create(creation, run, aws, email, bug, instance_type, arch, name, fqdn, nick)
-    except _StepFailed:
+        return await creation.create(_Loaner(
+            email=email, bug=bug, instance_type=instance_type, arch=arch, nick=nick, name=name, fqdn=fqdn
+        ))
+    except StepFailed:
         await creation.undo()
         creation.lines.append(f"Instance '{name}' was not created.")
-        raise ActionFailure("\n".join(creation.lines)) from None
+        raise ActionFailure(creation.text) from None
     except (CancelledError, Exception):
         # Out of time, the service stopping, or a bug: leave nothing half made behind.
         await creation.undo()
@@ -361,118 +487,7 @@ def _patterns(config: Config, instance_type: str) -> tuple[str, ...]:
     return config.aws.build_loaner_names if instance_type == "build" else config.aws.test_loaner_names
 
 
-async def _create(
-    creation: _Creation,
-    run: ActionRun,
-    aws: AWSClient,
-    email: str,
-    bug: int,
-    instance_type: str,
-    arch: int,
-    name: str,
-    fqdn: str,
-    nick: str,
-) -> dict[str, str]:
-    config = run.ctx.config.aws
-    dns = run.ctx.clients.dns
-
-    async def not_taken() -> str:
-        # Any live instance of that Name conflicts, whatever its FQDN tag: start,
-        # stop and terminate find instances by Name.
-        existing = await aws.find_instances(name)
-        if existing:
-            raise ActionFailure(
-                f"Instance '{name}' already exists ({existing[0].instance_id}, {existing[0].state})"
-            )
-        known = await dns.lookup_host(fqdn)
-        if known is not None:
-            raise ActionFailure(
-                f"{fqdn} already resolves to {known.ip}; remove its DNS records or pick another name (disambig)"
-            )
-        return "OK."
-
-    await creation.step(f"Checking that {name} is not taken", not_taken)
-
-    subnet_id = config.subnet_id
-
-    async def pick_address() -> str:
-        if not subnet_id:
-            raise ActionFailure("no [aws] subnet_id configured")
-        creation.ip = await _free_address(run, aws, subnet_id)
-        return f"{creation.ip}."
-
-    await creation.step(f"Picking a free IP address in {subnet_id or 'the subnet'}", pick_address)
-    ip = creation.ip
-    assert ip is not None
-
-    description = f"bug {bug}: loaner for {nick}"
-
-    async def make_records() -> str:
-        inventory = run.ctx.clients.inventory
-        creation.records.append(await inventory.create_address_record(fqdn, ip, description))
-        creation.records.append(await inventory.create_ptr_record(fqdn, ip, description))
-        return "A and PTR created."
-
-    await creation.step(f"Creating DNS records for {fqdn} -> {ip}", make_records)
-
-    async def resolves() -> str:
-        await _wait_for_dns(run, fqdn, ip)
-        return f"{ip}."
-
-    await creation.step(f"Waiting for {fqdn} to resolve", resolves)
-
-    if instance_type == "build":
-        image, template, kind = config.build_ami, config.build_launch_template, config.build_instance_type
-    else:
-        image, template, kind = config.test_ami, config.test_launch_template, config.test_instance_type
-    tags = {
-        "Name": name,
-        "FQDN": fqdn,
-        "moz-loaned-to": email,
-        "moz-bug": str(bug),
-        "moz-type": "dev-linux64" if instance_type == "build" else f"tst-linux{arch}",
-        "moz-state": "ready",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.ctx.reactor.seconds())),
-    }
-    if template:
-        source = f"launch template {template}" + (f" with {image}" if image else "")
-    else:
-        source = image or "nothing"
-
-    async def launch() -> str:
-        if not image and not template:
-            raise ActionFailure(f"no [aws] {instance_type}_ami or {instance_type}_launch_template configured")
-        spec = LaunchSpec(
-            subnet_id=subnet_id or "",
-            private_ip=ip,
-            tags=tags,
-            image_id=image,
-            launch_template=template,
-            instance_type=kind,
-            key_name=config.key_name,
-            client_token=f"slaveapi-{run.requestid}-{name}",
-        )
-        creation.launching = name
-        creation.instance = await aws.run_instance(spec)
-        return f"{creation.instance.instance_id}."
-
-    await creation.step(f"Launching {name} from {source}", launch)
-    launched = creation.instance
-    assert launched is not None
-    final: list[Instance] = []
-
-    async def running() -> str:
-        final.append(await aws.wait_for_state(launched.instance_id, "running"))
-        return "running."
-
-    await creation.step(f"Waiting for {launched.instance_id} to be running", running)
-    run.log.info("Created {name} as {instance_id} at {ip}", name=name, instance_id=launched.instance_id, ip=ip)
-    payload = dict(final[0].tags) or dict(tags)
-    payload.update({"ip": ip, "instance_id": launched.instance_id})
-    return payload
-
-
-async def _free_address(run: ActionRun, aws: AWSClient, subnet_id: str) -> str:
+async def _free_address(run: ActionRun, aws: AWSSpec, subnet_id: str) -> str:
     """
     The first address of the subnet that nothing uses, nobody is claiming,
     and that has no reverse DNS; claimed for this creation.
@@ -504,21 +519,26 @@ async def _free_address(run: ActionRun, aws: AWSClient, subnet_id: str) -> str:
 async def _wait_for_dns(run: ActionRun, fqdn: str, ip: str) -> None:
     """Poll DNS until C{fqdn} resolves to C{ip}, at most C{[aws] dns_timeout} seconds."""
     config = run.ctx.config.aws
-    reactor = run.ctx.reactor
-    give_up = reactor.seconds() + config.dns_timeout
     last = "no answer yet"
-    while True:
+
+    async def resolved() -> bool:
+        nonlocal last
         try:
             info = await run.ctx.clients.dns.lookup_host(fqdn)
         except DNSError as error:
             last = str(error)
-        else:
-            if info is not None and info.ip == ip:
-                return
-            last = "it does not exist" if info is None else f"it resolves to {info.ip}"
-        if reactor.seconds() >= give_up:
-            raise ActionFailure(f"{fqdn} did not resolve to {ip} within {config.dns_timeout:g}s ({last})")
-        await task.deferLater(reactor, config.poll_interval, lambda: None)
+            return False
+        if info is not None and info.ip == ip:
+            return True
+        last = "it does not exist" if info is None else f"it resolves to {info.ip}"
+        return False
+
+    def late() -> ActionFailure:
+        return ActionFailure(f"{fqdn} did not resolve to {ip} within {config.dns_timeout:g}s ({last})")
+
+    await poll_until(
+        run.ctx.reactor, resolved, config.poll_interval, config.dns_timeout, f"DNS for {fqdn}", timeout_error=late
+    )
 
 
 ACTIONS = (
@@ -532,9 +552,16 @@ ACTIONS = (
         names=LOANERS,
     ),
     Action(
-        name="aws_start_instance", run=aws_start_instance, exclusive=True, timeout=1200.0, scope="aws", routes=("start",)
+        name="aws_start_instance",
+        run=aws_start_instance,
+        exclusive=True,
+        timeout=1200.0,
+        scope="aws",
+        routes=("start",),
     ),
-    Action(name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0, scope="aws", routes=("stop",)),
+    Action(
+        name="aws_stop_instance", run=aws_stop_instance, exclusive=True, timeout=1200.0, scope="aws", routes=("stop",)
+    ),
     Action(
         name="aws_terminate_instance",
         run=aws_terminate_instance,

@@ -27,7 +27,8 @@ still run; nothing runs after slavealloc refused).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, ArgumentError, StatusLines, yes_no
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, requester
@@ -91,14 +92,10 @@ async def disable(run: ActionRun, reason: str = "", force: bool = False) -> str:
     if not record.enabled:
         return ALREADY_DISABLED
 
-    heading = "Disabling in slavealloc..."
-    status.add(heading)
-    try:
+    async def disable_in_slavealloc() -> None:
         await run.ctx.clients.slavealloc.set_enabled(record, False)
-    except RemoteError as error:
-        status.replace_last(f"{heading}Failed ({error}).")
-        raise ActionFailure(status.text) from None
-    status.replace_last(f"{heading}Success!")
+
+    await status.step("Disabling in slavealloc", disable_in_slavealloc, failures=(RemoteError,), failed=_failed)
     run.log.info("Disabled in slavealloc")
 
     stopped = await (_force_reboot(run, status) if force else _graceful_shutdown(run, slave, status, reason))
@@ -155,18 +152,20 @@ async def _comment(run: ActionRun, slave: Slave, tracking: Bug | None, status: S
         return False
     comment = f"{status.text}\n{quoted_reason(run, reason)}"
     heading = (
-        f"Commenting on problem tracking bug {tracking.id}..."
+        f"Commenting on problem tracking bug {tracking.id}"
         if tracking.is_open
-        else f"Reopening and commenting on problem tracking bug {tracking.id}..."
+        else f"Reopening and commenting on problem tracking bug {tracking.id}"
     )
-    status.add(heading)
-    try:
+
+    async def post() -> None:
         await comment_on_tracking_bug(run, tracking.id, tracking.is_open, comment)
-    except RemoteError as error:
-        status.replace_last(f"{heading}Failed ({error}).")
-        return False
-    status.replace_last(f"{heading}Success!")
-    return True
+
+    return await status.step(heading, post, failures=(RemoteError,), failed=_failed, fatal=False)
+
+
+def _failed(error: BaseException) -> str:
+    """How disable's steps say they failed: C{Failed (<error>).}"""
+    return f"Failed ({error})."
 
 
 #: A graceful shutdown may wait C{[buildbot] max_wait} (5 hours by default).

@@ -31,22 +31,19 @@ keeps the whole wait for places at a few minutes.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.task import deferLater
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
+from slaveapi.clients import ClientError
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
-from slaveapi.clients.http import RemoteError
-from slaveapi.clients.ipmi import IPMIError
-from slaveapi.clients.mozpool import MozpoolError
-from slaveapi.clients.pdu import PDUError
 from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
 from slaveapi.interfaces import SSHSessionSpec
-from slaveapi.machines import Slave, load_slave_info
+from slaveapi.machines import Lookup, Slave
 
 #: Tried in order until one is accepted.
 REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
@@ -57,8 +54,6 @@ NEVER_WENT_DOWN = "it never went down"
 BUSY_TRIES = 3
 #: Seconds between those tries (on top of the C{connect_timeout} each try waits for a place).
 BUSY_PAUSE = 30.0
-
-_REMOTE_ERRORS = (IPMIError, PDUError, MozpoolError, RemoteError, DNSError, SSHError)
 
 
 class _StayedBusy(Exception):
@@ -125,29 +120,41 @@ class _Escalation(StatusLines):
         """
         Run one method: C{start} initiates it, C{wait} returns C{None} once the
         machine is back or a reason it is not. True when the machine is back.
+
+        @raise _StayedBusy: SSH to the machine stayed busy (the line says
+            when); the escalation stops.
         """
-        heading = f"Attempting {method} reboot..."
-        self.add(heading)
         self.run.log.info("Attempting {method} reboot", method=method)
-        try:
-            await start()
-        except _StayedBusy as busy:
-            self.replace_last(f"{heading}Stopped while {busy.step} ({_one_line(busy.error)}).")
-            raise
-        except _REMOTE_ERRORS as error:
-            self.replace_last(f"{heading}Failed ({_one_line(error)}).")
-            return False
-        self.replace_last(f"{heading}initiated, waiting for it to come back...")
-        try:
-            problem = await wait()
-        except _StayedBusy as busy:
-            self.replace_last(f"{heading}initiated, then stopped while {busy.step} ({_one_line(busy.error)}).")
-            raise
-        if problem is None:
-            self.replace_last(f"{heading}Success!")
-            return True
-        self.replace_last(f"{heading}Failed ({problem}).")
-        return False
+
+        async def work() -> str:
+            try:
+                await start()
+            except _StayedBusy as busy:
+                self.outcome(f"Stopped while {busy.step} ({_one_line(busy.error)}).")
+                raise
+            except ClientError as error:
+                raise _NotRebooted(_one_line(error)) from None
+            self.outcome("initiated, waiting for it to come back...")
+            try:
+                problem = await wait()
+            except _StayedBusy as busy:
+                self.outcome(f"initiated, then stopped while {busy.step} ({_one_line(busy.error)}).")
+                raise
+            if problem is not None:
+                raise _NotRebooted(problem)
+            return "Success!"
+
+        return await self.step(
+            f"Attempting {method} reboot",
+            work,
+            failures=(_NotRebooted,),
+            failed=lambda error: f"Failed ({error}).",
+            fatal=False,
+        )
+
+
+class _NotRebooted(Exception):
+    """A method could not be started, or the machine did not come back after it: why."""
 
 
 def _one_line(error: BaseException) -> str:
@@ -157,8 +164,7 @@ def _one_line(error: BaseException) -> str:
 
 async def reboot(run: ActionRun, update_bug: bool = True) -> str:
     """Reboot the machine by the gentlest method that works; file a bug if none does."""
-    slave = await locate(run)
-    await load_slave_info(run.ctx, slave)
+    slave = await locate(run, ACTION.lookups)
     escalation = _Escalation(run, slave)
     for method in (_ssh, _mozpool, _ipmi, _pdu):
         try:
@@ -208,7 +214,7 @@ async def _ssh(escalation: _Escalation) -> bool:
     clients = run.ctx.clients
     try:
         answers = await clients.prober.alive(slave.address)
-    except RuntimeError as error:
+    except ClientError as error:
         escalation.skip("SSH", f"cannot probe the machine: {_one_line(error)}")
         return False
     if not answers:
@@ -338,7 +344,7 @@ async def _hand_off_to_bugzilla(escalation: _Escalation) -> str:
         )
         escalation.replace_last(f"Filed reboot bug {bug_id}.")
         await comment_on_tracking_bug(run, tracking_id, is_open, escalation.text)
-    except _REMOTE_ERRORS as error:
+    except ClientError as error:
         return f"{escalation.text}\nCould not update Bugzilla: {_one_line(error)}"
     return escalation.text
 
@@ -356,6 +362,14 @@ async def _open_reboot_bug(run: ActionRun, tracking: Bug) -> Bug | None:
     return next((bug for bug in candidates if bug.is_open and bug.summary == summary), None)
 
 
+#: Power control needs inventory (PDU, Mozpool) and the BMC's name; the bug
+#: hand-off needs the tracking bug. Recent jobs and the master are not used.
 ACTION = Action(
-    name="reboot", run=reboot, exclusive=True, single_flight=True, timeout=3 * 3600.0, scope="reboot"
+    name="reboot",
+    run=reboot,
+    exclusive=True,
+    single_flight=True,
+    timeout=3 * 3600.0,
+    scope="reboot",
+    lookups=frozenset({Lookup.INVENTORY, Lookup.BMC, Lookup.BUG}),
 )

@@ -2,9 +2,7 @@
 
 from types import MappingProxyType
 
-from slaveapi.actions import buildslave_last_activity, buildslave_uptime, reboot
-from slaveapi.actions import disable, shutdown_buildslave
-from slaveapi.actions import aws
+from slaveapi.actions import aws, buildslave_last_activity, buildslave_uptime, disable, reboot, shutdown_buildslave
 
 ACTIONS = MappingProxyType(
     {

@@ -20,7 +20,8 @@ The steps are functions (L{stop_buildbot}) that the C{disable} action runs
 too, writing into the same L{StatusLines}. The status reads like::
 
     Requesting graceful shutdown from master bm01-build1...Accepted (Buildbot 0.8, HTTP 302).
-    Waiting for the buildbot to shut down...Confirmed: it shut down gracefully on command from its master at 2026-11-28 01:30:48+0000.
+    Waiting for the buildbot to shut down...Confirmed: it shut down gracefully on command from its master
+    at 2026-11-28 01:30:48+0000.
 
 No SSH session is held while only waiting: the wait may last hours, SSH
 places to a host are limited (C{[ssh] per_host}), and for a device the host
@@ -39,10 +40,9 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
-from twisted.internet.task import deferLater
-
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._remote import Busy, Offline, buildbot_address, connect, locate, log_paths, now
+from slaveapi.clients import poll_until
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.master import MasterError
 from slaveapi.clients.slavealloc import MasterRecord
@@ -152,15 +152,13 @@ async def stop_buildbot(run: ActionRun, slave: Slave, status: StatusLines, reaso
     # "After the request" on the log's own clock: the slave's clock may be
     # off from ours, and a new shutdown line follows the newest line now there.
     requested_at = events[-1].timestamp if events else now(run).replace(microsecond=0)
-    heading = f"Requesting graceful shutdown from master {master.nickname}..."
-    status.add(heading)
     run.log.info("Requesting graceful shutdown from {master}", master=master.nickname)
-    try:
+
+    async def request() -> str:
         accepted = await run.ctx.clients.master.shutdown_worker(master, slave.name, reason)
-    except MasterError as error:
-        status.replace_last(f"{heading}Failed: {error}")
-        raise ActionFailure(status.text) from None
-    status.replace_last(f"{heading}Accepted (Buildbot {accepted.flavour}, HTTP {accepted.status}).")
+        return f"Accepted (Buildbot {accepted.flavour}, HTTP {accepted.status})."
+
+    await status.step(f"Requesting graceful shutdown from master {master.nickname}", request, failures=(MasterError,))
     return await _wait_for_shutdown(run, reader, slave.basedir, requested_at, status)
 
 
@@ -178,28 +176,38 @@ async def _wait_for_shutdown(
         deadline = min(deadline, run.deadline - _margin(run))
     heading = "Waiting for the buildbot to shut down..."
     status.add(heading)
-    while True:
+
+    async def shut_down() -> ShutdownOutcome | None:
         try:
             lines = await reader.tail(basedir)
         except ActionFailure as failure:
             status.replace_last(f"{heading}Failed: {failure.payload}")
             raise ActionFailure(status.text) from None
-        if lines is not None:
-            events = _events(lines)
-            outcome = _shutdown_since(events, since)
-            if outcome is not None:
-                status.replace_last(heading + _describe(outcome))
-                run.log.info("Shutdown confirmed ({kind})", kind=outcome.kind)
-                return outcome
+        if lines is None:
+            return None
+        outcome = _shutdown_since(_events(lines), since)
+        if outcome is None:
             busy = last_activity(lines, now(run), _NO_BOOT_RULE).last_state == RUNNING_COMMAND
             waiting = heading + ("(it is finishing its running command)" if busy else "")
             if status.lines[-1] != waiting:
                 status.replace_last(waiting)
-        remaining = deadline - reactor.seconds()
-        if remaining <= 0:
-            status.replace_last(f"{heading}Couldn't confirm shutdown within {max_wait:g} seconds.")
-            raise ActionFailure(status.text)
-        await deferLater(reactor, min(settings.poll_interval, remaining), lambda: None)
+        return outcome
+
+    def unconfirmed() -> ActionFailure:
+        status.replace_last(f"{heading}Couldn't confirm shutdown within {max_wait:g} seconds.")
+        return ActionFailure(status.text)
+
+    outcome = await poll_until(
+        reactor,
+        shut_down,
+        settings.poll_interval,
+        deadline - reactor.seconds(),
+        "buildbot shutdown",
+        timeout_error=unconfirmed,
+    )
+    status.replace_last(heading + _describe(outcome))
+    run.log.info("Shutdown confirmed ({kind})", kind=outcome.kind)
+    return outcome
 
 
 def _max_wait(run: ActionRun) -> float:

@@ -7,8 +7,9 @@ Every boto3 call the tests make themselves runs in a thread, as the client's do.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import boto3
 import pytest

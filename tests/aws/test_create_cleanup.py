@@ -28,7 +28,7 @@ async def test_an_unanswered_launch_is_found_by_name_and_terminated() -> None:
     clients = SimpleNamespace(aws=SimpleNamespace(find_instances=find_instances, terminate=terminate))
     ctx = SimpleNamespace(clients=clients)
     shown: list[str] = []
-    run = ActionRun(ctx, "default", 7, "aws_create_instance", ActionLog(Logger(), "default", 7, "x"), shown.append)  # type: ignore[arg-type]
+    run = ActionRun(ctx, "default", 7, "aws_create_instance", ActionLog(Logger(), "default", 7, "x"), shown.append)  # type: ignore[arg-type]  # a two-method fake context
     creation = _Creation(run)
     creation.launching = "dev-linux64-ec2-jdoe"
     await creation.undo()

@@ -7,8 +7,9 @@ through the lab's DNS server.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_twisted
