@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 9999
 LAB_SLAVES ?= 12
 
-.PHONY: run test venv system-packages clean
+.PHONY: run test lint venv system-packages clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ run: $(STAMP)
 system-packages:
 	@scripts/ensure-system-packages
 
-test: $(STAMP) system-packages
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -60,15 +60,16 @@ def _children(pid: int) -> list[int]:
 
 def _start_lab(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen[str], str]:
     os.makedirs(workdir, exist_ok=True)
-    lab = subprocess.Popen(
-        [
-            sys.executable, "-m", "slaveapi.lab", "--slaves", str(args.slaves), "--boot-time", str(args.boot_time),
-            "--workdir", workdir, "--refuse-ssh-share", str(args.ipmi_share),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=open(os.path.join(workdir, "lab.log"), "w"),
-        text=True,
-    )
+    with open(os.path.join(workdir, "lab.log"), "w") as log:
+        lab = subprocess.Popen(
+            [
+                sys.executable, "-m", "slaveapi.lab", "--slaves", str(args.slaves), "--boot-time", str(args.boot_time),
+                "--workdir", workdir, "--refuse-ssh-share", str(args.ipmi_share),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     assert lab.stdout is not None
     return lab, lab.stdout.readline().strip()
 
@@ -122,7 +123,7 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
     wave_names = names[2:]
     started = time.monotonic()
     queued = await gatherResults([Deferred.fromCoroutine(post(name, 0)) for name in wave_names])
-    pending = {(name, str(result["requestid"])) for name, result in zip(wave_names, queued)}
+    pending = {(name, str(result["requestid"])) for name, result in zip(wave_names, queued, strict=True)}
     latencies: list[float] = []
     outcomes: Counter[str] = Counter()
     while pending and time.monotonic() - started < args.limit:

@@ -23,8 +23,8 @@ what comes next.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from twisted.internet.defer import Deferred
 
@@ -50,7 +50,7 @@ class Limits:
     max_queued: int
 
     @classmethod
-    def of(cls, concurrency: int, read_concurrency: int | None = None, max_queued: int = 10000) -> "Limits":
+    def of(cls, concurrency: int, read_concurrency: int | None = None, max_queued: int = 10000) -> Limits:
         """The limits with C{read_concurrency} defaulting to four fifths of C{concurrency}."""
         if read_concurrency is None:
             read_concurrency = max(1, concurrency - concurrency // 5)

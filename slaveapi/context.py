@@ -183,7 +183,13 @@ def _pdu_client(config: Config, reactor: Any, dns: DNSClient, previous: Context 
 
 def _snmp_settings(config: Config) -> tuple[Any, ...]:
     credentials = config.credentials
-    return (config.snmp, config.dns, credentials.snmp_community, credentials.snmp_v3_auth_key, credentials.snmp_v3_priv_key)
+    return (
+        config.snmp,
+        config.dns,
+        credentials.snmp_community,
+        credentials.snmp_v3_auth_key,
+        credentials.snmp_v3_priv_key,
+    )
 
 
 def _closables(ctx: Context) -> tuple[Any, ...]:

@@ -33,15 +33,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import SSHClientTransport
-from twisted.internet.defer import Deferred, DeferredSemaphore, fail
-from twisted.internet.defer import TimeoutError as WaitTimedOut
-from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.defer import Deferred, DeferredSemaphore, TimeoutError as WaitTimedOut, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
@@ -180,7 +180,9 @@ async def scan(
     """
     pool = http_pool or HTTPConnectionPool(reactor, persistent=False)
     http = make_http_client(reactor, pool)
-    slavealloc = SlaveallocClient(config.slavealloc.api_url, JSONClient("slavealloc", http, config.http.timeout, reactor))
+    slavealloc = SlaveallocClient(
+        config.slavealloc.api_url, JSONClient("slavealloc", http, config.http.timeout, reactor)
+    )
     devices = DevicesClient(config.devices_url, JSONClient("devices", http, config.http.timeout, reactor))
     dns = DNSClient(reactor, config.slaves.default_domain, config.dns.servers, config.dns.timeout)
     store = HostKeyStore(known_hosts_path)
@@ -275,7 +277,10 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
         dest="hosts",
         default=[],
         metavar="NAME",
-        help="scan only this machine (repeatable), e.g. an AWS loaner just created; resolved under its configured domain",
+        help=(
+            "scan only this machine (repeatable), e.g. an AWS loaner just created;"
+            " resolved under its configured domain"
+        ),
     )
     scan_command.add_argument("--parallel", type=int, default=20, help="hosts scanned at once (default 20)")
     scan_command.add_argument(

@@ -18,8 +18,9 @@ client may have more (construction, configuration, tools of its own).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from types import FunctionType, MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute
@@ -43,7 +44,8 @@ _DECLARED_SPECIAL = frozenset({"__aenter__", "__aexit__"})
 def _interface_of(spec: type, name: str) -> InterfaceClass:
     """The zope interface declaring C{spec}'s methods and properties."""
     attributes: dict[str, Any] = {
-        attribute: Attribute(f"{attribute}: {kind}") for attribute, kind in vars(spec).get("__annotations__", {}).items()
+        attribute: Attribute(f"{attribute}: {kind}")
+        for attribute, kind in vars(spec).get("__annotations__", {}).items()
     }
     for attribute, value in vars(spec).items():
         if attribute.startswith("_") and attribute not in _DECLARED_SPECIAL:

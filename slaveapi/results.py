@@ -10,8 +10,9 @@ and requestid for C{GET /results}.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 PENDING, RUNNING, SUCCESS, FAILURE = range(4)
 

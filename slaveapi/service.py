@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -21,9 +22,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogPublisher,
     textFileLogObserver,
 )
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.web.client import HTTPConnectionPool
 
+from slaveapi.admission import server_limits
 from slaveapi.config import (
     Config,
     ConfigError,
@@ -40,9 +42,8 @@ from slaveapi.config import (
     plain_http_credentials,
 )
 from slaveapi.context import Context, build_context, close_contexts
-from slaveapi.admission import server_limits
-from slaveapi.processor import ActionProcessor
 from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
+from slaveapi.processor import ActionProcessor
 from slaveapi.store import (
     SQLiteResultStore,
     StoreUnavailable,
@@ -140,14 +141,15 @@ class ListenWhenReady(StreamServerEndpointService):
             self._log.critical("slaveapi: cannot listen: {reason}", reason=str(error))
             self._reactor.stop()
             return
-        assert self._waitingForPort is not None
+        assert self._waitingForPort is not None  # noqa: S101  # set by privilegedStartService
         self._waitingForPort.chainDeferred(self.listening)
 
     def stopService(self) -> Deferred[None] | None:
         if self._waitingForPort is None:
             Service.stopService(self)
             return None
-        return StreamServerEndpointService.stopService(self)
+        stopped: Deferred[None] = StreamServerEndpointService.stopService(self)
+        return stopped
 
     def _not_ready(self, failure: Failure) -> None:
         if not self.running:
@@ -327,7 +329,8 @@ class LogFileService(Service):
             name, directory or ".", rotateLength=self._config.maxsize, maxRotatedFiles=self._config.maxfiles
         )
         predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[self._config.level])
-        self._observer = FilteringLogObserver(textFileLogObserver(self._file), [predicate])
+        output = textFileLogObserver(self._file)  # type: ignore[arg-type]  # file-like, not an IO subclass
+        self._observer = FilteringLogObserver(output, [predicate])
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self) -> None:
@@ -400,7 +403,7 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
     ready: Deferred[None] = succeed(None)
     if options.lab is not None:
         config_path, ready = _start_lab(options, reactor, data_dir, top)
-    assert config_path is not None
+    assert config_path is not None  # noqa: S101  # the options require --config or --lab
     try:
         config = load_config(config_path)
         check_host_key_policy(config, lab=options.lab is not None)

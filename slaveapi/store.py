@@ -42,11 +42,13 @@ PostgreSQL store for several instances can be dropped in later.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -116,9 +118,9 @@ _RAISE_HIGH_WATER = f"""
 INSERT INTO meta (key, value)
 SELECT '{_LAST_REQUESTID}', coalesce(max(requestid), 0) FROM results WHERE true
 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)
-"""
+"""  # noqa: S608  # interpolates a module constant, never input
 
-_SELECT_HIGH_WATER = f"SELECT value FROM meta WHERE key = '{_LAST_REQUESTID}'"
+_SELECT_HIGH_WATER = f"SELECT value FROM meta WHERE key = '{_LAST_REQUESTID}'"  # noqa: S608  # a constant
 
 _SELECT = (
     "SELECT requestid, slave, action, state, text, request_timestamp,"
@@ -282,10 +284,9 @@ def _in_transaction(db: sqlite3.Connection, statements: Callable[[], None]) -> N
         statements()
         db.execute("COMMIT")
     except BaseException:
-        try:
+        # On some errors SQLite has already ended the transaction: nothing to roll back.
+        with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction left to roll back (SQLite ended it on the error)
         raise
 
 
@@ -369,8 +370,12 @@ class SQLiteResultStore:
                 self._db.close()
                 self._db = None
 
+        def _stop_writer(passthrough: Failure | None) -> Failure | None:
+            self._writer.stop()
+            return passthrough
+
         d: Deferred[None] = self._write(_finish)
-        d.addBoth(lambda passthrough: (self._writer.stop(), passthrough)[1])
+        d.addBoth(_stop_writer)
         return d
 
     def flushed(self) -> Deferred[None]:

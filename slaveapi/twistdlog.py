@@ -19,15 +19,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
-    "BOOT_GRACE_SECONDS",
     "BOOTING",
-    "LastActivity",
-    "LogEvent",
+    "BOOT_GRACE_SECONDS",
     "READY",
     "RUNNING_COMMAND",
     "STATES",
     "STOPPED",
     "UNKNOWN",
+    "LastActivity",
+    "LogEvent",
     "last_activity",
     "parse_log_line",
 ]
@@ -158,7 +158,7 @@ def _timestamp_from(match: re.Match[str]) -> datetime.datetime | None:
 def _tzinfo_from(offset: str) -> datetime.timezone | None:
     """Turn ``+0000``, ``-08:00`` or ``Z`` into a fixed-offset timezone."""
     if offset == "Z":
-        return datetime.timezone.utc
+        return datetime.UTC
     match = _OFFSET_RE.fullmatch(offset)
     if match is None:
         return None
@@ -265,12 +265,12 @@ def _contains_any(message: str, markers: tuple[str, ...]) -> bool:
 def _as_aware(moment: datetime.datetime) -> datetime.datetime:
     """Return ``moment`` as an aware datetime, reading a naive one as UTC."""
     if moment.tzinfo is None or moment.utcoffset() is None:
-        return moment.replace(tzinfo=datetime.timezone.utc)
+        return moment.replace(tzinfo=datetime.UTC)
     return moment
 
 
 def _seconds_since(then: datetime.datetime, now: datetime.datetime) -> int:
     """Return whole seconds from ``then`` to ``now``; 0 if ``then`` is later."""
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     elapsed = (now.astimezone(utc) - then.astimezone(utc)).total_seconds()
     return max(0, int(elapsed))

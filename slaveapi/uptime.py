@@ -283,5 +283,5 @@ def _elapsed_seconds(since: datetime.datetime, now: datetime.datetime) -> float:
     """
     if now.tzinfo is None:
         return (now - since).total_seconds()
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     return (now.astimezone(utc) - since.astimezone(utc)).total_seconds()

@@ -48,8 +48,7 @@ from ._records import (
     SSHConfig,
     StoreConfig,
 )
-from ._schema import ConfigError, SectionSchema
-from ._schema import ini_schema as _ini_schema
+from ._schema import ConfigError, SectionSchema, ini_schema as _ini_schema
 
 
 def ini_schema() -> tuple[SectionSchema, ...]:

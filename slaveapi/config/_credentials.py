@@ -13,8 +13,9 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Final
 
 from twisted.conch.ssh.keys import EncryptedKeyError, Key
 
@@ -171,7 +172,7 @@ def load_ssh_key(path: str) -> Key:
         any of its content.
     """
     try:
-        key = Key.fromFile(path)
+        key: Key = Key.fromFile(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: SSH key file not found") from None
     except EncryptedKeyError:

@@ -8,8 +8,8 @@ says which section its record comes from (L{part}).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ._credentials import Credentials
 from ._readers import (

@@ -18,8 +18,9 @@ import configparser
 import dataclasses
 import os
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Final
 
 from slaveapi._yesno import parse_yes_no
 

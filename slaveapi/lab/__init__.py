@@ -21,27 +21,44 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slaveapi.lab._lab import DEFAULT_DOMAIN, Lab, LabService
-    from slaveapi.lab.bugzilla import BugzillaFake, LabBug, LabComment
-    from slaveapi.lab.dns import LabDNS
-    from slaveapi.lab.fleet import (
-        LINUX,
-        MACOS,
-        SSH_NONE,
-        SSH_OK,
-        SSH_REFUSE_LOGIN,
-        SSH_USER,
-        WINDOWS,
-        Fleet,
-        LabHost,
-        LabJob,
-        LabMachine,
-        LabMaster,
-        build_fleet,
+    # "X as X" marks an explicit re-export for type checkers.
+    from slaveapi.lab._lab import (
+        DEFAULT_DOMAIN as DEFAULT_DOMAIN,
+        Lab as Lab,
+        LabService as LabService,
     )
-    from slaveapi.lab.http import LabHTTP
-    from slaveapi.lab.power import PowerControl
-    from slaveapi.lab.ssh import LabSSHServer
+    from slaveapi.lab.bugzilla import (
+        BugzillaFake as BugzillaFake,
+        LabBug as LabBug,
+        LabComment as LabComment,
+    )
+    from slaveapi.lab.dns import (
+        LabDNS as LabDNS,
+    )
+    from slaveapi.lab.fleet import (
+        LINUX as LINUX,
+        MACOS as MACOS,
+        SSH_NONE as SSH_NONE,
+        SSH_OK as SSH_OK,
+        SSH_REFUSE_LOGIN as SSH_REFUSE_LOGIN,
+        SSH_USER as SSH_USER,
+        WINDOWS as WINDOWS,
+        Fleet as Fleet,
+        LabHost as LabHost,
+        LabJob as LabJob,
+        LabMachine as LabMachine,
+        LabMaster as LabMaster,
+        build_fleet as build_fleet,
+    )
+    from slaveapi.lab.http import (
+        LabHTTP as LabHTTP,
+    )
+    from slaveapi.lab.power import (
+        PowerControl as PowerControl,
+    )
+    from slaveapi.lab.ssh import (
+        LabSSHServer as LabSSHServer,
+    )
 
 _HOMES = {
     "slaveapi.lab._lab": ("DEFAULT_DOMAIN", "Lab", "LabService"),

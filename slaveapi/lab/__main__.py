@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def failed(failure: Any) -> None:
         print(f"slaveapi.lab: the lab did not start: {failure.getErrorMessage()}", file=sys.stderr)
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     lab.ready().addCallbacks(announce, failed)
-    reactor.addSystemEventTrigger("before", "shutdown", lab.stop)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", lab.stop)
+    reactor.run()
     return 0
 
 

@@ -8,12 +8,15 @@ Its stderr is kept (the last lines) to say why it died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -91,12 +94,12 @@ class ChildProcess(ProcessProtocol):
         self.exited = False
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        self.pid = cast(IProcessTransport, self.transport).pid
 
     def send(self, message: dict[str, Any]) -> None:
         """Write one message to its stdin."""
         if not self.exited:
-            self.transport.write(json.dumps(message).encode("utf-8") + b"\n")
+            cast(IProcessTransport, self.transport).write(json.dumps(message).encode("utf-8") + b"\n")
 
     def outReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -129,10 +132,8 @@ class ChildProcess(ProcessProtocol):
         """Send a signal to the child by its PID, if it still runs."""
         if self.exited or self.pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, getattr(signal, "SIG" + name))
-        except ProcessLookupError:
-            pass
 
     def processEnded(self, reason: Failure) -> None:
         self.exited = True

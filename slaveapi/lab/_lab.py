@@ -14,7 +14,8 @@ import os
 import secrets
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from slaveapi.clients.ssh import replace_file
+from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.dns import LabDNS
@@ -29,7 +31,6 @@ from slaveapi.lab.ec2 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LabEC2
 from slaveapi.lab.fleet import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, Fleet, LabMachine, build_fleet
 from slaveapi.lab.http import LabHTTP
 from slaveapi.lab.inventory_dns import InventoryDNSFake
-from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
 from slaveapi.lab.ssh import LabSSHServer, generate_host_key
@@ -276,7 +277,9 @@ class Lab:
 
         def relay(result: Any) -> None:
             if isinstance(result, Failure):
-                waiting.errback(result.value.subFailure if result.check(defer.FirstError) else result)
+                if result.check(defer.FirstError):
+                    result = cast(defer.FirstError, result.value).subFailure
+                waiting.errback(result)
             else:
                 waiting.callback(None)
 
@@ -362,7 +365,7 @@ def _refuse_ssh(fleet: Fleet, share: float) -> None:
 class LabService(Service):
     """A started L{Lab} in a service hierarchy: stopping the service stops the lab."""
 
-    name = "lab"  # type: ignore[assignment]
+    name = "lab"
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab

@@ -29,7 +29,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -66,7 +67,7 @@ def free_udp_port(ip: str, *others: str) -> int:
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             probe.bind((ip, 0))
-            port = probe.getsockname()[1]
+            port: int = probe.getsockname()[1]
         finally:
             probe.close()
         held: list[socket.socket] = []
@@ -87,7 +88,8 @@ def free_udp_port(ip: str, *others: str) -> int:
 def _first_failure(failure: Failure) -> Failure:
     """The failure inside a L{defer.FirstError}, or the failure itself."""
     if failure.check(defer.FirstError):
-        return failure.value.subFailure
+        inner: Failure = cast(defer.FirstError, failure.value).subFailure
+        return inner
     return failure
 
 
@@ -277,7 +279,12 @@ class LabBMCs:
                 self._cancel_shutdown(name)
             for child in self._children:
                 child.signal("TERM")
-            kill = self._reactor.callLater(_KILL_GRACE, lambda: [c.signal("KILL") for c in self._children])
+
+            def kill_all() -> None:
+                for child in self._children:
+                    child.signal("KILL")
+
+            kill = self._reactor.callLater(_KILL_GRACE, kill_all)
             ended = defer.DeferredList([c.ended for c in self._children], consumeErrors=True)
 
             def done(_: object) -> None:

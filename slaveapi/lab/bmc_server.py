@@ -48,8 +48,7 @@ import traceback
 from typing import IO, Any
 
 from pyghmi.ipmi import bmc as pyghmi_bmc
-from pyghmi.ipmi.private import serversession
-from pyghmi.ipmi.private import session as ipmisession
+from pyghmi.ipmi.private import serversession, session as ipmisession
 
 # RMCP+ open session request (IPMI 2.0 table 13-9): byte 12 is the proposed
 # authentication algorithm; 1 is RAKP-HMAC-SHA1.
@@ -93,7 +92,7 @@ class _Chassis:
             self._out.flush()
 
 
-class _LabServerSession(serversession.ServerSession):
+class _LabServerSession(serversession.ServerSession):  # type: ignore[misc]  # pyghmi ships no types
     """
     pyghmi's server session with two fixes.
 
@@ -115,7 +114,8 @@ class _LabServerSession(serversession.ServerSession):
             # Tag, status, two reserved bytes, the console's session id.
             self.clientsessionid = request[4:8]
             return bytearray([request[0], _NO_MATCHING_CIPHER_SUITE, 0, 0]) + request[4:8]
-        return super().create_open_session_response(request)
+        response: bytearray = super().create_open_session_response(request)
+        return response
 
     def process_pktqueue(self) -> None:
         handlers = ipmisession.Session.bmc_handlers
@@ -143,7 +143,7 @@ class _LabServerSession(serversession.ServerSession):
                 server.sessionless_data(data, sockaddr)
 
 
-class LabBmc(pyghmi_bmc.Bmc):
+class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]  # pyghmi ships no types
     """The BMC of one simulated machine: chassis power only."""
 
     def __init__(self, name: str, chassis: _Chassis, authdata: dict[str, str], port: int, address: str) -> None:

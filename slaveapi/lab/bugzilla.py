@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from klein import Klein
 from twisted.logger import Logger
@@ -119,7 +120,7 @@ class LabBug:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class BugzillaFake:
@@ -426,6 +427,4 @@ def _matches(bug: LabBug, args: dict[str, list[str]]) -> bool:
         ids = {int(v) for value in args["id"] for v in value.split(",") if v.strip().isdigit()}
         if bug.id not in ids:
             return False
-    if "summary" in args and not all(value.lower() in bug.summary.lower() for value in args["summary"]):
-        return False
-    return True
+    return "summary" not in args or all(value.lower() in bug.summary.lower() for value in args["summary"])

@@ -23,8 +23,9 @@ import ast
 import datetime
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -140,7 +141,7 @@ class LabBuildbots:
             if not waiting.called:
                 waiting.callback(accepted)
         request.setResponseCode(302)
-        request.setHeader(b"Location", f"../../buildslaves/{machine.name}".encode("utf-8"))
+        request.setHeader(b"Location", f"../../buildslaves/{machine.name}".encode())
         return b""
 
     def request_shutdown(self, machine: LabMachine) -> None:

@@ -34,6 +34,9 @@ def reverse_name(ip: str) -> str:
 class _Zone(authority.FileAuthority):
     """One zone held in memory (FileAuthority's lookup rules, no file)."""
 
+    soa: tuple[bytes, dns.Record_SOA]  # type: ignore[assignment]  # the base declares it None until loaded
+    records: dict[bytes, list[Any]]  # type: ignore[assignment]  # the base declares it None until loaded
+
     def __init__(self, origin: str) -> None:
         self._origin = origin
         super().__init__(origin)

@@ -53,7 +53,7 @@ _log = Logger(namespace="slaveapi.lab.ec2")
 
 #: Credentials moto takes (it checks none); they map to moto's default account.
 ACCESS_KEY_ID = "testing"
-SECRET_ACCESS_KEY = "testing"
+SECRET_ACCESS_KEY = "testing"  # noqa: S105  # moto accepts any key; not a secret
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_CIDR = "127.0.0.0/16"
@@ -137,7 +137,7 @@ class LabEC2:
         finally:
             # The child has its own copy of the socket now.
             listener.close()
-        assert ec2._child is not None
+        assert ec2._child is not None  # noqa: S101  # _spawn just set it
         ec2._child.ready.addCallbacks(lambda _: ec2._readiness.settle(None), ec2._readiness.settle)
         _log.info(
             "lab: EC2 (moto) on port {port}: {count} instances in {subnet}",
@@ -262,12 +262,11 @@ def _tags(machine: LabMachine) -> dict[str, str]:
 
 def _serve(config: dict[str, Any]) -> None:
     """In the child: serve moto's EC2 on the inherited socket, seed it, say so, run until stdin closes."""
+    import logging
     import threading
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = DomainDispatcherApplication(create_backend_app)
@@ -290,7 +289,7 @@ def _seed(config: dict[str, Any], endpoint: str) -> None:
 
     import boto3
     import moto.ec2.models.subnets as moto_subnets
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.ec2.models import ec2_backends
 
     region = config["region"]

@@ -411,7 +411,7 @@ def build_fleet(count: int, domain: str, now: float, seed: int = 0) -> Fleet:
     pdu_outlets = apc_outlets = 0
     for index in range(count):
         # One generator per machine: a bigger fleet starts with the same machines.
-        rng = random.Random(f"{seed}:{index}")
+        rng = random.Random(f"{seed}:{index}")  # noqa: S311  # reproducible fleet, not cryptography
         role = _MIX[index] if index < len(_MIX) else _extra_role(rng)
         pdu = None
         if role.apc:

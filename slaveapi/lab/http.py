@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -27,9 +28,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
-from slaveapi.lab.power import PowerControl
 from slaveapi.lab.fleet import Fleet, LabMachine
 from slaveapi.lab.inventory_dns import InventoryDNSFake
+from slaveapi.lab.power import PowerControl
 
 _DEFAULT_NUMBUILDS = 25
 _STRING_FIELDS = ("basedir", "pool", "environment", "purpose", "distro", "datacenter", "trustlevel", "speed", "notes")
@@ -91,7 +92,7 @@ class LabHTTP:
         self._connections = WrappingFactory(_QuietSite(self.app.resource()))
         self._connections.noisy = False
         self._listener = self._reactor.listenTCP(0, self._connections, interface="127.0.0.1")
-        self.port = self._listener.getHost().port
+        self.port = cast(IPv4Address, self._listener.getHost()).port
         return self.port
 
     def stop(self) -> defer.Deferred[Any]:
@@ -230,8 +231,8 @@ class LabHTTP:
     def _system_json(self, machine: LabMachine, number: int) -> dict[str, Any]:
         key_value = [
             {"key": "nic.0.ipv4_address.0", "value": machine.ip},
-            {"key": "nic.0.mac_address.0", "value": "00:25:90:%02x:%02x:%02x" % tuple(
-                int(part) for part in machine.ip.split(".")[1:])},
+            {"key": "nic.0.mac_address.0", "value": "00:25:90:" + ":".join(
+                f"{int(part):02x}" for part in machine.ip.split(".")[1:])},
         ]
         if machine.pdu:
             key_value.append({"key": "system.pdu.0", "value": machine.pdu})
@@ -271,7 +272,7 @@ class LabHTTP:
         """Inventory's DNS records API (A and PTR records); see L{slaveapi.lab.inventory_dns}."""
         if self.inventory_dns is None:
             return _json(request, {"error": "not found", "msg": "no DNS records API in this lab"}, 404)
-        return self.inventory_dns.app.resource()  # type: ignore[no-any-return]
+        return self.inventory_dns.app.resource()
 
     # --- buildapi -----------------------------------------------------------
 
@@ -304,7 +305,7 @@ class LabHTTP:
 
     @app.route("/bugzilla/rest/", branch=True)
     def bugzilla_rest(self, request: IRequest) -> IResource:
-        return self.bugzilla.app.resource()  # type: ignore[no-any-return]
+        return self.bugzilla.app.resource()
 
     @app.route("/api/device/<name>/power-cycle/", methods=["POST"])
     def mozpool_power_cycle(self, request: IRequest, name: str) -> bytes:
@@ -320,7 +321,7 @@ class LabHTTP:
         """The Buildbot masters' 0.8 web status (graceful shutdowns); see L{slaveapi.lab.buildbot}."""
         if self.buildbots is None:
             return _json(request, {"error": "not found", "msg": "no Buildbot masters in this lab"}, 404)
-        return self.buildbots.app.resource()  # type: ignore[no-any-return]
+        return self.buildbots.app.resource()
 
     @app.route("/devices.json", methods=["GET"])
     def devices(self, request: IRequest) -> bytes:

@@ -190,7 +190,9 @@ class InventoryDNSFake:
             return self._answer(request, 404, {"error_message": f"no {resource} {record_id}"})
         del self.records[record_id]
         self._sync(record.fqdn, record.ip)
-        self._log.info("lab inventory DNS: deleted {kind} {fqdn} {ip}", kind=record.kind, fqdn=record.fqdn, ip=record.ip)
+        self._log.info(
+            "lab inventory DNS: deleted {kind} {fqdn} {ip}", kind=record.kind, fqdn=record.fqdn, ip=record.ip
+        )
         return self._answer(request, 204, None)
 
     # --- records -----------------------------------------------------------------

@@ -130,7 +130,9 @@ def command_end_lines(style: str, at: float, tz_offset: str, elapsed: float, arg
         ]
     prefix = f"(command {argv!r}):"
     return [
-        _line(at, tz_offset, "-", f"{prefix} command finished with signal None, exit code 0, elapsedTime: {elapsed:.6f}"),
+        _line(
+            at, tz_offset, "-", f"{prefix} command finished with signal None, exit code 0, elapsedTime: {elapsed:.6f}"
+        ),
         _line(at, tz_offset, "-", f"{prefix} ProtocolCommandBase.command_complete (success)"),
     ]
 

@@ -39,9 +39,9 @@ import errno
 import hmac
 import re
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pyasn1.codec.ber import decoder, encoder
 from pyasn1.type import univ
@@ -77,7 +77,12 @@ _SYSTEM = {
 # RFC 3416 error-status values, and their SNMPv1 equivalents (RFC 2576, 4.3).
 _NO_SUCH_NAME, _BAD_VALUE = 2, 3
 _WRONG_TYPE, _WRONG_VALUE, _NO_CREATION, _NOT_WRITABLE = 7, 10, 11, 17
-_V1_ERROR = {_WRONG_TYPE: _BAD_VALUE, _WRONG_VALUE: _BAD_VALUE, _NO_CREATION: _NO_SUCH_NAME, _NOT_WRITABLE: _NO_SUCH_NAME}
+_V1_ERROR = {
+    _WRONG_TYPE: _BAD_VALUE,
+    _WRONG_VALUE: _BAD_VALUE,
+    _NO_CREATION: _NO_SUCH_NAME,
+    _NOT_WRITABLE: _NO_SUCH_NAME,
+}
 
 #: Most variable bindings one GETBULK answer carries.
 _MAX_BULK = 64

@@ -10,7 +10,8 @@ C{boot_time} seconds, unless it is one that never comes back.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger

@@ -215,7 +215,7 @@ def net_statistics_server(name: str, booted_at: float) -> str:
 
     Lines end in CRLF, as Windows writes them.
     """
-    since = datetime.datetime.fromtimestamp(int(booted_at), datetime.timezone.utc)
+    since = datetime.datetime.fromtimestamp(int(booted_at), datetime.UTC)
     hour12 = since.hour % 12 or 12
     stamp = f"{since.month}/{since.day}/{since.year} {hour12}:{since:%M:%S} {'PM' if since.hour >= 12 else 'AM'}"
     counters = [

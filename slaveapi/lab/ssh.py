@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hmac
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.avatar import ConchUser
@@ -29,12 +30,13 @@ from twisted.conch.ssh import connection, keys, userauth
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.factory import SSHFactory
-from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.transport import SSHServerTransport, SSHTransportBase
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
@@ -92,7 +94,7 @@ class LabSSHServer:
         self.password_delay = password_delay
         self.port = 0
         self._listeners: dict[str, IListeningPort] = {}
-        self._closing: dict[str, defer.Deferred[None]] = {}
+        self._closing: dict[str, defer.Deferred[Any]] = {}
         self._connections: dict[str, set[SSHServerTransport]] = {}
         self._calls: set[IDelayedCall] = set()
         self._stopped = False
@@ -115,7 +117,7 @@ class LabSSHServer:
                 for host in up:
                     self._listen(host)
                     if not self.port:
-                        self.port = self._listeners[host.name].getHost().port
+                        self.port = cast(IPv4Address, self._listeners[host.name].getHost()).port
                 return self.port
             except CannotListenError:
                 for name in list(self._listeners):
@@ -133,8 +135,10 @@ class LabSSHServer:
         self._calls.clear()
         for transports in self._connections.values():
             for transport in list(transports):
-                transport.transport.loseConnection()
-        stops = [defer.maybeDeferred(port.stopListening) for port in self._listeners.values()]
+                _drop(transport)
+        stops: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for port in self._listeners.values()
+        ]
         stops += list(self._closing.values())
         self._listeners.clear()
         return defer.gatherResults(stops, consumeErrors=True)
@@ -159,7 +163,7 @@ class LabSSHServer:
 
             closing.addBoth(closed)
         for transport in list(self._connections.get(machine.name, ())):
-            transport.transport.loseConnection()
+            _drop(transport)
 
     def machine_up(self, machine: LabMachine) -> None:
         """Open the machine's listener again, on the shared port."""
@@ -187,7 +191,7 @@ class LabSSHServer:
             self._calls.discard(call)
             function(*args)
 
-        call = self.reactor.callLater(delay, run)
+        call: IDelayedCall = self.reactor.callLater(delay, run)
         self._calls.add(call)
         return call
 
@@ -247,8 +251,12 @@ class _Session(SSHChannel):
         self._call: IDelayedCall | None = None
 
     @property
+    def _user(self) -> _Avatar:
+        return cast(_Avatar, self.avatar)
+
+    @property
     def _server(self) -> LabSSHServer:
-        return self.avatar.server  # type: ignore[no-any-return]
+        return self._user.server
 
     def request_env(self, data: bytes) -> int:
         return 1  # accepted and ignored, like sshd without AcceptEnv
@@ -260,7 +268,7 @@ class _Session(SSHChannel):
         command = getNS(data)[0].decode("utf-8", "replace")
         # Output may only go out once the exec request has been answered.
         self._call = self._server.call_later(
-            0, self._server.run_or_hold, self.avatar.machine, lambda: self._run(command)
+            0, self._server.run_or_hold, self._user.machine, lambda: self._run(command)
         )
         return 1
 
@@ -268,7 +276,7 @@ class _Session(SSHChannel):
         self._call = None
         if self._gone:
             return
-        machine = self.avatar.machine
+        machine = self._user.machine
         result = shell.run(machine, command, self._server.clock())
         self._log.debug(
             "lab ssh: {machine} ran {command!r}: exit {code}", machine=machine.name, command=command,
@@ -291,8 +299,9 @@ class _Session(SSHChannel):
         """Send the exit status (after all output) and close the channel."""
         if self._exit_code is None or self.buf or self.extBuf or self.closing:
             return
-        self.conn.sendRequest(self, b"exit-status", struct.pack(">L", self._exit_code))
-        self.conn.sendEOF(self)
+        conn = cast(connection.SSHConnection, self.conn)
+        conn.sendRequest(self, b"exit-status", struct.pack(">L", self._exit_code))
+        conn.sendEOF(self)
         self.loseConnection()
 
     def closed(self) -> None:
@@ -331,7 +340,7 @@ class _PasswordChecker:
         self._server = server
         self._machine = machine
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         if self._server.check_password(self._machine, credentials.username, credentials.password):
             return defer.succeed(credentials.username)
         return defer.fail(UnauthorizedLogin("wrong user name or password"))
@@ -341,19 +350,21 @@ class _UserAuth(userauth.SSHUserAuthServer):
     """Password logins with the lab's (short) delay after a wrong password."""
 
     def serviceStarted(self) -> None:
-        factory = self.transport.factory
+        factory = _factory(self.transport)
         self.clock = factory.server.reactor
-        self.passwordDelay = factory.server.password_delay
+        self.passwordDelay = factory.server.password_delay  # type: ignore[assignment]  # callLater takes floats
         super().serviceStarted()
 
 
 class _Transport(SSHServerTransport):
     def connectionMade(self) -> None:
-        self.factory.server.connected(self.factory.machine, self)
+        factory = _factory(self)
+        factory.server.connected(factory.machine, self)
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.server.disconnected(self.factory.machine, self)
+        factory = _factory(self)
+        factory.server.disconnected(factory.machine, self)
         super().connectionLost(reason)
 
 
@@ -375,11 +386,22 @@ class _MachineFactory(SSHFactory):
     def buildProtocol(self, addr: Any) -> SSHServerTransport:
         # SSHFactory.buildProtocol, without its log line on every connection
         # about the missing moduli file: fixed DH groups and curves only.
-        transport = Factory.buildProtocol(self, addr)
+        transport: SSHServerTransport | None = Factory.buildProtocol(self, addr)
         if transport is None:
             raise ConchError("no transport")
         transport.supportedPublicKeys = list(self.server.host_key.supportedSignatureAlgorithms())
         transport.supportedKeyExchanges = [
             kex for kex in transport.supportedKeyExchanges if b"group-exchange" not in kex
         ]
-        return transport  # type: ignore[no-any-return]
+        return transport
+
+
+def _factory(transport: SSHTransportBase | None) -> _MachineFactory:
+    if transport is None:
+        raise ConchError("no transport")
+    return cast(_MachineFactory, transport.factory)
+
+
+def _drop(transport: SSHServerTransport) -> None:
+    if transport.transport is not None:
+        transport.transport.loseConnection()

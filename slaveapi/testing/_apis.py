@@ -7,7 +7,8 @@ and reads, and lists what it was asked.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from zope.interface import implementer
 

@@ -6,8 +6,9 @@ L{FakeAWS.wait_for_state} polls on the reactor like the real client.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.internet.task import deferLater
 from zope.interface import implementer
@@ -78,7 +79,9 @@ class FakeAWS:
     async def _change(self, verb: str, operation: str, instance_id: str) -> str:
         self._call(operation, instance_id)
         if instance_id not in self.instances:
-            raise AWSError(f"EC2 {operation} failed: InvalidInstanceID.NotFound", operation, "InvalidInstanceID.NotFound")
+            raise AWSError(
+                f"EC2 {operation} failed: InvalidInstanceID.NotFound", operation, "InvalidInstanceID.NotFound"
+            )
         answered, final = _CHANGES[verb]
         self.instances[instance_id] = dataclasses.replace(self.instances[instance_id], state=final)
         return answered
@@ -105,7 +108,8 @@ class FakeAWS:
             if self._reactor.seconds() >= give_up:
                 state = instance.state if instance is not None else "unknown"
                 raise AWSTimeout(
-                    f"instance {instance_id} is still {state} after {timeout:g}s; expected {target}", "DescribeInstances"
+                    f"instance {instance_id} is still {state} after {timeout:g}s; expected {target}",
+                    "DescribeInstances",
                 )
             await deferLater(self._reactor, 5.0 if poll_interval is None else poll_interval, lambda: None)
 

@@ -5,7 +5,8 @@ straight to each next scheduled call: hours of waits take no real time.
 
 from __future__ import annotations
 
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock

@@ -6,8 +6,9 @@ L{Context} an action runs in on them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet.task import Clock
 

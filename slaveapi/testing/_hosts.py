@@ -9,8 +9,9 @@ machine that never comes back.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from twisted.internet.base import DelayedCall
 

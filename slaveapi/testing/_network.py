@@ -7,7 +7,8 @@ a C{Clock}, a test moves them on by advancing it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.task import deferLater
 from zope.interface import implementer

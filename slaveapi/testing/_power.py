@@ -6,8 +6,9 @@ it, or an error, after a delay on the reactor's clock (a timeout, say).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.task import deferLater
 from zope.interface import implementer

@@ -5,9 +5,10 @@ machines of L{FakeHosts} that go down when told to reboot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Callable, Self
+from typing import Self
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer

@@ -12,9 +12,9 @@ read results by the name's canonical form, without asking anyone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
 
 from twisted.web.iweb import IRequest
 

@@ -12,8 +12,8 @@ never logged.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from twisted.web.iweb import IRequest
 

@@ -24,10 +24,11 @@ configuration on every request, so that a reload takes effect at once.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
-from twisted.internet.interfaces import IAddress
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
@@ -107,7 +108,7 @@ class GatedRequest(Request):
         super().connectionLost(reason)
 
     def _screen(self, length: int | None) -> HTTPProblem | None:
-        config: Config = self.channel.site.config()
+        config: Config = self.channel.site.config()  # type: ignore[attr-defined]  # set by Site.buildProtocol
         self._max_body = config.server.max_body
         arrival = _arrival(self.getHost(), self.isSecure())
         headers = self.requestHeaders
@@ -168,8 +169,8 @@ class GatedRequest(Request):
         )
         # Everything the client still sends goes here, not to the HTTP parser
         # (twisted.web does the same with data after a non-persistent request).
-        channel.dataReceived = channel.rawDataReceived = channel.lineReceived = self._discard
-        transport = channel.transport
+        channel.dataReceived = channel.rawDataReceived = channel.lineReceived = self._discard  # type: ignore[method-assign]  # no hook for it
+        transport = cast(ITCPTransport, channel.transport)
         shut_writing = getattr(transport, "loseWriteConnection", None)
         if shut_writing is None:
             channel.loseConnection()
@@ -180,7 +181,7 @@ class GatedRequest(Request):
     def _discard(self, data: bytes) -> None:
         self._discarded += len(data)
         if self._discarded > LINGER_BYTES:
-            self.channel.transport.abortConnection()
+            cast(ITCPTransport, self.channel.transport).abortConnection()
 
 
 class GatedSite(Site):

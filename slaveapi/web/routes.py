@@ -9,7 +9,8 @@ L{slaveapi.web.results}. The action routes are those the actions declare
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from klein import Klein
 from twisted.logger import Logger
@@ -102,14 +103,14 @@ class SlaveAPIWeb:
 
     @app.handle_errors(HTTPProblem)
     def _problem(self, request: IRequest, failure: Failure) -> bytes:
-        problem = failure.value
+        problem = cast(HTTPProblem, failure.value)
         if problem.status == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="slaveapi"')
         return problem_body(request, problem)
 
     @app.handle_errors(HTTPException)
     def _routing(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
+        error = cast(HTTPException, failure.value)
         status = error.code or 500
         kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
         msg = {

@@ -11,8 +11,8 @@ L{HTTPProblem} to answer, or C{None}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from slaveapi.hostnames import Authority, Origin, default_port, is_loopback, parse_authority, parse_origin
 from slaveapi.web.errors import HTTPProblem

@@ -119,7 +119,7 @@ def dns_port() -> Any:
 def slavealloc() -> Any:
     fake = FakeSlavealloc()
     listener = reactor.listenTCP(0, fake.site(), interface="127.0.0.1")
-    fake.port = listener.getHost().port  # type: ignore[attr-defined]
+    fake.port = listener.getHost().port  # type: ignore[attr-defined]  # noted on the fake
     yield fake
     listener.stopListening()
 
@@ -129,7 +129,7 @@ async def slaveapi(
     tmp_path_factory: pytest.TempPathFactory, sshd: Sshd, dns_port: int, slavealloc: FakeSlavealloc
 ) -> AsyncIterator[SlaveAPI]:
     directory = tmp_path_factory.mktemp("slaveapi")
-    remote = f"http://127.0.0.1:{slavealloc.port}"  # type: ignore[attr-defined]
+    remote = f"http://127.0.0.1:{slavealloc.port}"  # type: ignore[attr-defined]  # noted by the fixture
     (directory / "credentials.json").write_text(json.dumps({"ssh": {SSH_USER: [SSH_PASSWORD]}}))
     # The worker host's key, enrolled: SlaveAPI offers passwords only to verified hosts.
     host_key = (sshd.directory / "host_key.pub").read_text().split()
@@ -180,7 +180,7 @@ async def start_peers(
     started: list[Any] = []
     # The SSH test user must reach the worker's twistd.log: not under pytest's private tmp.
     shared = Path(tempfile.mkdtemp(prefix="slaveapi-bb-", dir="/tmp"))
-    os.chmod(shared, 0o755)
+    os.chmod(shared, 0o755)  # noqa: S103  # the peers run as another user and must read it
 
     async def start(nickname: str) -> Peers:
         master = await RealMaster.start(master_template, tmp_path / "master")

@@ -12,6 +12,7 @@ got ("BuildbotSite starting on N", "PBServerFactory starting on N").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -85,7 +86,7 @@ class Process(ProcessProtocol):
         self.done = False
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pid = self.transport.pid
 
     def outReceived(self, data: bytes) -> None:
         self.output += data[: max(0, 65536 - len(self.output))]
@@ -113,10 +114,8 @@ class Process(ProcessProtocol):
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def spawn(name: str, argv: list[str], cwd: Path | None = None) -> Process:
@@ -326,8 +325,8 @@ async def ensure_user(name: str, password: str) -> None:
         await run(["useradd", "-m", "-s", "/bin/sh", name])
     chpasswd = spawn("chpasswd", ["/usr/sbin/chpasswd"])
     assert chpasswd.transport is not None
-    chpasswd.transport.write(f"{name}:{password}\n".encode())  # type: ignore[attr-defined]
-    chpasswd.transport.closeStdin()  # type: ignore[attr-defined]
+    chpasswd.transport.write(f"{name}:{password}\n".encode())
+    chpasswd.transport.closeStdin()
     if await bounded(chpasswd.ended, 10) != 0:
         raise RuntimeError(f"chpasswd failed: {chpasswd.text()}")
 
@@ -342,6 +341,9 @@ class _Zone(authority.FileAuthority):
         self._origin = origin
         self._addresses = addresses
         super().__init__(origin)
+
+    soa: tuple[bytes, dns.Record_SOA]  # type: ignore[assignment]  # the base declares it None until loaded
+    records: dict[bytes, list[Any]]  # type: ignore[assignment]  # the base declares it None until loaded
 
     def loadFile(self, filename: Any) -> None:
         origin = self._origin.encode("ascii")

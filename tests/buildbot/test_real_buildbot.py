@@ -12,11 +12,13 @@ C{/proc/uptime} (L{Sshd.set_uptime}), never the real host's.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import pytest_twisted
 import treq
 
+from slaveapi.clients.master import MasterClient
 from slaveapi.clients.slavealloc import MasterRecord
 from tests.buildbot.fixtures import (  # noqa: F401  (fixtures used by name)
     AUTO_MASTER,
@@ -111,7 +113,7 @@ async def test_a_running_build_finishes_before_the_worker_stops(
 ) -> None:
     peers = await start_peers(AUTO_MASTER)  # not in [masters]: SlaveAPI asks GET /api/v2 first
     record = MasterRecord(7, AUTO_MASTER, peers.fqdn, peers.master.www_port, peers.master.pb_port, True)
-    assert slaveapi.context.clients.master.configured_flavour(record) == "auto"
+    assert cast(MasterClient, slaveapi.context.clients.master).configured_flavour(record) == "auto"
     forced = await treq.post(
         f"{peers.api}/forceschedulers/force",
         json={"jsonrpc": "2.0", "method": "force", "params": {"builderNames": [BUILDER]}, "id": 1},

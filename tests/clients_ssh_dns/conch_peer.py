@@ -13,8 +13,9 @@ nothing can), and passwords only after that.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.avatar import ConchUser
@@ -132,7 +133,7 @@ class _Session(SSHChannel):
 
     def request_exec(self, data: bytes) -> int:
         command = getNS(data)[0].decode()
-        peer: ConchPeer = self.avatar.peer
+        peer: ConchPeer = cast(_Avatar, self.avatar).peer
         peer.state.command_started()
 
         def finish() -> None:
@@ -172,7 +173,7 @@ class _Checker:
     def __init__(self, peer: ConchPeer) -> None:
         self._peer = peer
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         peer = self._peer
         if IUsernamePassword.providedBy(credentials):
             peer.state.passwords.append(credentials.password)
@@ -231,5 +232,7 @@ class _PeerFactory(SSHFactory):
         if transport is None:
             raise ConchError("no transport")
         transport.supportedPublicKeys = list(self.peer.host_key.supportedSignatureAlgorithms())
-        transport.supportedKeyExchanges = [kex for kex in transport.supportedKeyExchanges if b"group-exchange" not in kex]
-        return transport  # type: ignore[no-any-return]
+        transport.supportedKeyExchanges = [
+            kex for kex in transport.supportedKeyExchanges if b"group-exchange" not in kex
+        ]
+        return transport

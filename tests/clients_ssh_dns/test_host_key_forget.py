@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.conch.ssh.keys import Key
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.ssh.keys import Key
 
 from slaveapi.clients.ssh import HostKeyStore, SSHHostKeyMismatch
 from slaveapi.clients.ssh._hostkeys import HostKeyPolicy as _HostKeys

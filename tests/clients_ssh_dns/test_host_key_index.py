@@ -27,8 +27,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 
-from slaveapi.clients.ssh import HostKeyStore, SSHHostKeyMismatch
-from slaveapi.clients.ssh import _knownhosts as ssh_hostkeys
+from slaveapi.clients.ssh import HostKeyStore, SSHHostKeyMismatch, _knownhosts as ssh_hostkeys
 from slaveapi.clients.ssh._hostkeys import HostKeyPolicy as _HostKeys
 
 reactor: Any = _reactor
@@ -63,7 +62,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
 def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The size of every file content indexed (read whole into memory), in order."""
     seen: list[int] = []
-    real = ssh_hostkeys._Index.of.__func__  # type: ignore[attr-defined]
+    real = ssh_hostkeys._Index.of.__func__  # type: ignore[attr-defined]  # classmethod internals
 
     def spy(cls: type, data: bytes) -> Any:
         seen.append(len(data))
@@ -136,7 +135,7 @@ async def test_a_write_while_another_process_holds_the_lock_neither_blocks_the_r
             reactor.callFromThread(waiting_for_the_lock.callback, None)
         real_sleep(seconds)
 
-    monkeypatch.setattr(ssh_hostkeys.time, "sleep", spy)
+    monkeypatch.setattr(time, "sleep", spy)
     lock = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,7 +172,7 @@ def test_a_failed_write_is_reported_and_the_key_recorded_again_next_time(
     def full(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ssh_hostkeys.os, "replace", full)
+    monkeypatch.setattr(os, "replace", full)
     failures: list[Any] = []
     store.record_unverified(b"10.1.2.3", key).addErrback(failures.append)
     assert len(failures) == 1 and failures[0].check(OSError)

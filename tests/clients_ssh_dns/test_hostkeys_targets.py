@@ -59,7 +59,7 @@ async def test_slavealloc_devices_and_their_foopies_each_once() -> None:
         Device("panda-0004", "FOOPY02"),  # a foopy slavealloc lists
         Device("panda-0005", None),  # no foopy: SlaveAPI logs in to the device itself
     )
-    targets = await _targets(_CONFIG, _DNS(), slavealloc, devices)  # type: ignore[arg-type]
+    targets = await _targets(_CONFIG, _DNS(), slavealloc, devices)  # type: ignore[arg-type]  # partial fakes
     assert targets == [
         _Target("bld-linux64-ix-001", "bld-linux64-ix-001.build.example.com"),
         _Target("panda-0001", "panda-0001.build.example.com"),
@@ -76,5 +76,5 @@ async def test_slavealloc_devices_and_their_foopies_each_once() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_without_devices_json_only_slavealloc_is_scanned() -> None:
-    targets = await _targets(_CONFIG, _DNS(), _Slavealloc("bld-linux64-ix-001"), _Devices())  # type: ignore[arg-type]
+    targets = await _targets(_CONFIG, _DNS(), _Slavealloc("bld-linux64-ix-001"), _Devices())  # type: ignore[arg-type]  # partial fakes
     assert targets == [_Target("bld-linux64-ix-001", "bld-linux64-ix-001.build.example.com")]

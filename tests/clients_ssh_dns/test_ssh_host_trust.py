@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -33,7 +33,6 @@ from slaveapi.clients.ssh import (
     SSHHostKeyNotVerified,
     openssh_fingerprint,
 )
-from slaveapi.clients.ssh import _knownhosts as ssh_hostkeys
 from slaveapi.config import Secret, SSHConfig
 from tests.clients_ssh_dns.conch_peer import ConchPeer, new_key
 
@@ -254,7 +253,8 @@ async def test_a_third_session_waits_for_a_free_one_and_gives_up_at_the_bound(pe
     runs = [Deferred.fromCoroutine(client.run(HOST, f"job-{n}", port=port)) for n in range(5)]
     await server.state.commands_started(2)
     waiting = await DeferredList(runs[2:], consumeErrors=True)
-    for ok, failure in waiting:
+    for ok, outcome in waiting:
+        failure = cast(Failure, outcome)
         assert not ok and failure.check(SSHBusy)
         assert str(failure.value) == (
             f"ssh {HOST}:{port}: no SSH session came free within 3s"
@@ -318,7 +318,7 @@ def test_a_rewrite_only_ever_renames_a_complete_file_over_the_old_one(
         seen.append((Path(target).read_bytes(), Path(source).read_bytes()))
         real_replace(source, target)
 
-    monkeypatch.setattr(ssh_hostkeys.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     known.add([b"10.1.2.4"], second)
     assert seen == [(before, path.read_bytes())]
     assert path.read_bytes().startswith(before) and b"10.1.2.4 ssh-ed25519 " in path.read_bytes()
@@ -337,7 +337,7 @@ def test_a_crash_while_writing_leaves_the_old_file_intact(
     def crash(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ssh_hostkeys.os, failing, crash)
+    monkeypatch.setattr(os, failing, crash)
     with pytest.raises(OSError):
         store.verified.add([b"10.1.2.4"], new_key())
     dropped, written = store.forget(b"10.1.2.3")

@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import error as net_error
-from twisted.internet import reactor as _reactor
+from twisted.internet import error as net_error, reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater

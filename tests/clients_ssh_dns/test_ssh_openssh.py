@@ -32,14 +32,13 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.ssh.keys import Key
-from twisted.internet import error as net_error
-from twisted.internet import reactor as _reactor
+from twisted.internet import error as net_error, reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -608,19 +607,19 @@ async def test_tofu_records_key_unverified_keeps_it_so_after_a_key_login_and_ref
     # The same sshd, on the same port, now serves another key.
     await server.swap_host_key(_host_key(tmp_path / "key-b"))
     logins_before = server.count(f" for {USER} from ")
-    with pytest.raises(SSHHostKeyMismatch) as caught:
+    with pytest.raises(SSHHostKeyMismatch) as mismatch:
         await passwords_only.run("127.0.0.1", "true", port=server.port)
-    assert not isinstance(caught.value, SSHHostKeyNotVerified)
-    assert str(caught.value) == (
+    assert not isinstance(mismatch.value, SSHHostKeyNotVerified)
+    assert str(mismatch.value) == (
         f"ssh 127.0.0.1:{server.port}: host key changed (ssh-ed25519 {server.fingerprint()}"
         f" does not match the key recorded in {unverified})"
     )
     # A new client reading the same files refuses it too, even with a key to log in with.
-    with pytest.raises(SSHHostKeyMismatch) as caught:
+    with pytest.raises(SSHHostKeyMismatch) as caught_again:
         await _client(known_hosts, host_keys="tofu", keys={USER: (client_keys.good,)}).run(
             "127.0.0.1", "true", port=server.port
         )
-    assert not isinstance(caught.value, SSHHostKeyNotVerified)
+    assert not isinstance(caught_again.value, SSHHostKeyNotVerified)
     assert server.count(f" for {USER} from ") == logins_before  # stopped at the key exchange
     assert known_hosts.read_text() == ""
     assert unverified.read_text() == line
@@ -715,7 +714,8 @@ async def test_concurrent_first_use_records_every_host(
     passwords_only = _client(known_hosts, host_keys="tofu")
     runs = [Deferred.fromCoroutine(passwords_only.run(address, "true", port=sshd.port)) for address in ADDRESSES]
     results = await DeferredList(runs, consumeErrors=True)
-    for (succeeded, failure), address in zip(results, ADDRESSES):
+    for (succeeded, outcome), address in zip(results, ADDRESSES, strict=True):
+        failure = cast(Failure, outcome)
         assert not succeeded and failure.check(SSHHostKeyNotVerified)
         assert str(failure.value).startswith(f"ssh {address}:{sshd.port}: host key not verified (")
     await _flushed(passwords_only)
@@ -725,7 +725,7 @@ async def test_concurrent_first_use_records_every_host(
     keyed = _client(known_hosts, {}, host_keys="tofu", keys={USER: (client_keys.good,)})
     runs = [Deferred.fromCoroutine(keyed.run(address, "echo $SSH_CONNECTION", port=sshd.port)) for address in ADDRESSES]
     results = await DeferredList(runs, fireOnOneErrback=True, consumeErrors=True)
-    for (succeeded, result), address in zip(results, ADDRESSES):
+    for (succeeded, result), address in zip(results, ADDRESSES, strict=True):
         assert succeeded and result.exit_code == 0
         assert result.stdout.endswith(f" {address} {sshd.port}\n")
     await _flushed(keyed)
@@ -805,7 +805,9 @@ async def test_a_key_of_another_user_does_not_let_you_in(
     )
     with pytest.raises(SSHAuthenticationFailed) as caught:
         await client.run("127.0.0.1", "true", port=sshd.port)
-    assert str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (1 user, 2 keys, 0 passwords tried)"
+    assert (
+        str(caught.value) == f"ssh 127.0.0.1:{sshd.port}: every login was rejected (1 user, 2 keys, 0 passwords tried)"
+    )
     assert sshd.count(f"Accepted publickey for {OTHER}") == 0
     # Its password is fine, after its keys were refused.
     both = _client(

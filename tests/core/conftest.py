@@ -14,6 +14,7 @@ from slaveapi.config import (
     BuildapiConfig,
     Config,
     Credentials,
+    InventoryConfig,
     Secret,
     ServerConfig,
     ServiceURL,
@@ -29,7 +30,7 @@ def make_config(tokens: dict[str, str | ApiToken] | None = None, protect_reads: 
         path="/nonexistent/slaveapi.ini",
         server=ServerConfig(),
         slavealloc=ServiceURL("http://127.0.0.1:1/slavealloc"),
-        inventory=ServiceURL("http://127.0.0.1:1/inventory"),
+        inventory=InventoryConfig("http://127.0.0.1:1/inventory"),
         bugzilla=ServiceURL("http://127.0.0.1:1/bugzilla"),
         buildapi=BuildapiConfig("http://127.0.0.1:1/buildapi"),
         slaves=SlavesConfig(default_domain="example.test"),
@@ -60,10 +61,11 @@ def context_box() -> SimpleNamespace:
     # Imported here: the SSH client (which the fakes and the context bring in)
     # imports conch, which installs the default reactor, and this module is
     # loaded before pytest-twisted installs the asyncio one.
-    from fake_fleet import fake_clients
     from twisted.internet import reactor
 
     from slaveapi.context import Context
+
+    from .fake_fleet import fake_clients
 
     return SimpleNamespace(context=Context(config=make_config(), clients=fake_clients(clock=reactor), reactor=reactor))
 

@@ -9,21 +9,23 @@ The actions are fakes that wait on Deferreds the test fires; nothing sleeps.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from fake_fleet import fake_clients
 from slaveapi.actions import Action, ActionRun
 from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.machines import identify
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import PENDING, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import SQLiteResultStore
+
+from .fake_fleet import fake_clients
 
 
 class _Gated:
@@ -210,7 +212,9 @@ async def test_two_machines_whose_names_share_a_first_label_never_share_a_reques
     make: Callable[..., ActionProcessor], context_box: SimpleNamespace
 ) -> None:
     """slavealloc knows 10.1.2.3 and 10.9.8.7: two machines, two reboots, at once."""
-    context_box.context = dataclasses.replace(context_box.context, clients=fake_clients(("10.1.2.3", "10.9.8.7", "web1")))
+    context_box.context = dataclasses.replace(
+        context_box.context, clients=fake_clients(("10.1.2.3", "10.9.8.7", "web1"))
+    )
     ctx = context_box.context
     processor = make(lambda: Limits(concurrency=4, read_concurrency=3, max_queued=10))
     reboots = _Gated()

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from slaveapi._yesno import parse_yes_no
 from slaveapi.config import (
     API_SCOPES,
     ApiToken,
-    InventoryConfig,
     AuthConfig,
     BuildapiConfig,
     Config,
@@ -24,6 +24,7 @@ from slaveapi.config import (
     Credentials,
     DNSConfig,
     HTTPConfig,
+    InventoryConfig,
     LoggingConfig,
     Secret,
     ServerConfig,
@@ -34,7 +35,6 @@ from slaveapi.config import (
     load_config,
     load_credentials,
 )
-from slaveapi._yesno import parse_yes_no
 
 _SSH_PASSWORD = "ssh-password-one"
 _SSH_PASSWORD_2 = "ssh-password-two"
@@ -188,7 +188,11 @@ def test_full_ini_loads_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyP
         listen="tcp:8080:interface=0.0.0.0", concurrency=20, daemonize=True, pidfile="run/slaveapi.pid"
     )
     assert config.slavealloc == ServiceURL("http://127.0.0.1:8001/api")
-    assert config.inventory == InventoryConfig("https://127.0.0.1:8002/en-US/tasty-api/v1", "slaveapi", dns_api_url="https://127.0.0.1:8002/en-US/tasty-api/v1" + "/mozdns/api/v1_dns")
+    assert config.inventory == InventoryConfig(
+        "https://127.0.0.1:8002/en-US/tasty-api/v1",
+        "slaveapi",
+        dns_api_url="https://127.0.0.1:8002/en-US/tasty-api/v1" + "/mozdns/api/v1_dns",
+    )
     assert config.bugzilla == ServiceURL("https://127.0.0.1:8003/rest", "slaveapi@example.test")
     assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=4)
     assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="IPMIADMIN")
@@ -235,7 +239,9 @@ def test_minimal_ini_gets_the_defaults(tmp_path: Path) -> None:
     assert config.server == ServerConfig(
         listen="tcp:9999:interface=127.0.0.1", concurrency=50, daemonize=False, pidfile="slaveapi.pid"
     )
-    assert config.inventory == InventoryConfig("http://127.0.0.1:8002/api", None, dns_api_url="http://127.0.0.1:8002/api" + "/mozdns/api/v1_dns")
+    assert config.inventory == InventoryConfig(
+        "http://127.0.0.1:8002/api", None, dns_api_url="http://127.0.0.1:8002/api" + "/mozdns/api/v1_dns"
+    )
     assert config.buildapi == BuildapiConfig("http://127.0.0.1:8004/buildapi", max_concurrent=3)
     assert config.slaves == SlavesConfig(default_domain="build.example.test", ipmi_username="ADMIN")
     assert config.logging == LoggingConfig()
@@ -282,7 +288,12 @@ def test_booleans(tmp_path: Path, raw: str, expected: bool) -> None:
 @pytest.mark.parametrize("raw", ["maybe", "2", "enabled"])
 def test_booleans_are_the_web_vocabulary(tmp_path: Path, raw: str) -> None:
     # One yes/no vocabulary for the ini and request parameters.
-    assert (parse_yes_no(raw), parse_yes_no("Yes "), parse_yes_no(" 0"), parse_yes_no("ON")) == (None, True, False, True)
+    assert (parse_yes_no(raw), parse_yes_no("Yes "), parse_yes_no(" 0"), parse_yes_no("ON")) == (
+        None,
+        True,
+        False,
+        True,
+    )
     path = _write(tmp_path, _replace(_FULL_INI, "daemonize = yes", f"daemonize = {raw}"))
     assert _error(path) == f"{path}: [server] daemonize: expected true or false, got {raw!r}"
 
@@ -309,7 +320,7 @@ def test_secret_never_shows_its_value() -> None:
     assert str(secret) == masked
     assert f"{secret}" == masked
     assert format(secret) == masked
-    assert "%s %r" % (secret, secret) == f"{masked} {masked}"
+    assert "%s %r" % (secret, secret) == f"{masked} {masked}"  # noqa: UP031  # %-formatting is under test
     assert _TOKEN not in repr([secret, {"token": secret}])
     assert secret.reveal() == _TOKEN
     assert secret == Secret(_TOKEN)
@@ -637,7 +648,9 @@ def test_credentials_unusable_ssh_key_is_a_one_line_error_naming_the_file(tmp_pa
 @pytest.mark.parametrize("value", [{"path": "k"}, [1], [""], 7])
 def test_credentials_ssh_keys_user_not_a_list_of_paths(tmp_path: Path, value: Any) -> None:
     path = _write(tmp_path, _FULL_INI, credentials=dict(_CREDENTIALS, ssh_keys={"cltbld": value}))
-    assert _error(path) == f"{tmp_path / 'credentials.json'}: ssh_keys.cltbld: expected a list of private key file paths"
+    assert (
+        _error(path) == f"{tmp_path / 'credentials.json'}: ssh_keys.cltbld: expected a list of private key file paths"
+    )
 
 
 def test_credentials_ssh_keys_not_an_object(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ import os
 import sqlite3
 import stat
 import threading
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -26,7 +27,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from slaveapi.actions import Action, ActionRun
-from slaveapi.datadir import DataDirBusy, LOCK_FILE, ensure_data_dir, lock_data_dir
+from slaveapi.datadir import LOCK_FILE, DataDirBusy, ensure_data_dir, lock_data_dir
 from slaveapi.processor import FINAL_WRITE_MAX_DELAY, FINAL_WRITE_PATIENCE, ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS
 from slaveapi.service import ServiceOptions, StartupError, make_service
@@ -63,7 +64,7 @@ class _Disk:
         self._released = threading.Event()
         self.statements: list[str] = []
 
-    def connect(self, path: str, **kwargs: Any) -> "_Connection":
+    def connect(self, path: str, **kwargs: Any) -> _Connection:
         return _Connection(sqlite3.connect(path, **kwargs), self)
 
     def release(self) -> None:
@@ -168,10 +169,10 @@ async def service(tmp_path: Any, clock: Clock, context_box: SimpleNamespace) -> 
     from twisted.internet import reactor
 
     disk = _Disk()
-    store = SQLiteResultStore(str(tmp_path / "results.sqlite"), reactor, connect=disk.connect)
+    store = SQLiteResultStore(str(tmp_path / "results.sqlite"), reactor, connect=disk.connect)  # type: ignore[arg-type]  # a sqlite3.Connection look-alike
     store.open()
     under_test = _Service(store, disk, clock, context_box)
-    under_test.port = reactor.listenTCP(0, Site(under_test.app.resource()), interface="127.0.0.1")
+    under_test.port = reactor.listenTCP(0, Site(under_test.app.resource()), interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted's ServerFactory generics
     under_test.url = f"http://127.0.0.1:{under_test.port.getHost().port}"
     try:
         yield under_test
@@ -233,7 +234,7 @@ async def test_store_create_failing_raises_and_records_nothing(tmp_path: Any) ->
     from twisted.internet import reactor
 
     disk = _Disk()
-    store = SQLiteResultStore(str(tmp_path / "r.sqlite"), reactor, connect=disk.connect)
+    store = SQLiteResultStore(str(tmp_path / "r.sqlite"), reactor, connect=disk.connect)  # type: ignore[arg-type]  # a sqlite3.Connection look-alike
     store.open()
     try:
         disk.full = True
@@ -252,7 +253,7 @@ async def test_a_change_that_cannot_be_written_is_not_shown(tmp_path: Any) -> No
     from twisted.internet import reactor
 
     disk = _Disk()
-    store = SQLiteResultStore(str(tmp_path / "r.sqlite"), reactor, connect=disk.connect)
+    store = SQLiteResultStore(str(tmp_path / "r.sqlite"), reactor, connect=disk.connect)  # type: ignore[arg-type]  # a sqlite3.Connection look-alike
     store.open()
     try:
         mine = await store.create("bld-1", "reboot", None)
@@ -328,7 +329,7 @@ def _event(event: threading.Event) -> Deferred[bool]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_final_write_that_fails_is_retried_until_the_disk_has_room(service: _Service) -> None:
-    code, posted, _ = await service.request("POST", "/slaves/bld-1/actions/gated")
+    _code, posted, _ = await service.request("POST", "/slaves/bld-1/actions/gated")
     requestid = posted["requestid"]
     await _within(service.action.started[0])
     result = posted_result(service, requestid)
@@ -350,7 +351,7 @@ async def test_a_final_write_that_fails_is_retried_until_the_disk_has_room(servi
     service.clock.advance(8)
     await _within(waiter)
     assert (result.state, result.text) == (SUCCESS, "Rebooted.")
-    code, body, _ = await service.request("GET", f"/slaves/bld-1/actions/gated?requestid={requestid}")
+    _code, body, _ = await service.request("GET", f"/slaves/bld-1/actions/gated?requestid={requestid}")
     assert (body["state"], body["text"]) == (SUCCESS, "Rebooted.")
 
 
@@ -358,7 +359,7 @@ async def test_a_final_write_that_fails_is_retried_until_the_disk_has_room(servi
 async def test_a_final_write_is_given_up_after_its_patience(service: _Service) -> None:
     from twisted.internet import reactor
 
-    code, posted, _ = await service.request("POST", "/slaves/bld-1/actions/gated")
+    _code, posted, _ = await service.request("POST", "/slaves/bld-1/actions/gated")
     requestid = posted["requestid"]
     await _within(service.action.started[0])
     result = posted_result(service, requestid)
@@ -393,7 +394,7 @@ async def test_a_final_write_is_given_up_after_its_patience(service: _Service) -
 
 @pytest_twisted.ensureDeferred
 async def test_an_action_whose_start_cannot_be_recorded_does_not_run(service: _Service) -> None:
-    code, first, _ = await service.request("POST", "/slaves/bld-1/actions/locked")
+    await service.request("POST", "/slaves/bld-1/actions/locked")
     await _within(service.action.started[0])
     # Recorded, then waiting for the machine's lock while the disk fills up.
     code, second, _ = await service.request("POST", "/slaves/bld-1/actions/locked")
@@ -465,7 +466,7 @@ async def test_every_commit_is_synced_and_files_are_private(tmp_path: Any) -> No
 
     disk = _Disk()
     path = str(tmp_path / "r.sqlite")
-    store = SQLiteResultStore(path, reactor, connect=disk.connect)
+    store = SQLiteResultStore(path, reactor, connect=disk.connect)  # type: ignore[arg-type]  # a sqlite3.Connection look-alike
     store.open()
     try:
         await store.create("bld-1", "reboot", None)
@@ -516,7 +517,7 @@ def test_make_service_refuses_a_data_directory_in_use(tmp_path: Any) -> None:
     finally:
         holder.release()
     # A start-up that fails later gives the directory up again.
-    with pytest.raises(StartupError, match="missing.ini"):
+    with pytest.raises(StartupError, match=r"missing\.ini"):
         make_service(options, reactor)
     lock_data_dir(data).release()
 

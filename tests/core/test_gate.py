@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, cast
 
 import pytest_twisted
-from conftest import make_config
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -28,6 +29,8 @@ from slaveapi.processor import ActionProcessor
 from slaveapi.store import SQLiteResultStore
 from slaveapi.web.gate import GatedSite
 from slaveapi.web.routes import SlaveAPIWeb
+
+from .conftest import make_config
 
 _TOKEN = "dashboard-token-0123456789abcdef"
 _LIMIT = 10.0
@@ -51,7 +54,7 @@ class _RawClient(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:
         self.closed.callback(self.received)
 
 
@@ -97,8 +100,8 @@ class _Gate:
         echo = Action(name="echo_action", run=_echo, scope="inspect", arguments=_parse_note, routes=("echo",))
         web = SlaveAPIWeb(processor, store, lambda: box.context, actions=[echo])
         self.site = GatedSite(web.resource(), lambda: box.context.config)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.number = self.port.getHost().port
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted's ServerFactory generics
+        self.number = cast(IPv4Address, self.port.getHost()).port
 
     def configure(self, **changes: Any) -> None:
         """Replace parts of the configuration: server=..., auth=..., tokens=..."""

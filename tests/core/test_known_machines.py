@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
-from conftest import make_config
 
-from fake_fleet import fake_clients
 from slaveapi.clients.http import RemoteError
 from slaveapi.config import AWSConfig, ConfigError, load_config
 from slaveapi.context import Context
@@ -27,6 +25,9 @@ from slaveapi.machines import (
     identify,
     identify_loaner,
 )
+
+from .conftest import make_config
+from .fake_fleet import fake_clients
 
 _EXAMPLE_INI = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "slaveapi.ini")
 

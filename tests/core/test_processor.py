@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -83,7 +84,7 @@ def _soon(function: Callable[..., Any], *args: Any) -> None:
     reactor.callLater(0, function, *args)
 
 
-class _InsertionOrderedSet(set):  # type: ignore[type-arg]
+class _InsertionOrderedSet(set[Any]):
     """A set that iterates in insertion order, to make iteration-dependent behaviour repeatable."""
 
     def __init__(self) -> None:
@@ -474,7 +475,7 @@ async def test_single_flight_answers_the_request_in_flight(
     processor = make_processor(concurrency=1)
     blocker_body = _Controlled()
     body = _Controlled()
-    blocker = await processor.submit("bld-9", _action(blocker_body, name="blocker"))
+    await processor.submit("bld-9", _action(blocker_body, name="blocker"))
     await _within(blocker_body.started(0))
     reboot = _action(body, name="reboot", exclusive=True, single_flight=True)
 
@@ -678,7 +679,7 @@ async def test_waiters_are_told_only_once_the_result_is_on_disk(
             db.close()
         seen.append((state, json.loads(text)))
 
-    waiter = processor.wait(result, 60).addCallback(read_row)
+    waiter: Deferred[None] = processor.wait(result, 60).addCallback(read_row)
     call.gate.callback({"uptime": 5})
     await _within(waiter)
     assert seen == [(SUCCESS, {"uptime": 5})]

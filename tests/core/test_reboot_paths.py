@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from slaveapi.actions import ActionFailure, ActionLog, ActionRun
 from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES, reboot
+from slaveapi.clients.probe import ProbeError
 from slaveapi.clients.ssh import CommandResult, SSHBusy
 from slaveapi.testing import FakeHost, Fakes, make_fakes, run_on_clock
 
@@ -104,7 +105,7 @@ def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_n
 
 def test_a_probe_that_cannot_run_skips_ssh_with_the_reason() -> None:
     fakes = _fakes()
-    fakes.prober.error = RuntimeError("no ping command found")
+    fakes.prober.error = ProbeError("no ping command found")
     text, _ = _reboot(fakes, update_bug=False)
     assert text.split("\n")[0] == "Skipping SSH reboot: cannot probe the machine: no ping command found."
     assert fakes.ssh.logins == []

@@ -101,7 +101,9 @@ def test_ssh_refused_ipmi_times_out_and_the_pdu_works() -> None:
 
 def test_everything_fails_and_a_bug_is_filed() -> None:
     fakes = _fakes(bmc_ip=BMC, outlet=OUTLET, up=False, comes_back=False)
-    fakes.pdu.outcomes[OUTLET] = Outcome(PDUError("pdu1.example.test:161", "AA1", "set off", "no answer within 5s"), after=5.0)
+    fakes.pdu.outcomes[OUTLET] = Outcome(
+        PDUError("pdu1.example.test:161", "AA1", "set off", "no answer within 5s"), after=5.0
+    )
 
     text, _ = _walk(fakes)
 

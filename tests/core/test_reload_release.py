@@ -50,9 +50,9 @@ async def test_a_reload_releases_changed_clients_only_when_idle(tmp_path: Any) -
     async def closing(name: str) -> None:
         closed.append(name)
 
-    old.clients.ipmi.close = lambda: closing("ipmi")  # type: ignore[method-assign]
-    old.clients.pdu.close = lambda: closing("pdu")  # type: ignore[method-assign]
-    old.clients.aws.close = lambda: closing("aws")  # type: ignore[method-assign]
+    old.clients.ipmi.close = lambda: closing("ipmi")  # type: ignore[method-assign]  # records the release
+    old.clients.pdu.close = lambda: closing("pdu")  # type: ignore[method-assign]  # records the release
+    old.clients.aws.close = lambda: closing("aws")  # type: ignore[method-assign]  # records the release
     busy.add(id(old))
 
     _write(tmp_path, 20)
@@ -64,7 +64,9 @@ async def test_a_reload_releases_changed_clients_only_when_idle(tmp_path: Any) -
         assert holder._release_idle() is None  # an action still uses the old context
         assert closed == []
         busy.clear()
-        await holder._release_idle()
+        released = holder._release_idle()
+        assert released is not None
+        await released
         # Only what the new context does not share is released.
         assert closed == ["ipmi"]
         assert holder._release_idle() is None

@@ -4,7 +4,9 @@ from slaveapi.results import FAILURE, SUCCESS, ActionResult, dictify_results
 
 
 def test_to_dict_has_the_reference_keys() -> None:
-    result = ActionResult("linux-ix-slave04", "reboot", 234567832, SUCCESS, "Great success!", 1392414314, 1392414315, 1392414316)
+    result = ActionResult(
+        "linux-ix-slave04", "reboot", 234567832, SUCCESS, "Great success!", 1392414314, 1392414315, 1392414316
+    )
     assert result.to_dict() == {
         "state": 2,
         "text": "Great success!",

@@ -6,11 +6,10 @@ where an endpoint listens, token scopes and disable's reason.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from conftest import make_config
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from slaveapi.actions.disable import check_reason
 from slaveapi.actions.registry import ACTIONS
@@ -20,6 +19,8 @@ from slaveapi.web.auth import Client, authorize
 from slaveapi.web.errors import HTTPProblem
 from slaveapi.web.listening import check_anonymous_exposure, listens_on_loopback_only
 from slaveapi.web.screening import Arrival, check_host, check_length, check_origin
+
+from .conftest import make_config
 
 LOOPBACK = Arrival("127.0.0.1", 9999, secure=False)
 
@@ -189,12 +190,13 @@ def test_anonymous_exposure_is_refused_unless_allowed_and_then_warned() -> None:
     check_anonymous_exposure(make_config(tokens={"dashboard": "d" * 32}), "tcp:9999:interface=0.0.0.0")
 
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         allowed = dataclasses.replace(make_config(), auth=AuthConfig(allow_anonymous=True))
         check_anonymous_exposure(allowed, "tcp:9999:interface=0.0.0.0")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     warnings = [event for event in events if "allow_anonymous" in event.get("log_format", "")]
     assert len(warnings) == 1 and warnings[0]["listen"] == "tcp:9999:interface=0.0.0.0"
     assert warnings[0]["log_level"].name == "warn"

@@ -325,10 +325,10 @@ class CertificateAuthority:
     certificate: x509.Certificate
 
     @classmethod
-    def make(cls, name: str) -> "CertificateAuthority":
+    def make(cls, name: str) -> CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -357,7 +357,7 @@ class CertificateAuthority:
     def issue(self, dns_name: str) -> CertificateOptions:
         """Server TLS options with a certificate for C{dns_name} signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
@@ -374,7 +374,7 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return CertificateOptions(privateKey=key, certificate=certificate)
+        return CertificateOptions(privateKey=key, certificate=certificate)  # type: ignore[arg-type]  # takes cryptography keys too
 
 
 @dataclass
@@ -398,7 +398,7 @@ class Masters:
             BuildbotConfig(**settings),
             Secret(MASTER_PASSWORD),
             make_http_client(reactor, self.pool),
-            _FakeDNS(),  # type: ignore[arg-type]
+            _FakeDNS(),  # type: ignore[arg-type]  # a one-method fake
             5.0,
             reactor,
             tls_policy=policy,
@@ -468,7 +468,9 @@ async def test_a_certificate_not_trusted_or_not_for_the_master_fails_the_call(ma
     assert message == f"master bm01-build1: POST {url} failed: TLS handshake failed: certificate verify failed"
 
     # The master's fqdn resolves to the server, but its certificate names another host.
-    impostor = reactor.listenSSL(0, Site(masters.resource), masters.ca.issue("bm99.masters.test"), interface="127.0.0.1")
+    impostor = reactor.listenSSL(
+        0, Site(masters.resource), masters.ca.issue("bm99.masters.test"), interface="127.0.0.1"
+    )
     try:
         renamed = MasterRecord(1, "bm01-build1", FQDN, impostor.getHost().port, 9001, True)
         message = await refused(masters.client(scheme="https"), renamed)

@@ -12,26 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
 import pytest_twisted
-from conftest import make_config
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from slaveapi.actions import Action, ActionFailure, ActionRun, ArgumentError
 from slaveapi.actions.registry import ACTIONS
+from slaveapi.config import ApiToken
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS
 from slaveapi.store import SQLiteResultStore
 from slaveapi.web.actions import route_table
 from slaveapi.web.routes import SlaveAPIWeb
+
+from .conftest import make_config
 
 _TOKEN = "dashboard-token-0123456789abcdef"
 _OTHER_TOKEN = "buildduty-token-fedcba9876543210"
@@ -57,7 +61,7 @@ class _FlushWhenFinished(Resource):
             # Not from inside the pump that may be running right now.
             reactor.callLater(0, self._flush)
 
-        request.notifyFinish().addBoth(flush)
+        cast(Request, request).notifyFinish().addBoth(flush)
         return self._app.render(request)
 
     def _flush(self) -> None:
@@ -151,7 +155,7 @@ class _Web:
         self.stub = StubTreq(self._root)
         self._root.stub = self.stub
 
-    def configure(self, tokens: dict[str, str] | None = None, protect_reads: bool = False) -> None:
+    def configure(self, tokens: dict[str, str | ApiToken] | None = None, protect_reads: bool = False) -> None:
         config = make_config(tokens=tokens, protect_reads=protect_reads)
         self.context_box.context = dataclasses.replace(self.context_box.context, config=config)
 
@@ -161,9 +165,10 @@ class _Web:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers[b"Authorization"] = [b"Bearer " + token.encode()]
-        d = self.stub.request(method, "http://127.0.0.1" + path, headers=headers, **kwargs)
+        d = self.stub.request(  # type: ignore[attr-defined]  # StubTreq builds its methods at run time
+            method, "http://127.0.0.1" + path, headers=headers, **kwargs)
         response = await d.addTimeout(5, reactor)
-        raw = await self.stub.content(response).addTimeout(5, reactor)
+        raw = await self.stub.content(response).addTimeout(5, reactor)  # type: ignore[attr-defined]  # as above
         return _Answer(response.code, response.headers, raw)
 
     async def finished(self, requestid: int) -> None:
@@ -467,7 +472,7 @@ def test_every_action_is_served_under_its_routes() -> None:
 
 def test_two_actions_cannot_claim_one_route() -> None:
     first, second = Action(name="first", run=_quick), Action(name="second", run=_quick, routes=("first",))
-    with pytest.raises(ValueError, match="^route 'first' is claimed by both first and second$"):
+    with pytest.raises(ValueError, match=r"^route 'first' is claimed by both first and second$"):
         route_table([first, second])
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -80,7 +81,9 @@ def _resolver(service: RunningService) -> DNSClient:
     return DNSClient(reactor, service.lab.domain, (("127.0.0.1", service.lab.dns_port),), 2.0)
 
 
-async def _check_loaner(service: RunningService, payload: dict[str, Any], name: str, bug: str, nick: str) -> dict[str, Any]:
+async def _check_loaner(
+    service: RunningService, payload: dict[str, Any], name: str, bug: str, nick: str
+) -> dict[str, Any]:
     """The loaner EC2, DNS and inventory know of agrees with the payload; returns it from EC2."""
     lab = service.lab
     assert lab.ec2 is not None
@@ -159,7 +162,12 @@ async def test_create_a_32bit_test_loaner_with_disambig_from_the_launch_template
     assert (code, result["state"]) == (200, 2), result
     payload = result["text"]
     # Launched from the lab's launch template, whose tags EC2 adds.
-    assert set(payload) == LOANER_TAGS | {"ip", "instance_id", "aws:ec2launchtemplate:id", "aws:ec2launchtemplate:version"}
+    assert set(payload) == LOANER_TAGS | {
+        "ip",
+        "instance_id",
+        "aws:ec2launchtemplate:id",
+        "aws:ec2launchtemplate:version",
+    }
     assert (payload["moz-loaned-to"], payload["moz-type"]) == ("J.Doe@example.com", "tst-linux32")
     instance = await _check_loaner(lab_service, payload, "tst-linux32-ec2-j-doe7", "77", "j-doe")
     assert lab_service.lab.ec2 is not None
@@ -185,7 +193,9 @@ async def test_create_a_64bit_test_loaner_by_default_and_one_named_by_the_slave(
 @pytest_twisted.ensureDeferred
 async def test_an_existing_instance_is_not_created_again(lab_service: RunningService) -> None:
     [existing] = await _instances(lab_service, "dev-linux64-ec2-lab5")
-    code, result = await create(lab_service, "dev-linux64-ec2-lab5", email="x@example.com", bug="1", instance_type="build")
+    code, result = await create(
+        lab_service, "dev-linux64-ec2-lab5", email="x@example.com", bug="1", instance_type="build"
+    )
     assert (code, result["state"]) == (200, 3)
     assert result["text"] == (
         "Checking that dev-linux64-ec2-lab5 is not taken...Failed: Instance 'dev-linux64-ec2-lab5' already exists "
@@ -219,7 +229,9 @@ async def test_only_loaner_names_of_the_asked_type_are_created(lab_service: Runn
     code, body = await create(lab_service, "bld-linux64-lab-001", email="x@example.com", bug="1", instance_type="build")
     assert (code, body["error"]) == (404, "not_found"), body
     assert body["msg"].startswith("slave: bld-linux64-lab-001 is not a loaner name")
-    code, result = await create(lab_service, "dev-linux64-ec2-typo", email="x@example.com", bug="1", instance_type="test")
+    code, result = await create(
+        lab_service, "dev-linux64-ec2-typo", email="x@example.com", bug="1", instance_type="test"
+    )
     assert (code, result["state"]) == (200, 3)
     assert result["text"] == (
         "dev-linux64-ec2-typo is a build loaner name; instance_type=test expects one matching "
@@ -288,9 +300,12 @@ async def test_a_launch_that_never_runs_is_terminated_and_its_records_removed(la
 
     holder = next(child for child in lab_service.service if isinstance(child, ContextHolder))
     ctx: Context = holder.context()
-    failing = dataclasses.replace(ctx, clients=dataclasses.replace(ctx.clients, aws=_NeverRunning(ctx.clients.aws)))
+    never_running = _NeverRunning(cast(AWSClient, ctx.clients.aws))
+    failing = dataclasses.replace(ctx, clients=dataclasses.replace(ctx.clients, aws=never_running))
     shown: list[str] = []
-    run = ActionRun(failing, "default", 0, "aws_create_instance", ActionLog(Logger(), "default", 0, "test"), shown.append)
+    run = ActionRun(
+        failing, "default", 0, "aws_create_instance", ActionLog(Logger(), "default", 0, "test"), shown.append
+    )
     with pytest.raises(ActionFailure) as failure:
         await aws_create_instance(run, email="stuck@example.com", bug=11, instance_type="build")
     [instance] = await _instances(lab_service, "dev-linux64-ec2-stuck")
@@ -315,17 +330,35 @@ async def test_a_launch_that_never_runs_is_terminated_and_its_records_removed(la
 @pytest.mark.parametrize(
     "fields, msg",
     [
-        ({}, "missing field(s) email, bug, instance_type; required: email, bug, instance_type; received: waittime='60'"),
+        (
+            {},
+            "missing field(s) email, bug, instance_type; required: email, bug, instance_type; received: waittime='60'",
+        ),
         (
             {"email": "a@example.com", "bug": "5"},
             "missing field(s) instance_type; required: email, bug, instance_type; "
             "received: bug='5', email='a@example.com', waittime='60'",
         ),
-        ({"email": "a@example.com", "bug": "5", "instance_type": "prod"}, "instance_type: expected 'build' or 'test', got 'prod'"),
-        ({"email": "a@example.com", "bug": "5", "instance_type": "build", "arch": "32"}, "arch: 32bit instances are not used for building"),
-        ({"email": "a@example.com", "bug": "5", "instance_type": "test", "arch": "16"}, "arch: expected 32 or 64, got '16'"),
-        ({"email": "a@example.com", "bug": "5", "instance_type": "test", "disambig": "x"}, "disambig: expected a non-negative integer, got 'x'"),
-        ({"email": "nobody", "bug": "5", "instance_type": "test"}, "email: expected an email address (user@domain), got 'nobody'"),
+        (
+            {"email": "a@example.com", "bug": "5", "instance_type": "prod"},
+            "instance_type: expected 'build' or 'test', got 'prod'",
+        ),
+        (
+            {"email": "a@example.com", "bug": "5", "instance_type": "build", "arch": "32"},
+            "arch: 32bit instances are not used for building",
+        ),
+        (
+            {"email": "a@example.com", "bug": "5", "instance_type": "test", "arch": "16"},
+            "arch: expected 32 or 64, got '16'",
+        ),
+        (
+            {"email": "a@example.com", "bug": "5", "instance_type": "test", "disambig": "x"},
+            "disambig: expected a non-negative integer, got 'x'",
+        ),
+        (
+            {"email": "nobody", "bug": "5", "instance_type": "test"},
+            "email: expected an email address (user@domain), got 'nobody'",
+        ),
         (
             {"email": "...@example.com", "bug": "5", "instance_type": "test"},
             "email: the part before '@' of '...@example.com' gives no host name (letters, digits and '-')",
@@ -359,7 +392,7 @@ async def test_stop_start_and_terminate_an_instance(lab_service: RunningService)
         ("start", "Instance 'tst-linux64-ec2-011' starting (state: running)", "running"),
         ("terminate", "Instance 'tst-linux64-ec2-011' has been terminated (state: terminated)", "terminated"),
     ]
-    ids = {}
+    ids: dict[str, list[str]] = {}
     for action, text, state in steps:
         code, result = await post(lab_service, name, action)
         assert (code, result["state"], result["text"]) == (200, 2, text), result

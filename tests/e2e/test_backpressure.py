@@ -7,7 +7,8 @@ machines' SSH commands so that nothing finishes before the test lets it.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest_twisted
 import treq

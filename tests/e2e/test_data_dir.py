@@ -10,7 +10,8 @@ import os
 import shutil
 import stat
 import subprocess
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -77,7 +78,12 @@ async def test_the_files_slaveapi_keeps_are_private(tmp_path: Any) -> None:
     try:
         code, _ = await request_json("POST", service.url + _UPTIME, data={"waittime": "30"})
         assert code == 200
-        for name in ("slaveapi-results.sqlite", "slaveapi-results.sqlite-wal", "slaveapi-results.sqlite-shm", "slaveapi.lock"):
+        for name in (
+            "slaveapi-results.sqlite",
+            "slaveapi-results.sqlite-wal",
+            "slaveapi-results.sqlite-shm",
+            "slaveapi.lock",
+        ):
             mode = stat.S_IMODE(os.stat(os.path.join(data, name)).st_mode)
             assert mode == 0o600, f"{name}: {oct(mode)}"
         with open(os.path.join(data, "slaveapi.lock"), encoding="ascii") as handle:

@@ -16,13 +16,13 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from slaveapi.clients.ssh import openssh_fingerprint
+from slaveapi.clients.ssh import SSHClient, openssh_fingerprint
 from slaveapi.service import ContextHolder
 from tests.e2e.harness import request_json, twistd_command
 from tests.e2e.inprocess import RunningService, start_in_process
@@ -43,8 +43,8 @@ async def lab_service(tmp_path_factory: Any) -> AsyncIterator[RunningService]:
         offered.append(machine.name)
         return check_password(machine, username, password)
 
-    running.lab.ssh.check_password = recording  # type: ignore[method-assign]
-    running.offered = offered  # type: ignore[attr-defined]
+    running.lab.ssh.check_password = recording  # type: ignore[method-assign]  # records offers
+    running.offered = offered  # type: ignore[attr-defined]  # noted on the fixture
     yield running
     await running.stop()
 
@@ -67,7 +67,7 @@ def _holder(service: RunningService) -> ContextHolder:
 
 async def _host_keys_written(service: RunningService) -> None:
     """Wait (bounded) until SlaveAPI's host key files hold what it recorded (they are written in the background)."""
-    await _holder(service).context().clients.ssh.host_keys_flushed().addTimeout(10, reactor)
+    await cast(SSHClient, _holder(service).context().clients.ssh).host_keys_flushed().addTimeout(10, reactor)
 
 
 def _set_policy(service: RunningService, policy: str) -> None:
@@ -83,7 +83,7 @@ async def _uptime(service: RunningService, name: str) -> dict[str, Any]:
         "POST", f"{service.url}/slaves/{name}/actions/buildslave_uptime", data={"waittime": WAIT}
     )
     assert code == 200, result
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 async def _scan(service: RunningService, *extra: str) -> tuple[str, str, int]:
@@ -108,11 +108,11 @@ async def test_strict_a_machine_whose_key_is_not_enrolled_gets_no_password(lab_s
     assert "python -m slaveapi.hostkeys scan --config <slaveapi.ini> --write" in result["text"]
     assert openssh_fingerprint(lab_service.lab.host_key) in result["text"]
     assert lab_service.lab.ssh_password not in result["text"]
-    assert "bld-linux64-lab-001" not in lab_service.offered  # type: ignore[attr-defined]
+    assert "bld-linux64-lab-001" not in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
     # An enrolled machine is served as before (and the recorder does see passwords).
     control = await _uptime(lab_service, "tst-linux64-lab-002")
     assert control["state"] == 2 and isinstance(control["text"], int), control
-    assert "tst-linux64-lab-002" in lab_service.offered  # type: ignore[attr-defined]
+    assert "tst-linux64-lab-002" in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
 
 
 @pytest_twisted.ensureDeferred
@@ -125,7 +125,7 @@ async def test_tofu_records_the_key_but_offers_no_password_until_verified(lab_se
         assert result["state"] == 3, result
         assert "host key not verified" in result["text"]
         assert "no password was offered" in result["text"]
-    assert name not in lab_service.offered  # type: ignore[attr-defined]
+    assert name not in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
     # Recorded on first use, kept apart from the verified keys.
     await _host_keys_written(lab_service)
     machine = lab_service.lab.machine(name)
@@ -164,7 +164,7 @@ async def test_the_enrolment_command_lists_new_keys_and_writes_them(lab_service:
     assert os.stat(known_hosts).st_mode & 0o777 == 0o600
     result = await _uptime(lab_service, name)
     assert result["state"] == 2 and isinstance(result["text"], int), result["text"]
-    assert name in lab_service.offered  # type: ignore[attr-defined]
+    assert name in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
 
     out, _, _ = await _scan(lab_service)
     assert f"known    {name} " in out and "\nnew " not in out and not out.startswith("new ")
@@ -196,12 +196,18 @@ async def test_the_enrolment_command_covers_the_foopies_devices_are_reached_thro
     result = await _uptime(lab_service, device.name)
     assert result["state"] == 3, result
     assert f"ssh {foopy.ip}:{port}: host key not verified (" in result["text"]
-    assert foopy.name not in lab_service.offered  # type: ignore[attr-defined]
+    assert foopy.name not in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
 
     out, err, _code = await _scan(lab_service)
     lines = _scanned(out)
     fingerprint = openssh_fingerprint(lab.host_key)
-    assert lines[foopy.name] == ["new", foopy.name, f"[{foopy.fqdn}]:{port},[{foopy.ip}]:{port}", "ssh-ed25519", fingerprint]
+    assert lines[foopy.name] == [
+        "new",
+        foopy.name,
+        f"[{foopy.fqdn}]:{port},[{foopy.ip}]:{port}",
+        "ssh-ed25519",
+        fingerprint,
+    ]
     # Every host once: slavealloc's machines (the devices among them) and the foopy.
     listed = [line[1] for line in _host_lines(out)]
     assert sorted(listed) == sorted([machine.name for machine in lab.fleet.machines] + [foopy.name]), out + err
@@ -211,7 +217,7 @@ async def test_the_enrolment_command_covers_the_foopies_devices_are_reached_thro
     assert f"[{foopy.fqdn}]:{port},[{foopy.ip}]:{port} ssh-ed25519 " in known_hosts.read_text()
     result = await _uptime(lab_service, device.name)
     assert result["state"] == 2 and isinstance(result["text"], int), result
-    assert foopy.name in lab_service.offered  # type: ignore[attr-defined]
+    assert foopy.name in lab_service.offered  # type: ignore[attr-defined]  # noted by the fixture
     assert _scanned((await _scan(lab_service))[0])[foopy.name][0] == "known"
 
 

@@ -7,7 +7,8 @@ standing in for a host a requester controls.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import boto3
 import pytest
@@ -63,7 +64,7 @@ def recorder(lab_service: RunningService) -> Any:
     from twisted.internet import reactor
 
     factory = _Recorder()
-    port = reactor.listenTCP(lab_service.lab.ssh_port, factory, interface=INTRUDER_IP)
+    port = reactor.listenTCP(lab_service.lab.ssh_port, factory, interface=INTRUDER_IP)  # type: ignore[arg-type]  # Twisted's ServerFactory generics
     yield factory
     port.stopListening()
 

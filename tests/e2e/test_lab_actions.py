@@ -7,7 +7,8 @@ DNS and HTTP conversations with the lab.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -26,7 +27,7 @@ def service(tmp_path_factory: Any) -> Iterator[ServiceProcess]:
     launched = time.time()
     running = start_service(str(tmp_path_factory.mktemp("e2e")), "--lab", "12")
     # The lab built its fleet from its clock (this host's wall clock) somewhere in between.
-    running.lab_built = (launched, time.time())  # type: ignore[attr-defined]
+    running.lab_built = (launched, time.time())  # type: ignore[attr-defined]  # noted on the fixture
     yield running
     running.stop()
     assert "Server Shut Down." in running.log_text()
@@ -38,13 +39,15 @@ def uptime_bounds(service: ServiceProcess, name: str, asked: float, answered: fl
     C{asked} and C{answered}: it counts from a boot time fixed when it built
     its fleet, on the same clock. How long anything took does not matter.
     """
-    earliest, latest = service.lab_built  # type: ignore[attr-defined]
+    earliest, latest = service.lab_built  # type: ignore[attr-defined]  # noted by the fixture
     least = build_fleet(12, DOMAIN, latest).machine(name).uptime(asked)
     most = build_fleet(12, DOMAIN, earliest).machine(name).uptime(answered)
     return least, most
 
 
-async def post(service: ServiceProcess, slave: str, action: str, waittime: float = 30, **fields: str) -> tuple[int, Any]:
+async def post(
+    service: ServiceProcess, slave: str, action: str, waittime: float = 30, **fields: str
+) -> tuple[int, Any]:
     data = {"waittime": str(waittime), **fields}
     return await request_json("POST", f"{service.url}/slaves/{slave}/actions/{action}", data=data)
 
@@ -108,7 +111,7 @@ async def test_last_activity_states(service: ServiceProcess, slave: str, state: 
     assert set(payload) == {"last_state", "last_activity_seconds", "uptime"}
     assert payload["last_state"] == state
     assert isinstance(payload["uptime"], int) and payload["uptime"] > 0
-    assert 0 <= payload["last_activity_seconds"]
+    assert payload["last_activity_seconds"] >= 0
     if state == "booting":
         assert payload["last_activity_seconds"] == payload["uptime"] < 180
 
@@ -235,7 +238,9 @@ async def test_one_slave_in_full(service: ServiceProcess) -> None:
     assert slave["enabled"] is True and slave["basedir"] == "/builds/slave"
     assert slave["master"]["nickname"] and slave["master"]["fqdn"].endswith(DOMAIN)
     jobs = slave["recent_jobs"]
-    assert jobs and all({"buildername", "buildnumber", "starttime", "endtime", "result", "master"} <= set(j) for j in jobs)
+    assert jobs and all(
+        {"buildername", "buildnumber", "starttime", "endtime", "result", "master"} <= set(j) for j in jobs
+    )
     assert [job["starttime"] for job in jobs] == sorted((job["starttime"] for job in jobs), reverse=True)
     assert "errors" not in slave
 

@@ -6,7 +6,8 @@ lab in this process, so the tests can also see what happened in the lab
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
@@ -149,7 +150,7 @@ async def test_a_dead_machine_without_tracking_bug_gets_one_and_a_closed_one_is_
     for bug in list(bugzilla.bugs.values()):
         if name in bug.alias or bug.summary == f"{name} is unreachable":
             del bugzilla.bugs[bug.id]
-    code, result = await reboot(lab_service, name)
+    _code, result = await reboot(lab_service, name)
     assert result["state"] == 3
     tracking = bugzilla.find(name)
     assert tracking is not None
@@ -163,7 +164,7 @@ async def test_a_dead_machine_without_tracking_bug_gets_one_and_a_closed_one_is_
     # The datacenter closes both; the next failed reboot files anew and reopens tracking.
     for bug in [tracking, *reboot_bugs(lab_service, name)]:
         bug.status, bug.resolution = "RESOLVED", "FIXED"
-    code, result = await reboot(lab_service, name)
+    _code, result = await reboot(lab_service, name)
     assert result["state"] == 3
     assert tracking.status == "REOPENED"
     assert tracking.comments[-1].text == (

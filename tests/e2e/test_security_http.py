@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -91,7 +93,7 @@ async def test_a_32mb_post_is_refused_on_its_headers_while_a_get_is_answered(lab
     posting = treq.post(
         f"{lab_service.url}/slaves/bld-linux64-lab-001/actions/buildslave_uptime",
         data=body,
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        headers=Headers({b"Content-Type": [b"application/x-www-form-urlencoded"]}),
         pool=pool,
         timeout=_LIMIT,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred
@@ -81,7 +82,7 @@ def reboot_bugs(service: RunningService) -> list[LabBug]:
 async def test_an_idle_buildbot_shuts_down_gracefully_through_its_master(lab_service: RunningService) -> None:
     machine = lab_service.lab.machine("bld-linux64-lab-001")
     before = len(machine.twistd_log)
-    asked_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    asked_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
     code, result = await post(lab_service, machine.name, "shutdown_buildslave")
 
@@ -124,7 +125,7 @@ async def test_a_running_command_finishes_before_the_buildbot_shuts_down(lab_ser
         running = running_command(machine.twistd_log)
         assert running is not None and machine.recent_jobs[0].endtime is None
         before = len(machine.twistd_log)
-        asked_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        asked_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
         code, result = await post(lab_service, name, "shutdown_buildslave")
 
@@ -301,7 +302,8 @@ async def test_disable_turns_the_slave_off_shuts_it_down_and_comments_on_a_new_t
     assert tracking.comments[-1].text == (
         "\n".join(steps)
         + '\nReason given by an anonymous client (authentication is off): "flaky disk, bug 1234567"'
-        + f"\n\n(SlaveAPI disable request {result['requestid']}, requested by an anonymous client (authentication is off).)"
+        + f"\n\n(SlaveAPI disable request {result['requestid']}, "
+        + "requested by an anonymous client (authentication is off).)"
     )
     assert messages(machine.twistd_log[-3:]) == [
         "slave shutting down on command from master",
@@ -335,7 +337,8 @@ async def test_forced_disable_reboots_and_files_no_reboot_bug(lab_service: Runni
     assert tracking.comments[-1].text == (
         "\n".join(steps)
         + '\nReason given by an anonymous client (authentication is off): "reimage"'
-        + f"\n\n(SlaveAPI disable request {result['requestid']}, requested by an anonymous client (authentication is off).)"
+        + f"\n\n(SlaveAPI disable request {result['requestid']}, "
+        + "requested by an anonymous client (authentication is off).)"
     )
     said = messages(machine.twistd_log)
     assert "Received SIGTERM, shutting down." in said
@@ -393,7 +396,8 @@ async def test_disable_reopens_a_closed_tracking_bug(lab_service: RunningService
     assert tracking.status == "REOPENED" and tracking.is_open
     assert tracking.comments[-1].text.endswith(
         '\nReason given by an anonymous client (authentication is off): "kernel panics"'
-        + f"\n\n(SlaveAPI disable request {result['requestid']}, requested by an anonymous client (authentication is off).)"
+        + f"\n\n(SlaveAPI disable request {result['requestid']}, "
+        + "requested by an anonymous client (authentication is off).)"
     )
     assert tracking.comments[-1].text.startswith("Disabling in slavealloc...Success!\n")
 
@@ -418,6 +422,7 @@ async def test_a_failed_shutdown_fails_the_disable_but_still_comments(lab_servic
     assert tracking.comments[-1].text == (
         "\n".join(lines[:2])
         + "\nNo reason given by an anonymous client (authentication is off)."
-        + f"\n\n(SlaveAPI disable request {result['requestid']}, requested by an anonymous client (authentication is off).)"
+        + f"\n\n(SlaveAPI disable request {result['requestid']}, "
+        + "requested by an anonymous client (authentication is off).)"
     )
     assert requests_for(lab_service, machine.name) == []

@@ -8,6 +8,7 @@ every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -77,10 +78,8 @@ def kill_pid(pid: int | None, sig: int = signal.SIGKILL) -> None:
     """Signal a process by PID; gone already is fine."""
     if pid is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def pid_alive(pid: int) -> bool:

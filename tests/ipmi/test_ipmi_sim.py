@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from slaveapi.clients.ipmi import _CLOSE_GRACE, IPMIAuthError, IPMIClient, IPMIError, IPMITimeout, IPMIUnavailable
 from slaveapi.config import IPMIConfig, Secret
@@ -92,7 +93,7 @@ def _count_requests(client: IPMIClient) -> list[str]:
         hosts.append(host)
         return run(host, step, payload)
 
-    client._pool.run = counting  # type: ignore[method-assign]
+    client._pool.run = counting  # type: ignore[method-assign]  # counts the calls
     return hosts
 
 
@@ -172,6 +173,7 @@ async def test_wrong_password_is_an_auth_error_and_never_shown(ipmi_sim: IPMISim
     wrong = "not-the-Password-42"
     seen: list[str] = []
 
+    @provider(ILogObserver)
     def observer(event: dict[str, Any]) -> None:
         seen.append(formatEvent(event) or "")
         seen.append(repr(event))
@@ -274,11 +276,11 @@ async def test_close_stops_a_busy_worker_and_fails_what_waits(ipmi_sim: IPMISim,
         await bounded(closing, GENEROUS)
         assert clients.workers() == []
         assert not pid_alive(pid)
-        with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.2: worker process died$"):
+        with pytest.raises(IPMIError, match=r"^IPMI power status on 127.0.0.2: worker process died$"):
             await bounded(stuck, 1)
-        with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.1: client closed$"):
+        with pytest.raises(IPMIError, match=r"^IPMI power status on 127.0.0.1: client closed$"):
             await bounded(queued, 1)
-        with pytest.raises(IPMIError, match="^IPMI power status on 127.0.0.1: client closed$"):
+        with pytest.raises(IPMIError, match=r"^IPMI power status on 127.0.0.1: client closed$"):
             await client.power_state("127.0.0.1")
     finally:
         await hung.stopListening()
@@ -287,7 +289,7 @@ async def test_close_stops_a_busy_worker_and_fails_what_waits(ipmi_sim: IPMISim,
 @pytest_twisted.ensureDeferred
 async def test_session_set_up_failures_are_retried_then_unavailable(clients: Clients) -> None:
     client = clients.make(_config(9, retries=2), SIM_PASSWORD)
-    answers = [
+    answers: list[dict[str, Any]] = [
         {"ok": False, "kind": "setup", "message": "Session no longer connected"},
         {"ok": True, "powered": False},
         {"ok": False, "kind": "setup", "message": "no answer from the BMC"},
@@ -301,7 +303,7 @@ async def test_session_set_up_failures_are_retried_then_unavailable(clients: Cli
         asked.append(payload)
         return succeed(answers.pop(0))
 
-    client._pool.run = run  # type: ignore[method-assign]
+    client._pool.run = run  # type: ignore[method-assign]  # scripted BMC answers
     assert await client.power_state("bmc.example.test") is False
     with pytest.raises(IPMIUnavailable) as caught:
         await client.power_state("bmc.example.test")

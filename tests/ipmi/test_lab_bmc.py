@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import error as net_error
-from twisted.internet import reactor as _reactor
+from twisted.internet import error as net_error, reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.logger import ILogObserver
+from zope.interface import implementer
 
 from slaveapi.clients.ipmi import IPMIAuthError, IPMITimeout
 from slaveapi.config import IPMIConfig
@@ -121,7 +122,7 @@ async def test_ipmitool_status_off_on(lab_bmcs: LabWithBMCs) -> None:
         if target is machine:
             at_power_on.append((target.powered, target.up, lab.power.booting(target)))
 
-    lab.power.power_on = noting_power_on  # type: ignore[method-assign]
+    lab.power.power_on = noting_power_on  # type: ignore[method-assign,assignment]  # records each call
     up = lab_bmcs.watcher.expect(machine.name, "up")
     on = await ipmitool(host, port, password, "power", "on")
     assert (on.code, on.out) == (0, "Chassis Power Control: Up/On\n")
@@ -239,7 +240,9 @@ async def test_ready_fails_when_the_bmc_process_cannot_listen() -> None:
             reactor, fleet.machines, PowerControl(reactor, time.time, BOOT_TIME), taken.getsockname()[1], "ADMIN",
             "pw-123456"
         )
-        with pytest.raises(LabBMCError, match="^lab BMC process exited before it was ready: bmc_server: cannot listen"):
+        with pytest.raises(
+            LabBMCError, match=r"^lab BMC process exited before it was ready: bmc_server: cannot listen"
+        ):
             await bounded(bmcs.ready, 20)
         await bounded(bmcs.stop(), 10)
         assert bmcs.pids == []
@@ -254,7 +257,7 @@ async def test_stopping_before_ready_ends_the_process_and_fails_ready() -> None:
     [pid] = bmcs.pids
     await bounded(bmcs.stop(), 10)
     assert not pid_alive(pid)
-    with pytest.raises(LabBMCError, match="^lab BMC process exited before it was ready: "):
+    with pytest.raises(LabBMCError, match=r"^lab BMC process exited before it was ready: "):
         await bounded(bmcs.ready, 1)
 
 
@@ -282,7 +285,9 @@ async def test_fifty_concurrent_powercycles_on_four_workers(clients: Clients, wa
         ups = [watcher.expect(m.name, "up") for m in machines]
         cycles = [Deferred.fromCoroutine(client.powercycle(m.mgmt_ip)) for m in machines]
         results = await bounded(DeferredList(cycles, consumeErrors=True), 45)
-        failures = [(m.name, outcome.getErrorMessage()) for m, (ok, outcome) in zip(machines, results) if not ok]
+        failures = [
+            (m.name, outcome.getErrorMessage()) for m, (ok, outcome) in zip(machines, results, strict=True) if not ok
+        ]
         assert failures == []
         await bounded(gatherResults(ups), 10)
         assert all(m.up and m.powered for m in machines)
@@ -294,6 +299,7 @@ async def test_fifty_concurrent_powercycles_on_four_workers(clients: Clients, wa
     assert not any(pid_alive(pid) for pid in pids)
 
 
+@implementer(ILogObserver)
 class _LogWaiter:
     """Fires a Deferred when a log event whose format contains C{text} is emitted with C{fields}."""
 

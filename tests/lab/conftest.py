@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest_twisted
 
@@ -15,7 +16,7 @@ BOOT_TIME = 0.3
 
 
 @pytest_twisted.async_yield_fixture
-async def lab(tmp_path) -> AsyncIterator[Lab]:  # type: ignore[no-untyped-def]
+async def lab(tmp_path) -> AsyncIterator[Lab]:
     """A 12-machine lab whose clock stands still at L{NOW}; reboots take 0.3 s."""
     # Imported here: conftests load before pytest-twisted installs the asyncio
     # reactor, and conch and klein import twisted.internet.reactor.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import pytest_twisted
 from twisted.names import client, dns, error
@@ -19,9 +21,9 @@ def _payloads(answers: list[dns.RRHeader], kind: int) -> list[str]:
     found = []
     for record in answers:
         if record.type == kind == dns.A:
-            found.append(record.payload.dottedQuad())
+            found.append(cast(dns.Record_A, record.payload).dottedQuad())
         elif record.type == kind:
-            found.append(record.payload.name.name.decode())
+            found.append(cast(dns.Record_PTR, record.payload).name.name.decode())
     return found
 
 
@@ -43,7 +45,7 @@ async def test_a_records_for_machines_bmcs_masters_and_others(lab: Lab) -> None:
         lab.fleet.machines[11].fqdn.upper(): "127.0.1.12",
     }
     for name, address in expected.items():
-        answers, authority, additional = await resolver.lookupAddress(name)
+        answers, _authority, _additional = await resolver.lookupAddress(name)
         assert _payloads(answers, dns.A) == [address], name
         assert all(record.auth for record in answers)
 

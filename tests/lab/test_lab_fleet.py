@@ -6,8 +6,7 @@ import datetime
 
 import pytest
 
-from slaveapi.lab import LINUX, MACOS, SSH_REFUSE_LOGIN, WINDOWS, build_fleet
-from slaveapi.lab import logs, shell
+from slaveapi.lab import LINUX, MACOS, SSH_REFUSE_LOGIN, WINDOWS, build_fleet, logs, shell
 from slaveapi.lab.fleet import posix_path
 from slaveapi.twistdlog import last_activity, parse_log_line
 from slaveapi.uptime import parse_net_statistics, parse_proc_uptime, parse_uptime_output
@@ -15,11 +14,11 @@ from slaveapi.uptime import parse_net_statistics, parse_proc_uptime, parse_uptim
 from .conftest import NOW
 
 DOMAIN = "build.scl3.slaveapi.test"
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
-def _state(machine, now=NOW):  # type: ignore[no-untyped-def]
+def _state(machine, now=NOW):
     moment = datetime.datetime.fromtimestamp(now, UTC)
     return last_activity(machine.twistd_log_1 + machine.twistd_log, moment, machine.uptime(now)).last_state
 
@@ -67,7 +66,11 @@ def test_the_mix_is_complete(count: int) -> None:
     assert (dead.powered, dead.up, dead.comes_back, dead.bmc, dead.pdu) == (
         False, False, False, False, f"pdu1.{DOMAIN}:AA3")
     device = fleet["panda-0008"]
-    assert (device.ssh, device.foopy, device.imaging_server) == (SSH_REFUSE_LOGIN, "foopy01", f"mobile-imaging-001.{DOMAIN}")
+    assert (device.ssh, device.foopy, device.imaging_server) == (
+        SSH_REFUSE_LOGIN,
+        "foopy01",
+        f"mobile-imaging-001.{DOMAIN}",
+    )
     assert [m.name for m in fleet.foopies] == ["foopy01"]
     assert fleet["foopy01"].files().keys() == {"/builds/panda-0008/twistd.log", "/builds/panda-0008/twistd.log.1"}
     # The cases folded into the eight.
@@ -136,7 +139,11 @@ def test_mgmt_names_and_domain() -> None:
 @pytest.mark.parametrize(
     ("seconds", "users", "expected"),
     [
-        (78 * DAY + 21 * HOUR + 57 * MINUTE + 12, 2, " 10:14:25 up 78 days, 21:57,  2 users,  load average: 0.00, 0.01, 0.05\n"),
+        (
+            78 * DAY + 21 * HOUR + 57 * MINUTE + 12,
+            2,
+            " 10:14:25 up 78 days, 21:57,  2 users,  load average: 0.00, 0.01, 0.05\n",
+        ),
         (1 * DAY + 12 * HOUR + 2 * MINUTE, 1, " 10:14:25 up 1 day, 12:02,  1 user,  load average: 0.00, 0.01, 0.05\n"),
         (2 * DAY + 10 * MINUTE + 5, 3, " 10:14:25 up 2 days, 10 min,  3 users,  load average: 0.00, 0.01, 0.05\n"),
         (2 * HOUR + 40, 2, " 10:14:25 up  2:00,  2 users,  load average: 0.00, 0.01, 0.05\n"),

@@ -69,7 +69,9 @@ async def test_slavealloc_lists_slaves_and_masters(lab: Lab) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_slavealloc_put_changes_fields(lab: Lab) -> None:
-    code, updated = await _send(lab, "PUT", "/slavealloc/api/slaves/101", {"enabled": False, "notes": "disabled by test"})
+    code, updated = await _send(
+        lab, "PUT", "/slavealloc/api/slaves/101", {"enabled": False, "notes": "disabled by test"}
+    )
     assert code == 200 and (updated["enabled"], updated["notes"]) == (False, "disabled by test")
     later = (await _get(lab, "/slavealloc/api/slaves/bld-linux64-lab-001?byname=1"))[1]
     assert (later["enabled"], later["notes"]) == (False, "disabled by test")
@@ -96,8 +98,12 @@ async def test_inventory_system_by_hostname(lab: Lab) -> None:
     assert system["hostname"] == f"tst-linux64-lab-002.{DOMAIN}"
     assert {"key": "system.pdu.0", "value": f"pdu1.{DOMAIN}:AA1"} in system["key_value"]
     panda = (await _get(lab, f"/inventory/api/system/?format=json&hostname=panda-0008.{DOMAIN}", auth=auth))[1]
-    assert {"key": "system.imaging_server.0", "value": f"mobile-imaging-001.{DOMAIN}"} in panda["objects"][0]["key_value"]
-    healthy = (await _get(lab, f"/inventory/api/system/?format=json&hostname=bld-linux64-lab-001.{DOMAIN}", auth=auth))[1]
+    assert {"key": "system.imaging_server.0", "value": f"mobile-imaging-001.{DOMAIN}"} in panda["objects"][0][
+        "key_value"
+    ]
+    healthy = (await _get(lab, f"/inventory/api/system/?format=json&hostname=bld-linux64-lab-001.{DOMAIN}", auth=auth))[
+        1
+    ]
     assert not [kv for kv in healthy["objects"][0]["key_value"] if kv["key"].startswith("system.pdu")]
     unknown = await _get(lab, f"/inventory/api/system/?format=json&hostname=nope.{DOMAIN}", auth=auth)
     assert unknown == (200, {"meta": {"limit": 20, "next": None, "offset": 0, "previous": None, "total_count": 0},

@@ -20,13 +20,13 @@ from slaveapi.lab import Lab, LabService, build_fleet
 from .conftest import NOW
 
 
-def _reactor():  # type: ignore[no-untyped-def]
+def _reactor():
     from twisted.internet import reactor
 
     return reactor
 
 
-def test_write_config_loads_and_points_at_the_lab(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_write_config_loads_and_points_at_the_lab(lab: Lab, tmp_path) -> None:
     tokens = {"dashboard": "d" * 32}
     ini = lab.write_config(str(tmp_path / "etc"), listen="tcp:0:interface=127.0.0.1", api_tokens=tokens)
     assert ini == str(tmp_path / "etc" / "slaveapi.ini")
@@ -54,7 +54,7 @@ def test_write_config_loads_and_points_at_the_lab(lab: Lab, tmp_path) -> None:  
     assert "api_tokens" in json.loads((tmp_path / "etc" / "credentials.json").read_text())
 
 
-def test_write_config_defaults_and_short_tokens(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_write_config_defaults_and_short_tokens(lab: Lab, tmp_path) -> None:
     config = load_config(lab.write_config(str(tmp_path)))
     assert config.server.listen == "tcp:9999:interface=127.0.0.1"
     assert config.credentials.api_tokens == {}
@@ -62,7 +62,7 @@ def test_write_config_defaults_and_short_tokens(lab: Lab, tmp_path) -> None:  # 
         lab.write_config(str(tmp_path), api_tokens={"short": "abc"})
 
 
-def test_secrets_differ_between_labs_and_stay_out_of_reprs(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_differ_between_labs_and_stay_out_of_reprs(lab: Lab, tmp_path) -> None:
     # A second lab, built but never started (nothing listens), makes secrets of its own.
     other = Lab(_reactor(), build_fleet(12, lab.domain, NOW), str(tmp_path), 0.3, lambda: NOW)
     secrets = ("ssh_password", "inventory_password", "bugzilla_api_key", "ipmi_password", "snmp_community")
@@ -72,19 +72,21 @@ def test_secrets_differ_between_labs_and_stay_out_of_reprs(lab: Lab, tmp_path) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_200_machine_lab_starts_and_stops_clean(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_200_machine_lab_starts_and_stops_clean(tmp_path) -> None:
     lab = Lab.start(_reactor(), slaves=200, workdir=str(tmp_path), clock=lambda: NOW)
     try:
         assert len(lab.fleet) == 200
-        assert sum(1 for m in lab.fleet.all_hosts() if lab.ssh.listening(m)) == 199  # dead and hung: none; the panda answers (refusing logins); foopy: one
-        assert len(open(os.path.join(str(tmp_path), "known_hosts")).read().splitlines()) == 201
+        assert (
+            sum(1 for m in lab.fleet.all_hosts() if lab.ssh.listening(m)) == 199
+        )  # dead and hung: none; the panda answers (refusing logins); foopy: one
+        assert len((tmp_path / "known_hosts").read_text().splitlines()) == 201
     finally:
         await lab.stop()
     assert not any(lab.ssh.listening(m) for m in lab.fleet.all_hosts())
 
 
 @pytest_twisted.ensureDeferred
-async def test_lab_service_stops_the_lab(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_lab_service_stops_the_lab(tmp_path) -> None:
     lab = Lab.start(_reactor(), slaves=3, workdir=str(tmp_path))
     service = LabService(lab)
     service.startService()
@@ -108,14 +110,14 @@ class _Output(protocol.ProcessProtocol):
         if b"[devices]" in self.stdout and not self.printed.called:
             self.printed.callback(None)
 
-    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
+    def processEnded(self, reason) -> None:
         if not self.printed.called:
             self.printed.errback(reason)
         self.ended.callback(reason.value.exitCode)
 
 
 @pytest_twisted.ensureDeferred
-async def test_python_m_slaveapi_lab(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_python_m_slaveapi_lab(tmp_path) -> None:
     reactor = _reactor()
     output = _Output()
     env = dict(os.environ, PYTHONPATH=os.getcwd())

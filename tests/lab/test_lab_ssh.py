@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -19,13 +20,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from slaveapi.lab import Lab, LabMachine
-from slaveapi.lab import shell
+from slaveapi.lab import Lab, LabMachine, shell
 from slaveapi.uptime import parse_net_statistics
 
 from .conftest import BOOT_TIME, NOW
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 @dataclass
@@ -43,18 +43,20 @@ class _Collector(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # narrower than the base
         self.reason = reason
         self.finished.callback(None)
 
 
-def _reactor():  # type: ignore[no-untyped-def]
+def _reactor():
     from twisted.internet import reactor
 
     return reactor
 
 
-async def _ssh(lab: Lab, machine: LabMachine, command: str, password: str | None = None, user: str = "cltbld") -> _Outcome:
+async def _ssh(
+    lab: Lab, machine: LabMachine, command: str, password: str | None = None, user: str = "cltbld"
+) -> _Outcome:
     """Run one command over a fresh conch connection; the exit code and stdout."""
     known = KnownHostsFile(FilePath(os.path.join(lab.workdir, "conch_known_hosts")))
     known.addHostKey(machine.ip.encode(), lab.host_key.public())
@@ -65,8 +67,8 @@ async def _ssh(lab: Lab, machine: LabMachine, command: str, password: str | None
         machine.ip.encode(),
         lab.ssh_port,
         password=(password if password is not None else lab.ssh_password).encode(),
-        knownHosts=known,
-        ui=ConsoleUI(lambda: open(os.devnull, "r+b")),
+        knownHosts=known,  # type: ignore[arg-type]  # Twisted documents a KnownHostsFile here
+        ui=ConsoleUI(lambda: open(os.devnull, "r+b")),  # noqa: SIM115  # ConsoleUI closes what it opens
     )
     collector = await endpoint.connect(protocol.Factory.forProtocol(_Collector))
     await collector.finished
@@ -82,7 +84,7 @@ async def _port_open(machine: LabMachine, port: int) -> bool:
         connected = await endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
     except ConnectionRefusedError:
         return False
-    connected.transport.loseConnection()
+    cast(protocol.Protocol, connected).transport.loseConnection()
     return True
 
 
@@ -160,7 +162,9 @@ async def test_windows_commands(lab: Lab) -> None:
     machine = lab.machine("t-w864-lab-004")
     statistics = await _ssh(lab, machine, "net statistics server")
     assert statistics == _Outcome(0, shell.net_statistics_server("t-w864-lab-004", machine.booted_at))
-    assert statistics.stdout.startswith("Server Statistics for \\\\T-W864-LAB-004\r\n\r\n\r\nStatistics since 11/22/2026")
+    assert statistics.stdout.startswith(
+        "Server Statistics for \\\\T-W864-LAB-004\r\n\r\n\r\nStatistics since 11/22/2026"
+    )
     assert parse_net_statistics(statistics.stdout, datetime.datetime.fromtimestamp(NOW, UTC)) == machine.uptime(NOW)
     tail = await _ssh(lab, machine, "tail -n 4 /c/slave/twistd.log")
     assert tail == _Outcome(0, "".join(line + "\n" for line in machine.twistd_log[-4:]))
@@ -228,7 +232,9 @@ async def test_reboot_command_takes_the_machine_away_then_back(lab: Lab) -> None
     assert await _ssh(lab, machine, "cat /proc/uptime") == _Outcome(0, "0.00 0.00\n")
     boot = machine.twistd_log[lines + 3 :]
     assert boot[0] == "2026-11-27 15:23:05-0800 [-] Log opened."
-    assert boot[3] == "2026-11-27 15:23:05-0800 [-] Starting BuildSlave -- version: 0.8.2-hg-41f0fbee10f4-production-0.8"
+    assert (
+        boot[3] == "2026-11-27 15:23:05-0800 [-] Starting BuildSlave -- version: 0.8.2-hg-41f0fbee10f4-production-0.8"
+    )
     assert boot[-1] == (
         "2026-11-27 15:23:06-0800 [Broker,client] Connected to bm02.build.scl3.slaveapi.test:9002; slave is ready")
 
@@ -262,7 +268,7 @@ async def test_power_off_and_on(lab: Lab) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_closes_every_listener_and_cancels_pending_boots(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_stop_closes_every_listener_and_cancels_pending_boots(tmp_path) -> None:
     lab = Lab.start(_reactor(), slaves=4, workdir=str(tmp_path), boot_time=BOOT_TIME)
     machine = lab.machine("bld-linux64-lab-001")
     assert await _port_open(machine, lab.ssh_port)
@@ -285,7 +291,7 @@ def _askpass(directory: str, password: str) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_openssh_client_sees_stdout_stderr_and_exit_status(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_openssh_client_sees_stdout_stderr_and_exit_status(lab: Lab, tmp_path) -> None:
     ssh = shutil.which("ssh")
     assert ssh, "OpenSSH's ssh client is part of the test environment"
     machine = lab.machine("bld-linux64-lab-001")

@@ -86,7 +86,7 @@ def main():
             if oid.startswith(prefix):
                 objects[oid] = (outlet, column)
     ordered = sorted(objects, key=oid_key)
-    log = open(log_path, "a", encoding="utf-8")
+    log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115  # open for the life of this process
 
     def answer(*lines):
         sys.stdout.write("".join(line + "\n" for line in lines))

@@ -19,6 +19,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver
+from zope.interface import implementer
 
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients.pdu import PDUClient
@@ -288,6 +290,7 @@ class _UpWaiter:
             self.up.callback(None)
 
 
+@implementer(ILogObserver)
 class _LogWaiter:
     """Fires a Deferred when a log event whose format contains C{text} is emitted with C{fields}."""
 

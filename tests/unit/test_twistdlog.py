@@ -22,7 +22,7 @@ from slaveapi.twistdlog import (
     parse_log_line,
 )
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 PST = datetime.timezone(datetime.timedelta(hours=-8))
 DAY = 86400
 
@@ -132,9 +132,9 @@ def test_records_are_frozen() -> None:
     event = LogEvent(NOW, "x")
     activity = LastActivity(READY, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        event.message = "y"  # type: ignore[misc]
+        event.message = "y"  # type: ignore[misc]  # checks it is frozen
     with pytest.raises(dataclasses.FrozenInstanceError):
-        activity.last_state = STOPPED  # type: ignore[misc]
+        activity.last_state = STOPPED  # type: ignore[misc]  # checks it is frozen
 
 
 def test_state_names() -> None:

@@ -19,7 +19,7 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 PACIFIC_STANDARD = datetime.timezone(datetime.timedelta(hours=-8))
 
 
