@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     from slaveapi.lab.dns import (
         LabDNS as LabDNS,
     )
-    from slaveapi.lab.fleet import (
+    from slaveapi.lab.fleet import Fleet as Fleet, build_fleet as build_fleet
+    from slaveapi.lab.http import (
+        LabHTTP as LabHTTP,
+    )
+    from slaveapi.lab.machines import (
         LINUX as LINUX,
         MACOS as MACOS,
         SSH_NONE as SSH_NONE,
@@ -43,15 +47,10 @@ if TYPE_CHECKING:
         SSH_REFUSE_LOGIN as SSH_REFUSE_LOGIN,
         SSH_USER as SSH_USER,
         WINDOWS as WINDOWS,
-        Fleet as Fleet,
         LabHost as LabHost,
         LabJob as LabJob,
         LabMachine as LabMachine,
         LabMaster as LabMaster,
-        build_fleet as build_fleet,
-    )
-    from slaveapi.lab.http import (
-        LabHTTP as LabHTTP,
     )
     from slaveapi.lab.power import (
         PowerControl as PowerControl,
@@ -64,7 +63,8 @@ _HOMES = {
     "slaveapi.lab._lab": ("DEFAULT_DOMAIN", "Lab", "LabService"),
     "slaveapi.lab.bugzilla": ("BugzillaFake", "LabBug", "LabComment"),
     "slaveapi.lab.dns": ("LabDNS",),
-    "slaveapi.lab.fleet": (
+    "slaveapi.lab.fleet": ("Fleet", "build_fleet"),
+    "slaveapi.lab.machines": (
         "LINUX",
         "MACOS",
         "SSH_NONE",
@@ -72,12 +72,10 @@ _HOMES = {
         "SSH_REFUSE_LOGIN",
         "SSH_USER",
         "WINDOWS",
-        "Fleet",
         "LabHost",
         "LabJob",
         "LabMachine",
         "LabMaster",
-        "build_fleet",
     ),
     "slaveapi.lab.http": ("LabHTTP",),
     "slaveapi.lab.power": ("PowerControl",),

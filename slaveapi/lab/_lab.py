@@ -28,9 +28,10 @@ from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
 from slaveapi.lab.dns import LabDNS
 from slaveapi.lab.ec2 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LabEC2
-from slaveapi.lab.fleet import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, Fleet, LabMachine, build_fleet
+from slaveapi.lab.fleet import Fleet, build_fleet
 from slaveapi.lab.http import LabHTTP
 from slaveapi.lab.inventory_dns import InventoryDNSFake
+from slaveapi.lab.machines import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, LabMachine
 from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
 from slaveapi.lab.ssh import LabSSHServer, generate_host_key

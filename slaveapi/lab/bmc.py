@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 import slaveapi
 from slaveapi.lab import logs
 from slaveapi.lab._child import ChildProcess, Readiness
-from slaveapi.lab.fleet import LabMachine
+from slaveapi.lab.machines import LabMachine
 from slaveapi.lab.power import PowerControl
 
 _log = Logger(namespace="slaveapi.lab.bmc")

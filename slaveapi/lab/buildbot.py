@@ -34,7 +34,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from slaveapi.lab import logs
-from slaveapi.lab.fleet import Fleet, LabMachine, LabMaster
+from slaveapi.lab.fleet import Fleet
+from slaveapi.lab.machines import LabMachine, LabMaster
 
 # What a buildbot logs when a command starts, ends, and when it (re)starts or stops.
 _COMMAND_START = "RunProcess._startCommand"

@@ -47,7 +47,8 @@ from twisted.logger import Logger
 
 import slaveapi
 from slaveapi.lab._child import ChildProcess, Readiness
-from slaveapi.lab.fleet import Fleet, LabMachine
+from slaveapi.lab.fleet import Fleet
+from slaveapi.lab.machines import LabMachine
 
 _log = Logger(namespace="slaveapi.lab.ec2")
 

@@ -8,9 +8,8 @@ that is off for good, an AWS loaner, a Mozpool device, a machine just
 booted, a hung machine only its PDU can revive); further machines are
 ordinary Linux build and test slaves.
 
-The records here are plain state. The fake services (DNS, SSH, HTTP) read
-them; L{slaveapi.lab.power} changes them over time (reboots), and the
-slavealloc fake changes fields on request.
+The records of one machine are in L{slaveapi.lab.machines}; the jobs and
+logs of its past are written by L{slaveapi.lab.history}.
 """
 
 from __future__ import annotations
@@ -20,214 +19,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from slaveapi.lab import logs
-
-#: The only user the lab's SSH servers let in.
-SSH_USER = "cltbld"
-
-LINUX, MACOS, WINDOWS = "linux", "macos", "windows"
-
-#: How a machine's SSH server treats logins.
-SSH_OK = "ok"
-SSH_REFUSE_LOGIN = "refuse_login"
-#: The short name of the lab's APC rack PDU (the others are ServerTech Sentry).
-APC_PDU_NAME = "pdu-apc1"
-
-#: No SSH server at all (a Mozpool device: its buildbot runs on a foopy).
-SSH_NONE = "none"
-
-_MINUTE, _HOUR, _DAY = 60, 3600, 86400
-_TWISTD_START_DELAY = 30  # seconds from boot until buildbot starts
-
-
-@dataclass
-class LabJob:
-    """One buildapi job (see docs/remote-apis.rst); C{endtime} is None while running."""
-
-    buildername: str
-    buildnumber: int
-    starttime: int
-    endtime: int | None
-    result: int | None
-    master: str
-    slave: str
-    reason: str = "scheduler"
-    request_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class LabMaster:
-    """A Buildbot master as slavealloc describes it."""
-
-    masterid: int
-    nickname: str
-    fqdn: str
-    http_port: int
-    pb_port: int
-    dcname: str
-    pool: str
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class LabHost:
-    """A name the lab's DNS answers that is not a slave (PDU, imaging server, name server)."""
-
-    fqdn: str
-    ip: str
-
-
-@dataclass
-class LabMachine:
-    """
-    Everything the fakes know about one simulated machine.
-
-    @ivar name: short name, as slavealloc knows it.
-    @ivar ip: its own loopback address (127.0.X.Y); its SSH server listens there.
-    @ivar os: L{LINUX}, L{MACOS} or L{WINDOWS}.
-    @ivar basedir: as slavealloc has it (C{C:\\slave} on Windows).
-    @ivar master: the nickname of its current master, or None.
-    @ivar bug_alias: the alias of its problem-tracking bug, if it has one.
-    @ivar tz_offset: the UTC offset its twistd.log is written in.
-    @ivar booted_at: when it last booted (Unix seconds).
-    @ivar ssh: L{SSH_OK}, L{SSH_REFUSE_LOGIN} or L{SSH_NONE}.
-    @ivar powered: whether the chassis has power.
-    @ivar up: whether the operating system is running (and its SSH server listening).
-    @ivar comes_back: whether it boots when powered on or rebooted.
-    @ivar bmc: whether it has a BMC, reachable as C{mgmt_ip} / C{<name>-mgmt}.
-    @ivar pdu: C{<pdu fqdn>:<tower><infeed><outlet>}, or None.
-    @ivar imaging_server: its Mozpool server (devices only).
-    @ivar foopy: the short name of the foopy its buildbot runs on (devices only).
-    @ivar devices: for a foopy, the devices whose buildbots it runs.
-    @ivar log_style: L{logs.STYLE_4X} or L{logs.STYLE_08}.
-    @ivar scenario: which case of the fleet mix it is (C{"idle"},
-        C{"running_command"}, C{"stopped"}, C{"booting"}, C{"refuse_login"},
-        C{"dead"}, C{"device"}, C{"hung"}, C{"foopy"}).
-    @ivar users, load: what C{uptime} shows besides the uptime.
-    @ivar master_address: C{host:port} its buildbot connects to (in boot lines).
-    @ivar locked_masterid: slavealloc's field of that name.
-    """
-
-    name: str
-    fqdn: str
-    ip: str
-    os: str
-    purpose: str
-    environment: str
-    pool: str
-    datacenter: str
-    distro: str
-    enabled: bool
-    basedir: str
-    slaveid: int
-    master: str | None
-    notes: str
-    bug_alias: str | None
-    tz_offset: str
-    booted_at: float
-    ssh: str = SSH_OK
-    powered: bool = True
-    up: bool = True
-    comes_back: bool = True
-    bmc: bool = False
-    mgmt_ip: str | None = None
-    pdu: str | None = None
-    imaging_server: str | None = None
-    foopy: str | None = None
-    is_aws: bool = False
-    log_style: str = logs.STYLE_4X
-    scenario: str = "idle"
-    bitlength: str = "64"
-    trustlevel: str = "core"
-    speed: str = "fast"
-    asset_tag: str = ""
-    users: int = 1
-    load: tuple[float, float, float] = (0.0, 0.01, 0.05)
-    twistd_log: list[str] = field(default_factory=list, repr=False)
-    twistd_log_1: list[str] = field(default_factory=list, repr=False)
-    recent_jobs: list[LabJob] = field(default_factory=list, repr=False)
-    devices: list[LabMachine] = field(default_factory=list, repr=False)
-    master_address: str = ""
-    locked_masterid: int | None = None
-
-    @property
-    def mgmt_fqdn(self) -> str | None:
-        """The BMC's name, C{<name>-mgmt.<domain>}, when there is a BMC."""
-        if not self.bmc:
-            return None
-        return self.name + "-mgmt" + self.fqdn[len(self.name) :]
-
-    @property
-    def posix_basedir(self) -> str:
-        """The basedir as a shell on the machine spells it (C{C:\\slave} is C{/c/slave})."""
-        return posix_path(self.basedir)
-
-    def uptime(self, now: float) -> int:
-        """Whole seconds since the machine booted."""
-        return max(0, int(now - self.booted_at))
-
-    def files(self) -> dict[str, list[str]]:
-        """The readable log files by path: its own twistd.log(s) and its devices'."""
-        found = _own_logs(self) if self.ssh == SSH_OK else {}
-        for device in self.devices:
-            found.update(_own_logs(device))
-        return found
-
-    # Power: pure state changes. L{slaveapi.lab.power.PowerControl} decides
-    # when they happen and opens or closes the machine's listeners.
-
-    def power_off(self) -> None:
-        """Cut the power: the OS stops at once, writing nothing."""
-        self.powered = False
-        self.up = False
-
-    def power_on(self) -> bool:
-        """Restore power; whether the machine will boot (C{comes_back})."""
-        self.powered = True
-        return self.comes_back
-
-    def reboot(self, now: float, graceful: bool) -> bool:
-        """
-        Take the OS down for a reboot; whether the machine will boot again.
-
-        @param graceful: the OS stopped its services (a reboot from the
-            shell): the buildbot logs that it received SIGTERM.
-        """
-        if self.up and graceful and self.twistd_log and not _is_stopped(self.twistd_log):
-            self.twistd_log.extend(logs.sigterm_lines(now, self.tz_offset))
-        self.up = False
-        self.powered = True
-        return self.comes_back
-
-    def boot(self, now: float) -> None:
-        """The OS is up again: uptime restarts and the buildbot starts."""
-        self.up = True
-        self.powered = True
-        self.booted_at = now
-        if self.twistd_log:
-            lines = logs.boot_lines(self.log_style, now, self.tz_offset, self.master_address)
-            # Without a master the buildbot never gets past connecting.
-            self.twistd_log.extend(lines if self.master else lines[:-2])
-
-
-def _own_logs(machine: LabMachine) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    if machine.twistd_log:
-        found[f"{machine.posix_basedir}/twistd.log"] = machine.twistd_log
-        if machine.twistd_log_1:
-            found[f"{machine.posix_basedir}/twistd.log.1"] = machine.twistd_log_1
-    return found
-
-
-def _is_stopped(lines: list[str]) -> bool:
-    return bool(lines) and lines[-1].endswith("Server Shut Down.")
-
-
-def posix_path(path: str) -> str:
-    """C{C:\\slave\\x} or C{C:/slave/x} as C{/c/slave/x}; POSIX paths unchanged."""
-    path = path.replace("\\", "/")
-    if len(path) >= 2 and path[1] == ":" and path[0].isalpha():
-        return "/" + path[0].lower() + path[2:]
-    return path
+from slaveapi.lab.history import write_history
+from slaveapi.lab.machines import (
+    _DAY,
+    _HOUR,
+    _MINUTE,
+    APC_PDU_NAME,
+    LINUX,
+    MACOS,
+    SSH_OK,
+    SSH_REFUSE_LOGIN,
+    WINDOWS,
+    LabHost,
+    LabMachine,
+    LabMaster,
+)
 
 
 @dataclass
@@ -354,32 +160,6 @@ _MIX = (
 # The foopy that runs the devices' buildbots.
 _FOOPY_UPTIME = 33 * _MINUTE + 20
 
-_BUILDERS = {
-    "build": ("Linux x86-64 mozilla-central build", "Linux x86-64 mozilla-inbound build", "Linux x86-64 try build"),
-    "tests-linux": (
-        "Ubuntu VM 12.04 x64 mozilla-central opt test mochitest-1",
-        "Ubuntu VM 12.04 x64 mozilla-inbound opt test xpcshell",
-    ),
-    "tests-macos": (
-        "Rev7 MacOSX Yosemite 10.10.5 mozilla-central opt test mochitest-1",
-        "Rev7 MacOSX Yosemite 10.10.5 try opt test reftest",
-    ),
-    "tests-windows": (
-        "Windows 8 64-bit mozilla-central opt test reftest",
-        "Windows 8 64-bit mozilla-inbound opt test mochitest-2",
-    ),
-    "tests-device": ("Android 4.0 armv7 API 15+ mozilla-central opt test robocop-1",),
-}
-
-_ARGV = {
-    "build": ("/bin/bash", "-c", "python2.7 scripts/scripts/fx_desktop_build.py --config releng_linux_64.py"),
-    "tests-linux": ("/tools/buildbot/bin/python", "scripts/scripts/desktop_unittest.py", "--mochitest-suite", "plain1"),
-    "tests-macos": ("/tools/buildbot/bin/python", "scripts/scripts/desktop_unittest.py", "--reftest-suite", "reftest"),
-    "tests-windows": ("c:/mozilla-build/python27/python", "-u", "scripts/scripts/desktop_unittest.py"),
-    "tests-device": ("/tools/buildbot/bin/python", "scripts/scripts/android_panda.py", "--robocop-suite", "1"),
-}
-
-_HOMES = {LINUX: "/home/cltbld", MACOS: "/Users/cltbld", WINDOWS: "C:\\Users\\cltbld"}
 
 
 def build_fleet(count: int, domain: str, now: float, seed: int = 0) -> Fleet:
@@ -525,7 +305,7 @@ def _make_machine(
         machine.powered = machine.up = machine.comes_back = False
     elif role.scenario == "hung":
         machine.up = False
-    _write_history(machine, role, now, masters, rng)
+    write_history(machine, role.scenario, now, masters, rng)
     return machine
 
 
@@ -554,123 +334,3 @@ def _make_foopy(number: int, domain: str, colo: str, now: float) -> LabMachine:
         load=(0.35, 0.4, 0.42),
     )
 
-
-def _job_kind(machine: LabMachine) -> str:
-    if machine.purpose == "build":
-        return "build"
-    if machine.imaging_server:
-        return "tests-device"
-    return {LINUX: "tests-linux", MACOS: "tests-macos", WINDOWS: "tests-windows"}[machine.os]
-
-
-def _write_history(
-    machine: LabMachine, role: _Role, now: float, masters: list[LabMaster], rng: random.Random
-) -> None:
-    """
-    Give the machine recent jobs and a twistd.log telling the same story.
-
-    Jobs run while the machine is up, or before its last boot when it came
-    up recently (that boot then follows a SIGTERM in the log). Events go
-    oldest first; the older half lands in twistd.log.1 (absent when there is
-    only one event).
-    """
-    now = float(int(now))
-    scenario = role.scenario
-    recently_booted = scenario in ("booting", "device") or (scenario == "idle" and machine.uptime(now) < 6 * _HOUR)
-    jobs = _plan_jobs(machine, scenario, now, recently_booted, rng)
-    events = _job_events(machine, jobs, masters, rng)
-    events += _boot_events(machine, scenario, jobs, now, recently_booted)
-    events.sort(key=lambda event: event[0])
-    half = len(events) // 2
-    for _, lines in events[:half]:
-        machine.twistd_log_1.extend(lines)
-    for _, lines in events[half:]:
-        machine.twistd_log.extend(lines)
-
-
-def _plan_jobs(
-    machine: LabMachine, scenario: str, now: float, recently_booted: bool, rng: random.Random
-) -> list[tuple[float, float | None]]:
-    """The machine's recent jobs, oldest first: (start, end or None while running)."""
-    booted = machine.booted_at
-    # Planned backwards from the newest.
-    jobs: list[tuple[float, float | None]] = []
-    if scenario == "running_command":
-        start = now - rng.randint(2 * _MINUTE, 20 * _MINUTE)
-        jobs.append((start, None))
-        cursor = start - rng.randint(_MINUTE, 10 * _MINUTE)
-    elif scenario in ("dead", "hung"):
-        cursor = now - 3 * _DAY
-    elif recently_booted:
-        cursor = booted - 5 * _MINUTE
-    else:
-        cursor = now - rng.randint(5 * _MINUTE, 40 * _MINUTE)
-    earliest = booted - 7 * _DAY if recently_booted else booted + _TWISTD_START_DELAY + _MINUTE
-    while scenario != "stopped" and len(jobs) < 6:  # a stopped loaner runs no jobs
-        end = cursor
-        start = end - rng.randint(10 * _MINUTE, 60 * _MINUTE)
-        if start < earliest:
-            break
-        jobs.append((start, end))
-        cursor = start - rng.randint(_MINUTE, 10 * _MINUTE)
-    jobs.reverse()
-    return jobs
-
-
-def _job_events(
-    machine: LabMachine, jobs: list[tuple[float, float | None]], masters: list[LabMaster], rng: random.Random
-) -> list[tuple[float, list[str]]]:
-    """Record C{jobs} in buildapi's list (newest first) and return their twistd.log lines."""
-    kind = _job_kind(machine)
-    argv = list(_ARGV[kind])
-    home = _HOMES[machine.os]
-    workdir = machine.basedir + ("\\test" if machine.os == WINDOWS else "/test")
-    tz, style = machine.tz_offset, machine.log_style
-    master = machine.master or masters[0].nickname
-    builders = _BUILDERS[kind]
-    number = rng.randint(1000, 9000)
-    events: list[tuple[float, list[str]]] = []
-    for position, (began, ended) in enumerate(jobs):
-        machine.recent_jobs.insert(
-            0,
-            LabJob(
-                buildername=builders[position % len(builders)],
-                buildnumber=number + position,
-                starttime=int(began),
-                endtime=int(ended) if ended is not None else None,
-                result=(0 if rng.random() < 0.8 else rng.choice((1, 2, 5))) if ended is not None else None,
-                master=master,
-                slave=machine.name,
-                request_ids=[rng.randint(100000, 999999)],
-            ),
-        )
-        events.append((began, logs.command_start_lines(style, began, tz, workdir, argv, home)))
-        if ended is not None:
-            events.append((ended, logs.command_end_lines(style, ended, tz, ended - began, argv)))
-    return events
-
-
-def _boot_events(
-    machine: LabMachine, scenario: str, jobs: list[tuple[float, float | None]], now: float, recently_booted: bool
-) -> list[tuple[float, list[str]]]:
-    """The twistd.log lines of the buildbot's starts and stops around the last boot."""
-    tz, style = machine.tz_offset, machine.log_style
-    booted = machine.booted_at
-    boot_at = booted + _TWISTD_START_DELAY
-    events: list[tuple[float, list[str]]] = []
-    if scenario == "booting":
-        previous_boot = jobs[0][0] - _HOUR if jobs else booted - _DAY
-        events.append((previous_boot, logs.boot_lines(style, previous_boot, tz, machine.master_address)))
-    if recently_booted:
-        events.append((booted - _MINUTE, logs.sigterm_lines(booted - _MINUTE, tz)))
-    if boot_at < now and (machine.uptime(now) < 2 * _DAY or scenario == "stopped" or not (jobs or events)):
-        boot = logs.boot_lines(style, boot_at, tz, machine.master_address)
-        # Without a master the buildbot never gets past connecting.
-        events.append((boot_at, boot if machine.master else boot[:-2]))
-    if scenario == "stopped":
-        stop_at = boot_at + 5 * _MINUTE
-        if machine.master:
-            events.append((stop_at, logs.graceful_shutdown_lines(style, stop_at, tz)))
-        else:
-            events.append((stop_at, logs.sigterm_lines(stop_at, tz)))
-    return events

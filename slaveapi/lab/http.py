@@ -28,8 +28,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
-from slaveapi.lab.fleet import Fleet, LabMachine
+from slaveapi.lab.fleet import Fleet
 from slaveapi.lab.inventory_dns import InventoryDNSFake
+from slaveapi.lab.machines import LabMachine
 from slaveapi.lab.power import PowerControl
 
 _DEFAULT_NUMBUILDS = 25

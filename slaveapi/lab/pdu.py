@@ -50,7 +50,8 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from slaveapi.lab.fleet import Fleet, LabMachine
+from slaveapi.lab.fleet import Fleet
+from slaveapi.lab.machines import LabMachine
 from slaveapi.lab.power import PowerControl
 
 SENTRY = "sentry"

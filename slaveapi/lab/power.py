@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from slaveapi.lab.fleet import LabMachine
+from slaveapi.lab.machines import LabMachine
 
 
 class PowerObserver(Protocol):

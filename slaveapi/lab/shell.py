@@ -16,8 +16,8 @@ import datetime
 import shlex
 from dataclasses import dataclass
 
-from slaveapi.lab.fleet import LINUX, MACOS, WINDOWS, LabMachine, posix_path
 from slaveapi.lab.logs import local_time
+from slaveapi.lab.machines import LINUX, MACOS, WINDOWS, LabMachine, posix_path
 
 _REBOOT_COMMANDS = (
     ("reboot",),

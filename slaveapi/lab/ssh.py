@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from slaveapi.lab import shell
-from slaveapi.lab.fleet import SSH_NONE, SSH_REFUSE_LOGIN, SSH_USER, LabMachine
+from slaveapi.lab.machines import SSH_NONE, SSH_REFUSE_LOGIN, SSH_USER, LabMachine
 from slaveapi.lab.power import PowerControl
 
 _EXTENDED_DATA_STDERR = 1

@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 
 from slaveapi.clients.dns import DNSClient
-from slaveapi.lab.fleet import LabMachine
+from slaveapi.lab.machines import LabMachine
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 

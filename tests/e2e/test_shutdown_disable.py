@@ -20,7 +20,7 @@ from twisted.internet.defer import ensureDeferred
 
 from slaveapi.lab.bugzilla import LabBug
 from slaveapi.lab.buildbot import running_command
-from slaveapi.lab.fleet import LabMachine
+from slaveapi.lab.machines import LabMachine
 from slaveapi.service import ContextHolder
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process

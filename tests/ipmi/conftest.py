@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 if TYPE_CHECKING:
     from slaveapi.clients.ipmi import IPMIClient
     from slaveapi.config import IPMIConfig
-    from slaveapi.lab.fleet import LabMachine
+    from slaveapi.lab.machines import LabMachine
 
 IPMI_SIM = "/usr/bin/ipmi_sim"
 IPMITOOL = "/usr/bin/ipmitool"

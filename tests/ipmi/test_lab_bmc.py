@@ -29,7 +29,8 @@ from slaveapi.clients.ipmi import IPMIAuthError, IPMITimeout
 from slaveapi.config import IPMIConfig
 from slaveapi.lab import Lab
 from slaveapi.lab.bmc import LabBMCError, LabBMCs
-from slaveapi.lab.fleet import LabMachine, build_fleet
+from slaveapi.lab.fleet import build_fleet
+from slaveapi.lab.machines import LabMachine
 from slaveapi.lab.power import PowerControl
 
 from .conftest import Clients, PowerWatcher, bounded, ipmitool, pid_alive

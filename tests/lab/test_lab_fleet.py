@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from slaveapi.lab import LINUX, MACOS, SSH_REFUSE_LOGIN, WINDOWS, build_fleet, logs, shell
-from slaveapi.lab.fleet import posix_path
+from slaveapi.lab.machines import posix_path
 from slaveapi.twistdlog import last_activity, parse_log_line
 from slaveapi.uptime import parse_net_statistics, parse_proc_uptime, parse_uptime_output
 

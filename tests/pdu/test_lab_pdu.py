@@ -25,7 +25,8 @@ from zope.interface import implementer
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients.pdu import PDUClient
 from slaveapi.config import Secret, SNMPConfig
-from slaveapi.lab.fleet import Fleet, LabHost, LabMachine, build_fleet
+from slaveapi.lab.fleet import Fleet, build_fleet
+from slaveapi.lab.machines import LabHost, LabMachine
 from slaveapi.lab.pdu import LabPDUs, default_apc_hosts, free_udp_port, parse_outlet
 from slaveapi.lab.power import PowerControl
 from tests.pdu.peers import SNMPGET, SNMPSET, ToolResult, run_tool, tool_env
