@@ -57,7 +57,8 @@ class HostInfo:
     colo: str | None
 
 
-def _host_info(asked: str, fqdn: str, ip: str) -> HostInfo:
+def host_info(asked: str, fqdn: str, ip: str) -> HostInfo:
+    """What DNS says of C{fqdn} at C{ip}, asked as C{asked} (its colo: the third label from the right)."""
     labels = fqdn.split(".")
     return HostInfo(
         name=asked.split(".", 1)[0],
@@ -171,7 +172,7 @@ class DNSClient:
             canonical, ip = self._follow(target, answers)
             if ip is not None:
                 self._log.debug("DNS {name} is {fqdn} at {ip}", name=name, fqdn=canonical, ip=ip)
-                return _host_info(name, canonical, ip)
+                return host_info(name, canonical, ip)
             if canonical.lower() == target.lower() or canonical.lower() in seen:
                 # No address, and no CNAME leading anywhere new.
                 return None

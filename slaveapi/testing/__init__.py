@@ -19,6 +19,7 @@ logins and command answers (L{FakeSSH.script_logins}, L{FakeSSH.answer}),
 power calls (L{Outcome}), a probe or a lookup that fails (C{error}).
 """
 
+from slaveapi.clients.dns import host_info
 from slaveapi.testing._apis import (
     FakeBugzilla,
     FakeBuildapi,
@@ -32,7 +33,7 @@ from slaveapi.testing._aws import FakeAWS
 from slaveapi.testing._clock import run_on_clock
 from slaveapi.testing._context import Fakes, fake_config, fake_context, make_fakes
 from slaveapi.testing._hosts import FakeHost, FakeHosts
-from slaveapi.testing._network import FakeDNS, FakeProber, host_info
+from slaveapi.testing._network import FakeDNS, FakeProber
 from slaveapi.testing._power import FakeIPMI, FakeMozpool, FakePDU, Outcome
 from slaveapi.testing._ssh import REBOOTING_COMMANDS, FakeSSH, FakeSSHSession
 

@@ -7,29 +7,15 @@ a C{Clock}, a test moves them on by advancing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from slaveapi.clients.dns import HostInfo
-from slaveapi.clients.probe import RebootWait
+from slaveapi.clients.dns import HostInfo, host_info
+from slaveapi.clients.probe import Prober
 from slaveapi.config import ProbeConfig
 from slaveapi.interfaces import IDNS, IProber
 from slaveapi.testing._hosts import FakeHosts
-
-
-def host_info(asked: str, fqdn: str, ip: str) -> HostInfo:
-    """What DNS says of C{fqdn} at C{ip}, asked as C{asked}."""
-    labels = fqdn.split(".")
-    return HostInfo(
-        name=asked.split(".", 1)[0],
-        fqdn=fqdn,
-        domain=".".join(labels[1:]),
-        ip=ip,
-        colo=labels[-3] if len(labels) >= 3 else None,
-    )
 
 
 @implementer(IDNS)
@@ -81,16 +67,16 @@ class FakeDNS:
 
 
 @implementer(IProber)
-class FakeProber:
+class FakeProber(Prober):
     """
-    A machine answers when it is up. With C{error} set, L{alive} raises it
-    (a probe that cannot run). C{asked} lists every host probed.
+    The real prober's waits over simulated machines: a machine answers when
+    it is up. With C{error} set, L{alive} raises it (a probe that cannot
+    run). C{asked} lists every host probed.
     """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None, config: ProbeConfig | None = None) -> None:
-        self._reactor = reactor
+        super().__init__(reactor, config or ProbeConfig(), ssh_port=22)
         self._hosts = hosts
-        self._config = config or ProbeConfig()
         self.asked: list[str] = []
         self.error: Exception | None = None
 
@@ -100,22 +86,3 @@ class FakeProber:
             raise self.error
         machine = self._hosts.find(host) if self._hosts is not None else None
         return machine is not None and machine.up
-
-    async def wait_for(self, host: str, up: bool, limit: float) -> bool:
-        started = self._reactor.seconds()
-        while True:
-            if await self.alive(host) == up:
-                return True
-            if self._reactor.seconds() - started >= limit:
-                return False
-            await deferLater(self._reactor, self._config.interval, lambda: None)
-
-    async def wait_for_reboot(self, host: str, progress: Callable[[str], None] | None = None) -> RebootWait:
-        started = self._reactor.seconds()
-        went_down = await self.wait_for(host, up=False, limit=self._config.down_timeout)
-        if not went_down:
-            return RebootWait(False, False, self._reactor.seconds() - started)
-        if progress:
-            progress("down")
-        came_back = await self.wait_for(host, up=True, limit=self._config.up_timeout)
-        return RebootWait(True, came_back, self._reactor.seconds() - started)
