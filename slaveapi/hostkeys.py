@@ -42,6 +42,7 @@ from twisted.conch.ssh.transport import SSHClientTransport
 from twisted.internet.defer import Deferred, DeferredSemaphore, TimeoutError as WaitTimedOut, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
@@ -314,7 +315,8 @@ async def main(reactor: Any, argv: Sequence[str]) -> int:
         print(host.line())
     counts = {status: sum(host.status == status for host in scanned) for status in (KNOWN, NEW, CHANGED, FAILED)}
     if arguments.write:
-        written = write_new_keys(path, scanned)
+        # The rewrite waits for the directory lock and fsyncs: not on the reactor.
+        written = await deferToThreadPool(reactor, reactor.getThreadPool(), write_new_keys, path, scanned)
         outcome = f"{written} new written to {path}"
     else:
         outcome = f"{counts[NEW]} new (not written: add --write after checking the fingerprints)"

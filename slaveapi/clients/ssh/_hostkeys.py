@@ -91,7 +91,8 @@ class HostKeyStore:
 
     @param reactor: when given, the changes made while SlaveAPI runs
         (L{record_unverified}, L{forget}) are written in its thread pool;
-        without it, at once in the calling thread.
+        without it, at once in the calling thread, which must then not be
+        the reactor's (the write may wait for another process's lock).
     """
 
     def __init__(self, known_hosts_path: str, reactor: Any = None) -> None:
