@@ -23,10 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import error as net_error, reactor as _reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet import reactor as _reactor
 
 from slaveapi.clients.ssh import (
     CommandResult,
@@ -38,6 +35,7 @@ from slaveapi.clients.ssh import (
 )
 from slaveapi.config import Secret, SSHConfig
 from slaveapi.hostkeys import fetch_host_key
+from tests.clients_ssh_dns.sshd_wait import wait_listening
 
 reactor: Any = _reactor
 
@@ -45,9 +43,6 @@ SSHD = "/usr/sbin/sshd"
 USER = "slaveapihk"
 PASSWORD = "slaveapi-Hostkey-pw-9031"
 HOST = "127.0.0.1"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(SSHD) or os.geteuid() != 0, reason="needs OpenSSH's sshd, as root")
-
 
 def _keygen(path: Path, *kind: str) -> Path:
     subprocess.run(["ssh-keygen", "-q", *kind, "-N", "", "-C", "", "-f", str(path)], check=True)
@@ -116,18 +111,7 @@ class _Sshd:
         )
 
     async def wait_listening(self) -> None:
-        endpoint = TCP4ClientEndpoint(reactor, HOST, self.port, timeout=1)
-        for _attempt in range(500):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log_text()}")
-            try:
-                probe = await connectProtocol(endpoint, Protocol())
-            except net_error.ConnectError:
-                await deferLater(reactor, 0.02, lambda: None)
-                continue
-            probe.transport.loseConnection()
-            return
-        raise RuntimeError(f"sshd not listening on port {self.port}: {self.log_text()}")
+        await wait_listening(reactor, self.process, HOST, self.port, self.log_text)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

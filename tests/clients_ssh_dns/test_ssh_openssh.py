@@ -40,7 +40,6 @@ from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.ssh.keys import Key
 from twisted.internet import error as net_error, reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
@@ -61,6 +60,7 @@ from slaveapi.clients.ssh import (
 from slaveapi.clients.ssh._errors import connect_error as _connect_error
 from slaveapi.config import ConfigError, Secret, SSHConfig
 from slaveapi.hostkeys import fetch_host_key
+from tests.clients_ssh_dns.sshd_wait import wait_listening
 
 reactor: Any = _reactor
 
@@ -186,18 +186,7 @@ class _Sshd:
     async def _wait_listening(self) -> None:
         """Poll a TCP connect until sshd accepts, for at most 10 seconds."""
         assert self.process is not None
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=1)
-        for _attempt in range(500):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log_text()}")
-            try:
-                probe = await connectProtocol(endpoint, Protocol())
-            except net_error.ConnectError:
-                await deferLater(reactor, 0.02, lambda: None)
-                continue
-            probe.transport.loseConnection()
-            return
-        raise RuntimeError(f"sshd not listening on port {self.port}: {self.log_text()}")
+        await wait_listening(reactor, self.process, "127.0.0.1", self.port, self.log_text)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
