@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.logger import Logger
 
-from slaveapi.actions import ActionFailure, ActionLog, ActionRun
-from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES, reboot
+from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES
 from slaveapi.clients.probe import ProbeError
 from slaveapi.clients.ssh import CommandResult, SSHBusy
-from slaveapi.testing import FakeHost, Fakes, make_fakes, run_on_clock
+from slaveapi.testing import FakeHost, Fakes, make_fakes
+from tests.core.reboots import no_power_control, run_reboot
 
 IP = "127.0.9.1"
 
@@ -63,25 +62,10 @@ def _never_goes_down(fakes: Fakes) -> None:
     fakes.ssh.answer("reboot", CommandResult(0, "", ""))
 
 
-def _reboot(fakes: Fakes, update_bug: bool = True) -> tuple[str, list[str]]:
-    """The reboot of bld-1 run to its end on the fakes' clock: its final text, and the texts shown."""
-    shown: list[str] = []
-    run = ActionRun(fakes.context(), "bld-1", 1, "reboot", ActionLog(Logger(), "bld-1", 1, "reboot"), shown.append)
-    try:
-        return run_on_clock(fakes.clock, reboot(run, update_bug=update_bug)), shown
-    except ActionFailure as failure:
-        return str(failure.payload), shown
-
-
-def _no_power_control(fakes: Fakes) -> bool:
-    powercycles = [call for call in fakes.ipmi.calls if call[0] == "powercycle"]
-    return not (powercycles or fakes.pdu.calls or fakes.mozpool.calls)
-
-
 def test_a_reboot_too_fast_for_the_probe_is_seen_in_the_uptime() -> None:
     fakes = _fakes()
     _reboots_between_polls(fakes)
-    text, _ = _reboot(fakes)
+    text, _ = run_reboot(fakes)
     assert text == "Attempting SSH reboot...Success!"
     assert [command for _, command in fakes.ssh.commands] == ["reboot", "cat /proc/uptime"]
     # The probe never saw it down: it waited its whole down_timeout.
@@ -91,7 +75,7 @@ def test_a_reboot_too_fast_for_the_probe_is_seen_in_the_uptime() -> None:
 def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_not_to() -> None:
     fakes = _fakes()
     _never_goes_down(fakes)
-    text, shown = _reboot(fakes, update_bug=False)
+    text, shown = run_reboot(fakes, update_bug=False)
     assert text.split("\n") == [
         "Attempting SSH reboot...Failed (it never went down).",
         "Skipping Mozpool reboot: no imaging server in inventory.",
@@ -106,7 +90,7 @@ def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_n
 def test_a_probe_that_cannot_run_skips_ssh_with_the_reason() -> None:
     fakes = _fakes()
     fakes.prober.error = ProbeError("no ping command found")
-    text, _ = _reboot(fakes, update_bug=False)
+    text, _ = run_reboot(fakes, update_bug=False)
     assert text.split("\n")[0] == "Skipping SSH reboot: cannot probe the machine: no ping command found."
     assert fakes.ssh.logins == []
 
@@ -115,11 +99,11 @@ def test_busy_ssh_is_retried_then_stops_the_reboot_without_power_control() -> No
     fakes = _fakes(with_power_control=True)
     fakes.ssh.script_logins(IP, then=_BUSY)
 
-    text, _ = _reboot(fakes)
+    text, _ = run_reboot(fakes)
 
     assert fakes.ssh.logins == [IP] * BUSY_TRIES
     assert fakes.clock.seconds() == BUSY_PAUSE * (BUSY_TRIES - 1)
-    assert _no_power_control(fakes) and fakes.bugzilla.created == []
+    assert no_power_control(fakes) and fakes.bugzilla.created == []
     assert text.split("\n") == [
         (
             "Attempting SSH reboot...Stopped while logging in to send the reboot command (ssh 127.0.9.1:22: no SSH"
@@ -136,11 +120,11 @@ def test_busy_ssh_after_the_reboot_command_is_not_taken_for_a_machine_that_never
     _never_goes_down(fakes)
     fakes.ssh.script_logins(IP, None, then=_BUSY)
 
-    text, _ = _reboot(fakes)
+    text, _ = run_reboot(fakes)
 
     assert fakes.ssh.commands == [(IP, "reboot")]
     assert fakes.ssh.logins == [IP] * (1 + BUSY_TRIES)
-    assert _no_power_control(fakes) and fakes.bugzilla.created == []
+    assert no_power_control(fakes) and fakes.bugzilla.created == []
     lines = text.split("\n")
     assert lines[0].startswith(
         "Attempting SSH reboot...initiated, then stopped while checking its uptime after the reboot command (ssh "
@@ -154,11 +138,11 @@ def test_ssh_busy_for_a_while_is_waited_for_and_the_ssh_reboot_goes_ahead(busy_l
     _reboots_between_polls(fakes)
     fakes.ssh.script_logins(IP, *[_BUSY] * busy_logins)
 
-    text, _ = _reboot(fakes)
+    text, _ = run_reboot(fakes)
 
     assert text == "Attempting SSH reboot...Success!"
     # Busy, then the reboot command, then the uptime.
     assert fakes.ssh.logins == [IP] * (busy_logins + 2)
     assert fakes.ssh.commands[0] == (IP, "reboot")
-    assert _no_power_control(fakes)
+    assert no_power_control(fakes)
     assert fakes.ssh.open_sessions == 0

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
-
-from slaveapi.actions import ActionFailure, ActionLog, ActionRun
-from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES, reboot
+from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES
 from slaveapi.clients.ipmi import IPMITimeout
 from slaveapi.clients.pdu import PDUError
 from slaveapi.clients.ssh import SSHAuthenticationFailed, SSHBusy
-from slaveapi.testing import FakeHost, Fakes, Outcome, make_fakes, run_on_clock
+from slaveapi.testing import FakeHost, Fakes, Outcome, make_fakes
+from tests.core.reboots import no_power_control, run_reboot
 
 IP = "127.0.9.1"
 BMC = "127.0.10.1"
@@ -29,35 +27,16 @@ def _fakes(**machine: Any) -> Fakes:
     return make_fakes([FakeHost("bld-1", IP, boot_seconds=BOOT, **machine)])
 
 
-def _walk(fakes: Fakes, update_bug: bool = True) -> tuple[str, list[str]]:
-    """
-    Run the reboot of bld-1 on the fakes' clock to its end: its final text
-    (of a success or a failure) and every progress text shown.
-    """
-    shown: list[str] = []
-    log = ActionLog(Logger(), "bld-1", 1, "reboot")
-    run = ActionRun(fakes.context(), "bld-1", 1, "reboot", log, shown.append)
-    try:
-        return run_on_clock(fakes.clock, reboot(run, update_bug=update_bug)), shown
-    except ActionFailure as failure:
-        return str(failure.payload), shown
-
-
-def _no_power_control(fakes: Fakes) -> bool:
-    powercycles = [call for call in fakes.ipmi.calls if call[0] == "powercycle"]
-    return not (powercycles or fakes.pdu.calls or fakes.mozpool.calls)
-
-
 def test_ssh_reboot_works() -> None:
     fakes = _fakes(bmc_ip=BMC, outlet=OUTLET)
 
-    text, shown = _walk(fakes)
+    text, shown = run_reboot(fakes)
 
     assert text == "Attempting SSH reboot...Success!"
     assert "Attempting SSH reboot...initiated, waiting for it to come back..." in shown
     assert fakes.ssh.commands == [(IP, "reboot")]
     assert fakes.ssh.open_sessions == 0
-    assert _no_power_control(fakes) and fakes.bugzilla.created == []
+    assert no_power_control(fakes) and fakes.bugzilla.created == []
     host = fakes.hosts.find("bld-1")
     assert host is not None and host.up and host.reboots == 1
     # Back after its boot time, seen at the next probe.
@@ -69,7 +48,7 @@ def test_ssh_refused_then_mozpool_works() -> None:
     refused = SSHAuthenticationFailed(f"ssh {IP}:22: every login was rejected (1 user, 1 password tried)")
     fakes.ssh.script_logins(IP, then=refused)
 
-    text, _ = _walk(fakes)
+    text, _ = run_reboot(fakes)
 
     assert text.split("\n") == [
         f"Attempting SSH reboot...Failed (ssh {IP}:22: every login was rejected (1 user, 1 password tried)).",
@@ -84,7 +63,7 @@ def test_ssh_refused_ipmi_times_out_and_the_pdu_works() -> None:
     fakes.ssh.script_logins(IP, then=SSHAuthenticationFailed(f"ssh {IP}:22: every login was rejected"))
     fakes.ipmi.outcomes[BMC] = Outcome(IPMITimeout(f"IPMI power off on {BMC}: no answer within 30s"), after=30.0)
 
-    text, _ = _walk(fakes)
+    text, _ = run_reboot(fakes)
 
     assert text.split("\n") == [
         f"Attempting SSH reboot...Failed (ssh {IP}:22: every login was rejected).",
@@ -105,7 +84,7 @@ def test_everything_fails_and_a_bug_is_filed() -> None:
         PDUError("pdu1.example.test:161", "AA1", "set off", "no answer within 5s"), after=5.0
     )
 
-    text, _ = _walk(fakes)
+    text, _ = run_reboot(fakes)
 
     bugzilla = fakes.bugzilla
     tracking, reboot_bug = bugzilla.created
@@ -136,7 +115,7 @@ def test_everything_fails_and_the_existing_reboot_bug_is_left_alone() -> None:
         "bld-1 is unreachable", product="Infrastructure & Operations", component="DCOps", blocks=[tracking.id]
     )
 
-    text, _ = _walk(fakes)
+    text, _ = run_reboot(fakes)
 
     assert text.split("\n") == [
         "Skipping SSH reboot: the machine does not answer.",
@@ -153,7 +132,7 @@ def test_busy_ssh_stops_the_reboot_without_power_control() -> None:
     busy = SSHBusy(f"ssh {IP}:22: no SSH session came free within 30s (2 already open to this host)")
     fakes.ssh.script_logins(IP, then=busy)
 
-    text, _ = _walk(fakes)
+    text, _ = run_reboot(fakes)
 
     assert text.split("\n") == [
         f"Attempting SSH reboot...Stopped while logging in to send the reboot command ({busy}).",
@@ -163,14 +142,14 @@ def test_busy_ssh_stops_the_reboot_without_power_control() -> None:
         ),
     ]
     assert fakes.ssh.logins == [IP] * BUSY_TRIES
-    assert _no_power_control(fakes) and fakes.bugzilla.created == []
+    assert no_power_control(fakes) and fakes.bugzilla.created == []
     assert fakes.clock.seconds() == BUSY_PAUSE * (BUSY_TRIES - 1)
 
 
 def test_everything_fails_and_no_bug_is_filed_when_asked_not_to() -> None:
     fakes = _fakes(up=False, comes_back=False)
 
-    text, _ = _walk(fakes, update_bug=False)
+    text, _ = run_reboot(fakes, update_bug=False)
 
     assert text.split("\n")[-1] == "All reboot methods failed; not filing a bug, as asked."
     assert fakes.bugzilla.created == []
