@@ -72,34 +72,39 @@ class Slots:
     At most C{limit()} holders at once, the others served first come, first served.
 
     Like L{twisted.internet.defer.DeferredSemaphore}, except that the limit
-    may change between calls. A waiting L{acquire} that is cancelled leaves
-    the line.
+    may change between calls, and that a caller I{resuming} (an action
+    taking its work slot back after a wait, see L{slaveapi.work}) is served
+    before callers that have not started: finishing work already under way
+    first keeps what is in flight small. A waiting L{acquire} that is
+    cancelled leaves the line.
     """
 
     def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
-        self._waiting: deque[Deferred[None]] = deque()
+        self._resuming: deque[Deferred[None]] = deque()
+        self._starting: deque[Deferred[None]] = deque()
         self.held = 0
 
-    def acquire(self) -> Deferred[None]:
+    def acquire(self, resuming: bool = False) -> Deferred[None]:
         """Fires once a slot is held by the caller, who must L{release} it."""
-        if not self._waiting and self.held < self._limit():
+        if not self.waiting and self.held < self._limit():
             self.held += 1
             return Deferred.fromCoroutine(_nothing())
-        waiter: Deferred[None] = Deferred(self._waiting.remove)
-        self._waiting.append(waiter)
+        line = self._resuming if resuming else self._starting
+        waiter: Deferred[None] = Deferred(line.remove)
+        line.append(waiter)
         return waiter
 
     def release(self) -> None:
         """Give a slot back, handing it to the longest waiter if the limit allows."""
         self.held -= 1
-        while self._waiting and self.held < self._limit():
+        while self.waiting and self.held < self._limit():
             self.held += 1
-            self._waiting.popleft().callback(None)
+            (self._resuming or self._starting).popleft().callback(None)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._resuming) + len(self._starting)
 
 
 async def _nothing() -> None:

@@ -2,9 +2,12 @@
 Runs actions in the background: limits, per-slave locks, timeouts, results.
 
 Each submitted action gets a PENDING result at once. It then waits for its
-slave's lock (exclusive actions only) and for a free slot under the
+slave's lock (exclusive actions only) and for a free work slot under the
 concurrency limit, runs as RUNNING with its progress shown in the result's
-text, and finishes as SUCCESS or FAILURE. A finished result is persisted
+text, and finishes as SUCCESS or FAILURE. It holds the work slot only while
+it works: while it waits (for a machine to boot, a buildbot to drain, an
+instance to start) it gives the slot back and takes it again before going
+on (L{slaveapi.work}); the lock it keeps until it ends. A finished result is persisted
 before anyone waiting on it is told. How many may wait and which slots each
 kind of action may take is L{slaveapi.admission}'s business; locks and
 single flight are per machine, by its canonical identity.
@@ -21,8 +24,7 @@ start records it as interrupted.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -35,6 +37,7 @@ from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.clients import within
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import IResultStore, StoreUnavailable, interrupted_text
+from slaveapi.work import WorkSlot, working_as
 
 if TYPE_CHECKING:
     from slaveapi.context import Context
@@ -226,22 +229,25 @@ class ActionProcessor(Service):
         log = ActionLog(self._log, result.slave, result.requestid, action.name)
         lock = None
         kind = _kind(action)
+        slot = self._work_slot(kind)
         pending = True
         try:
             if action.exclusive:
                 slave_lock = self._slave_locks.setdefault(_key(result.slave, "")[0], DeferredLock())
                 await slave_lock.acquire()
                 lock = slave_lock
-            async with self._slots_for(kind):
-                pending = False
-                self._pending[kind] -= 1
-                if self._stopping:
-                    raise CancelledError()
+            await slot.take()
+            pending = False
+            self._pending[kind] -= 1
+            if self._stopping:
+                raise CancelledError()
+            with working_as(slot):
                 await self._run(result, action, arguments, ctx, log)
         except CancelledError:
             progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
             self._finish(result, FAILURE, interrupted_text(progress), log)
         finally:
+            slot.give_back()
             if pending:
                 self._pending[kind] -= 1
             if lock is not None:
@@ -253,22 +259,19 @@ class ActionProcessor(Service):
                 del self._in_flight[key]
             await self._persist_and_notify(result, log)
 
-    @asynccontextmanager
-    async def _slots_for(self, kind: str) -> AsyncIterator[None]:
+    def _work_slot(self, kind: str) -> WorkSlot:
         """
-        Hold a slot for an action of C{kind}: a read-only action one of its
-        own first, so that waiting reads never queue ahead of changes.
+        The work slot of an action of C{kind}: for a read-only action one of
+        its own first and then a shared one, so that waiting reads never
+        queue ahead of changes.
         """
         pools = [self._read_slots, self._slots] if kind == READS else [self._slots]
-        held: list[Slots] = []
-        try:
-            for pool in pools:
-                await pool.acquire()
-                held.append(pool)
-            yield
-        finally:
-            for pool in reversed(held):
+
+        def give_back() -> None:
+            for pool in reversed(pools):
                 pool.release()
+
+        return WorkSlot(lambda resuming: Deferred.fromCoroutine(_take_all(pools, resuming)), give_back)
 
     def queued(self) -> dict[str, int]:
         """Pending requests by kind (read-only, changing), for operators and tests."""
@@ -383,6 +386,19 @@ class ActionProcessor(Service):
             " until the next start records it as interrupted",
             reason=reason,
         )
+
+
+async def _take_all(pools: list[Slots], resuming: bool) -> None:
+    """Hold a slot of each of C{pools}, in order; none of them if cancelled on the way."""
+    held: list[Slots] = []
+    try:
+        for pool in pools:
+            await pool.acquire(resuming)
+            held.append(pool)
+    except BaseException:
+        for pool in reversed(held):
+            pool.release()
+        raise
 
 
 def _kind(action: Action) -> str:

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from twisted.internet.task import deferLater
-
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
@@ -44,6 +42,7 @@ from slaveapi.clients.dns import DNSError
 from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
 from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import Lookup, Slave
+from slaveapi.work import pause
 
 #: Tried in order until one is accepted.
 REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
@@ -90,7 +89,7 @@ async def _session_when_free(run: ActionRun, slave: Slave, step: str) -> SSHSess
             )
             if attempt == BUSY_TRIES:
                 raise _StayedBusy(step, error) from None
-            await deferLater(run.ctx.reactor, BUSY_PAUSE, lambda: None)
+            await pause(run.ctx.reactor, BUSY_PAUSE)
     raise AssertionError("unreachable: the last try returns or raises")
 
 

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 
 from slaveapi.clients._errors import ClientTimeout
+from slaveapi.work import pause
 
 T = TypeVar("T")
 
@@ -97,6 +97,9 @@ async def poll_until(
     answer passes an error of its own and catches it; one whose message
     names the last thing seen keeps it in a closure that C{check} updates.
 
+    The sleeps are waits (L{slaveapi.work.pause}): an action polling holds
+    its work slot only while C{check} runs.
+
     C{check} must bound its own calls (it is not cut off at the deadline);
     its exceptions end the poll unchanged. Cancelling the caller cancels the
     check or the sleep in progress.
@@ -116,7 +119,7 @@ async def poll_until(
             if timeout_error is not None:
                 raise timeout_error()
             raise ClientTimeout(f"{what}: not done within {deadline:g}s")
-        await deferLater(reactor, min(every, remaining), lambda: None)
+        await pause(reactor, min(every, remaining))
 
 
 def settled(deferred: Deferred[Any]) -> Deferred[None]:

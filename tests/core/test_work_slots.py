@@ -1,0 +1,306 @@
+"""
+Waiting is not working: an action holds a work slot only while it works.
+
+The processor runs on a L{Clock}; the actions' waits are L{pause} and
+L{poll_until} on that clock, so a test decides when a wait ends. Each test
+checks who held a slot when, through what the actions record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+
+from slaveapi.actions import Action, ActionRun
+from slaveapi.admission import Slots
+from slaveapi.clients import poll_until
+from slaveapi.processor import ActionProcessor
+from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
+from slaveapi.store import INTERRUPTED_TEXT, SQLiteResultStore
+from slaveapi.work import current_slot, pause, waiting
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(1_000_000)
+    return clock
+
+
+@pytest.fixture
+def make_processor(
+    store: SQLiteResultStore, context_box: SimpleNamespace, clock: Clock
+) -> Callable[..., ActionProcessor]:
+    def make(concurrency: int) -> ActionProcessor:
+        return ActionProcessor(store, lambda: context_box.context, concurrency=concurrency, reactor=clock)
+
+    return make
+
+
+class _Journal:
+    """What the actions did, in order, and a way to wait for an entry."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self._waiters: dict[tuple[str, str], list[Deferred[None]]] = {}
+
+    def note(self, slave: str, what: str) -> None:
+        self.entries.append((slave, what))
+        for waiter in self._waiters.pop((slave, what), []):
+            _soon(waiter.callback, None)
+
+    def seen(self, slave: str, what: str) -> Deferred[None]:
+        """Fires once C{slave} noted C{what}."""
+        waiter: Deferred[None] = Deferred()
+        if (slave, what) in self.entries:
+            waiter.callback(None)
+        else:
+            self._waiters.setdefault((slave, what), []).append(waiter)
+        return _bounded(waiter)
+
+
+def _soon(function: Callable[..., Any], *args: Any) -> None:
+    from twisted.internet import reactor
+
+    reactor.callLater(0, function, *args)
+
+
+def _bounded(d: Deferred[Any], seconds: float = 5.0) -> Deferred[Any]:
+    """Fail the test (rather than hang) if C{d} takes longer in real time."""
+    from twisted.internet import reactor
+
+    return d.addTimeout(seconds, reactor)
+
+
+async def _settle() -> None:
+    """Let everything already due on the real reactor run (store writes, slot hand-overs)."""
+    from twisted.internet import reactor
+
+    for _ in range(5):
+        d: Deferred[None] = Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+
+
+def _booting(journal: _Journal, clock: Clock, gates: dict[str, Deferred[None]] | None = None) -> Action:
+    """
+    A reboot-like action: work (held up by its gate, if any), a 30 s wait,
+    then work again. It notes whether it held its slot at each point.
+    """
+
+    async def run(run: ActionRun) -> str:
+        slot = current_slot()
+        journal.note(run.slave, f"working, holds slot: {slot is not None and slot.held}")
+        if gates and run.slave in gates:
+            await gates[run.slave]
+        journal.note(run.slave, "waiting")
+        await pause(clock, 30)
+        journal.note(run.slave, f"back, holds slot: {slot is not None and slot.held}")
+        return "rebooted"
+
+    return Action(name="reboot", run=run, exclusive=True, single_flight=True)
+
+
+async def _done(processor: ActionProcessor, result: ActionResult) -> ActionResult:
+    await _bounded(processor.wait(result, 3600))
+    return processor.recorded(result)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_action_holds_no_slot_so_the_next_one_runs(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+    action = _booting(journal, clock)
+    first = await processor.submit("bld-1", action)
+    second = await processor.submit("bld-2", action)
+
+    # With one slot, the second starts while the first waits: no time has passed.
+    await journal.seen("bld-2", "waiting")
+    assert journal.entries == [
+        ("bld-1", "working, holds slot: True"),
+        ("bld-1", "waiting"),
+        ("bld-2", "working, holds slot: True"),
+        ("bld-2", "waiting"),
+    ]
+    assert processor.recorded(second).state == RUNNING
+
+    clock.advance(30)
+    assert (await _done(processor, first)).state == SUCCESS
+    assert (await _done(processor, second)).state == SUCCESS
+    # Each took its slot back before going on.
+    assert ("bld-1", "back, holds slot: True") in journal.entries
+    assert ("bld-2", "back, holds slot: True") in journal.entries
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_action_back_from_a_wait_goes_before_one_not_started(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+    gates = {"bld-2": Deferred[None]()}
+    action = _booting(journal, clock, gates)
+    first = await processor.submit("bld-1", action)
+    await journal.seen("bld-1", "waiting")
+    second = await processor.submit("bld-2", action)
+    await journal.seen("bld-2", "working, holds slot: True")
+    third = await processor.submit("bld-3", action)
+
+    clock.advance(30)  # the first is back and queues for the slot bld-2 holds
+    await _settle()
+    assert processor.recorded(third).state == PENDING
+    gates["bld-2"].callback(None)
+    await journal.seen("bld-3", "waiting")
+
+    order = [entry for entry in journal.entries if entry[0] in ("bld-1", "bld-3")]
+    assert order.index(("bld-1", "back, holds slot: True")) < order.index(("bld-3", "working, holds slot: True"))
+    clock.advance(30)
+    for result in (first, second, third):
+        assert (await _done(processor, result)).state == SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_machine_stays_locked_while_its_action_waits(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=5)
+    journal = _Journal()
+    reboot = _booting(journal, clock)
+    shutdown = Action(name="shutdown_buildslave", run=reboot.run, exclusive=True)
+    first = await processor.submit("bld-1", reboot)
+    await journal.seen("bld-1", "waiting")
+    second = await processor.submit("bld-1", shutdown)
+    await _settle()
+    # Slots are free, but the machine is not: the second waits for the first to end.
+    assert processor.recorded(second).state == PENDING
+    assert journal.entries.count(("bld-1", "working, holds slot: True")) == 1
+
+    clock.advance(30)
+    assert (await _done(processor, first)).state == SUCCESS
+    await journal.seen("bld-1", "waiting")
+    clock.advance(30)
+    assert (await _done(processor, second)).state == SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_polls_hold_the_slot_only_while_they_ask(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+    answers = iter([False, False, True])
+
+    async def poller(run: ActionRun) -> str:
+        async def check() -> bool:
+            slot = current_slot()
+            journal.note(run.slave, f"asking, holds slot: {slot is not None and slot.held}")
+            return next(answers)
+
+        await poll_until(clock, check, 5, 60, "test poll")
+        return "drained"
+
+    async def quick(run: ActionRun) -> str:
+        journal.note(run.slave, "quick work")
+        return "done"
+
+    polling = await processor.submit("bld-1", Action(name="shutdown_buildslave", run=poller, exclusive=True))
+    await journal.seen("bld-1", "asking, holds slot: True")
+    other = await processor.submit("bld-2", Action(name="buildslave_uptime", run=quick))
+    # It ran while the poll slept, although the only slot belongs to nobody else.
+    assert (await _done(processor, other)).state == SUCCESS
+    clock.advance(5)
+    clock.advance(5)
+    assert (await _done(processor, polling)).text == "drained"
+    assert journal.entries.count(("bld-1", "asking, holds slot: True")) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_ends_a_waiting_action_without_queueing_it_for_a_slot(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+    gates = {"bld-2": Deferred[None]()}
+    action = _booting(journal, clock, gates)
+    first = await processor.submit("bld-1", action)
+    await journal.seen("bld-1", "waiting")
+    second = await processor.submit("bld-2", action)
+    await journal.seen("bld-2", "working, holds slot: True")
+
+    # bld-1 waits, bld-2 holds the only slot and never lets go of it by itself.
+    await _bounded(processor.stopService())
+    for result in (first, second):
+        recorded = processor.recorded(result)
+        assert recorded.state == FAILURE
+        assert recorded.text.startswith(INTERRUPTED_TEXT)
+    assert not any(what.startswith("back") for _, what in journal.entries)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_action_sees_its_own_slot(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=5)
+    seen: dict[str, Any] = {}
+    journal = _Journal()
+
+    async def record(run: ActionRun) -> str:
+        seen[run.slave] = current_slot()
+        journal.note(run.slave, "waiting")
+        await pause(clock, 1)
+        assert current_slot() is seen[run.slave]
+        return "ok"
+
+    action = Action(name="buildslave_uptime", run=record)
+    results = [await processor.submit(name, action) for name in ("bld-1", "bld-2")]
+    await journal.seen("bld-1", "waiting")
+    await journal.seen("bld-2", "waiting")
+    clock.advance(1)
+    for result in results:
+        assert (await _done(processor, result)).state == SUCCESS
+    assert seen["bld-1"] is not None and seen["bld-2"] is not None
+    assert seen["bld-1"] is not seen["bld-2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiting_outside_an_action_does_nothing() -> None:
+    assert current_slot() is None
+    async with waiting():
+        assert current_slot() is None
+    clock = Clock()
+    sleeping = Deferred.fromCoroutine(pause(clock, 3))
+    clock.advance(3)
+    assert sleeping.called
+
+
+def test_slots_serve_those_resuming_before_those_starting() -> None:
+    slots = Slots(lambda: 1)
+    assert slots.acquire().called
+    starting = slots.acquire()
+    resuming = slots.acquire(resuming=True)
+    assert slots.waiting == 2
+    slots.release()
+    assert resuming.called and not starting.called
+    slots.release()
+    assert starting.called
+    assert slots.held == 1
+
+
+def test_a_cancelled_wait_for_a_slot_leaves_the_line() -> None:
+    slots = Slots(lambda: 1)
+    slots.acquire()
+    gone = slots.acquire(resuming=True)
+    stays = slots.acquire()
+    gone.addErrback(lambda failure: failure.trap(CancelledError))
+    gone.cancel()
+    assert slots.waiting == 1
+    slots.release()
+    assert stays.called
