@@ -65,13 +65,14 @@ def test_only_the_lookups_asked_for_are_made() -> None:
     assert fakes.buildapi.asked == [] and slavealloc.masters_asked == []
 
 
-def test_reboot_fetches_neither_recent_jobs_nor_the_master() -> None:
+def test_a_reboot_that_works_asks_neither_bugzilla_nor_recent_jobs_nor_the_master() -> None:
     fakes, slavealloc = _fakes()
+    fakes.bugzilla.error = AssertionError("Bugzilla was asked")
     log = ActionLog(Logger(), "bld-1", 1, "reboot")
     run = ActionRun(fakes.context(), "bld-1", 1, "reboot", log, lambda text: None)
 
     text = run_on_clock(fakes.clock, reboot(run))
 
     assert text == "Attempting SSH reboot...Success!"
-    assert REBOOT.lookups == {Lookup.INVENTORY, Lookup.BMC, Lookup.BUG}
+    assert REBOOT.lookups == {Lookup.INVENTORY, Lookup.BMC}
     assert fakes.buildapi.asked == [] and slavealloc.masters_asked == []
