@@ -122,7 +122,7 @@ def build_context(
         buildapi=BuildapiClient(config.buildapi.api_url, json_client("buildapi"), config.buildapi.max_concurrent),
         bugzilla=BugzillaClient(config.bugzilla.api_url, credentials.bugzilla, json_client("bugzilla")),
         devices=DevicesClient(config.devices_url, json_client("devices")),
-        prober=Prober(reactor, config.probes, config.ssh.port),
+        prober=_prober(config, reactor, previous),
         mozpool=MozpoolClient(config.mozpool, json_client("mozpool"), dns),
         ipmi=_ipmi_client(config, reactor, previous),
         pdu=_pdu_client(config, reactor, dns, previous),
@@ -137,6 +137,17 @@ def _previous_ssh(previous: Context | None) -> SSHClient | None:
     if previous is not None and isinstance(previous.clients.ssh, SSHClient):
         return previous.clients.ssh
     return None
+
+
+def _prober(config: Config, reactor: Any, previous: Context | None) -> ProberSpec:
+    """The previous context's prober (its ICMP socket and its probe loop) when its settings did not change."""
+    if previous is not None and _probe_settings(previous.config) == _probe_settings(config):
+        return previous.clients.prober
+    return Prober(reactor, config.probes, config.ssh.port)
+
+
+def _probe_settings(config: Config) -> tuple[Any, ...]:
+    return (config.probes, config.ssh.port)
 
 
 def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMISpec:
@@ -193,7 +204,7 @@ def _snmp_settings(config: Config) -> tuple[Any, ...]:
 
 
 def _closables(ctx: Context) -> tuple[Any, ...]:
-    return (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws)
+    return (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws, ctx.clients.prober)
 
 
 async def close_contexts(contexts: list[Context], keep: list[Context] | None = None) -> None:

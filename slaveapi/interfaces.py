@@ -276,6 +276,9 @@ class ProberSpec(Protocol):
     async def wait_for_reboot(self, host: str, progress: Callable[[str], None] | None = None) -> RebootWait:
         """Wait, bounded, for C{host} to go down and come back."""
 
+    async def close(self) -> None:
+        """Stop probing and release the probe socket."""
+
 
 ISSHSession = _interface_of(SSHSessionSpec, "ISSHSession")
 ISSHClient = _interface_of(SSHClientSpec, "ISSHClient")

@@ -165,15 +165,19 @@ class ProbeConfig:
     C{[probes]}: how to tell whether a machine is up, and how long to wait
     for a reboot to take it down and bring it back.
 
-    C{method}: C{tcp} connects to the SSH port; C{icmp} runs the system
-    C{ping} (C{ping_count} packets, C{ping_deadline} seconds).
+    C{method}: C{tcp} connects to the SSH port; C{icmp} sends ICMP echo
+    requests from inside the process (up to C{ping_count} of them; the
+    machine is up at the first reply, down after C{ping_deadline} seconds),
+    and probes over TCP when no ICMP socket may be opened. While waiting,
+    every watched machine is probed once every C{interval} seconds (1 by
+    default: a reboot is seen within a second of the machine answering).
     """
 
     method: str = field(default="icmp", metadata=ini(Choice(("icmp", "tcp"))))
     ping_count: int = field(default=3, metadata=ini(Integer(1)))
     ping_deadline: float = field(default=5.0, metadata=ini(Number(1)))
     tcp_timeout: float = field(default=3.0, metadata=ini(Number(0.1)))
-    interval: float = field(default=5.0, metadata=ini(Number(0.05)))
+    interval: float = field(default=1.0, metadata=ini(Number(0.05)))
     down_timeout: float = field(default=300.0, metadata=ini(Number(0.1)))
     up_timeout: float = field(default=600.0, metadata=ini(Number(0.1)))
 

@@ -1,18 +1,15 @@
-"""The liveness prober: TCP connects and the system ping, and the bounded reboot wait."""
+"""The liveness prober: the TCP probe, and the bounded reboot wait on the probe loop."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import stat
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -32,21 +29,6 @@ def _reactor() -> Any:
 async def _bounded(waiting: Deferred[Any]) -> Any:
     """A safety net for awaiting a real event, not a claim about speed."""
     return await waiting.addTimeout(GENEROUS, _reactor())
-
-
-def _fake_ping(tmp_path: Any, body: str) -> str:
-    path = tmp_path / "ping"
-    path.write_text("#!/bin/sh\n" + body + "\n")
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return str(path)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -71,81 +53,7 @@ async def test_tcp_probe_sees_a_listening_port_and_a_closed_one(closed_port: int
         await listener.stopListening()
 
 
-@pytest_twisted.ensureDeferred
-async def test_icmp_probe_pings_loopback_with_the_system_ping() -> None:
-    # ping -c 1 ends at the first reply; the deadline only bounds a lost one.
-    prober = Prober(_reactor(), ProbeConfig(method="icmp", ping_count=1, ping_deadline=GENEROUS), 22)
-    assert await prober.alive("127.0.0.1") is True
-
-
-@pytest_twisted.ensureDeferred
-async def test_icmp_probe_reads_ping_failing_and_passes_count_and_deadline(tmp_path: Any) -> None:
-    record = tmp_path / "args"
-    ping = _fake_ping(tmp_path, f'printf "%s\\n" "$@" > {record}; exit 1')
-    prober = Prober(_reactor(), ProbeConfig(method="icmp", ping_count=4, ping_deadline=7), 22, ping_path=ping)
-    assert await prober.alive("10.9.8.7") is False
-    assert record.read_text().split() == ["-n", "-q", "-c", "4", "-w", "7", "--", "10.9.8.7"]
-
-
-class _ClockedReactor:
-    """Real child processes, but every timer on a L{Clock} the test moves."""
-
-    def __init__(self) -> None:
-        self.clock = Clock()
-        self.pids: list[int] = []
-        self.protocols: list[Any] = []
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.clock.callLater(delay, f, *args, **kwargs)
-
-    def seconds(self) -> float:
-        return self.clock.seconds()
-
-    def spawnProcess(self, protocol: ProcessProtocol, executable: str, args: Any, **kwargs: Any) -> Any:
-        process = _reactor().spawnProcess(protocol, executable, args, **kwargs)
-        self.pids.append(process.pid)
-        self.protocols.append(protocol)
-        return process
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_ping_that_overstays_is_killed_and_counts_as_down(tmp_path: Any) -> None:
-    reactor = _ClockedReactor()
-    ping = _fake_ping(tmp_path, "exec sleep 600")
-    prober = Prober(reactor, ProbeConfig(method="icmp", ping_count=1, ping_deadline=1), 22, ping_path=ping)
-    probing = Deferred.fromCoroutine(prober.alive("127.0.0.1"))
-    [pid] = reactor.pids
-    try:
-        reactor.clock.advance(2.0)  # ping's own deadline (1 s) and then some: the prober still waits
-        assert not probing.called and _pid_exists(pid)
-        reactor.clock.advance(1.0)  # deadline + 2 s: the prober kills it
-        assert await _bounded(probing) is False
-        assert not _pid_exists(pid)  # killed and reaped, not left behind
-    finally:
-        if _pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_cancelled_probe_kills_its_ping(tmp_path: Any) -> None:
-    # Before the bounded-call toolkit, the ping went on running and its end
-    # then fired an already-cancelled Deferred (AlreadyCalledError).
-    reactor = _ClockedReactor()
-    ping = _fake_ping(tmp_path, "exec sleep 600")
-    prober = Prober(reactor, ProbeConfig(method="icmp", ping_count=1, ping_deadline=1), 22, ping_path=ping)
-    probing = Deferred.fromCoroutine(prober.alive("127.0.0.1"))
-    [pid] = reactor.pids
-    [protocol] = reactor.protocols
-    try:
-        probing.cancel()
-        failures: list[Failure] = []
-        probing.addErrback(failures.append)
-        assert [failure.type for failure in failures] == [CancelledError]
-        assert await _bounded(protocol.ended) != 0
-        assert not _pid_exists(pid)
-    finally:
-        if _pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
+# The in-process ICMP probe: tests/clients_misc/test_icmp.py; the probe loop: test_probe_loop.py.
 
 
 # --- waiting for a reboot ---------------------------------------------------------

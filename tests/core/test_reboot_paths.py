@@ -13,7 +13,8 @@ import pytest
 from slaveapi.actions.reboot import BUSY_PAUSE, BUSY_TRIES
 from slaveapi.clients.probe import ProbeError
 from slaveapi.clients.ssh import CommandResult, SSHBusy
-from slaveapi.testing import FakeHost, Fakes, make_fakes
+from slaveapi.config import ProbeConfig
+from slaveapi.testing import FakeHost, Fakes, fake_config, make_fakes
 from tests.core.reboots import no_power_control, run_reboot
 
 IP = "127.0.9.1"
@@ -41,7 +42,9 @@ def _fakes(with_power_control: bool = False) -> Fakes:
             "outlet": "pdu1.example.test:AA1",
             "imaging_server": "mobile-imaging-001.example.test",
         }
-    return make_fakes([FakeHost("bld-1", IP, **power)])
+    # Polls 5 s apart (not the 1 s default), so a reboot can be quicker than them.
+    config = fake_config(probes=ProbeConfig(interval=5.0))
+    return make_fakes([FakeHost("bld-1", IP, **power)], config=config)
 
 
 def _reboots_between_polls(fakes: Fakes) -> None:
