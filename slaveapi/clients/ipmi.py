@@ -32,11 +32,17 @@ So:
     L{IPMITimeout}: a hung BMC never hangs an action nor poisons the pool. A
     worker that dies is dropped the same way. Replacements are spawned when
     there is queued work and fewer than C{workers} processes.
+  - At most C{per_bmc} requests are in flight to one BMC address at once
+    (a BMC serves few sessions, and a wave must not crowd one); the others
+    wait in that BMC's own FIFO line (L{TargetSlots}) before they join the
+    worker queue. Like the worker queue, that line does not count against
+    the deadline. Requests to different BMCs do not wait for each other
+    there: C{workers} alone limits them.
   - A session set-up that fails (no answer, a session that broke off) is
     tried again up to C{retries} more times, each attempt with its own
     deadline; refused credentials (L{IPMIAuthError}) and deadlines are not
     retried. One call is therefore bounded by C{(retries + 1) * timeout}
-    plus its time in the queue.
+    plus its time in the queues.
 
 A request to a healthy BMC takes a few milliseconds (one RMCP+ session:
 open, RAKP, the command, close), so a wave of hundreds of power cycles
@@ -44,6 +50,13 @@ spends its time in the polling waits, which run on the reactor, not in the
 pool (measured on the lab: 50 concurrent power cycles on 4 workers in
 1.5 s; 2,400 status requests from 8 workers to 500 BMCs in 10.5 s). A hung
 BMC holds one worker for at most C{timeout}.
+
+Nothing bounds a request's time in the queues but the requests ahead of it,
+each bounded by its deadline: a burst larger than the pool only waits
+longer, it never times out for want of a worker. The pauses of a power
+cycle (C{power_delay}, and the polls while waiting for a power state, via
+L{poll_until}) go through L{slaveapi.work.pause}, so a power cycle that only
+waits holds no work slot of its action.
 
 A power cycle whose caller is cancelled (an action's timeout, a service
 stop) once its first power-state query has answered (the next step switches
@@ -71,7 +84,6 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,9 +91,11 @@ from zope.interface import implementer
 import slaveapi
 from slaveapi.clients._bounded import poll_until, settled, within
 from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
+from slaveapi.clients._targets import TargetSlots
 from slaveapi.clients._unfinished import Unfinished
 from slaveapi.config import IPMIConfig, Secret
 from slaveapi.interfaces import IIPMI
+from slaveapi.work import pause
 
 _log = Logger(namespace="slaveapi.clients.ipmi")
 
@@ -383,7 +397,7 @@ class IPMIClient:
     """
     Chassis power through BMCs, with our own deadlines (see the module docstring).
 
-    @param config: port, deadline, retries, pool size and the power-cycle timings.
+    @param config: port, deadline, retries, pool size, the per-BMC limit and the power-cycle timings.
     @param username: the BMC user (C{[slaves] ipmi_username}).
     @param password: its password (C{credentials.ipmi}); None means an empty one.
     """
@@ -394,6 +408,8 @@ class IPMIClient:
         self._username = username
         self._password = password
         self._pool = _WorkerPool(reactor, config.workers, config.timeout)
+        # At most config.per_bmc requests in flight to one BMC address.
+        self._bmcs: TargetSlots[str] = TargetSlots(config.per_bmc)
         # The off-to-on parts of running power cycles; close() waits for them.
         self._unfinished = Unfinished(_log)
 
@@ -499,7 +515,7 @@ class IPMIClient:
         else:
             say("already off")
         if config.power_delay > 0:
-            await deferLater(self._reactor, config.power_delay)
+            await pause(self._reactor, config.power_delay)
         say("power on requested")
         await self.set_power(host, "on")
         if not await self._wait_for(host, True, config.timeout):
@@ -537,7 +553,8 @@ class IPMIClient:
                 username=self._username,
                 password=self._password.reveal() if self._password is not None else "",
             )
-            answer = await self._pool.run(host, step, payload)
+            async with self._bmcs.hold(host.lower().rstrip(".")):
+                answer = await self._pool.run(host, step, payload)
             if answer.get("ok"):
                 _log.debug("ipmi: {step} on {host} done", step=step, host=host)
                 return answer

@@ -25,6 +25,17 @@ pysnmp's own C{timeout} x (C{retries} + 1) and by a deadline on the reactor
 besides. Failures raise L{PDUError}, one line naming the PDU, the outlet and
 the step, never the community or the keys.
 
+A PDU is a small device switching dozens of machines: at most C{per_pdu}
+requests are in flight to one PDU host at once, and at most
+C{max_requests} to all PDUs together (each request holds a pysnmp socket
+exchange and a place in its engine). A request waits first in its PDU's
+FIFO line, then in the overall one (L{TargetSlots}), so one busy PDU never
+holds places others could use; neither wait counts against the request's
+deadline, which starts once it is sent. The pause between off and on and
+the polls of the outlet's state go through L{slaveapi.work.pause} (the
+polls through L{poll_until}), so a power cycle that only waits holds no
+work slot of its action.
+
 A power cycle whose caller is cancelled (an action's timeout, a service
 stop) still switches the outlet back on: the off-to-on switching runs as its
 own task the caller only waits for, bounded by the deadlines above, and
@@ -60,17 +71,18 @@ from pysnmp.hlapi.v3arch.asyncio import (
 from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from slaveapi._text import error_line, one_line
 from slaveapi.clients._bounded import poll_until, within
 from slaveapi.clients._errors import ClientError
+from slaveapi.clients._targets import TargetSlots
 from slaveapi.clients._unfinished import Unfinished
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.config import Secret, SNMPConfig
 from slaveapi.interfaces import IPDU
+from slaveapi.work import pause
 
 SENTRY = "sentry"
 APC = "apc"
@@ -204,6 +216,9 @@ class PDUClient:
         self._priv_key = v3_priv_key
         self._resolve = resolve
         self._snmp_engine: SnmpEngine | None = None
+        # At most config.per_pdu requests in flight to one PDU host, config.max_requests to all.
+        self._pdus: TargetSlots[str] = TargetSlots(config.per_pdu)
+        self._overall: TargetSlots[None] = TargetSlots(config.max_requests)
         # The off-to-on parts of running power cycles; close() waits for them.
         self._unfinished = Unfinished(self._log)
 
@@ -313,7 +328,7 @@ class PDUClient:
         delay = self._config.power_delay
         tell(f"PDU outlet {name} is off; switching it on in {delay:g}s")
         if delay > 0:
-            await deferLater(self._reactor, delay, lambda: None)
+            await pause(self._reactor, delay)
         tell(f"switching PDU outlet {name} on")
         await self.set_outlet(outlet, True)
         tell(f"PDU outlet {name} is on")
@@ -435,9 +450,10 @@ class PDUClient:
         address = await self._address(outlet, fail)
         bound = self._bound()
         try:
-            error_indication, error_status, _error_index, var_binds = await self._run(
-                self._request(address, auth, oid, value), bound
-            )
+            async with self._pdus.hold(outlet.host.lower().rstrip(".")), self._overall.hold(None):
+                error_indication, error_status, _error_index, var_binds = await self._run(
+                    self._request(address, auth, oid, value), bound
+                )
         except _NoAnswer:
             raise fail(f"no answer within {bound:g}s") from None
         except PySnmpError as error:

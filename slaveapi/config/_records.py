@@ -190,6 +190,7 @@ class IPMIConfig:
     @ivar timeout: the deadline of one IPMI call (pyghmi has none of its own).
     @ivar retries: further attempts when setting up a session fails.
     @ivar workers: how many worker processes serve IPMI calls in parallel.
+    @ivar per_bmc: how many IPMI calls may be in flight to one BMC address at once.
     @ivar off_timeout: how long a soft power-off may take before a hard one.
     @ivar power_delay: seconds between power off and power on.
     """
@@ -198,6 +199,7 @@ class IPMIConfig:
     timeout: float = field(default=20.0, metadata=ini(Number(0.1)))
     retries: int = field(default=2, metadata=ini(Integer(0)))
     workers: int = field(default=8, metadata=ini(Integer(1)))
+    per_bmc: int = field(default=1, metadata=ini(Integer(1)))
     off_timeout: float = field(default=60.0, metadata=ini(Number(0)))
     poll_interval: float = field(default=2.0, metadata=ini(Number(0.05)))
     power_delay: float = field(default=5.0, metadata=ini(Number(0)))
@@ -211,7 +213,8 @@ class SNMPConfig:
     C{version} C{2c} uses the credentials' C{snmp_community}; C{3} uses USM
     with C{v3_user} and the credentials' C{snmp_v3_auth_key} and
     C{snmp_v3_priv_key}. C{pdu_types} maps a PDU host to C{sentry} or C{apc}
-    (from C{[pdus]}); others are C{default_pdu_type}.
+    (from C{[pdus]}); others are C{default_pdu_type}. At most C{per_pdu}
+    requests are in flight to one PDU host at once, C{max_requests} to all.
     """
 
     port: int = field(default=161, metadata=ini(Integer(1)))
@@ -228,6 +231,8 @@ class SNMPConfig:
     state_timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
     poll_interval: float = field(default=1.0, metadata=ini(Number(0.05)))
     power_delay: float = field(default=5.0, metadata=ini(Number(0)))
+    per_pdu: int = field(default=1, metadata=ini(Integer(1)))
+    max_requests: int = field(default=32, metadata=ini(Integer(1)))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from slaveapi.clients.ssh import replace_file
+from slaveapi.fdlimit import raise_open_files_limit
 from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
@@ -140,6 +141,8 @@ class Lab:
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
         os.makedirs(workdir, exist_ok=True)
+        # One SSH listener per machine: 2,000 machines pass the usual soft limit of 1,024.
+        raise_open_files_limit()
         fleet = build_fleet(slaves, domain, clock(), seed)
         _refuse_ssh(fleet, refuse_ssh_share)
         lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay, command_delay)
@@ -309,6 +312,8 @@ class Lab:
             "[buildbot]\npoll_interval = 0.2\nmax_wait = 30\n\n"
         )
         if self.bmcs is not None:
+            # Four workers: they share the lab's few cores with the BMC processes; on 2 cores,
+            # 500 power cycles at once took about 20 s with 4 and 27 s with 8, none timing out.
             text += (
                 f"[ipmi]\nport = {self.bmcs.port}\ntimeout = 10\nretries = 1\nworkers = 4\noff_timeout = 5\n"
                 "poll_interval = 0.2\npower_delay = 0.5\n\n"

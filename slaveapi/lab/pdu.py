@@ -179,6 +179,7 @@ class _Agent(DatagramProtocol):
     """The SNMP agent of one PDU: its objects, and the request handling."""
 
     _log = Logger()
+    noisy = False  # no "Starting protocol" line per PDU
 
     def __init__(self, pdu: str, kind: str, outlets: list[LabOutlet], power: PowerControl, community: bytes) -> None:
         self.pdu = pdu

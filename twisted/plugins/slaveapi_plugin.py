@@ -52,8 +52,11 @@ class SlaveAPIServiceMaker:
     def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
+        from slaveapi.fdlimit import raise_open_files_limit
         from slaveapi.service import ServiceOptions, StartupError, make_service
 
+        # A reboot wave holds a socket per SSH session and probe: more than the usual 1,024.
+        raise_open_files_limit()
         try:
             return make_service(
                 ServiceOptions(
