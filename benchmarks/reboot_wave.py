@@ -7,12 +7,16 @@ the lab's. Then:
 
   1. reboots one SSH machine and one IPMI machine alone (single-machine time);
   2. POSTs a reboot for every other machine at once;
-  3. polls C{GET /results} while the wave runs, timing each answer;
-  4. prints the wave's wall time, how each reboot ended, the p50/p99 of
-     the C{/results} latency, and the server's peak RSS (and its IPMI
-     worker processes').
+  3. while the wave runs, times what a dashboard asks (one result by its
+     requestid, a 100-result page of C{/results}), follows every result
+     through C{/results} pages, and samples the server's RSS;
+  4. prints the wave's wall time (first POST to last result finished), how
+     each reboot ended, the latencies' p50/p99, the server's CPU seconds
+     per reboot, its RSS at the peak with the number of actions then in
+     flight, and, last, C{wave/single: R}: the wave's wall time over the
+     slower single-machine reboot.
 
-Usage: C{.venv/bin/python benchmarks/reboot_wave.py [--slaves 200] [--boot-time 3]}
+Usage: C{.venv/bin/python benchmarks/reboot_wave.py [--slaves 1000] [--boot-time 30]}
 Everything is bounded: the wave gives up after C{--limit} seconds.
 """
 
@@ -35,8 +39,8 @@ _PORT = re.compile(r"Site starting on (\d+)")
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slaves", type=int, default=200)
-    parser.add_argument("--boot-time", type=float, default=3.0)
+    parser.add_argument("--slaves", type=int, default=1000)
+    parser.add_argument("--boot-time", type=float, default=30.0)
     parser.add_argument("--ipmi-share", type=float, default=0.5, help="share of BMC machines refusing SSH logins")
     parser.add_argument("--limit", type=float, default=900.0, help="give up on the wave after this many seconds")
     return parser.parse_args()
@@ -95,6 +99,24 @@ def _start_server(ini: str, data: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("SlaveAPI did not start; see " + log_path)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of C{pid} so far."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid: int) -> dict[str, Any]:
     import treq
     from twisted.internet import reactor
@@ -111,6 +133,12 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
         )
         return await response.json()
 
+    async def timed_get(path: str) -> tuple[float, Any]:
+        asked = time.monotonic()
+        response = await treq.get(url + path, pool=pool, timeout=60)
+        body = await response.json()
+        return time.monotonic() - asked, body
+
     async def single(name: str) -> tuple[float, str]:
         started = time.monotonic()
         result = await post(name, args.limit)
@@ -121,34 +149,62 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
     single_ipmi = await single(ipmi_name)
 
     wave_names = names[2:]
+    rss_before = _rss_kib(server_pid)
+    cpu_before = _cpu_seconds(server_pid)
+    workers_cpu_before = sum(_cpu_seconds(child) for child in _children(server_pid))
     started = time.monotonic()
     queued = await gatherResults([Deferred.fromCoroutine(post(name, 0)) for name in wave_names])
-    pending = {(name, str(result["requestid"])) for name, result in zip(wave_names, queued, strict=True)}
-    latencies: list[float] = []
+    posted = time.monotonic() - started
+    pending = {int(result["requestid"]): name for name, result in zip(wave_names, queued, strict=True)}
+    first = min(pending)
+    by_requestid: list[float] = []
+    by_page: list[float] = []
     outcomes: Counter[str] = Counter()
+    peak = (rss_before, len(pending))
+    finished_at = started
     while pending and time.monotonic() - started < args.limit:
-        asked = time.monotonic()
-        response = await treq.get(f"{url}/results", pool=pool, timeout=60)
-        results = await response.json()
-        latencies.append(time.monotonic() - asked)
-        for name, requestid in list(pending):
-            result = results.get(name, {}).get("reboot", {}).get(requestid)
-            if result and result["state"] in (2, 3):
-                pending.discard((name, requestid))
-                last = result["text"].split("\n")[-1]
-                outcomes[re.sub(r"\d+", "N", last.split("(")[0]).strip()] += 1
+        # What a dashboard asks during the wave: one result, and a page of them.
+        requestid = next(iter(pending))
+        latency, _ = await timed_get(f"/slaves/{pending[requestid]}/actions/reboot?requestid={requestid}")
+        by_requestid.append(latency)
+        latency, _ = await timed_get(f"/results?action=reboot&since={first - 1}&limit=100")
+        by_page.append(latency)
+        since = first - 1
+        while True:
+            _, page = await timed_get(f"/results?action=reboot&since={since}&limit=1000")
+            for result in page["results"]:
+                if result["requestid"] in pending and result["state"] in (2, 3):
+                    del pending[result["requestid"]]
+                    finished_at = time.monotonic()
+                    last = result["text"].split("\n")[-1]
+                    outcomes[re.sub(r"\d+", "N", last.split("(")[0]).strip()] += 1
+            if not page["results"] or not page.get("next"):
+                break
+            since = page["results"][-1]["requestid"]
+        rss = _rss_kib(server_pid)
+        if rss > peak[0]:
+            peak = (rss, len(pending))
         await deferLater(reactor, 0.25, lambda: None)
-    wall = time.monotonic() - started
+    wall = finished_at - started
+    cpu = _cpu_seconds(server_pid) - cpu_before
+    workers_cpu = sum(_cpu_seconds(child) for child in _children(server_pid)) - workers_cpu_before
     await pool.closeCachedConnections()
     return {
         "single_ssh": single_ssh,
         "single_ipmi": single_ipmi,
         "wave_size": len(wave_names),
+        "posted": posted,
         "wave_wall": wall,
         "unfinished": len(pending),
         "outcomes": outcomes,
-        "latencies": latencies,
-        "server_rss_kib": _peak_rss_kib(server_pid),
+        "by_requestid": by_requestid,
+        "by_page": by_page,
+        "rss_before_kib": rss_before,
+        "peak_rss_kib": peak[0],
+        "in_flight_at_peak": peak[1],
+        "cpu": cpu,
+        "workers_cpu": workers_cpu,
+        "server_hwm_kib": _peak_rss_kib(server_pid),
         "workers_rss_kib": sum(_peak_rss_kib(child) for child in _children(server_pid)),
     }
 
@@ -200,20 +256,34 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
 
-    latencies = outcome["latencies"]
+    def latency(values: list[float]) -> str:
+        if not values:
+            return "no answers"
+        return (f"{len(values)} asked, p50 {_percentile(values, 0.5) * 1000:.1f} ms, "
+                f"p99 {_percentile(values, 0.99) * 1000:.1f} ms, max {max(values) * 1000:.1f} ms")
+
+    size = outcome["wave_size"]
+    single = max(outcome["single_ssh"][0], outcome["single_ipmi"][0])
     print(f"reboot wave: {args.slaves} lab machines, boot time {args.boot_time:g} s, "
           f"{args.ipmi_share:.0%} of BMC machines refuse SSH (IPMI path)")
     print(f"single-machine reboot: SSH {outcome['single_ssh'][0]:.2f} s ({outcome['single_ssh'][1]}), "
           f"IPMI {outcome['single_ipmi'][0]:.2f} s ({outcome['single_ipmi'][1]})")
-    print(f"wave of {outcome['wave_size']} reboots: {outcome['wave_wall']:.1f} s wall, "
-          f"{outcome['unfinished']} unfinished")
+    print(f"wave of {size} reboots: {outcome['wave_wall']:.1f} s wall (all POSTs answered after "
+          f"{outcome['posted']:.1f} s), {outcome['unfinished']} unfinished")
     for line, count in outcome["outcomes"].most_common():
         print(f"  {count:4d}  {line}")
-    print(f"GET /results during the wave: {len(latencies)} polls, p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, "
-          f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
-          if latencies else "GET /results: no polls")
-    print(f"peak RSS: server {outcome['server_rss_kib'] / 1024:.1f} MiB, "
+    print(f"during the wave: GET ?requestid=N {latency(outcome['by_requestid'])}")
+    print(f"during the wave: GET /results 100-result page {latency(outcome['by_page'])}")
+    print(f"server CPU: {outcome['cpu']:.1f} s in all, {outcome['cpu'] / max(size, 1) * 1000:.1f} ms per reboot; "
+          f"IPMI workers {outcome['workers_cpu']:.1f} s")
+    grown = outcome["peak_rss_kib"] - outcome["rss_before_kib"]
+    in_flight = outcome["in_flight_at_peak"]
+    per_action = f"{grown / in_flight:.0f} KiB per in-flight action" if in_flight else "no action in flight"
+    print(f"server RSS: {outcome['rss_before_kib'] / 1024:.1f} MiB before the wave, peak "
+          f"{outcome['peak_rss_kib'] / 1024:.1f} MiB with {in_flight} actions in flight ({per_action}); "
+          f"high-water mark {outcome['server_hwm_kib'] / 1024:.1f} MiB; "
           f"IPMI workers {outcome['workers_rss_kib'] / 1024:.1f} MiB in all")
+    print(f"wave/single: {outcome['wave_wall'] / single:.2f}")
     return 0 if outcome["unfinished"] == 0 else 1
 
 
