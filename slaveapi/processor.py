@@ -107,8 +107,10 @@ class ActionProcessor(Service):
             fixed = Limits.of(concurrency)
             limits = lambda: fixed  # noqa: E731
         self._limits = limits
-        self._slots = Slots(lambda: self._limits().concurrency)
-        self._read_slots = Slots(lambda: self._limits().read_concurrency)
+        # Once stopping, no slot is handed to anyone: what runs is being cancelled.
+        self._slots = Slots(lambda: 0 if self._stopping else self._limits().concurrency)
+        self._read_slots = Slots(lambda: 0 if self._stopping else self._limits().read_concurrency)
+        self._work_slots: set[WorkSlot] = set()
         self._pending = {READS: 0, CHANGES: 0}
         self._reactor = reactor
         self._timeouts = timeouts
@@ -132,6 +134,10 @@ class ActionProcessor(Service):
         running = list(self._running)
         for action in running:
             action.cancel()
+        # A cancelled action taking its slot back on its way out (no slot is
+        # handed out any more) is let go without it.
+        for slot in list(self._work_slots):
+            slot.close()
         for sleep in list(self._retry_sleeps):
             sleep.cancel()
         finished: Deferred[Any] = DeferredList(running, consumeErrors=True)
@@ -230,6 +236,7 @@ class ActionProcessor(Service):
         lock = None
         kind = _kind(action)
         slot = self._work_slot(kind)
+        self._work_slots.add(slot)
         pending = True
         try:
             if action.exclusive:
@@ -247,7 +254,8 @@ class ActionProcessor(Service):
             progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
             self._finish(result, FAILURE, interrupted_text(progress), log)
         finally:
-            slot.give_back()
+            slot.close()
+            self._work_slots.discard(slot)
             if pending:
                 self._pending[kind] -= 1
             if lock is not None:

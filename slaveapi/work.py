@@ -21,7 +21,6 @@ lab) there is no current slot and L{waiting} does nothing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -38,19 +37,37 @@ class WorkSlot:
     @param take: fires once the caller holds the slot again; C{resuming} is
         true when an action takes it back after a wait (such an action goes
         ahead of those not started yet: finishing started work first keeps
-        what is in flight small).
+        what is in flight small). Cancelling it leaves the line.
     @param give_back: gives the slot back.
     @ivar held: whether the action holds it now.
+    @ivar closed: the action has ended (see L{close}).
     """
 
     def __init__(self, take: Callable[[bool], Deferred[None]], give_back: Callable[[], None]) -> None:
         self._take = take
         self._give_back = give_back
+        self._taking: set[Deferred[None]] = set()
         self.held = False
+        self.closed = False
+        self.waits = 0
 
     async def take(self, resuming: bool = False) -> None:
-        """Wait for the slot and hold it. Cancelling the wait leaves it not held."""
-        await self._take(resuming)
+        """
+        Wait for the slot and hold it. Cancelling the wait leaves it not
+        held. Once the slot is L{close}d, returns at once without it.
+        """
+        if self.closed or self.held:
+            return
+        taking = self._take(resuming)
+        self._taking.add(taking)
+        try:
+            await taking
+        except CancelledError:
+            if self.closed:
+                return
+            raise
+        finally:
+            self._taking.discard(taking)
         self.held = True
 
     def give_back(self) -> None:
@@ -58,6 +75,18 @@ class WorkSlot:
         if self.held:
             self.held = False
             self._give_back()
+
+    def close(self) -> None:
+        """
+        The action has ended: give the slot back for good. Work it left
+        running (a power cycle finishing what it started, shielded from
+        the action's cancellation) goes on without a slot: a L{take} waiting
+        in line returns at once, and later ones do not queue.
+        """
+        self.closed = True
+        self.give_back()
+        for taking in list(self._taking):
+            taking.cancel()
 
 
 _current: ContextVar[WorkSlot | None] = ContextVar("slaveapi_work_slot", default=None)
@@ -82,25 +111,39 @@ def working_as(slot: WorkSlot) -> Iterator[None]:
 async def waiting() -> AsyncIterator[None]:
     """
     Mark a wait: the current action's slot is given back for its length,
-    and taken again before the code after it goes on (or an error from the
-    wait propagates), except when the action is being cancelled. Nested or
-    concurrent waits of one action give it back once.
+    and taken again before the code after it goes on, whether the wait
+    ended well or with an error (a cancelled one included: a caller that
+    gave up on the wait may go on working). Waits nested in a wait give
+    nothing back and take nothing: the slot is taken again when the
+    outermost one ends. (Branches of one action waiting side by side share
+    its one slot the same way; no action has such branches.)
     """
     slot = _current.get()
-    if slot is None or not slot.held:
+    if slot is None or slot.closed:
         yield
         return
+    slot.waits += 1
     slot.give_back()
     try:
         yield
-    except (CancelledError, asyncio.CancelledError):
-        # The action is being stopped: it ends without working again, so it
-        # does not queue for a slot on its way out.
-        raise
-    except BaseException:
-        await slot.take(resuming=True)
-        raise
-    await slot.take(resuming=True)
+    finally:
+        slot.waits -= 1
+        if slot.waits == 0:
+            await slot.take(resuming=True)
+
+
+@contextmanager
+def detached() -> Iterator[None]:
+    """
+    Run the code inside (and the coroutines it starts) for no action: work
+    shared by many actions, such as the prober's one loop, must neither
+    give back nor take any one action's slot.
+    """
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 async def pause(reactor: Any, seconds: float) -> None:

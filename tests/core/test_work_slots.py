@@ -304,3 +304,115 @@ def test_a_cancelled_wait_for_a_slot_leaves_the_line() -> None:
     assert slots.waiting == 1
     slots.release()
     assert stays.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_work_an_action_left_running_holds_no_slot_once_the_action_timed_out(
+    store: SQLiteResultStore, context_box: SimpleNamespace, clock: Clock
+) -> None:
+    # Like a power cycle that finishes switching a machine back on after its action was cancelled.
+    processor = ActionProcessor(
+        store, lambda: context_box.context, concurrency=1, reactor=clock, timeouts=lambda: {"reboot": 5.0}
+    )
+    journal = _Journal()
+
+    async def leaves_work_running(run: ActionRun) -> str:
+        async def rest_of_the_power_cycle() -> None:
+            await pause(clock, 10)
+            slot = current_slot()
+            journal.note(run.slave, f"power on, holds slot: {slot is not None and slot.held}")
+
+        rest = Deferred.fromCoroutine(rest_of_the_power_cycle())
+        shield: Deferred[None] = Deferred()
+        rest.addBoth(lambda _: None if shield.called else shield.callback(None))
+        journal.note(run.slave, "waiting")
+        await shield
+        return "rebooted"
+
+    first = await processor.submit("bld-1", Action(name="reboot", run=leaves_work_running, exclusive=True))
+    await journal.seen("bld-1", "waiting")
+    clock.advance(5)
+    assert "Timed out after 5 seconds" in (await _done(processor, first)).text
+    clock.advance(5)
+    await journal.seen("bld-1", "power on, holds slot: False")
+
+    # The only slot is free for the next action.
+    quick = Action(name="buildslave_uptime", run=lambda run: _returns("up"))
+    assert (await _done(processor, await processor.submit("bld-2", quick))).state == SUCCESS
+
+
+async def _returns(value: str) -> str:
+    return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_action_that_gave_up_on_a_wait_works_on_with_its_slot(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    from slaveapi.clients import ClientTimeout, within
+
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+
+    async def gives_up(run: ActionRun) -> str:
+        journal.note(run.slave, "waiting")
+        try:
+            await within(clock, 5, pause(clock, 30), "a wait given up on")
+        except ClientTimeout:
+            slot = current_slot()
+            journal.note(run.slave, f"gave up, holds slot: {slot is not None and slot.held}")
+        return "went on"
+
+    result = await processor.submit("bld-1", Action(name="reboot", run=gives_up, exclusive=True))
+    await journal.seen("bld-1", "waiting")
+    clock.advance(5)
+    assert (await _done(processor, result)).text == "went on"
+    assert ("bld-1", "gave up, holds slot: True") in journal.entries
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_hands_no_slot_to_an_action_back_from_its_wait(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+    gates = {"bld-2": Deferred[None]()}
+    action = _booting(journal, clock, gates)
+    first = await processor.submit("bld-1", action)
+    await journal.seen("bld-1", "waiting")
+    second = await processor.submit("bld-2", action)
+    await journal.seen("bld-2", "working, holds slot: True")
+    clock.advance(30)  # bld-1 is back from its wait, in line for the slot bld-2 holds
+    await _settle()
+
+    await _bounded(processor.stopService())
+    # bld-2's slot, freed by its cancellation, went to nobody: bld-1 did no more work.
+    assert not any(what.startswith("back") for _, what in journal.entries)
+    for result in (first, second):
+        assert processor.recorded(result).text.startswith(INTERRUPTED_TEXT)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_within_a_wait_takes_the_slot_back_only_when_the_outer_one_ends(
+    make_processor: Callable[..., ActionProcessor], clock: Clock
+) -> None:
+    processor = make_processor(concurrency=1)
+    journal = _Journal()
+
+    async def nested(run: ActionRun) -> str:
+        slot = current_slot()
+        journal.note(run.slave, "started")
+        async with waiting():
+            await pause(clock, 1)
+            journal.note(run.slave, f"between inner waits, holds slot: {slot is not None and slot.held}")
+            await pause(clock, 1)
+        journal.note(run.slave, f"after, holds slot: {slot is not None and slot.held}")
+        return "done"
+
+    result = await processor.submit("bld-1", Action(name="reboot", run=nested, exclusive=True))
+    await journal.seen("bld-1", "started")
+    clock.advance(1)
+    await journal.seen("bld-1", "between inner waits, holds slot: False")
+    clock.advance(1)
+    assert (await _done(processor, result)).state == SUCCESS
+    assert ("bld-1", "after, holds slot: True") in journal.entries
