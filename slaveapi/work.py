@@ -63,7 +63,7 @@ class WorkSlot:
         try:
             await taking
         except CancelledError:
-            if self.closed:
+            if _closed(self):  # by close() while in line
                 return
             raise
         finally:
@@ -87,6 +87,10 @@ class WorkSlot:
         self.give_back()
         for taking in list(self._taking):
             taking.cancel()
+
+
+def _closed(slot: WorkSlot) -> bool:
+    return slot.closed
 
 
 _current: ContextVar[WorkSlot | None] = ContextVar("slaveapi_work_slot", default=None)
