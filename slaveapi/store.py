@@ -1,21 +1,36 @@
 """
 Persistence of action results, so that no result is lost across restarts.
 
-Reads are served from memory; every write goes through to SQLite on one
-dedicated thread, so the reactor never waits on the disk and writes reach the
-database in the order they were made.
+Results live only in SQLite: the store keeps no result in memory, finished
+or not. Every write goes to the database on one dedicated thread, so the
+reactor never waits on the disk and writes reach the database in the order
+they were made. Every read (C{get}, C{find}, C{page}, C{each}) is a query on
+a second, read-only connection used on the reactor thread itself. In WAL
+mode a reader never waits for the writer (it reads the last committed
+snapshot while the writer appends to the log), and a look-up by primary key
+or by index takes microseconds: a hop to a thread and back would cost more
+than the query, so reads are synchronous. The reader has no busy timeout, so
+it never blocks the reactor; SQLite's own WAL retries cover the brief locks
+a checkpoint takes, and a read that still fails raises L{StoreUnavailable}.
 
-What readers see is only ever what is on disk. A result enters memory (and
-so C{get}, C{find}, C{/results} and the answers) once its first row is
-written, and each later change becomes visible once its row is written: the
-object readers hold is updated from the row just written, never from the
-caller's object, so an action that has finished but whose final row is not
-yet durable is still shown as it was last recorded. (C{create} hands the
-caller a copy of its own for that reason: the rule lives here, and no
-caller has to remember not to show what is not written.) A write that fails
-(disk full, I/O error) raises L{StoreUnavailable} and changes nothing that
-readers see; the connection stays usable, so writes succeed again once the
-disk has room.
+What readers see is only ever what is on disk, by construction: they query
+the database and nothing else. A result exists for readers once its first
+row is committed, and each later change once its row is committed. C{create}
+and C{save} fire their Deferreds only after the commit, so a result created
+and then read at once on the reactor is found as written. A write that fails
+(disk full, I/O error) is rolled back by SQLite, raises L{StoreUnavailable}
+and changes nothing readers see; the connection stays usable, so writes
+succeed again once the disk has room.
+
+Memory does not grow with the number of results: no per-result object is
+kept, and each connection's page cache is bounded (C{PRAGMA cache_size},
+L{CACHE_KIB}). Reads go through indexes: C{(slave, action)}, C{(action)},
+C{(state)} and C{(request_timestamp)}. Every SQLite index entry ends with the
+row's id (C{requestid} is the C{INTEGER PRIMARY KEY}), so C{(slave, action)}
+is in effect C{(slave, action, requestid)} and C{(state)} is C{(state,
+requestid)}: a filtered page in request-id order is a range scan of one
+index, without a sort. Indexes are created with C{IF NOT EXISTS}, so a
+database made by an older release gets them when opened.
 
 The database runs in write-ahead-log mode with C{synchronous=FULL}: with
 WAL, C{NORMAL} syncs only at checkpoints, so a commit that has returned can
@@ -30,11 +45,18 @@ in the same transaction as each new result and as each prune, and the next
 id is one more than that or than any stored result, whichever is higher. A
 database made before the table existed gets it when opened and goes on from
 the ids its results still hold (ids an older release pruned without recording
-cannot be known; from then on none is lost).
+cannot be known; from then on none is lost). Ids are handed out in the order
+results are requested, so they only grow: paging by "after this request id"
+is stable while results are added.
+
+At start-up every stored row is read once (streamed, one at a time) to check
+it can be read, and results a stop interrupted (still pending or running)
+are recorded as failed.
 
 The database and its C{-wal} and C{-shm} files are private (0600): the
 database file is created 0600 before SQLite opens it, and SQLite gives its
-C{-wal} and C{-shm} files the database file's permissions.
+C{-wal} and C{-shm} files the database file's permissions. The reader opens
+the file read-only and creates nothing.
 
 L{IResultStore} is the small surface the rest of the service uses, so that a
 PostgreSQL store for several instances can be dropped in later.
@@ -47,7 +69,9 @@ import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -58,11 +82,17 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
 from slaveapi.datadir import create_private_file
-from slaveapi.results import FAILURE, PENDING, RUNNING, ActionResult
+from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
 
 #: Text given to an action that was pending or running when the service
 #: stopped; the progress it had reached is appended.
 INTERRUPTED_TEXT = "Interrupted by a restart of SlaveAPI before it finished."
+
+#: The highest request id SQLite can hold (a signed 64-bit integer).
+MAX_REQUESTID = 2**63 - 1
+
+#: KiB of page cache each of the store's two connections may use.
+CACHE_KIB = 2048
 
 
 def interrupted_text(progress: str) -> str:
@@ -72,8 +102,8 @@ def interrupted_text(progress: str) -> str:
 
 class StoreUnavailable(Exception):
     """
-    A write to the results store failed (disk full, I/O error); it may work
-    later. The message is the reason, as the database gave it.
+    A write to (or a read from) the results store failed (disk full, I/O
+    error); it may work later. The message is the reason, as the database gave it.
     """
 
 
@@ -86,6 +116,25 @@ class StoreUnreadable(Exception):
             "move it aside to start with an empty store, or restore it from a backup"
         )
         self.path = path
+
+
+@dataclass(frozen=True)
+class ResultQuery:
+    """
+    Which results a page holds: every given filter must match.
+
+    @ivar after_requestid: only results with a greater request id.
+    @ivar requested_since: only results requested at or after this Unix
+        second (request timestamps are kept to the second).
+    @ivar limit: at most this many results, those with the lowest request ids.
+    """
+
+    slave: str | None = None
+    action: str | None = None
+    state: int | None = None
+    after_requestid: int | None = None
+    requested_since: int | None = None
+    limit: int = 100
 
 
 _SCHEMA = """
@@ -101,6 +150,9 @@ CREATE TABLE IF NOT EXISTS results (
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS results_by_slave_action ON results (slave, action);
+CREATE INDEX IF NOT EXISTS results_by_action ON results (action);
+CREATE INDEX IF NOT EXISTS results_by_state ON results (state);
+CREATE INDEX IF NOT EXISTS results_by_request_timestamp ON results (request_timestamp);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -122,10 +174,13 @@ ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)
 
 _SELECT_HIGH_WATER = f"SELECT value FROM meta WHERE key = '{_LAST_REQUESTID}'"  # noqa: S608  # a constant
 
-_SELECT = (
-    "SELECT requestid, slave, action, state, text, request_timestamp,"
-    " start_timestamp, finish_timestamp, client FROM results ORDER BY requestid"
+_COLUMNS = (
+    "requestid, slave, action, state, text, request_timestamp, start_timestamp, finish_timestamp, client"
 )
+
+_SELECT = f"SELECT {_COLUMNS} FROM results"  # noqa: S608  # a constant
+
+_SELECT_MAX_REQUESTID = "SELECT coalesce(max(requestid), 0) FROM results"
 
 _UPSERT = """
 INSERT INTO results (requestid, slave, action, state, text, request_timestamp,
@@ -137,12 +192,14 @@ ON CONFLICT (requestid) DO UPDATE SET
     finish_timestamp = excluded.finish_timestamp
 """
 
+_DELETE_EXPIRED = f"DELETE FROM results WHERE state IN ({SUCCESS}, {FAILURE}) AND finish_timestamp < ?"  # noqa: S608  # constants
+
 
 class IResultStore(Interface):
     """Where action results are kept."""
 
     def open() -> None:
-        """Load what was stored; fail what a stop interrupted."""
+        """Check what was stored; fail what a stop interrupted."""
 
     def close() -> Deferred[None]:
         """Finish pending writes and release the database."""
@@ -151,23 +208,31 @@ class IResultStore(Interface):
         """
         Record a new PENDING result with a fresh request id, higher than any
         handed out before (pruned ones included); it exists for readers once
-        written. Fails with L{StoreUnavailable} if it could not be.
+        written, before the Deferred fires. Fails with L{StoreUnavailable} if
+        it could not be.
 
-        @return: the caller's own copy: changes to it reach readers only
+        @return: the caller's own object: changes to it reach readers only
             through C{save}, once written.
         """
 
     def save(result: ActionResult) -> Deferred[None]:
         """
         Persist C{result} as it is now; readers see this state once it is
-        written. Fails with L{StoreUnavailable} if it could not be.
+        written, before the Deferred fires. Fails with L{StoreUnavailable} if
+        it could not be.
         """
 
     def get(requestid: int) -> ActionResult | None:
-        """The result with this request id, as last written, if any."""
+        """The result with this request id, as last written, if any: a new object on each call."""
 
     def find(slave: str | None = None, action: str | None = None) -> list[ActionResult]:
         """Results as last written, oldest first, optionally only one slave's and one action's."""
+
+    def page(query: ResultQuery) -> list[ActionResult]:
+        """Up to C{query.limit} results matching C{query}, in ascending request-id order."""
+
+    def each() -> Iterator[ActionResult]:
+        """Every result as last written, by slave, then action, then request id."""
 
     def prune(older_than: float) -> Deferred[int]:
         """
@@ -220,6 +285,7 @@ def _open_database(path: str, connect: Callable[..., sqlite3.Connection]) -> sql
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(_SCHEMA)
     except sqlite3.Error as error:
         db.close()
@@ -227,21 +293,43 @@ def _open_database(path: str, connect: Callable[..., sqlite3.Connection]) -> sql
     return db
 
 
-def _recover(db: sqlite3.Connection, path: str, now: float, log: Logger) -> list[ActionResult]:
+def _open_reader(path: str, connect: Callable[..., sqlite3.Connection]) -> sqlite3.Connection:
     """
-    Every stored result, oldest first, after recording as failed those a stop
-    interrupted (still pending or running).
+    A read-only connection to the database at C{path} (which the writer has
+    opened, so it exists and is in WAL mode), with a bounded page cache.
+    """
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        db = connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as error:
+        raise StoreUnreadable(path, _unreadable_reason(error)) from None
+    try:
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        db.execute("PRAGMA query_only=1")
+    except sqlite3.Error as error:
+        db.close()
+        raise StoreUnreadable(path, _unreadable_reason(error)) from None
+    return db
+
+
+def _recover(db: sqlite3.Connection, path: str, now: float, log: Logger) -> None:
+    """
+    Check that every stored result can be read (one row at a time, none
+    kept), then record as failed those a stop interrupted (still pending or
+    running).
 
     @raise StoreUnreadable: if a stored result cannot be read.
     @raise StoreUnavailable: if an interrupted one cannot be recorded.
     """
+    interrupted: list[ActionResult] = []
     try:
-        results = [_from_row(row) for row in db.execute(_SELECT)]
+        for row in db.execute(_SELECT):
+            result = _from_row(row)
+            if result.state in (PENDING, RUNNING):
+                interrupted.append(result)
     except (sqlite3.Error, ValueError, TypeError) as error:
         raise StoreUnreadable(path, _unreadable_reason(error)) from None
-    for result in results:
-        if result.state not in (PENDING, RUNNING):
-            continue
+    for result in interrupted:
         result.text = interrupted_text(result.text if isinstance(result.text, str) else "")
         result.state = FAILURE
         result.finish_timestamp = int(now)
@@ -258,20 +346,22 @@ def _recover(db: sqlite3.Connection, path: str, now: float, log: Logger) -> list
             action=result.action,
             slave=result.slave,
         )
-    return results
 
 
 def _high_water(db: sqlite3.Connection, path: str) -> int:
     """
-    The highest request id ever written, as C{meta} records it (0 if it does not yet).
+    The highest request id ever used: the larger of what C{meta} records and
+    the highest stored id (0 for an empty database).
 
     @raise StoreUnreadable: if it cannot be read.
     """
     try:
-        row = db.execute(_SELECT_HIGH_WATER).fetchone()
-        return int(row[0]) if row is not None else 0
+        rows = db.execute(_SELECT_HIGH_WATER).fetchall()
+        recorded = int(rows[0][0]) if rows else 0
+        stored = int(db.execute(_SELECT_MAX_REQUESTID).fetchall()[0][0])
     except (sqlite3.Error, ValueError, TypeError) as error:
         raise StoreUnreadable(path, _unreadable_reason(error)) from None
+    return max(recorded, stored)
 
 
 def _in_transaction(db: sqlite3.Connection, statements: Callable[[], None]) -> None:
@@ -310,10 +400,30 @@ def prepare_store_file(
         db.close()
 
 
+def _page_sql(query: ResultQuery) -> tuple[str, list[Any]]:
+    """The statement and parameters of C{query}: only constant SQL, every value a parameter."""
+    where: list[str] = []
+    values: list[Any] = []
+    for column, value in (("slave", query.slave), ("action", query.action), ("state", query.state)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            values.append(value)
+    if query.after_requestid is not None:
+        where.append("requestid > ?")
+        values.append(query.after_requestid)
+    if query.requested_since is not None:
+        where.append("request_timestamp >= ?")
+        values.append(query.requested_since)
+    condition = (" WHERE " + " AND ".join(where)) if where else ""
+    values.append(query.limit)
+    return f"{_SELECT}{condition} ORDER BY requestid LIMIT ?", values
+
+
 @implementer(IResultStore)
 class SQLiteResultStore:
     """
-    Results in one SQLite file, written on a single background thread.
+    Results in one SQLite file, written on a single background thread and
+    read on the reactor thread through a read-only connection.
 
     @param path: the database file; its directory must exist.
     @param connect: opens the database (L{sqlite3.connect}'s signature); a
@@ -332,9 +442,9 @@ class SQLiteResultStore:
         self.path = path
         self._reactor = reactor
         self._connect = connect
-        self._results: dict[int, ActionResult] = {}
         self._next_id = 1
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._writer = ThreadPool(minthreads=1, maxthreads=1, name="slaveapi-store")
 
     def open(self) -> None:
@@ -345,25 +455,29 @@ class SQLiteResultStore:
         """
         db = _open_database(self.path, self._connect)
         try:
-            loaded = _recover(db, self.path, self._reactor.seconds(), self._log)
+            _recover(db, self.path, self._reactor.seconds(), self._log)
+            # Never an id handed out before: pruned ones live on in the high-water mark.
+            used = _high_water(db, self.path)
+            reader = _open_reader(self.path, self._connect)
         except Exception:
             db.close()
             raise
-        try:
-            used = _high_water(db, self.path)
-        except StoreUnreadable:
-            db.close()
-            raise
         self._db = db
-        for result in loaded:
-            self._results[result.requestid] = result
-        # Never an id handed out before: pruned ones live on in the high-water mark.
-        self._next_id = max([used, *self._results]) + 1
+        self._reader = reader
+        self._next_id = used + 1
         self._writer.start()
 
     def close(self) -> Deferred[None]:
         if not self._writer.started:
             return succeed(None)
+
+        def _close_reader(passthrough: Any) -> Any:
+            # Every write has been made; the writer closes last, so that it
+            # can checkpoint the log into the database and remove it.
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            return passthrough
 
         def _finish() -> None:
             if self._db is not None:
@@ -374,7 +488,9 @@ class SQLiteResultStore:
             self._writer.stop()
             return passthrough
 
-        d: Deferred[None] = self._write(_finish)
+        d: Deferred[None] = self.flushed()
+        d.addBoth(_close_reader)
+        d.addBoth(lambda _: self._write(_finish))
         d.addBoth(_stop_writer)
         return d
 
@@ -438,68 +554,112 @@ class SQLiteResultStore:
             request_timestamp=int(self._reactor.seconds()),
             client=client,
         )
-
-        def recorded(_: None) -> ActionResult:
-            self._results[requestid] = result
-            return dataclasses.replace(result)
-
-        return self._write_row(_row(result), "the new request", self._insert).addCallback(recorded)
+        # Fires on the reactor once the row is committed: a read then finds it.
+        return self._write_row(_row(result), "the new request", self._insert).addCallback(lambda _: result)
 
     def save(self, result: ActionResult) -> Deferred[None]:
-        row = _row(result)
-        return self._write_row(row, "the result").addCallback(lambda _: self._publish(row))
+        return self._write_row(_row(result), "the result")
 
-    def _publish(self, row: tuple[Any, ...]) -> None:
-        """Show readers the state of C{row}, just written."""
-        written = _from_row(row)
-        shown = self._results.get(written.requestid)
-        if shown is None:
-            self._results[written.requestid] = written
-            return
-        shown.state = written.state
-        shown.text = written.text
-        shown.start_timestamp = written.start_timestamp
-        shown.finish_timestamp = written.finish_timestamp
+    def add_finished(self, results: Iterable[ActionResult]) -> Deferred[list[int]]:
+        """
+        Record results that have already finished (an import, a benchmark's
+        fill) in one transaction: each gets a fresh request id, in order, and
+        readers see all of them or, when the write fails (L{StoreUnavailable}),
+        none. C{results} are not changed.
 
-    def get(self, requestid: int) -> ActionResult | None:
-        return self._results.get(requestid)
+        @return: their request ids.
+        """
+        rows: list[tuple[Any, ...]] = []
+        for result in results:
+            if not result.is_done():
+                raise ValueError(f"only finished results can be added, not state {result.state}")
+            rows.append(_row(dataclasses.replace(result, requestid=self._next_id)))
+            self._next_id += 1
 
-    def prune(self, older_than: float) -> Deferred[int]:
-        expired = [
-            requestid
-            for requestid, result in self._results.items()
-            if result.is_done() and result.finish_timestamp < older_than
-        ]
-
-        def delete() -> None:
+        def insert() -> None:
             db = self._open_db()
-            if not expired:
-                return
 
             def statements() -> None:
-                # Before the rows go: their ids must stay used.
+                db.executemany(_UPSERT, rows)
                 db.execute(_RAISE_HIGH_WATER)
-                db.executemany("DELETE FROM results WHERE requestid = ?", [(r,) for r in expired])
 
             _in_transaction(db, statements)
 
-        def deleted(_: None) -> int:
-            for requestid in expired:
-                self._results.pop(requestid, None)
-            if expired:
-                self._log.info(
-                    "Pruned {count} results finished before {when}", count=len(expired), when=int(older_than)
-                )
-            return len(expired)
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(sqlite3.Error):
+                return failure
+            reason = str(failure.value) or type(failure.value).__name__
+            self._log.error(
+                "Could not add {count} results to {path}: {reason}", count=len(rows), path=self.path, reason=reason
+            )
+            return Failure(StoreUnavailable(reason))
 
-        return self._write(delete).addCallback(deleted)
+        return self._write(insert).addCallbacks(lambda _: [row[0] for row in rows], failed)
+
+    # -- reads: on the reactor thread, from what is committed -----------------------------------
+
+    def _query(self, sql: str, values: tuple[Any, ...] | list[Any] = ()) -> list[ActionResult]:
+        """
+        Every row C{sql} selects, read to the end (which also ends the read
+        transaction at once, so that no snapshot outlives the call).
+        """
+        if self._reader is None:
+            raise sqlite3.ProgrammingError("the results store is closed")
+        try:
+            rows = self._reader.execute(sql, values).fetchall()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(str(error) or type(error).__name__) from None
+        return [_from_row(row) for row in rows]
+
+    def get(self, requestid: int) -> ActionResult | None:
+        if not 0 <= requestid <= MAX_REQUESTID:
+            return None  # never handed out, and SQLite could not take it as a parameter
+        found = self._query(f"{_SELECT} WHERE requestid = ?", (requestid,))
+        return found[0] if found else None
 
     def find(self, slave: str | None = None, action: str | None = None) -> list[ActionResult]:
-        return [
-            result
-            for result in self._results.values()
-            if (slave is None or result.slave == slave) and (action is None or result.action == action)
-        ]
+        return self.page(ResultQuery(slave=slave, action=action, limit=-1))
+
+    def page(self, query: ResultQuery) -> list[ActionResult]:
+        sql, values = _page_sql(query)
+        return self._query(sql, values)
+
+    def each(self) -> Iterator[ActionResult]:
+        """
+        Every result, by slave, action and request id (the order of the
+        C{(slave, action)} index), one at a time: nothing is gathered. The
+        caller reads it to the end on the reactor thread, in one go; it sees
+        one snapshot.
+        """
+        if self._reader is None:
+            raise sqlite3.ProgrammingError("the results store is closed")
+        try:
+            cursor = self._reader.execute(f"{_SELECT} ORDER BY slave, action, requestid")
+            for row in cursor:
+                yield _from_row(row)
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(str(error) or type(error).__name__) from None
+
+    def prune(self, older_than: float) -> Deferred[int]:
+        def delete() -> int:
+            db = self._open_db()
+            deleted = 0
+
+            def statements() -> None:
+                nonlocal deleted
+                # Before the rows go: their ids must stay used.
+                db.execute(_RAISE_HIGH_WATER)
+                deleted = db.execute(_DELETE_EXPIRED, (older_than,)).rowcount
+
+            _in_transaction(db, statements)
+            return deleted
+
+        def deleted(count: int) -> int:
+            if count:
+                self._log.info("Pruned {count} results finished before {when}", count=count, when=int(older_than))
+            return count
+
+        return self._write(delete).addCallback(deleted)
 
 
 def default_store_path(data_dir: str) -> str:

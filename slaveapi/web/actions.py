@@ -24,7 +24,14 @@ from slaveapi.context import Context
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore, StoreUnavailable
 from slaveapi.web import known, params
-from slaveapi.web.errors import HTTPProblem, bad_request, json_body, not_found, store_unavailable
+from slaveapi.web.errors import (
+    HTTPProblem,
+    bad_request,
+    json_body,
+    not_found,
+    store_unavailable,
+    store_unreadable,
+)
 
 
 class _Form(Mapping[str, str]):
@@ -64,12 +71,16 @@ class ActionView:
         as C{{"<action>": {"<requestid>": {...}}}}.
         """
         requestid = params.requestid(request)
-        if requestid is not None:
-            result = store.get(requestid)
-            if result is None or result.slave != slave or result.action != self.action.name:
-                raise not_found(f"requestid: no {self.action.name} request {requestid} for {slave}")
-            return json_body(request, result.to_dict())
-        found = store.find(slave=slave, action=self.action.name)
+        try:
+            if requestid is not None:
+                result = store.get(requestid)
+                if result is None or result.slave != slave or result.action != self.action.name:
+                    raise not_found(f"requestid: no {self.action.name} request {requestid} for {slave}")
+                return json_body(request, result.to_dict())
+            # Read through the (slave, action) index, in request-id order.
+            found = store.find(slave=slave, action=self.action.name)
+        except StoreUnavailable as error:
+            raise store_unreadable(str(error)) from None
         return json_body(
             request, {self.action.name: {str(result.requestid): result.to_dict() for result in found}}
         )

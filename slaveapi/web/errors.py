@@ -49,6 +49,16 @@ def store_unavailable(reason: str) -> HTTPProblem:
     )
 
 
+def store_unreadable(reason: str) -> HTTPProblem:
+    """Results that could not be read just now (an I/O error): 503, retry later."""
+    return HTTPProblem(
+        503,
+        "store_unavailable",
+        f"results cannot be read right now ({reason}); retry later",
+        {b"Retry-After": str(STORE_RETRY_AFTER).encode("ascii")},
+    )
+
+
 def json_body(request: IRequest, data: Any, status: int = 200) -> bytes:
     """Set the status and content type, and encode C{data}."""
     request.setResponseCode(status)

@@ -1,14 +1,260 @@
-"""C{GET /results}: every result, by slave, action and requestid."""
+"""
+C{GET /results}: every result nested by slave, action and requestid (the 2015
+shape), or, given any filter, one page of results in request-id order.
+
+Without any of the page parameters the answer is the 2015 reference's
+C{{"<slave>": {"<action>": {"<requestid>": {...}}}}} with every kept result.
+It is encoded as the store streams the rows (by slave, action and request
+id), so no result object outlives its own line of JSON.
+
+With any of C{slave}, C{action}, C{state}, C{since} or C{limit} the answer is
+a page: C{{"results": [...], "next": ...}}, each result the 2015 per-result
+dict plus C{slave}, C{action} and C{requestid}, in ascending request-id order,
+and C{next} the path of the following page, or C{null} when no more results
+match now. Request ids only grow, so following C{next} (which asks for
+C{since=<last requestid>}) neither skips nor repeats a result while new ones
+are added. As elsewhere in the API, query parameters that are not among
+these are ignored; a page parameter with a bad value is a 400 naming it.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
 from twisted.web.iweb import IRequest
 
-from slaveapi.results import dictify_results
-from slaveapi.store import IResultStore
-from slaveapi.web.errors import json_body
+from slaveapi.actions import Action
+from slaveapi.context import Context
+from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
+from slaveapi.store import MAX_REQUESTID, IResultStore, ResultQuery, StoreUnavailable
+from slaveapi.web import known, params
+from slaveapi.web.errors import bad_request, json_body, store_unreadable
+
+#: The parameters that ask for a page rather than every result.
+PAGE_PARAMETERS = ("slave", "action", "state", "since", "limit")
+
+#: Results in a page unless C{limit} says otherwise, and the most it may say.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+_STATES = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCESS": SUCCESS, "FAILURE": FAILURE}
 
 
-def all_results(store: IResultStore, request: IRequest) -> bytes:
-    """C{{"<slave>": {"<action>": {"<requestid>": {...}}}}}."""
-    return json_body(request, dictify_results(store.find()))
+@dataclass(frozen=True)
+class PageRequest:
+    """
+    A page asked for, its parameters checked.
+
+    @ivar since_requestid: C{since} given as a request id.
+    @ivar since_time: C{since} given as a time, in whole Unix seconds.
+    """
+
+    slave: str | None = None
+    action: str | None = None
+    state: int | None = None
+    since_requestid: int | None = None
+    since_time: int | None = None
+    limit: int = DEFAULT_LIMIT
+
+    def query(self) -> ResultQuery:
+        """The store query, one result more than the page to know whether another follows."""
+        return ResultQuery(
+            slave=self.slave,
+            action=self.action,
+            state=self.state,
+            after_requestid=self.since_requestid,
+            requested_since=self.since_time,
+            limit=self.limit + 1,
+        )
+
+    def next_path(self, last_requestid: int) -> str:
+        """The path of the page after the result C{last_requestid}, with the same filters."""
+        fields: list[tuple[str, str]] = []
+        if self.slave is not None:
+            fields.append(("slave", self.slave))
+        if self.action is not None:
+            fields.append(("action", self.action))
+        if self.state is not None:
+            fields.append(("state", str(self.state)))
+        fields.append(("since", str(last_requestid)))
+        fields.append(("limit", str(self.limit)))
+        return "/results?" + urllib.parse.urlencode(fields)
+
+
+def _asked_for_page(request: IRequest) -> bool:
+    given = request.args or {}
+    return any(name.encode("ascii") in given for name in PAGE_PARAMETERS)
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _slave(request: IRequest, ctx: Context) -> str | None:
+    raw = params.value(request, "slave")
+    if raw is None:
+        return None
+    return known.read_name(ctx, params.slave_name(raw.strip()))
+
+
+def _action(request: IRequest, actions: Iterable[Action]) -> str | None:
+    """The action's name, given as its name or one of its routes."""
+    raw = params.value(request, "action")
+    if raw is None:
+        return None
+    names: dict[str, str] = {}
+    for action in actions:
+        names[action.name] = action.name
+        for route in action.routes:
+            names.setdefault(route, action.name)
+    found = names.get(raw.strip())
+    if found is None:
+        known_names = sorted({action.name for action in actions})
+        raise bad_request(f"action: expected one of {', '.join(known_names)}, got {raw[:40]!r}")
+    return found
+
+
+def _state(request: IRequest) -> int | None:
+    raw = params.value(request, "state")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if _is_number(text) and int(text) in _STATES.values():
+        return int(text)
+    if text.upper() in _STATES:
+        return _STATES[text.upper()]
+    raise bad_request(
+        f"state: expected 0-3 or one of PENDING, RUNNING, SUCCESS, FAILURE (any case), got {raw[:40]!r}"
+    )
+
+
+def _since(request: IRequest) -> tuple[int | None, int | None]:
+    """
+    C{since} as (request id, None) or (None, Unix second): digits alone are a
+    request id; C{@} and Unix seconds, Unix seconds with a decimal point, or
+    an ISO-8601 time with a C{T} and a UTC offset (or C{Z}) are a time.
+    """
+    raw = params.value(request, "since")
+    if raw is None:
+        return None, None
+    text = raw.strip()
+    expected = (
+        "since: expected a requestid (digits only), or a time: @<unix seconds>, "
+        "unix seconds with a decimal point, or ISO-8601 with a UTC offset (2026-11-29T10:00:00Z)"
+    )
+    if _is_number(text):
+        number = int(text)
+        if number > MAX_REQUESTID:
+            raise bad_request(f"since: expected a requestid of at most {MAX_REQUESTID}, got {raw[:40]!r}")
+        return number, None
+    seconds: float | None = None
+    if text.startswith("@") or ("." in text and "T" not in text.upper()):
+        number_text = text[1:] if text.startswith("@") else text
+        try:
+            seconds = float(number_text) if _is_number(number_text.replace(".", "", 1)) else None
+        except ValueError:
+            seconds = None
+    elif "T" in text.upper():
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise bad_request(f"{expected}, got {raw[:40]!r}") from None
+        if when.tzinfo is None:
+            raise bad_request(f"since: the time needs a UTC offset or Z (2026-11-29T10:00:00Z), got {raw[:40]!r}")
+        try:
+            seconds = when.timestamp()
+        except (OverflowError, OSError, ValueError):
+            seconds = None
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_REQUESTID:
+        raise bad_request(f"{expected}, got {raw[:40]!r}")
+    # Request timestamps are kept to the second: a request in the second of
+    # C{since} counts as at or after it.
+    return None, math.floor(seconds)
+
+
+def _limit(request: IRequest) -> int:
+    raw = params.value(request, "limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    text = raw.strip()
+    if not _is_number(text) or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_request(f"limit: expected a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}")
+    return int(text)
+
+
+def page_request(request: IRequest, ctx: Context, actions: Iterable[Action]) -> PageRequest:
+    """The page C{request} asks for; a 400 naming the first bad parameter."""
+    actions = list(actions)
+    since_requestid, since_time = _since(request)
+    return PageRequest(
+        slave=_slave(request, ctx),
+        action=_action(request, actions),
+        state=_state(request),
+        since_requestid=since_requestid,
+        since_time=since_time,
+        limit=_limit(request),
+    )
+
+
+def page_entry(result: ActionResult) -> dict[str, Any]:
+    """One result of a page: the 2015 per-result dict with its slave, action and requestid."""
+    entry = result.to_dict(include_requestid=True)
+    entry["slave"] = result.slave
+    entry["action"] = result.action
+    return entry
+
+
+def results_page(store: IResultStore, page: PageRequest) -> dict[str, Any]:
+    """C{{"results": [...], "next": "/results?..." or None}}."""
+    found = store.page(page.query())
+    shown = found[: page.limit]
+    more = len(found) > page.limit
+    return {
+        "results": [page_entry(result) for result in shown],
+        "next": page.next_path(shown[-1].requestid) if more else None,
+    }
+
+
+def nested_json(results: Iterator[ActionResult]) -> bytes:
+    """
+    C{{"<slave>": {"<action>": {"<requestid>": {...}}}}} for C{results}, which
+    come by slave, action and request id; encoded one result at a time.
+    """
+    parts = ["{"]
+    slave: str | None = None
+    action: str | None = None
+    for result in results:
+        if result.slave != slave:
+            if slave is not None:
+                parts.append("}}, ")
+            parts.append(f"{json.dumps(result.slave)}: {{{json.dumps(result.action)}: {{")
+            slave, action = result.slave, result.action
+        elif result.action != action:
+            parts.append(f"}}, {json.dumps(result.action)}: {{")
+            action = result.action
+        else:
+            parts.append(", ")
+        parts.append(f'"{result.requestid}": {json.dumps(result.to_dict(), sort_keys=True)}')
+    if slave is not None:
+        parts.append("}}")
+    parts.append("}")
+    return "".join(parts).encode("utf-8")
+
+
+def all_results(store: IResultStore, request: IRequest, ctx: Context, actions: Iterable[Action]) -> bytes:
+    """Every result in the 2015 shape, or one page when any page parameter is given."""
+    try:
+        if _asked_for_page(request):
+            return json_body(request, results_page(store, page_request(request, ctx, actions)))
+        body = nested_json(store.each())
+    except StoreUnavailable as error:
+        raise store_unreadable(str(error)) from None
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", b"application/json")
+    return body

@@ -76,7 +76,8 @@ class SlaveAPIWeb:
     @app.route("/results", methods=["GET"])
     def results(self, request: IRequest) -> bytes:
         self._client(request, write=False)
-        return all_results(self._store, request)
+        actions = [view.action for view in self._action_views.values()]
+        return all_results(self._store, request, self._context(), actions)
 
     @app.route("/slaves", methods=["GET"])
     async def slaves(self, request: IRequest) -> bytes:

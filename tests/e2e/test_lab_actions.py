@@ -196,6 +196,41 @@ async def test_the_2015_service_route_names_serve_the_read_only_actions(service:
 
 
 @pytest_twisted.ensureDeferred
+async def test_results_pages_follow_next_and_filter(service: ServiceProcess) -> None:
+    slave = "bld-linux64-lab-001"
+    code, before = await request_json("GET", f"{service.url}/results?slave={slave}&limit=1000")
+    assert code == 200 and before["next"] is None
+    since = max([entry["requestid"] for entry in before["results"]], default=0)
+    posted = []
+    for _ in range(3):
+        code, answer = await post(service, slave, "get_uptime")
+        assert (code, answer.get("state")) == (200, 2), answer
+        posted.append(answer)
+    await post(service, slave, "buildslave_last_activity")
+
+    path = f"/results?slave={slave.upper()}&action=get_uptime&since={since}&limit=2"
+    seen: list[dict[str, Any]] = []
+    for _ in range(5):
+        code, page = await request_json("GET", service.url + path)
+        assert code == 200
+        seen.extend(page["results"])
+        if page["next"] is None:
+            break
+        path = page["next"]
+    assert [entry["requestid"] for entry in seen] == [answer["requestid"] for answer in posted]
+    for entry, answer in zip(seen, posted, strict=True):
+        assert entry == {**answer, "slave": slave, "action": "buildslave_uptime"}
+
+    code, failures = await request_json("GET", f"{service.url}/results?slave={slave}&state=FAILURE&since={since}")
+    assert (code, failures) == (200, {"results": [], "next": None})
+    code, error = await request_json("GET", f"{service.url}/results?action=frobnicate")
+    assert code == 400 and error["msg"].startswith("action: expected one of ")
+    # Without page arguments: the 2015 shape, these results among the rest.
+    code, nested = await request_json("GET", f"{service.url}/results")
+    assert {str(answer["requestid"]) for answer in posted} <= set(nested[slave]["buildslave_uptime"])
+
+
+@pytest_twisted.ensureDeferred
 async def test_waittime_in_the_query_string(service: ServiceProcess) -> None:
     code, result = await request_json(
         "POST", f"{service.url}/slaves/bld-linux64-lab-001/actions/buildslave_uptime?waittime=30"
