@@ -170,7 +170,8 @@ class ProbeConfig:
     machine is up at the first reply, down after C{ping_deadline} seconds),
     and probes over TCP when no ICMP socket may be opened. While waiting,
     every watched machine is probed once every C{interval} seconds (1 by
-    default: a reboot is seen within a second of the machine answering).
+    default: a machine is seen back within about C{interval}, plus the
+    round trip, of answering again).
     """
 
     method: str = field(default="icmp", metadata=ini(Choice(("icmp", "tcp"))))

@@ -25,15 +25,20 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from slaveapi.clients.probe import (
     DATAGRAM,
     RAW,
     EchoReply,
+    LocalProbeError,
+    ProbeError,
     Prober,
     _EchoSocket,
+    _prober,
     checksum,
     echo_request,
+    open_icmp_socket,
     parse_echo_reply,
 )
 from slaveapi.config import ProbeConfig
@@ -143,7 +148,7 @@ def _sent_seq(sock: _Socket, index: int = -1) -> int:
 
 def test_a_raw_socket_matches_by_address_identifier_and_sequence() -> None:
     reactor, sock, echo = _echo(RAW, ident=0x4242)
-    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", count=3, deadline=5.0))
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
     [(packet, address)] = sock.sent
     assert address == ("10.0.0.5", 0) and struct.unpack("!H", packet[4:6]) == (0x4242,)
     seq = _sent_seq(sock)
@@ -160,41 +165,97 @@ def test_a_raw_socket_matches_by_address_identifier_and_sequence() -> None:
 
 def test_a_datagram_socket_matches_by_address_and_sequence_the_kernel_sets_the_identifier() -> None:
     reactor, sock, echo = _echo(DATAGRAM)
-    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", count=1, deadline=5.0))
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
     echo._received(_reply(0x0777, _sent_seq(sock)), "10.0.0.5")
     assert probing.called and probing.result is True
     assert reactor.getDelayedCalls() == []
 
 
-def test_requests_go_out_a_second_apart_and_the_deadline_says_not_alive() -> None:
+def test_requests_go_out_every_spacing_until_the_deadline_which_says_not_alive() -> None:
     reactor, sock, echo = _echo(RAW)
-    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", count=3, deadline=5.0))
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
+    for _ in range(4):
+        reactor.advance(1.0)
+    # At 0, 1, 2, 3 and 4 s: a machine that answers again is heard within a spacing.
+    assert len(sock.sent) == 5 and len({_sent_seq(sock, n) for n in range(5)}) == 5
+    assert not probing.called
     reactor.advance(1.0)
-    reactor.advance(1.0)
-    assert len({_sent_seq(sock, n) for n in range(3)}) == 3
-    reactor.advance(2.0)
-    assert len(sock.sent) == 3 and not probing.called
-    reactor.advance(1.0)
+    assert len(sock.sent) == 5
     assert probing.called and probing.result is False
     assert reactor.getDelayedCalls() == []
     # A late reply to a request given up on is ignored.
     echo._received(_ip_header() + _reply(0x4242, _sent_seq(sock)), "10.0.0.5")
 
 
+def test_requests_squeezed_into_a_short_deadline_stop_before_it() -> None:
+    reactor, sock, echo = _echo(RAW)
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=1.5, spacing=0.5))
+    reactor.pump([0.5, 0.5, 0.5])
+    assert len(sock.sent) == 3  # at 0, 0.5 and 1 s; none at the deadline itself
+    assert probing.called and probing.result is False
+
+
 def test_a_reply_to_a_later_request_counts() -> None:
     reactor, sock, echo = _echo(RAW)
-    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", count=2, deadline=5.0))
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
     reactor.advance(1.0)
     echo._received(_ip_header() + _reply(0x4242, _sent_seq(sock, 1)), "10.0.0.5")
     assert probing.called and probing.result is True
 
 
-def test_requests_that_cannot_be_sent_read_as_not_alive_at_once() -> None:
+def test_a_first_request_that_cannot_be_sent_reads_as_not_alive_at_once() -> None:
     reactor, sock, echo = _echo(RAW)
     sock.refuse = errno.ENETUNREACH
-    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", count=1, deadline=5.0))
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
     assert probing.called and probing.result is False
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_later_request_that_cannot_be_sent_is_lost_and_the_probe_goes_on() -> None:
+    reactor, sock, echo = _echo(RAW)
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
+    sock.refuse = errno.ENETUNREACH
+    reactor.advance(1.0)
+    sock.refuse = None
+    reactor.advance(1.0)
+    assert not probing.called
+    echo._received(_ip_header() + _reply(0x4242, _sent_seq(sock)), "10.0.0.5")
+    assert probing.called and probing.result is True
+
+
+def test_a_first_request_refused_for_a_local_reason_is_no_verdict() -> None:
+    reactor, sock, echo = _echo(RAW)
+    sock.refuse = errno.ENOBUFS
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
+    failure = _failed(probing)
+    assert failure.check(LocalProbeError) and "buffer" in failure.getErrorMessage()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_later_request_refused_for_a_local_reason_makes_silence_no_verdict() -> None:
+    reactor, sock, echo = _echo(RAW)
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=2.0, spacing=1.0))
+    sock.refuse = errno.ENOMEM
+    reactor.advance(1.0)
+    reactor.advance(1.0)
+    assert _failed(probing).check(LocalProbeError)
+
+
+def test_closing_fails_the_probes_out_as_local() -> None:
+    reactor, _sock, echo = _echo(RAW)
+    probing = Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))
+    echo.close()
+    assert _failed(probing).check(LocalProbeError)
+    assert reactor.getDelayedCalls() == []
+    assert _failed(Deferred.fromCoroutine(echo.ping("10.0.0.5", deadline=5.0, spacing=1.0))).check(LocalProbeError)
+
+
+def _failed(probing: Deferred[Any]) -> Failure:
+    assert probing.called, "still probing"
+    seen: list[Any] = []
+    probing.addBoth(seen.append)
+    assert isinstance(seen[0], Failure), seen[0]
+    return seen[0]
 
 
 def test_closing_removes_the_reader_and_closes_the_socket_once() -> None:
@@ -202,6 +263,83 @@ def test_closing_removes_the_reader_and_closes_the_socket_once() -> None:
     echo.close()
     echo.close()
     assert reactor.readers == [] and sock.closed
+
+
+# --- the prober's socket: lost, reopened; a closed prober ---------------------------
+
+
+class _Opener:
+    """Stands in for open_icmp_socket: hands out fake raw sockets and counts them."""
+
+    def __init__(self) -> None:
+        self.opened: list[_Socket] = []
+
+    def __call__(self, kinds: Any = None) -> tuple[_Socket, str, str]:
+        self.opened.append(_Socket())
+        return self.opened[-1], RAW, "a test socket"
+
+
+@pytest.fixture
+def opener(monkeypatch: pytest.MonkeyPatch) -> _Opener:
+    fake = _Opener()
+    monkeypatch.setattr(_prober, "open_icmp_socket", fake)
+    return fake
+
+
+def _icmp_prober(reactor: _Reactor) -> Prober:
+    return Prober(reactor, ProbeConfig(method="icmp", ping_count=1, ping_deadline=1.0), 22)
+
+
+def test_a_lost_socket_is_let_go_and_the_next_probe_opens_a_new_one(opener: _Opener) -> None:
+    reactor = _Reactor()
+    prober = _icmp_prober(reactor)
+    first = Deferred.fromCoroutine(prober.alive("10.0.0.5"))
+    lost = prober._echo
+    assert isinstance(lost, _EchoSocket) and len(opener.opened[0].sent) == 1
+    lost.connectionLost(Failure(OSError(errno.EBADF, "Bad file descriptor")))
+    # The probe out on it is no evidence either way; the socket is closed and forgotten.
+    assert _failed(first).check(LocalProbeError)
+    assert opener.opened[0].closed and reactor.readers == [] and prober._echo is None
+    second = Deferred.fromCoroutine(prober.alive("10.0.0.5"))
+    assert len(opener.opened) == 2 and len(opener.opened[1].sent) == 1
+    reactor.advance(1.0)
+    assert second.called and second.result is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_prober_refuses_to_probe_and_opens_no_socket(opener: _Opener) -> None:
+    reactor = _Reactor()
+    prober = _icmp_prober(reactor)
+    await prober.close()
+    for probing in (prober.alive("10.0.0.5"), prober.wait_for("10.0.0.5", up=True, limit=5.0)):
+        with pytest.raises(ProbeError, match="closed"):
+            await probing
+    assert opener.opened == [] and reactor.getDelayedCalls() == []
+
+
+def test_an_icmp_socket_refused_for_a_local_reason_is_not_taken_for_no_permission(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def too_many(*args: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(socket, "socket", too_many)
+    with pytest.raises(LocalProbeError):
+        open_icmp_socket()
+    prober = _icmp_prober(_Reactor())
+    with pytest.raises(LocalProbeError):
+        prober._echo_socket()
+    assert prober._echo is None  # tried again next time, not "TCP for good"
+
+
+def test_the_hosts_noted_as_ipv6_only_are_bounded_and_forgotten_at_close() -> None:
+    prober = _icmp_prober(_Reactor())
+    for n in range(_prober._TCP_HOSTS_KEPT + 10):
+        prober._note_tcp_host(f"v6-{n}.example")
+    assert len(prober._tcp_hosts) == _prober._TCP_HOSTS_KEPT
+    assert "v6-0.example" not in prober._tcp_hosts and f"v6-{_prober._TCP_HOSTS_KEPT + 9}.example" in prober._tcp_hosts
+    Deferred.fromCoroutine(prober.close())
+    assert not prober._tcp_hosts
 
 
 # --- real probes -----------------------------------------------------------------

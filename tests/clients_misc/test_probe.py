@@ -53,6 +53,31 @@ async def test_tcp_probe_sees_a_listening_port_and_a_closed_one(closed_port: int
         await listener.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_tcp_probe_of_an_address_resolves_nothing_and_logs_nothing() -> None:
+    from twisted.logger import globalLogPublisher
+
+    class NoResolving:
+        def resolveHostName(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("an address was sent to the resolver")
+
+    reactor = _reactor()
+    usual = reactor.installNameResolver(NoResolving())
+    events: list[dict[str, Any]] = []
+    quiet = Factory.forProtocol(Protocol)
+    quiet.noisy = False
+    listener = reactor.listenTCP(0, quiet, interface="127.0.0.1")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        config = ProbeConfig(method="tcp", tcp_timeout=GENEROUS)
+        assert await Prober(reactor, config, listener.getHost().port).alive("127.0.0.1") is True
+    finally:
+        reactor.installNameResolver(usual)
+        globalLogPublisher.removeObserver(events.append)
+        await listener.stopListening()
+    assert [(event.get("log_format"), event.get("factory")) for event in events if "factory" in event] == []
+
+
 # The in-process ICMP probe: tests/clients_misc/test_icmp.py; the probe loop: test_probe_loop.py.
 
 
