@@ -13,8 +13,11 @@ the lab's. Then:
   4. prints the wave's wall time (first POST to last result finished), how
      each reboot ended, the latencies' p50/p99, the server's CPU seconds
      per reboot, its RSS at the peak with the number of actions then in
-     flight, and, last, C{wave/single: R}: the wave's wall time over the
-     slower single-machine reboot.
+     flight, and, last, C{wave/single: R}: the time until every machine
+     that came back was back, over the slower single-machine reboot. (The
+     lab has a few machines no method brings back; their escalation to a
+     bug is bounded by its own timeouts, not by the wave, and is shown on
+     its own line.)
 
 Usage: C{.venv/bin/python benchmarks/reboot_wave.py [--slaves 1000] [--boot-time 30]}
 Everything is bounded: the wave gives up after C{--limit} seconds.
@@ -174,7 +177,8 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
     by_page: list[float] = []
     outcomes: Counter[str] = Counter()
     peak = (rss_before, len(pending))
-    finished_at = started
+    finished_at = rebooted_at = started
+    finish_times: dict[str, list[float]] = {}
     polls = 0
     while pending and time.monotonic() - started < args.limit:
         # What a dashboard asks during the wave: one result, and a page of them.
@@ -196,7 +200,11 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
                     del pending[result["requestid"]]
                     finished_at = time.monotonic()
                     last = result["text"].split("\n")[-1]
-                    outcomes[re.sub(r"\d+", "N", last.split("(")[0]).strip()] += 1
+                    outcome = re.sub(r"\d+", "N", last.split("(")[0]).strip()
+                    outcomes[outcome] += 1
+                    finish_times.setdefault(outcome, []).append(finished_at - started)
+                    if result["state"] == 2:
+                        rebooted_at = finished_at
             if not page["results"] or not page.get("next"):
                 break
             since = page["results"][-1]["requestid"]
@@ -205,6 +213,7 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
             peak = (rss, len(pending))
         await deferLater(reactor, 0.25, lambda: None)
     wall = finished_at - started
+    rebooted_wall = rebooted_at - started
     cpu = _cpu_seconds(server_pid) - cpu_before
     workers_cpu = sum(_cpu_seconds(child) for child in _children(server_pid)) - workers_cpu_before
     await pool.closeCachedConnections()
@@ -214,6 +223,8 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
         "wave_size": len(wave_names),
         "posted": posted,
         "wave_wall": wall,
+        "rebooted_wall": rebooted_wall,
+        "finish_times": finish_times,
         "unfinished": len(pending),
         "outcomes": outcomes,
         "by_requestid": by_requestid,
@@ -291,7 +302,11 @@ def main() -> int:
     print(f"wave of {size} reboots: {outcome['wave_wall']:.1f} s wall (all POSTs answered after "
           f"{outcome['posted']:.1f} s), {outcome['unfinished']} unfinished")
     for line, count in outcome["outcomes"].most_common():
-        print(f"  {count:4d}  {line}")
+        times = sorted(outcome["finish_times"][line])
+        print(f"  {count:4d}  {line}  (finished {times[0]:.1f} to {times[-1]:.1f} s after the first POST, "
+              f"median {times[len(times) // 2]:.1f} s)")
+    print(f"every machine that came back was back {outcome['rebooted_wall']:.1f} s after the first POST; the "
+          "rest is the machines no method brings back, whose escalation to a bug takes its own timeouts")
     print(f"during the wave: GET ?requestid=N {latency(outcome['by_requestid'])}")
     print(f"during the wave: GET /results 100-result page {latency(outcome['by_page'])}")
     print(f"server CPU: {outcome['cpu']:.1f} s in all, {outcome['cpu'] / max(size, 1) * 1000:.1f} ms per reboot; "
@@ -303,7 +318,7 @@ def main() -> int:
           f"{outcome['peak_rss_kib'] / 1024:.1f} MiB with {in_flight} actions in flight ({per_action}); "
           f"high-water mark {outcome['server_hwm_kib'] / 1024:.1f} MiB; "
           f"IPMI workers {outcome['workers_rss_kib'] / 1024:.1f} MiB in all")
-    print(f"wave/single: {outcome['wave_wall'] / single:.2f}")
+    print(f"wave/single: {outcome['rebooted_wall'] / single:.2f}")
     return 0 if outcome["unfinished"] == 0 else 1
 
 
