@@ -20,7 +20,9 @@ the lab's. Then:
      its own line.)
 
 Usage: C{.venv/bin/python benchmarks/reboot_wave.py [--slaves 1000] [--boot-time 30]}
-Everything is bounded: the wave gives up after C{--limit} seconds.
+Everything is bounded: the wave gives up after C{--limit} seconds. The
+working directory (lab, server data and logs) is removed at the end unless
+C{KEEP_WORKDIR} is set.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,7 +136,14 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid: int) -> dict[str, Any]:
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of C{pid} and its children so far (the lab: its BMC processes, its EC2 server)."""
+    return _cpu_seconds(pid) + sum(_cpu_seconds(child) for child in _children(pid))
+
+
+async def _wave(
+    args: argparse.Namespace, url: str, names: list[str], server_pid: int, lab_pid: int
+) -> dict[str, Any]:
     import treq
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred, gatherResults
@@ -168,6 +178,8 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
     rss_before = _rss_kib(server_pid)
     cpu_before = _cpu_seconds(server_pid)
     workers_cpu_before = sum(_cpu_seconds(child) for child in _children(server_pid))
+    lab_cpu_before = _tree_cpu_seconds(lab_pid)
+    own_cpu_before = time.process_time()
     started = time.monotonic()
     queued = await gatherResults([Deferred.fromCoroutine(post(name, 0)) for name in wave_names])
     posted = time.monotonic() - started
@@ -216,6 +228,8 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
     rebooted_wall = rebooted_at - started
     cpu = _cpu_seconds(server_pid) - cpu_before
     workers_cpu = sum(_cpu_seconds(child) for child in _children(server_pid)) - workers_cpu_before
+    lab_cpu = _tree_cpu_seconds(lab_pid) - lab_cpu_before
+    own_cpu = time.process_time() - own_cpu_before
     await pool.closeCachedConnections()
     return {
         "single_ssh": single_ssh,
@@ -234,6 +248,8 @@ async def _wave(args: argparse.Namespace, url: str, names: list[str], server_pid
         "in_flight_at_peak": peak[1],
         "cpu": cpu,
         "workers_cpu": workers_cpu,
+        "lab_cpu": lab_cpu,
+        "own_cpu": own_cpu,
         "server_hwm_kib": _peak_rss_kib(server_pid),
         "workers_rss_kib": sum(_peak_rss_kib(child) for child in _children(server_pid)),
     }
@@ -270,7 +286,7 @@ def main() -> int:
         def run() -> Deferred[None]:
             async def go() -> None:
                 try:
-                    outcome.update(await _wave(args, f"http://127.0.0.1:{port}", names, server.pid))
+                    outcome.update(await _wave(args, f"http://127.0.0.1:{port}", names, server.pid, lab.pid))
                 finally:
                     reactor.stop()
 
@@ -286,6 +302,10 @@ def main() -> int:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+        if os.environ.get("KEEP_WORKDIR"):
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def latency(values: list[float]) -> str:
         if not values:
@@ -311,6 +331,8 @@ def main() -> int:
     print(f"during the wave: GET /results 100-result page {latency(outcome['by_page'])}")
     print(f"server CPU: {outcome['cpu']:.1f} s in all, {outcome['cpu'] / max(size, 1) * 1000:.1f} ms per reboot; "
           f"IPMI workers {outcome['workers_cpu']:.1f} s")
+    print(f"CPU of the rest on this machine's {os.cpu_count()} cores during the wave: lab {outcome['lab_cpu']:.1f} s, "
+          f"this load generator {outcome['own_cpu']:.1f} s")
     grown = outcome["peak_rss_kib"] - outcome["rss_before_kib"]
     in_flight = outcome["in_flight_at_peak"]
     per_action = f"{grown / in_flight:.0f} KiB per in-flight action" if in_flight else "no action in flight"

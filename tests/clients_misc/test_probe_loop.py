@@ -122,6 +122,61 @@ def test_one_loop_serves_many_waiters_one_probe_per_host_per_tick() -> None:
     assert clock.getDelayedCalls() == []
 
 
+class _TurnClock(Clock):
+    """
+    A Clock that, like a reactor, runs only the calls already due when a
+    turn begins: a call made for "now" during the turn waits for the next
+    (C{advance(0)}).
+    """
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+def test_a_tick_of_many_hosts_goes_out_in_slices_one_turn_each() -> None:
+    from slaveapi.clients.probe._loop import PROBES_PER_TURN
+
+    clock = _TurnClock()
+    hosts = [f"h{n}" for n in range(2 * PROBES_PER_TURN + 50)]
+    prober = _Machines(clock, {host: True for host in hosts})
+    waiters = [_start(prober, host, up=False, limit=100.0) for host in hosts]
+    assert len(prober.probes_at(0.0)) == len(hosts)  # each host's first probe, as its waiter arrives
+
+    clock.advance(1.0)
+    assert sum(prober.probes_at(1.0).values()) == PROBES_PER_TURN
+    clock.advance(0)
+    assert sum(prober.probes_at(1.0).values()) == 2 * PROBES_PER_TURN
+    clock.advance(0)
+    assert prober.probes_at(1.0) == {host: 1 for host in hosts}
+    # Then the next tick, one interval on.
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [2.0]
+
+    for waiter in waiters:
+        _cancel(waiter)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_tick_left_halfway_by_every_waiter_leaves_nothing_on_the_clock() -> None:
+    from slaveapi.clients.probe._loop import PROBES_PER_TURN
+
+    clock = _TurnClock()
+    hosts = [f"h{n}" for n in range(PROBES_PER_TURN + 10)]
+    prober = _Machines(clock, {host: True for host in hosts})
+    waiters = [_start(prober, host, up=False, limit=100.0) for host in hosts]
+    clock.advance(1.0)
+    for waiter in waiters:
+        _cancel(waiter)
+    assert clock.getDelayedCalls() == []
+    clock.advance(0)
+    assert sum(prober.probes_at(1.0).values()) == PROBES_PER_TURN
+
+
 def test_a_waiter_arriving_later_joins_the_loop_without_a_probe_of_its_own() -> None:
     clock = Clock()
     prober = _Machines(clock, {"a": False})

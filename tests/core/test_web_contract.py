@@ -588,3 +588,24 @@ async def test_reads_are_open_unless_protected(web: _Web) -> None:
         assert refused.headers.getRawHeaders(b"www-authenticate") == [b'Bearer realm="slaveapi"']
         _assert_problem(await web.request("GET", path, token="not-the-right-token-at-all"), 401, "unauthorized")
         assert (await web.request("GET", path, token=_TOKEN)).status == 200
+
+
+@pytest_twisted.async_yield_fixture
+async def failing_slavealloc(web: _Web) -> AsyncIterator[_Web]:
+    from slaveapi.clients.http import RemoteError
+
+    async def broken(name: str) -> None:
+        raise RemoteError("slavealloc", "GET", "http://127.0.0.1:1/slavealloc/api/slaves/bld-1", "host not found")
+
+    clients = web.context_box.context.clients
+    usual = clients.slavealloc.get_slave
+    clients.slavealloc.get_slave = broken
+    yield web
+    clients.slavealloc.get_slave = usual
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_whose_machine_cannot_be_checked_is_a_502_json_answer(failing_slavealloc: _Web) -> None:
+    answer = await failing_slavealloc.request("POST", "/slaves/bld-1/actions/fake")
+    body = _assert_problem(answer, 502, "bad_gateway")
+    assert body["msg"].startswith("slave: could not check that bld-1 is a known machine: ")

@@ -38,6 +38,9 @@ from slaveapi.clients._errors import ClientTimeout
 from slaveapi.clients.probe._errors import LocalProbeError, ProbeError
 from slaveapi.work import detached
 
+#: Probes started in one turn of the reactor (see L{ProbeLoop._start_due}).
+PROBES_PER_TURN = 100
+
 #: One probe of a host: whether it answers.
 ProbeFunction = Callable[[str], Coroutine[Any, Any, bool]]
 
@@ -94,6 +97,8 @@ class ProbeLoop:
         self._per_host = per_host
         self._watches: dict[str, _Watch] = {}
         self._tick_call: Any = None
+        self._slice_call: Any = None
+        self._due: list[_Watch] = []
         #: Ticks so far, and the tick a local error was last logged at (one line a tick at most).
         self._ticks = 0
         self._local_logged_at = -1
@@ -127,20 +132,39 @@ class ProbeLoop:
         if self._watches and self._tick_call is None:
             with detached():
                 self._tick_call = self._reactor.callLater(self._interval, self._tick)
-        elif not self._watches and self._tick_call is not None:
-            if self._tick_call.active():
-                self._tick_call.cancel()
-            self._tick_call = None
+        elif not self._watches:
+            for call in (self._tick_call, self._slice_call):
+                if call is not None and call.active():
+                    call.cancel()
+            self._tick_call = self._slice_call = None
+            self._due = []
 
     def _tick(self) -> None:
         """Start one more probe of every watched host that has fewer out than it may."""
         self._tick_call = None
         self._ticks += 1
-        for watch in list(self._watches.values()):
+        self._due = list(self._watches.values())
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """
+        Start the probes due this tick, L{PROBES_PER_TURN} at a time: a
+        tick of a thousand hosts goes out in slices, one turn of the reactor
+        each, so that what it answers meanwhile (an API request) waits for
+        one slice, not for the whole tick.
+        """
+        self._slice_call = None
+        batch, self._due = self._due[:PROBES_PER_TURN], self._due[PROBES_PER_TURN:]
+        for watch in batch:
             # A waiter settled by an earlier probe of this tick may have left (or replaced) a watch.
             if self._watches.get(watch.host) is watch and len(watch.out) < self._per_host(watch.host):
                 self._probe(watch)
-        self._keep_ticking()
+        if self._due and self._watches:
+            with detached():
+                self._slice_call = self._reactor.callLater(0, self._start_due)
+        else:
+            self._due = []
+            self._keep_ticking()
 
     def _probe(self, watch: _Watch) -> None:
         number = watch.started

@@ -175,8 +175,13 @@ class Prober:
         @raise LocalProbeError: the attempt failed for a local reason.
         """
         try:
-            attempt = self._endpoint(host).connect(_CloserFactory())
-            await within(self._reactor, self._config.tcp_timeout + 1, attempt, f"tcp probe of {host}")
+            endpoint = self._endpoint(host)
+            attempt = endpoint.connect(_CloserFactory())
+            if isinstance(endpoint, HostnameEndpoint):
+                await within(self._reactor, self._config.tcp_timeout + 1, attempt, f"tcp probe of {host}")
+            else:
+                # An address: the connector's own timeout (tcp_timeout) bounds the attempt.
+                await attempt
         except CancelledError:
             raise
         except Exception as error:
