@@ -52,7 +52,7 @@ from slaveapi.store import (
     prepare_store_file,
 )
 from slaveapi.web.gate import GatedSite
-from slaveapi.web.listening import check_anonymous_exposure
+from slaveapi.web.listening import check_anonymous_exposure, with_backlog
 from slaveapi.web.routes import SlaveAPIWeb
 
 _LEVELS = {
@@ -412,7 +412,7 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
     warn_plain_http(config)
     listen = options.listen or config.server.listen
     try:
-        endpoint = serverFromString(reactor, listen)
+        endpoint = serverFromString(reactor, with_backlog(listen))
     except (ValueError, KeyError, TypeError) as error:
         raise StartupError(f"--listen {listen}: not a server endpoint string ({error})") from None
     try:

@@ -92,7 +92,8 @@ class LabHTTP:
         # The wrapper keeps track of open connections, to close them on stop.
         self._connections = WrappingFactory(_QuietSite(self.app.resource()))
         self._connections.noisy = False
-        self._listener = self._reactor.listenTCP(0, self._connections, interface="127.0.0.1")
+        # A wave sends a thousand lookups at once: a backlog of 50 would drop most of them.
+        self._listener = self._reactor.listenTCP(0, self._connections, backlog=1024, interface="127.0.0.1")
         self.port = cast(IPv4Address, self._listener.getHost()).port
         return self.port
 

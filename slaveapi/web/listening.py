@@ -2,7 +2,8 @@
 Whether a Twisted server endpoint string listens for this machine only.
 
 Used at start-up (and on reload) to refuse serving the network without
-authentication. The string is read the way Twisted reads it: fields
+authentication, and to give the listening socket a backlog fit for bursts
+(L{with_backlog}). The string is read the way Twisted reads it: fields
 separated by C{:}, a backslash escaping the next character, C{key=value}
 fields naming arguments. C{tcp} and C{ssl} listen on every interface unless given an
 C{interface}; C{tcp6} on every IPv6 one; C{unix} sockets are local by
@@ -18,6 +19,22 @@ from slaveapi.config import Config, ConfigError
 from slaveapi.hostnames import is_loopback
 
 _EVERY_INTERFACE = {"tcp": "", "ssl": "", "tcp6": "::"}
+
+#: The listen backlog given to a tcp, tcp6, ssl or unix endpoint that names none.
+#: Twisted's default, 50, overflows when a dashboard sends a reboot for a
+#: whole pool at once: the kernel then drops or resets the connections it
+#: has no room for, and clients see errors or retry seconds later.
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """C{description} with C{backlog=} added when it is a kind that takes one and names none."""
+    fields = _fields(description)
+    if fields[0].lower() not in (*_EVERY_INTERFACE, "unix"):
+        return description
+    if any(field.split("=", 1)[0].lower() == "backlog" for field in fields[1:] if "=" in field):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def listens_on_loopback_only(description: str) -> bool:

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, cast
 
 import pytest
+import pytest_twisted
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from slaveapi.actions.disable import check_reason
@@ -17,7 +18,7 @@ from slaveapi.config import API_SCOPES, AuthConfig, ConfigError
 from slaveapi.hostnames import Authority, Origin, is_valid_hostname, parse_authority, parse_origin
 from slaveapi.web.auth import Client, authorize
 from slaveapi.web.errors import HTTPProblem
-from slaveapi.web.listening import check_anonymous_exposure, listens_on_loopback_only
+from slaveapi.web.listening import check_anonymous_exposure, listens_on_loopback_only, with_backlog
 from slaveapi.web.screening import Arrival, check_host, check_length, check_origin
 
 from .conftest import make_config
@@ -246,3 +247,41 @@ def test_reason_is_one_printable_line_of_at_most_500_characters() -> None:
     for bad in ("disk\nReason: forged", "tab\there", "trailing\n", "bell\x07", "rtl\u202eoverride"):
         with pytest.raises(ValueError, match=r"^reason: expected one line of printable characters"):
             check_reason(bad)
+
+
+@pytest.mark.parametrize(
+    ("description", "listened"),
+    [
+        ("tcp:9999:interface=127.0.0.1", "tcp:9999:interface=127.0.0.1:backlog=1024"),
+        ("ssl:9443:privateKey=k.pem", "ssl:9443:privateKey=k.pem:backlog=1024"),
+        ("tcp6:9999", "tcp6:9999:backlog=1024"),
+        ("unix:/run/slaveapi.sock", "unix:/run/slaveapi.sock:backlog=1024"),
+        ("tcp:9999:backlog=10", "tcp:9999:backlog=10"),
+        ("TCP:9999:BACKLOG=10", "TCP:9999:BACKLOG=10"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_a_listening_socket_gets_a_backlog_for_bursts_unless_one_is_named(description: str, listened: str) -> None:
+    assert with_backlog(description) == listened
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_backlog_reaches_the_listening_socket() -> None:
+    import subprocess
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = await serverFromString(reactor, with_backlog("tcp:0:interface=127.0.0.1")).listen(
+        Factory.forProtocol(Protocol)
+    )
+    try:
+        number = port.getHost().port
+        # For a listening socket, ss shows the backlog it was given as Send-Q.
+        shown = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{number}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert shown[2] == "1024", shown
+    finally:
+        await port.stopListening()
