@@ -121,7 +121,7 @@ def build_context(
         ),
         buildapi=BuildapiClient(config.buildapi.api_url, json_client("buildapi"), config.buildapi.max_concurrent),
         bugzilla=BugzillaClient(config.bugzilla.api_url, credentials.bugzilla, json_client("bugzilla")),
-        devices=DevicesClient(config.devices_url, json_client("devices")),
+        devices=DevicesClient(config.devices_url, json_client("devices"), reactor),
         prober=_prober(config, reactor, previous),
         mozpool=MozpoolClient(config.mozpool, json_client("mozpool"), dns),
         ipmi=_ipmi_client(config, reactor, previous),

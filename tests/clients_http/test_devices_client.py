@@ -77,3 +77,61 @@ async def test_malformed_document() -> None:
     with pytest.raises(RemoteError) as caught:
         await _client(FakeDevices({"panda-0001": "foopy01"})).get_device("panda-0001")
     assert str(caught.value).endswith("malformed answer: device panda-0001 is not an object")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fetched_copy_serves_lookups_for_a_minute_then_is_fetched_again() -> None:
+    from twisted.internet.task import Clock
+
+    from slaveapi.clients.devices import MAX_AGE
+
+    clock = Clock()
+    fake = FakeDevices(DEVICES)
+    json_client, _, _ = make_json_client("devices", fake)
+    client = DevicesClient(URL, json_client, clock)
+    for _ in range(3):
+        assert (await client.get_device("panda-0001")) is not None
+    assert len(fake.requests) == 1
+    clock.advance(MAX_AGE - 1)
+    assert await client.get_device("panda-0002") is not None
+    assert len(fake.requests) == 1
+    fake.document = {}
+    clock.advance(1)
+    assert await client.get_device("panda-0002") is None
+    assert len(fake.requests) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_made_during_a_fetch_share_it_and_its_failure() -> None:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    class Held:
+        """A JSON client whose answers the test gives."""
+
+        def __init__(self) -> None:
+            self.asked: list[Deferred[Any]] = []
+
+        def get_json(self, url: str) -> Deferred[Any]:
+            answer: Deferred[Any] = Deferred()
+            self.asked.append(answer)
+            return answer
+
+    held = Held()
+    client = DevicesClient(URL, held, Clock())  # type: ignore[arg-type]  # only get_json is used
+    lookups = [Deferred.fromCoroutine(client.get_device(name)) for name in ("panda-0001", "panda-0002", "x")]
+    assert len(held.asked) == 1
+    held.asked[0].callback(DEVICES)
+    assert [lookup.result.foopy if lookup.result else None for lookup in lookups] == ["foopy01", None, None]
+
+    failing = DevicesClient(URL, held, Clock())  # type: ignore[arg-type]
+    lookups = [Deferred.fromCoroutine(failing.get_device("panda-0001")) for _ in range(2)]
+    held.asked[1].errback(RemoteError("devices", "GET", URL, "HTTP 500"))
+    for lookup in lookups:
+        with pytest.raises(RemoteError):
+            await lookup
+    # A failure is not kept: the next lookup fetches again.
+    again = Deferred.fromCoroutine(failing.get_device("panda-0001"))
+    assert len(held.asked) == 3
+    held.asked[2].callback(DEVICES)
+    assert (await again) is not None
