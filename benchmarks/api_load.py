@@ -289,14 +289,20 @@ async def _generate(port: int, paths: list[str], seconds: float, connections: in
     }
 
 
-def _drive(args: argparse.Namespace, workdir: str, name: str, port: int, paths: list[str]) -> dict[str, Any]:
-    """Run the load generator in a process of its own against C{paths}; its figures."""
+def _drive(
+    args: argparse.Namespace, workdir: str, name: str, port: int, paths: list[str], connections: int | None = None
+) -> dict[str, Any]:
+    """
+    Run the load generator in a process of its own against C{paths}; its
+    figures. C{connections}: one asks one request at a time, so its
+    latencies are the server's own, with no queueing behind other requests.
+    """
     spec = os.path.join(workdir, f"{name}.json")
     with open(spec, "w", encoding="utf-8") as handle:
         json.dump({"port": port, "paths": paths}, handle)
     command = [
         sys.executable, os.path.abspath(__file__), "--generate", spec, "--seconds", str(args.seconds),
-        "--connections", str(args.connections), "--max-requests", str(args.max_requests),
+        "--connections", str(connections or args.connections), "--max-requests", str(args.max_requests),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.seconds + 120, check=False)
     if done.returncode != 0:
@@ -362,6 +368,8 @@ def main() -> int:
         figures = {
             "requestid GET": _drive(args, workdir, "one", server.port, one_paths),
             "100-result page": _drive(args, workdir, "page", server.port, page_paths),
+            "requestid GET, one at a time": _drive(args, workdir, "one-idle", server.port, one_paths, 1),
+            "100-result page, one at a time": _drive(args, workdir, "page-idle", server.port, page_paths, 1),
         }
         rss_full_loaded = _rss_kib(server.process.pid)
         server.stop()
@@ -395,7 +403,8 @@ def main() -> int:
             process.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"one load generator: {args.connections} keep-alive connections, {args.seconds:g} s per target")
+    print(f"one load generator: {args.connections} keep-alive connections (or one, asking one request at a"
+          f" time, for the idle latencies), {args.seconds:g} s per target")
     print(f"bodies: requestid GET {len(one_body)} bytes, page {len(page_body)} bytes")
     for name, result in figures.items():
         print(_line(name, result))
