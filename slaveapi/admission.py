@@ -83,6 +83,7 @@ class Slots:
         self._limit = limit
         self._resuming: deque[Deferred[None]] = deque()
         self._starting: deque[Deferred[None]] = deque()
+        self._handing_over = False
         self.held = 0
 
     def acquire(self, resuming: bool = False) -> Deferred[None]:
@@ -98,9 +99,19 @@ class Slots:
     def release(self) -> None:
         """Give a slot back, handing it to the longest waiter if the limit allows."""
         self.held -= 1
-        while self.waiting and self.held < self._limit():
-            self.held += 1
-            (self._resuming or self._starting).popleft().callback(None)
+        if self._handing_over:
+            # Called by a waiter this very hand-over woke (it ran up to a wait
+            # and gave its slot back): the loop below goes on with the next.
+            # Handing over from here instead would nest one action's run in
+            # another's, and a thousand of them exceed Python's stack.
+            return
+        self._handing_over = True
+        try:
+            while self.waiting and self.held < self._limit():
+                self.held += 1
+                (self._resuming or self._starting).popleft().callback(None)
+        finally:
+            self._handing_over = False
 
     @property
     def waiting(self) -> int:

@@ -35,6 +35,8 @@ class _Target:
 
     held: int = 0
     waiting: deque[Deferred[None]] = field(default_factory=deque)
+    #: A release is handing slots to waiters now (see L{Slots.release}'s loop in admission).
+    handing_over: bool = False
 
 
 class TargetSlots(Generic[K]):
@@ -109,9 +111,15 @@ class TargetSlots(Generic[K]):
                 return
             released = True
             target.held -= 1
-            while target.waiting and target.held < self.per_target:
-                target.held += 1
-                target.waiting.popleft().callback(None)
+            if target.handing_over:
+                return  # a holder woken by the loop below gave its slot back: the loop goes on
+            target.handing_over = True
+            try:
+                while target.waiting and target.held < self.per_target:
+                    target.held += 1
+                    target.waiting.popleft().callback(None)
+            finally:
+                target.handing_over = False
             self._drop_if_idle(key, target)
 
         return release

@@ -416,3 +416,17 @@ async def test_a_wait_within_a_wait_takes_the_slot_back_only_when_the_outer_one_
     clock.advance(1)
     assert (await _done(processor, result)).state == SUCCESS
     assert ("bld-1", "after, holds slot: True") in journal.entries
+
+
+def test_a_thousand_waiters_giving_their_slots_straight_back_do_not_nest() -> None:
+    # Each woken waiter runs up to its next wait and gives the slot back at once,
+    # as an action does; handing over from inside that would nest a thousand runs.
+    slots = Slots(lambda: 1)
+    slots.acquire()
+    served: list[int] = []
+    for number in range(5000):
+        waiter = slots.acquire()
+        waiter.addCallback(lambda _, number=number: (served.append(number), slots.release()))
+    slots.release()
+    assert served == list(range(5000))
+    assert (slots.held, slots.waiting) == (0, 0)

@@ -150,3 +150,15 @@ def test_ssh_session_slots_time_out_with_sshbusy_and_forget_idle_hosts() -> None
     first.addCallback(release.append)
     release[0]()
     assert len(sessions) == 0
+
+
+def test_waiters_giving_their_slot_straight_back_are_served_in_a_loop_not_nested() -> None:
+    slots: TargetSlots[str] = TargetSlots(1)
+    first = slots.acquire("pdu-1")
+    served: list[int] = []
+    for number in range(5000):
+        slots.acquire("pdu-1").addCallback(lambda release, number=number: (served.append(number), release()))
+    give_back_first = first.result  # fired at once: the function that gives the slot back
+    give_back_first()
+    assert served == list(range(5000))
+    assert len(slots) == 0
