@@ -22,7 +22,7 @@ lab) there is no current slot and L{waiting} does nothing.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -102,8 +102,11 @@ def current_slot() -> WorkSlot | None:
 
 
 @contextmanager
-def working_as(slot: WorkSlot) -> Iterator[None]:
-    """Make C{slot} the current one for the code run inside (and the coroutines it starts)."""
+def working_as(slot: WorkSlot | None) -> Iterator[None]:
+    """
+    Make C{slot} the current one for the code run inside (and the
+    coroutines it starts); C{None}: no action's (see L{detached}).
+    """
     token = _current.set(slot)
     try:
         yield
@@ -136,18 +139,13 @@ async def waiting() -> AsyncIterator[None]:
             await slot.take(resuming=True)
 
 
-@contextmanager
-def detached() -> Iterator[None]:
+def detached() -> AbstractContextManager[None]:
     """
     Run the code inside (and the coroutines it starts) for no action: work
     shared by many actions, such as the prober's one loop, must neither
     give back nor take any one action's slot.
     """
-    token = _current.set(None)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return working_as(None)
 
 
 async def pause(reactor: Any, seconds: float) -> None:
