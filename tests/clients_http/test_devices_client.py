@@ -122,7 +122,8 @@ async def test_lookups_made_during_a_fetch_share_it_and_its_failure() -> None:
     lookups = [Deferred.fromCoroutine(client.get_device(name)) for name in ("panda-0001", "panda-0002", "x")]
     assert len(held.asked) == 1
     held.asked[0].callback(DEVICES)
-    assert [lookup.result.foopy if lookup.result else None for lookup in lookups] == ["foopy01", None, None]
+    found = [await lookup for lookup in lookups]
+    assert [device.foopy if device is not None else None for device in found] == ["foopy01", None, None]
 
     failing = DevicesClient(URL, held, Clock())  # type: ignore[arg-type]
     lookups = [Deferred.fromCoroutine(failing.get_device("panda-0001")) for _ in range(2)]

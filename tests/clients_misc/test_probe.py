@@ -55,7 +55,8 @@ async def test_tcp_probe_sees_a_listening_port_and_a_closed_one(closed_port: int
 
 @pytest_twisted.ensureDeferred
 async def test_a_tcp_probe_of_an_address_resolves_nothing_and_logs_nothing() -> None:
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+    from zope.interface import provider
 
     class NoResolving:
         def resolveHostName(self, *args: Any, **kwargs: Any) -> Any:
@@ -63,17 +64,22 @@ async def test_a_tcp_probe_of_an_address_resolves_nothing_and_logs_nothing() -> 
 
     reactor = _reactor()
     usual = reactor.installNameResolver(NoResolving())
-    events: list[dict[str, Any]] = []
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
     quiet = Factory.forProtocol(Protocol)
     quiet.noisy = False
     listener = reactor.listenTCP(0, quiet, interface="127.0.0.1")
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(observe)
     try:
         config = ProbeConfig(method="tcp", tcp_timeout=GENEROUS)
         assert await Prober(reactor, config, listener.getHost().port).alive("127.0.0.1") is True
     finally:
         reactor.installNameResolver(usual)
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observe)
         await listener.stopListening()
     assert [(event.get("log_format"), event.get("factory")) for event in events if "factory" in event] == []
 

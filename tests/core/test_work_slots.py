@@ -424,9 +424,13 @@ def test_a_thousand_waiters_giving_their_slots_straight_back_do_not_nest() -> No
     slots = Slots(lambda: 1)
     slots.acquire()
     served: list[int] = []
+
+    def serve(_: None, number: int) -> None:
+        served.append(number)
+        slots.release()
+
     for number in range(5000):
-        waiter = slots.acquire()
-        waiter.addCallback(lambda _, number=number: (served.append(number), slots.release()))
+        slots.acquire().addCallback(serve, number)
     slots.release()
     assert served == list(range(5000))
     assert (slots.held, slots.waiting) == (0, 0)

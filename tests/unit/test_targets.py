@@ -156,9 +156,13 @@ def test_waiters_giving_their_slot_straight_back_are_served_in_a_loop_not_nested
     slots: TargetSlots[str] = TargetSlots(1)
     first = slots.acquire("pdu-1")
     served: list[int] = []
+
+    def serve(release: Callable[[], None], number: int) -> None:
+        served.append(number)
+        release()
+
     for number in range(5000):
-        slots.acquire("pdu-1").addCallback(lambda release, number=number: (served.append(number), release()))
-    give_back_first = first.result  # fired at once: the function that gives the slot back
-    give_back_first()
+        slots.acquire("pdu-1").addCallback(serve, number)
+    first.addCallback(lambda release: release())  # fired at once: give the first slot back
     assert served == list(range(5000))
     assert len(slots) == 0
