@@ -195,6 +195,28 @@ class IPMISpec(Protocol):
         """Release what the client holds."""
 
 
+class RedfishSpec(Protocol):
+    """Power and next boot through BMCs' Redfish services (errors: C{RedfishError} and its kinds)."""
+
+    async def available(self, host: str) -> bool:
+        """Whether the BMC's Redfish service root answers (False rather than an error)."""
+
+    async def power_state(self, host: str) -> str:
+        """C{"on"} or C{"off"}."""
+
+    async def health(self, host: str) -> str | None:
+        """C{"OK"}, C{"Warning"}, C{"Critical"}, or C{None} when the BMC reports none."""
+
+    async def reset(self, host: str, reset_type: str) -> None:
+        """C{ComputerSystem.Reset} with a reset kind the BMC advertises."""
+
+    async def set_boot_once(self, host: str, target: str) -> None:
+        """Boot from C{Pxe}, C{Hdd} or C{BiosSetup} at the next boot only."""
+
+    async def close(self) -> None:
+        """Release what the client holds."""
+
+
 class PDUSpec(Protocol):
     """Outlets of SNMP-controlled PDUs."""
 
@@ -289,6 +311,8 @@ IBuildapi = _interface_of(BuildapiSpec, "IBuildapi")
 IDevices = _interface_of(DevicesSpec, "IDevices")
 IMaster = _interface_of(MasterSpec, "IMaster")
 IIPMI = _interface_of(IPMISpec, "IIPMI")
+#: Not in L{SPECS} yet: no L{slaveapi.context.Clients} field holds a Redfish client (that wiring is to come).
+IRedfish = _interface_of(RedfishSpec, "IRedfish")
 IPDU = _interface_of(PDUSpec, "IPDU")
 IMozpool = _interface_of(MozpoolSpec, "IMozpool")
 IAWS = _interface_of(AWSSpec, "IAWS")

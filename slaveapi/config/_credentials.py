@@ -150,6 +150,7 @@ class Credentials:
     ssh_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict, metadata=_read(_key_files))
     inventory: Secret | None = None
     ipmi: Secret | None = None
+    redfish: Secret | None = None
     bugzilla: Secret | None = None
     snmp_community: Secret | None = None
     snmp_v3_auth_key: Secret | None = None

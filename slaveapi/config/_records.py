@@ -207,6 +207,31 @@ class IPMIConfig:
 
 
 @dataclass(frozen=True)
+class RedfishConfig:
+    """
+    C{[redfish]}: BMC power and boot control over Redfish (HTTPS + JSON).
+
+    The user is C{username}, else C{[slaves] ipmi_username}; the password is
+    the credentials' C{redfish}, else their C{ipmi}.
+
+    @ivar timeout: the deadline of one HTTP call to a BMC.
+    @ivar retries: further attempts when a connection cannot be set up.
+    @ivar verify: check the BMC's certificate (against C{ca_bundle}, else
+        the system's trust store); C{no} is logged as a warning.
+    @ivar system_id: the ComputerSystem to act on when a BMC manages several.
+    """
+
+    scheme: str = field(default="https", metadata=ini(Choice(("https", "http"))))
+    port: int | None = field(default=None, metadata=ini(Integer(1)))
+    timeout: float = field(default=20.0, metadata=ini(Number(0.1)))
+    retries: int = field(default=2, metadata=ini(Integer(0)))
+    verify: bool = field(default=True, metadata=ini(Boolean()))
+    ca_bundle: str | None = field(default=None, metadata=ini(Path()))
+    system_id: str | None = field(default=None, metadata=ini(Text()))
+    username: str | None = field(default=None, metadata=ini(Text()))
+
+
+@dataclass(frozen=True)
 class SNMPConfig:
     """
     C{[snmp]}: PDU outlet control.
@@ -377,6 +402,7 @@ class Config:
     auth: AuthConfig = field(default=AuthConfig(), metadata=part("auth"))
     probes: ProbeConfig = field(default=ProbeConfig(), metadata=part("probes"))
     ipmi: IPMIConfig = field(default=IPMIConfig(), metadata=part("ipmi"))
+    redfish: RedfishConfig = field(default=RedfishConfig(), metadata=part("redfish"))
     snmp: SNMPConfig = field(default=SNMPConfig(), metadata=part("snmp"))
     mozpool: MozpoolConfig = field(default=MozpoolConfig(), metadata=part("mozpool"))
     reboot: RebootConfig = field(default=RebootConfig(), metadata=part("reboot"))

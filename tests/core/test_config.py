@@ -434,12 +434,12 @@ def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> 
         ("[stroe]\nkeep_days = 3\n", "[stroe]: unknown section; did you mean 'store'?"),
         ("[Probes]\nmethod = tcp\n", "[Probes]: unknown section; did you mean 'probes'?"),
         ("[cluster]\nnodes = 3\n", "[cluster]: unknown section; expected one of server, slavealloc, inventory, "
-         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, snmp, pdus, mozpool, "
-         "reboot, buildbot, masters, aws, store, devices, timeouts"),
+         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
+         "mozpool, reboot, buildbot, masters, aws, store, devices, timeouts"),
         ("[mozpool]\nhost = imaging\n", "[mozpool] host: unknown key; expected one of scheme, port"),
         ("[DEFAULT]\ntimeout = 3\n", "[DEFAULT]: unknown section; expected one of server, slavealloc, inventory, "
-         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, snmp, pdus, mozpool, "
-         "reboot, buildbot, masters, aws, store, devices, timeouts"),
+         "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
+         "mozpool, reboot, buildbot, masters, aws, store, devices, timeouts"),
     ],
 )
 def test_unknown_sections_and_keys_stop_loading(tmp_path: Path, text: str, expected: str) -> None:

@@ -1,0 +1,275 @@
+"""Unit tests for slaveapi.clients.redfish against an in-memory Redfish service (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from zope.interface.verify import verifyClass, verifyObject
+
+from slaveapi.clients.redfish import (
+    RedfishAuthError,
+    RedfishClient,
+    RedfishError,
+    RedfishTimeout,
+    redfish_login,
+)
+from slaveapi.config import RedfishConfig, Secret
+from slaveapi.interfaces import IRedfish
+
+from .fakeredfish import PASSWORD, TOKEN, USER, FakeRedfish, system
+
+T = TypeVar("T")
+BMC = "bmc1.test"
+
+
+def _client(fake: FakeRedfish, password: str = PASSWORD, **settings: Any) -> tuple[RedfishClient, StubTreq, Clock]:
+    stub = StubTreq(fake)
+    clock = Clock()
+    config = RedfishConfig(scheme="http", **settings)
+    return RedfishClient(config, USER, Secret(password), clock, http=stub), stub, clock
+
+
+def _run(stub: StubTreq, work: Coroutine[Any, Any, T]) -> T:
+    """The result of C{work}, which must finish once the in-memory requests are answered."""
+    d = Deferred.fromCoroutine(work)
+    stub.flush()
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the call did not finish"
+    outcome = results[0]
+    if hasattr(outcome, "raiseException"):
+        outcome.raiseException()
+    return outcome
+
+
+def test_the_client_provides_its_interface() -> None:
+    client, _, _ = _client(FakeRedfish())
+    assert verifyObject(IRedfish, client)
+    assert verifyClass(IRedfish, RedfishClient)
+
+
+def test_power_state_discovers_the_only_system_over_basic_auth() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.power_state(BMC)) == "on"
+    assert [(seen.method, seen.path) for seen in fake.requests] == [
+        ("GET", "/redfish/v1"),
+        ("GET", "/redfish/v1/Systems"),
+        ("GET", "/redfish/v1/Systems/1"),
+    ]
+    assert fake.requests[1].headers["authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("redfish", "ours"),
+    [("On", "on"), ("Off", "off"), ("PoweringOn", "on"), ("PoweringOff", "on"), ("Paused", "on")],
+)
+def test_power_states_are_mapped(redfish: str, ours: str) -> None:
+    client, stub, _ = _client(FakeRedfish(systems={"1": system("1", power=redfish)}))
+    assert _run(stub, client.power_state(BMC)) == ours
+
+
+def test_an_unknown_power_state_is_an_error() -> None:
+    client, stub, _ = _client(FakeRedfish(systems={"1": system("1", power="Sideways")}))
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.power_state(BMC))
+    assert str(raised.value) == f"Redfish {BMC}: reading the power state failed: unknown PowerState 'Sideways'"
+
+
+def test_several_systems_need_a_system_id() -> None:
+    fake = FakeRedfish(systems={"a": system("a"), "b": system("b", power="Off")})
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.power_state(BMC))
+    assert str(raised.value) == (f"Redfish {BMC}: finding the system failed: 2 systems (a, b); set [redfish] system_id")
+    chosen, stub, _ = _client(fake, system_id="b")
+    assert _run(stub, chosen.power_state(BMC)) == "off"
+    missing, stub, _ = _client(fake, system_id="c")
+    with pytest.raises(RedfishError, match=r"no system 'c'; the BMC has a, b$"):
+        _run(stub, missing.power_state(BMC))
+
+
+def test_health_prefers_the_rollup() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.health(BMC)) == "Warning"
+    del fake.systems["1"]["Status"]["HealthRollup"]
+    assert _run(stub, client.health(BMC)) == "OK"
+    del fake.systems["1"]["Status"]
+    assert _run(stub, client.health(BMC)) is None
+
+
+def test_reset_posts_an_advertised_reset_type() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    _run(stub, client.reset(BMC, "ForceOff"))
+    assert fake.requests[-1].method == "POST"
+    assert fake.requests[-1].path == "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"
+    assert fake.requests[-1].body == b'{"ResetType": "ForceOff"}'
+    assert _run(stub, client.power_state(BMC)) == "off"
+
+
+def test_a_reset_type_not_advertised_is_refused_before_sending() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.reset(BMC, "Nmi"))
+    allowed = "On, ForceOff, ForceRestart"
+    assert str(raised.value) == f"Redfish {BMC}: reset Nmi failed: not offered; the BMC allows {allowed}"
+    assert not any(seen.method == "POST" for seen in fake.requests)
+
+
+def test_boot_once_patches_the_override() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    _run(stub, client.set_boot_once(BMC, "Pxe"))
+    assert fake.requests[-1].method == "PATCH"
+    assert fake.systems["1"]["Boot"]["BootSourceOverrideTarget"] == "Pxe"
+    assert fake.systems["1"]["Boot"]["BootSourceOverrideEnabled"] == "Once"
+
+
+def test_a_boot_target_not_allowed_is_refused() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.set_boot_once(BMC, "BiosSetup"))
+    assert str(raised.value) == (
+        f"Redfish {BMC}: boot override BiosSetup failed: not offered; the BMC allows None, Pxe, Hdd"
+    )
+    assert not any(seen.method == "PATCH" for seen in fake.requests)
+    with pytest.raises(ValueError, match="expected one of Pxe, Hdd, BiosSetup"):
+        _run(stub, client.set_boot_once(BMC, "Floppy"))
+
+
+def test_a_session_is_used_and_deleted() -> None:
+    fake = FakeRedfish(sessions=True)
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.power_state(BMC)) == "on"
+    assert [(seen.method, seen.path) for seen in fake.requests] == [
+        ("GET", "/redfish/v1"),
+        ("POST", "/redfish/v1/SessionService/Sessions"),
+        ("GET", "/redfish/v1/Systems"),
+        ("GET", "/redfish/v1/Systems/1"),
+        ("DELETE", "/redfish/v1/SessionService/Sessions/7"),
+    ]
+    assert all(seen.headers.get("x-auth-token") == TOKEN for seen in fake.requests[2:])
+    assert not any("authorization" in seen.headers for seen in fake.requests)
+    assert fake.open_sessions == set()
+
+
+def test_the_session_is_deleted_when_the_call_fails() -> None:
+    fake = FakeRedfish(sessions=True)
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError):
+        _run(stub, client.reset(BMC, "Nmi"))
+    assert fake.requests[-1].method == "DELETE"
+    assert fake.open_sessions == set()
+
+
+@pytest.mark.parametrize("status", [404, 405, 501, 503])
+def test_refused_sessions_fall_back_to_basic_auth(status: int) -> None:
+    fake = FakeRedfish(sessions=True, session_status=status)
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.power_state(BMC)) == "on"
+    assert fake.requests[2].headers["authorization"].startswith("Basic ")
+    assert not any(seen.method == "DELETE" for seen in fake.requests)
+
+
+@pytest.mark.parametrize("sessions", [False, True])
+def test_wrong_credentials_say_so_without_the_password(sessions: bool) -> None:
+    wrong = "wrong-Pa55word-xyz"
+    fake = FakeRedfish(sessions=sessions)
+    client, stub, _ = _client(fake, password=wrong)
+    with capturedLogs() as events, pytest.raises(RedfishAuthError) as raised:
+        _run(stub, client.power_state(BMC))
+    step = "opening a session" if sessions else "reading the Systems collection"
+    assert str(raised.value) == f"Redfish {BMC}: {step} failed: HTTP 401: credentials refused"
+    lines = [formatEvent(event) for event in events] + [repr(event) for event in events]
+    assert not any(wrong in line for line in lines + [str(raised.value), repr(raised.value)])
+
+
+def test_a_hung_call_times_out_on_the_clock() -> None:
+    fake = FakeRedfish(hang="/Systems")
+    client, stub, clock = _client(fake, timeout=5.0)
+    d = Deferred.fromCoroutine(client.power_state(BMC))
+    stub.flush()
+    assert not d.called
+    clock.advance(5)
+    clock.advance(0)
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(RedfishTimeout)
+    assert str(failures[0].value) == f"Redfish {BMC}: reading the Systems collection failed: no answer within 5s"
+
+
+def test_a_refused_connection_is_retried_then_unavailable() -> None:
+    class Refusing:
+        calls = 0
+
+        async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+            from twisted.internet.error import ConnectionRefusedError
+
+            Refusing.calls += 1
+            raise ConnectionRefusedError()
+
+    clock = Clock()
+    client = RedfishClient(RedfishConfig(retries=2), USER, Secret(PASSWORD), clock, http=Refusing())
+    d = Deferred.fromCoroutine(client.power_state(BMC))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures
+    assert str(failures[0].value) == f"Redfish {BMC}: reading the service root failed: connection refused"
+    assert Refusing.calls == 3
+    assert _run_available(client) is False
+
+
+def _run_available(client: RedfishClient) -> bool:
+    results: list[Any] = []
+    Deferred.fromCoroutine(client.available(BMC)).addBoth(results.append)
+    return bool(results[0])
+
+
+def test_available_when_the_root_answers() -> None:
+    client, stub, _ = _client(FakeRedfish())
+    assert _run(stub, client.available(BMC)) is True
+
+
+def test_a_redfish_error_message_is_quoted_without_the_password() -> None:
+    class Echoing(FakeRedfish):
+        def answer(self, seen: Any) -> tuple[int, Any, dict[str, str]]:
+            if seen.method == "POST":
+                return 400, {"error": {"message": f"bad request from {USER}:{PASSWORD}"}}, {}
+            return super().answer(seen)
+
+    client, stub, _ = _client(Echoing())
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.reset(BMC, "ForceRestart"))
+    assert str(raised.value) == (
+        f"Redfish {BMC}: reset ForceRestart failed: HTTP 400 Bad Request: bad request from {USER}:********"
+    )
+
+
+def test_login_falls_back_to_the_ipmi_user_and_password() -> None:
+    ipmi, redfish = Secret("i"), Secret("r")
+    assert redfish_login(RedfishConfig(), "ADMIN", ipmi, None) == ("ADMIN", ipmi)
+    assert redfish_login(RedfishConfig(username="ops"), "ADMIN", ipmi, redfish) == ("ops", redfish)
+
+
+def test_a_root_wanting_credentials_is_available_but_a_missing_one_is_not() -> None:
+    class Guarded(FakeRedfish):
+        status = 401
+
+        def answer(self, seen: Any) -> tuple[int, Any, dict[str, str]]:
+            return self.status, {"error": {"message": "no"}}, {}
+
+    fake = Guarded()
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.available(BMC)) is True
+    fake.status = 404
+    assert _run(stub, client.available(BMC)) is False
