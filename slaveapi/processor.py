@@ -24,6 +24,7 @@ start records it as interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,8 @@ class ActionProcessor(Service):
         self._in_flight: dict[tuple[str, str], ActionResult] = {}
         self._joining: dict[tuple[str, str], list[Deferred[ActionResult]]] = {}
         self._waiters: dict[int, list[Deferred[None]]] = {}
+        # requestid -> the last state written, for each action not yet finished and written.
+        self._written: dict[int, ActionResult] = {}
         self._running: set[Deferred[None]] = set()
         self._stopping = False
         self._context_users: dict[int, int] = {}
@@ -142,7 +145,12 @@ class ActionProcessor(Service):
             sleep.cancel()
         finished: Deferred[Any] = DeferredList(running, consumeErrors=True)
         finished.addTimeout(STOP_GRACE, self._reactor)
-        return finished.addBoth(lambda _: None)
+
+        def stopped(_: object) -> None:
+            # Copies kept for final writes given up on: the next start records those.
+            self._written.clear()
+
+        return finished.addBoth(stopped)
 
     async def submit(
         self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
@@ -184,6 +192,7 @@ class ActionProcessor(Service):
         return await caller
 
     def _start(self, result: ActionResult, action: Action, arguments: dict[str, Any]) -> ActionResult:
+        self._written[result.requestid] = dataclasses.replace(result)
         key = _key(result.slave, action.name)
         if action.single_flight:
             self._in_flight[key] = result
@@ -203,7 +212,11 @@ class ActionProcessor(Service):
 
     def wait(self, result: ActionResult, seconds: float) -> Deferred[None]:
         """Fire when C{result} is finished and written, or after C{seconds}, whichever is first."""
-        if self.recorded(result).is_done() or seconds <= 0:
+        try:
+            done = self.recorded(result).is_done()
+        except StoreUnavailable:
+            done = False  # cannot tell now: wait to be told (or time out)
+        if done or seconds <= 0:
             return Deferred.fromCoroutine(_nothing())
         waiter: Deferred[None] = Deferred()
         self._waiters.setdefault(result.requestid, []).append(waiter)
@@ -211,9 +224,29 @@ class ActionProcessor(Service):
         return waiter
 
     def recorded(self, result: ActionResult) -> ActionResult:
-        """C{result} as the store last wrote it: the only state callers may be shown."""
-        # Only finished results are ever pruned, and those were written.
-        return self._store.get(result.requestid) or result
+        """
+        C{result} as the store last wrote it: the only state callers may be shown.
+
+        @raise StoreUnavailable: if the store cannot be read just now
+            (L{last_written} then says what was written).
+        """
+        return self._store.get(result.requestid) or self.last_written(result)
+
+    def last_written(self, result: ActionResult) -> ActionResult:
+        """
+        The last state of C{result} the store confirmed writing, known
+        without reading the store: a copy kept from its creation until its
+        final state is written (after which C{result} itself is that state;
+        a final write that was given up on keeps its copy).
+        """
+        return self._written.get(result.requestid, result)
+
+    def _save(self, result: ActionResult) -> Deferred[None]:
+        """Save C{result} as it is now; once written, that state is its L{last_written}."""
+        snapshot = dataclasses.replace(result)
+        saving = self._store.save(result)
+        saving.addCallback(lambda _: self._written.__setitem__(snapshot.requestid, snapshot))
+        return saving
 
     def uses(self, ctx: Context) -> bool:
         """Whether a queued or running action still uses C{ctx}."""
@@ -291,7 +324,7 @@ class ActionProcessor(Service):
         result.state = RUNNING
         result.start_timestamp = int(self._reactor.seconds())
         try:
-            await self._store.save(result)
+            await self._save(result)
         except StoreUnavailable as error:
             log.error("Not starting: its start could not be recorded ({reason})", reason=str(error))
             self._finish(result, FAILURE, f"Not started: its start could not be recorded ({error}).", log)
@@ -342,7 +375,7 @@ class ActionProcessor(Service):
         def failed(failure: Any) -> None:
             log.error("Could not persist progress: {reason}", reason=failure.getErrorMessage())
 
-        self._store.save(result).addErrback(failed)
+        self._save(result).addErrback(failed)
 
     async def _persist_and_notify(self, result: ActionResult, log: ActionLog) -> None:
         # A stop cancelling this coroutine must not abandon the write under way,
@@ -369,6 +402,8 @@ class ActionProcessor(Service):
         while True:
             try:
                 await self._store.save(result)
+                # Written as it stands: C{result} itself is its last written state from now on.
+                self._written.pop(result.requestid, None)
                 return
             except Exception as error:
                 reason = one_line_reason(error)

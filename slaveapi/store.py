@@ -9,9 +9,20 @@ a second, read-only connection used on the reactor thread itself. In WAL
 mode a reader never waits for the writer (it reads the last committed
 snapshot while the writer appends to the log), and a look-up by primary key
 or by index takes microseconds: a hop to a thread and back would cost more
-than the query, so reads are synchronous. The reader has no busy timeout, so
-it never blocks the reactor; SQLite's own WAL retries cover the brief locks
-a checkpoint takes, and a read that still fails raises L{StoreUnavailable}.
+than the query, so reads are synchronous. The reader's busy timeout is 0
+(SQLite's default would be 5 seconds), so a read never stalls the reactor
+waiting for a lock: SQLite's own WAL retries cover the brief locks a
+checkpoint takes, and a read that still finds the database busy raises
+L{StoreUnavailable} at once (a 503 with C{Retry-After}). Every other read
+error (C{sqlite3.Error}: a corrupt file, a closed store) is
+L{StoreUnavailable} too, and so is a row that cannot be decoded (only an
+edit of the file behind SlaveAPI's back makes one, since start-up checks
+every row): its message names the request id, so that an operator can find it.
+
+No read leaves a cursor open, so none can pin an old snapshot (which would
+hide later commits from every later read on the connection): every read
+fetches all its rows before returning, and C{each} reads in chunks, each
+chunk a query of its own fetched whole.
 
 What readers see is only ever what is on disk, by construction: they query
 the database and nothing else. A result exists for readers once its first
@@ -25,12 +36,14 @@ succeed again once the disk has room.
 Memory does not grow with the number of results: no per-result object is
 kept, and each connection's page cache is bounded (C{PRAGMA cache_size},
 L{CACHE_KIB}). Reads go through indexes: C{(slave, action)}, C{(action)},
-C{(state)} and C{(request_timestamp)}. Every SQLite index entry ends with the
-row's id (C{requestid} is the C{INTEGER PRIMARY KEY}), so C{(slave, action)}
-is in effect C{(slave, action, requestid)} and C{(state)} is C{(state,
-requestid)}: a filtered page in request-id order is a range scan of one
-index, without a sort. Indexes are created with C{IF NOT EXISTS}, so a
-database made by an older release gets them when opened.
+C{(slave)}, C{(state)} and C{(request_timestamp)}. Every SQLite index entry
+ends with the row's id (C{requestid} is the C{INTEGER PRIMARY KEY}), so
+C{(slave, action)} is in effect C{(slave, action, requestid)} and C{(state)}
+is C{(state, requestid)}: a filtered page in request-id order is a range scan
+of one index, without a sort (L{_page_sql} steers the planner to the index
+whose order is request-id order; a test checks every filter's plan).
+Indexes are created with C{IF NOT EXISTS}, so a database made by an older
+release gets them when opened; the writer runs C{PRAGMA optimize} then.
 
 The database runs in write-ahead-log mode with C{synchronous=FULL}: with
 WAL, C{NORMAL} syncs only at checkpoints, so a commit that has returned can
@@ -151,6 +164,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_by_slave_action ON results (slave, action);
 CREATE INDEX IF NOT EXISTS results_by_action ON results (action);
+CREATE INDEX IF NOT EXISTS results_by_slave ON results (slave);
 CREATE INDEX IF NOT EXISTS results_by_state ON results (state);
 CREATE INDEX IF NOT EXISTS results_by_request_timestamp ON results (request_timestamp);
 CREATE TABLE IF NOT EXISTS meta (
@@ -179,6 +193,15 @@ _COLUMNS = (
 )
 
 _SELECT = f"SELECT {_COLUMNS} FROM results"  # noqa: S608  # a constant
+
+# Every result by slave, action and request id, one chunk at a time: the first
+# chunk, then those after a (slave, action, requestid) key. Both are range
+# scans of the (slave, action) index, which is in effect (slave, action, requestid).
+_EACH_SQL_FIRST = f"{_SELECT} ORDER BY slave, action, requestid LIMIT ?"
+_EACH_SQL_NEXT = f"{_SELECT} WHERE (slave, action, requestid) > (?, ?, ?) ORDER BY slave, action, requestid LIMIT ?"
+
+#: Results C{each} reads per query.
+EACH_CHUNK = 1000
 
 _SELECT_MAX_REQUESTID = "SELECT coalesce(max(requestid), 0) FROM results"
 
@@ -234,6 +257,12 @@ class IResultStore(Interface):
     def each() -> Iterator[ActionResult]:
         """Every result as last written, by slave, then action, then request id."""
 
+    def each_chunk(after: tuple[str, str, int] | None, limit: int) -> list[ActionResult]:
+        """
+        Up to C{limit} results in C{each}'s order: the first ones, or those
+        after the key C{(slave, action, requestid)} C{after}.
+        """
+
     def prune(older_than: float) -> Deferred[int]:
         """
         Forget finished results that finished before C{older_than} (Unix
@@ -287,6 +316,7 @@ def _open_database(path: str, connect: Callable[..., sqlite3.Connection]) -> sql
         db.execute("PRAGMA synchronous=FULL")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(_SCHEMA)
+        db.execute("PRAGMA optimize")
     except sqlite3.Error as error:
         db.close()
         raise StoreUnreadable(path, _unreadable_reason(error)) from None
@@ -295,17 +325,18 @@ def _open_database(path: str, connect: Callable[..., sqlite3.Connection]) -> sql
 
 def _open_reader(path: str, connect: Callable[..., sqlite3.Connection]) -> sqlite3.Connection:
     """
-    A read-only connection to the database at C{path} (which the writer has
-    opened, so it exists and is in WAL mode), with a bounded page cache.
+    A read-only connection (C{mode=ro}) to the database at C{path} (which the
+    writer has opened, so it exists and is in WAL mode), with a bounded page
+    cache and no busy timeout: a read that finds the database locked fails at
+    once rather than stall the reactor.
     """
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
-        db = connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        db = connect(uri, uri=True, timeout=0, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as error:
         raise StoreUnreadable(path, _unreadable_reason(error)) from None
     try:
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        db.execute("PRAGMA query_only=1")
     except sqlite3.Error as error:
         db.close()
         raise StoreUnreadable(path, _unreadable_reason(error)) from None
@@ -401,18 +432,41 @@ def prepare_store_file(
 
 
 def _page_sql(query: ResultQuery) -> tuple[str, list[Any]]:
-    """The statement and parameters of C{query}: only constant SQL, every value a parameter."""
+    """
+    The statement and parameters of C{query}: only constant SQL, every value a parameter.
+
+    Each page is read through the index whose order is already request-id
+    order, so SQLite stops after C{limit} matches and never sorts: with
+    C{slave} or C{action} given, that one's index (C{+state} and
+    C{+request_timestamp}, whose unary C{+} keeps SQLite from using their
+    index, are then checked row by row along it); with only C{state}, the
+    C{(state)} index; with only a time, the request ids from the first one
+    requested at or after it (found on the C{(request_timestamp)} index),
+    checking each row's time, since ids and times need not grow together
+    (L{SQLiteResultStore.add_finished} gives old results new ids; a clock
+    can step back).
+    """
     where: list[str] = []
     values: list[Any] = []
-    for column, value in (("slave", query.slave), ("action", query.action), ("state", query.state)):
+    by_name = query.slave is not None or query.action is not None
+    for column, value in (("slave", query.slave), ("action", query.action)):
         if value is not None:
             where.append(f"{column} = ?")
             values.append(value)
+    if query.state is not None:
+        where.append("+state = ?" if by_name else "state = ?")
+        values.append(query.state)
     if query.after_requestid is not None:
         where.append("requestid > ?")
         values.append(query.after_requestid)
     if query.requested_since is not None:
-        where.append("request_timestamp >= ?")
+        if not by_name and query.state is None:
+            where.append(
+                "requestid >= (SELECT min(requestid) FROM results INDEXED BY results_by_request_timestamp"
+                " WHERE request_timestamp >= ?)"
+            )
+            values.append(query.requested_since)
+        where.append("+request_timestamp >= ?")
         values.append(query.requested_since)
     condition = (" WHERE " + " AND ".join(where)) if where else ""
     values.append(query.limit)
@@ -600,16 +654,37 @@ class SQLiteResultStore:
 
     def _query(self, sql: str, values: tuple[Any, ...] | list[Any] = ()) -> list[ActionResult]:
         """
-        Every row C{sql} selects, read to the end (which also ends the read
-        transaction at once, so that no snapshot outlives the call).
+        Every row C{sql} selects, read to the end and the cursor closed
+        whatever happens (which ends the read transaction at once, so that
+        no snapshot outlives the call).
+
+        @raise StoreUnavailable: if the database cannot be read (busy, I/O
+            error, corrupt, closed), or a row cannot be decoded (named by
+            its request id).
         """
-        if self._reader is None:
-            raise sqlite3.ProgrammingError("the results store is closed")
         try:
-            rows = self._reader.execute(sql, values).fetchall()
-        except sqlite3.OperationalError as error:
+            if self._reader is None:
+                raise sqlite3.ProgrammingError("the results store is closed")
+            cursor = self._reader.execute(sql, values)
+            try:
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        except sqlite3.Error as error:
             raise StoreUnavailable(str(error) or type(error).__name__) from None
-        return [_from_row(row) for row in rows]
+        results: list[ActionResult] = []
+        for row in rows:
+            try:
+                results.append(_from_row(row))
+            except (ValueError, TypeError, IndexError) as error:
+                self._log.error(
+                    "Stored result {requestid} in {path} is malformed: {reason}",
+                    requestid=row[0],
+                    path=self.path,
+                    reason=str(error),
+                )
+                raise StoreUnavailable(f"stored result {row[0]} is malformed: {error}") from None
+        return results
 
     def get(self, requestid: int) -> ActionResult | None:
         if not 0 <= requestid <= MAX_REQUESTID:
@@ -627,18 +702,25 @@ class SQLiteResultStore:
     def each(self) -> Iterator[ActionResult]:
         """
         Every result, by slave, action and request id (the order of the
-        C{(slave, action)} index), one at a time: nothing is gathered. The
-        caller reads it to the end on the reactor thread, in one go; it sees
-        one snapshot.
+        C{(slave, action)} index), read L{EACH_CHUNK} at a time by
+        L{each_chunk}: no cursor stays open between results, so a caller
+        may stop half-way (or fail) without pinning a snapshot. Chunks are
+        separate reads: a result written meanwhile shows as last written
+        when its chunk is read; none is given twice.
         """
-        if self._reader is None:
-            raise sqlite3.ProgrammingError("the results store is closed")
-        try:
-            cursor = self._reader.execute(f"{_SELECT} ORDER BY slave, action, requestid")
-            for row in cursor:
-                yield _from_row(row)
-        except sqlite3.OperationalError as error:
-            raise StoreUnavailable(str(error) or type(error).__name__) from None
+        after: tuple[str, str, int] | None = None
+        while True:
+            chunk = self.each_chunk(after, EACH_CHUNK)
+            yield from chunk
+            if len(chunk) < EACH_CHUNK:
+                return
+            last = chunk[-1]
+            after = (last.slave, last.action, last.requestid)
+
+    def each_chunk(self, after: tuple[str, str, int] | None, limit: int) -> list[ActionResult]:
+        if after is None:
+            return self._query(_EACH_SQL_FIRST, (limit,))
+        return self._query(_EACH_SQL_NEXT, (*after, limit))
 
     def prune(self, older_than: float) -> Deferred[int]:
         def delete() -> int:

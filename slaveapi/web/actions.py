@@ -105,9 +105,15 @@ class ActionView:
         except QueueFull as full:
             retry_after = {b"Retry-After": str(full.retry_after).encode("ascii")}
             raise HTTPProblem(503, "queue_full", f"{self.action.name}: {full}", retry_after) from None
-        await processor.wait(result, waittime)
-        # Only what is on disk is answered: finished once its final row is written.
-        shown = processor.recorded(result)
+        # Recorded and queued from here on: whatever happens, the answer says
+        # so (never a 5xx, which a client would retry, acting twice).
+        try:
+            await processor.wait(result, waittime)
+            # Only what is on disk is answered: finished once its final row is written.
+            shown = processor.recorded(result)
+        except StoreUnavailable:
+            # Cannot read the store just now: the last state it confirmed writing.
+            shown = processor.last_written(result)
         return json_body(request, shown.to_dict(include_requestid=True), 200 if shown.is_done() else 202)
 
 

@@ -4,17 +4,23 @@ shape), or, given any filter, one page of results in request-id order.
 
 Without any of the page parameters the answer is the 2015 reference's
 C{{"<slave>": {"<action>": {"<requestid>": {...}}}}} with every kept result.
-It is encoded as the store streams the rows (by slave, action and request
-id), so no result object outlives its own line of JSON.
+It is streamed: the store is read L{EACH_CHUNK} results at a time (by slave,
+action and request id), each chunk encoded and written to the connection in
+its own reactor turn, so neither the reactor nor memory is held by the whole
+answer. Once the first chunk is written the status (200) is sent: a read
+that fails later aborts the connection, so that the client sees a truncated
+answer rather than a complete-looking one.
 
-With any of C{slave}, C{action}, C{state}, C{since} or C{limit} the answer is
-a page: C{{"results": [...], "next": ...}}, each result the 2015 per-result
-dict plus C{slave}, C{action} and C{requestid}, in ascending request-id order,
-and C{next} the path of the following page, or C{null} when no more results
-match now. Request ids only grow, so following C{next} (which asks for
-C{since=<last requestid>}) neither skips nor repeats a result while new ones
-are added. As elsewhere in the API, query parameters that are not among
-these are ignored; a page parameter with a bad value is a 400 naming it.
+With any of C{slave}, C{action}, C{state}, C{since}, C{after} or C{limit} the
+answer is a page: C{{"results": [...], "next": ...}}, each result the 2015
+per-result dict plus C{slave}, C{action} and C{requestid}, in ascending
+request-id order, and C{next} the path of the following page, or C{null}
+when no more results match now. C{next} keeps every filter and bounds the
+request id by the last one shown (C{since=<requestid>}, or C{after=} when
+C{since} is a time, so that the time filter stays). Request ids only grow,
+so following C{next} neither skips nor repeats a result while new ones are
+added. As elsewhere in the API, query parameters that are not among these
+are ignored; a page parameter with a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -22,26 +28,36 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.web.iweb import IRequest
 
 from slaveapi.actions import Action
 from slaveapi.context import Context
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import MAX_REQUESTID, IResultStore, ResultQuery, StoreUnavailable
+from slaveapi.store import EACH_CHUNK, MAX_REQUESTID, IResultStore, ResultQuery, StoreUnavailable
 from slaveapi.web import known, params
 from slaveapi.web.errors import bad_request, json_body, store_unreadable
 
 #: The parameters that ask for a page rather than every result.
-PAGE_PARAMETERS = ("slave", "action", "state", "since", "limit")
+PAGE_PARAMETERS = ("slave", "action", "state", "since", "after", "limit")
+
+#: Longer digit strings are refused before conversion (Python refuses to
+#: convert more than 4300 digits; nothing valid here has more than 19).
+MAX_DIGITS = 20
 
 #: Results in a page unless C{limit} says otherwise, and the most it may say.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+
+#: A space between the time and its offset: an unencoded "+".
+_UNENCODED_PLUS = re.compile(r" (\d\d(?::?\d\d)?)$")
 
 _STATES = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCESS": SUCCESS, "FAILURE": FAILURE}
 
@@ -53,6 +69,8 @@ class PageRequest:
 
     @ivar since_requestid: C{since} given as a request id.
     @ivar since_time: C{since} given as a time, in whole Unix seconds.
+    @ivar after: C{after}, a request id: only results with a greater one
+        (C{next} uses it with a time in C{since}).
     """
 
     slave: str | None = None
@@ -60,6 +78,7 @@ class PageRequest:
     state: int | None = None
     since_requestid: int | None = None
     since_time: int | None = None
+    after: int | None = None
     limit: int = DEFAULT_LIMIT
 
     def query(self) -> ResultQuery:
@@ -68,7 +87,7 @@ class PageRequest:
             slave=self.slave,
             action=self.action,
             state=self.state,
-            after_requestid=self.since_requestid,
+            after_requestid=_greatest(self.since_requestid, self.after),
             requested_since=self.since_time,
             limit=self.limit + 1,
         )
@@ -82,9 +101,19 @@ class PageRequest:
             fields.append(("action", self.action))
         if self.state is not None:
             fields.append(("state", str(self.state)))
-        fields.append(("since", str(last_requestid)))
+        if self.since_time is not None:
+            fields.append(("since", f"@{self.since_time}"))
+            fields.append(("after", str(last_requestid)))
+        else:
+            fields.append(("since", str(last_requestid)))
         fields.append(("limit", str(self.limit)))
         return "/results?" + urllib.parse.urlencode(fields)
+
+
+def _greatest(*bounds: int | None) -> int | None:
+    """The tightest of the request-id lower bounds given, or None."""
+    given = [bound for bound in bounds if bound is not None]
+    return max(given) if given else None
 
 
 def _asked_for_page(request: IRequest) -> bool:
@@ -93,7 +122,8 @@ def _asked_for_page(request: IRequest) -> bool:
 
 
 def _is_number(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    """Digits only, and few enough to convert (see L{MAX_DIGITS})."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
 
 
 def _slave(request: IRequest, ctx: Context) -> str | None:
@@ -157,12 +187,16 @@ def _since(request: IRequest) -> tuple[int | None, int | None]:
     if text.startswith("@") or ("." in text and "T" not in text.upper()):
         number_text = text[1:] if text.startswith("@") else text
         try:
-            seconds = float(number_text) if _is_number(number_text.replace(".", "", 1)) else None
+            digits = number_text.replace(".", "", 1)
+            seconds = float(number_text) if digits.isascii() and digits.isdigit() and len(digits) <= 64 else None
         except ValueError:
             seconds = None
     elif "T" in text.upper():
+        # Lowercase t and z are ISO-8601 too; a "+" sent unencoded in a
+        # query string arrives as a space before the offset.
+        iso = _UNENCODED_PLUS.sub(r"+\1", text.upper())
         try:
-            when = datetime.datetime.fromisoformat(text)
+            when = datetime.datetime.fromisoformat(iso)
         except ValueError:
             raise bad_request(f"{expected}, got {raw[:40]!r}") from None
         if when.tzinfo is None:
@@ -176,6 +210,16 @@ def _since(request: IRequest) -> tuple[int | None, int | None]:
     # Request timestamps are kept to the second: a request in the second of
     # C{since} counts as at or after it.
     return None, math.floor(seconds)
+
+
+def _after(request: IRequest) -> int | None:
+    raw = params.value(request, "after")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not _is_number(text) or int(text) > MAX_REQUESTID:
+        raise bad_request(f"after: expected a requestid (digits only, at most {MAX_REQUESTID}), got {raw[:40]!r}")
+    return int(text)
 
 
 def _limit(request: IRequest) -> int:
@@ -198,6 +242,7 @@ def page_request(request: IRequest, ctx: Context, actions: Iterable[Action]) -> 
         state=_state(request),
         since_requestid=since_requestid,
         since_time=since_time,
+        after=_after(request),
         limit=_limit(request),
     )
 
@@ -221,40 +266,102 @@ def results_page(store: IResultStore, page: PageRequest) -> dict[str, Any]:
     }
 
 
+class _NestedEncoder:
+    """
+    Encodes results, which come by slave, action and request id, into
+    C{{"<slave>": {"<action>": {"<requestid>": {...}}}}} a piece at a time:
+    L{feed} for each batch, then L{end}.
+    """
+
+    def __init__(self) -> None:
+        self._slave: str | None = None
+        self._action: str | None = None
+        self._started = False
+
+    def feed(self, results: Iterable[ActionResult]) -> bytes:
+        """The JSON of C{results}, following what was fed before."""
+        parts: list[str] = []
+        if not self._started:
+            parts.append("{")
+            self._started = True
+        for result in results:
+            if result.slave != self._slave:
+                if self._slave is not None:
+                    parts.append("}}, ")
+                parts.append(f"{json.dumps(result.slave)}: {{{json.dumps(result.action)}: {{")
+                self._slave, self._action = result.slave, result.action
+            elif result.action != self._action:
+                parts.append(f"}}, {json.dumps(result.action)}: {{")
+                self._action = result.action
+            else:
+                parts.append(", ")
+            parts.append(f'"{result.requestid}": {json.dumps(result.to_dict(), sort_keys=True)}')
+        return "".join(parts).encode("utf-8")
+
+    def end(self) -> bytes:
+        """What closes the JSON."""
+        return self.feed(()) + (b"}}}" if self._slave is not None else b"}")
+
+
 def nested_json(results: Iterator[ActionResult]) -> bytes:
     """
     C{{"<slave>": {"<action>": {"<requestid>": {...}}}}} for C{results}, which
-    come by slave, action and request id; encoded one result at a time.
+    come by slave, action and request id, all at once (L{stream_results}
+    writes the same bytes a chunk at a time).
     """
-    parts = ["{"]
-    slave: str | None = None
-    action: str | None = None
-    for result in results:
-        if result.slave != slave:
-            if slave is not None:
-                parts.append("}}, ")
-            parts.append(f"{json.dumps(result.slave)}: {{{json.dumps(result.action)}: {{")
-            slave, action = result.slave, result.action
-        elif result.action != action:
-            parts.append(f"}}, {json.dumps(result.action)}: {{")
-            action = result.action
-        else:
-            parts.append(", ")
-        parts.append(f'"{result.requestid}": {json.dumps(result.to_dict(), sort_keys=True)}')
-    if slave is not None:
-        parts.append("}}")
-    parts.append("}")
-    return "".join(parts).encode("utf-8")
+    encoder = _NestedEncoder()
+    return encoder.feed(results) + encoder.end()
 
 
-def all_results(store: IResultStore, request: IRequest, ctx: Context, actions: Iterable[Action]) -> bytes:
-    """Every result in the 2015 shape, or one page when any page parameter is given."""
+async def stream_results(store: IResultStore, request: IRequest, reactor: Any, chunk: int = EACH_CHUNK) -> bytes:
+    """
+    Write every result in the 2015 shape to C{request}, C{chunk} results per
+    reactor turn, and return the (empty) rest of the body.
+
+    A read that fails before anything is written is a 503; one that fails
+    later aborts the connection (the status is gone already). A client that
+    hangs up stops the reading.
+    """
+    gone: list[bool] = []
+    cast(Any, request).notifyFinish().addBoth(lambda _: gone.append(True))
+    encoder = _NestedEncoder()
+    after: tuple[str, str, int] | None = None
+    written = False
+    while not gone:
+        try:
+            found = store.each_chunk(after, chunk)
+        except StoreUnavailable as error:
+            if not written:
+                raise store_unreadable(str(error)) from None
+            cast(Any, request).transport.abortConnection()
+            return b""
+        if not written:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", b"application/json")
+            written = True
+        if len(found) < chunk:
+            return encoder.feed(found) + encoder.end()
+        request.write(encoder.feed(found))
+        last = found[-1]
+        after = (last.slave, last.action, last.requestid)
+        await deferLater(reactor, 0, lambda: None)
+    return b""
+
+
+def all_results(
+    store: IResultStore, request: IRequest, ctx: Context, actions: Iterable[Action], reactor: Any = None
+) -> bytes | Deferred[bytes]:
+    """
+    Every result in the 2015 shape (streamed: a C{Deferred[bytes]}), or one
+    page when any page parameter is given (C{bytes}); Klein takes either.
+    """
+    if not _asked_for_page(request):
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        return Deferred.fromCoroutine(stream_results(store, request, reactor))
     try:
-        if _asked_for_page(request):
-            return json_body(request, results_page(store, page_request(request, ctx, actions)))
-        body = nested_json(store.each())
+        return json_body(request, results_page(store, page_request(request, ctx, actions)))
     except StoreUnavailable as error:
         raise store_unreadable(str(error)) from None
-    request.setResponseCode(200)
-    request.setHeader(b"Content-Type", b"application/json")
-    return body

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -74,7 +75,7 @@ class SlaveAPIWeb:
         return view
 
     @app.route("/results", methods=["GET"])
-    def results(self, request: IRequest) -> bytes:
+    def results(self, request: IRequest) -> bytes | Deferred[bytes]:
         self._client(request, write=False)
         actions = [view.action for view in self._action_views.values()]
         return all_results(self._store, request, self._context(), actions)
