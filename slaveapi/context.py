@@ -25,6 +25,7 @@ from slaveapi.clients.master import MasterClient
 from slaveapi.clients.mozpool import MozpoolClient
 from slaveapi.clients.pdu import PDUClient
 from slaveapi.clients.probe import Prober
+from slaveapi.clients.redfish import RedfishClient, redfish_login
 from slaveapi.clients.slavealloc import SlaveallocClient
 from slaveapi.clients.ssh import SSHClient
 from slaveapi.config import Config
@@ -40,6 +41,7 @@ from slaveapi.interfaces import (
     MozpoolSpec,
     PDUSpec,
     ProberSpec,
+    RedfishSpec,
     SlaveallocSpec,
     SSHClientSpec,
 )
@@ -63,6 +65,7 @@ class Clients:
     prober: ProberSpec
     mozpool: MozpoolSpec
     ipmi: IPMISpec
+    redfish: RedfishSpec
     pdu: PDUSpec
     master: MasterSpec
     aws: AWSSpec
@@ -87,7 +90,8 @@ def build_context(
     @param data_dir: where state of our own lives (the SSH known-hosts file,
         unless configured with an absolute path).
     @param previous: the context this one replaces on a reload: its IPMI
-        worker processes and SNMP engine are kept when their settings did
+        worker processes, Redfish client (its connections and what it found
+        out about BMCs) and SNMP engine are kept when their settings did
         not change, and its SSH sessions count against the same per-host limit.
     """
     http = make_http_client(reactor, pool)
@@ -125,6 +129,7 @@ def build_context(
         prober=_prober(config, reactor, previous),
         mozpool=MozpoolClient(config.mozpool, json_client("mozpool"), dns),
         ipmi=_ipmi_client(config, reactor, previous),
+        redfish=_redfish_client(config, reactor, previous),
         pdu=_pdu_client(config, reactor, dns, previous),
         master=MasterClient(config.buildbot, credentials.buildbot_master, http, dns, timeout, reactor),
         aws=_aws_client(config, reactor, previous),
@@ -158,6 +163,24 @@ def _ipmi_client(config: Config, reactor: Any, previous: Context | None) -> IPMI
 
 def _ipmi_settings(config: Config) -> tuple[Any, ...]:
     return (config.ipmi, config.slaves.ipmi_username, config.credentials.ipmi)
+
+
+def _redfish_client(config: Config, reactor: Any, previous: Context | None) -> RedfishSpec:
+    """
+    The previous context's Redfish client when its settings did not change:
+    it keeps which BMCs speak Redfish (discovered once per BMC) and its connections.
+    """
+    if previous is not None and _redfish_settings(previous.config) == _redfish_settings(config):
+        return previous.clients.redfish
+    username, password = redfish_login(
+        config.redfish, config.slaves.ipmi_username, config.credentials.ipmi, config.credentials.redfish
+    )
+    return RedfishClient(config.redfish, username, password, reactor)
+
+
+def _redfish_settings(config: Config) -> tuple[Any, ...]:
+    credentials = config.credentials
+    return (config.redfish, config.slaves.ipmi_username, credentials.ipmi, credentials.redfish)
 
 
 def _aws_client(config: Config, reactor: Any, previous: Context | None) -> AWSSpec:
@@ -204,7 +227,7 @@ def _snmp_settings(config: Config) -> tuple[Any, ...]:
 
 
 def _closables(ctx: Context) -> tuple[Any, ...]:
-    return (ctx.clients.ipmi, ctx.clients.pdu, ctx.clients.aws, ctx.clients.prober)
+    return (ctx.clients.ipmi, ctx.clients.redfish, ctx.clients.pdu, ctx.clients.aws, ctx.clients.prober)
 
 
 async def close_contexts(contexts: list[Context], keep: list[Context] | None = None) -> None:

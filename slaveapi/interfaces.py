@@ -201,6 +201,15 @@ class RedfishSpec(Protocol):
     async def available(self, host: str) -> bool:
         """Whether the BMC's Redfish service root answers (False rather than an error)."""
 
+    async def speaks_redfish(self, host: str) -> bool:
+        """Whether the BMC speaks Redfish: C{available}, asked once per BMC and remembered."""
+
+    def forget(self, host: str) -> None:
+        """Discover the BMC again at its next C{speaks_redfish} (after a failure through it)."""
+
+    async def reset_types(self, host: str) -> tuple[str, ...]:
+        """The C{ResetType} values the BMC advertises."""
+
     async def power_state(self, host: str) -> str:
         """C{"on"} or C{"off"}."""
 
@@ -311,7 +320,6 @@ IBuildapi = _interface_of(BuildapiSpec, "IBuildapi")
 IDevices = _interface_of(DevicesSpec, "IDevices")
 IMaster = _interface_of(MasterSpec, "IMaster")
 IIPMI = _interface_of(IPMISpec, "IIPMI")
-#: Not in L{SPECS} yet: no L{slaveapi.context.Clients} field holds a Redfish client (that wiring is to come).
 IRedfish = _interface_of(RedfishSpec, "IRedfish")
 IPDU = _interface_of(PDUSpec, "IPDU")
 IMozpool = _interface_of(MozpoolSpec, "IMozpool")
@@ -330,6 +338,7 @@ SPECS: Mapping[type, InterfaceClass] = MappingProxyType({
     DevicesSpec: IDevices,
     MasterSpec: IMaster,
     IPMISpec: IIPMI,
+    RedfishSpec: IRedfish,
     PDUSpec: IPDU,
     MozpoolSpec: IMozpool,
     AWSSpec: IAWS,

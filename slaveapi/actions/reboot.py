@@ -3,14 +3,29 @@ The C{reboot} action: escalate from peacefully to mercilessly until the machine 
 
 In the reference order: SSH (only if the machine answers the probe; C{reboot},
 C{sudo reboot}, C{shutdown -f -t 3 -r} until one is accepted), Mozpool (for a
-device with an imaging server), IPMI (when C{<name>-mgmt} resolves and the
-BMC answers), the PDU outlet, and finally a bug for the datacenter. Each
-method is followed by a bounded wait for the machine to come back; the first
-method after which it does ends the action with SUCCESS. Steps that do not
-apply say so in the status text, which reads like the reference's::
+device with an imaging server), Redfish (when C{<name>-mgmt} resolves and
+its BMC speaks Redfish), IPMI (when C{<name>-mgmt} resolves and the BMC
+answers), the PDU outlet, and finally a bug for the datacenter. Each method
+is followed by a bounded wait for the machine to come back; the first method
+after which it does ends the action with SUCCESS. Steps that do not apply
+say so in the status text, which reads like the reference's::
 
     Attempting SSH reboot...Failed.
-    Attempting IPMI reboot...Success!
+    Skipping Mozpool reboot: no imaging server in inventory.
+    Attempting Redfish reboot...Success!
+
+Redfish and IPMI share the BMC's name and its one DNS lookup. Whether the
+BMC speaks Redfish is discovered once per BMC and remembered by the Redfish
+client (L{slaveapi.clients.redfish.BMCDiscovery}); a failed Redfish or IPMI
+step makes it forget, so the next reboot asks the BMC again. The Redfish
+step resets with C{GracefulRestart} when the BMC advertises it, else
+C{ForceRestart}, else C{ForceOff}, waits (bounded) until the BMC reports
+the power off, then C{On}. A Redfish reset returns as soon as the BMC
+accepted it, while the machine may still be up, so the wait after it is the
+one after SSH and Mozpool (down, then up), not IPMI's (up: its power cycle
+returns once the power was seen off). When the Redfish step was tried,
+whatever its outcome, the IPMI step is skipped: it is the same BMC, and
+one that speaks Redfish may not speak IPMI at all; the PDU comes next.
 
 When everything failed and C{update_bug} is on, the status goes to Bugzilla:
 an existing open reboot bug is left alone; otherwise the problem-tracking
@@ -23,7 +38,7 @@ failure of the machine, and no evidence about a reboot: the machine answers
 (those sessions are logged in to it). So a busy host is tried again, up to
 L{BUSY_TRIES} times L{BUSY_PAUSE} seconds apart (each try itself waits up to
 C{[ssh] connect_timeout} for a place); if it stays busy, the action stops
-there and fails saying so, without Mozpool, IPMI, the PDU or a bug: cutting
+there and fails saying so, without Mozpool, Redfish, IPMI, the PDU or a bug: cutting
 the power of a machine that is up and answering, or filing a bug about it,
 because SlaveAPI was busy with it, would do harm for no reason. The bound
 keeps the whole wait for places at a few minutes.
@@ -39,6 +54,7 @@ from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
 from slaveapi.clients import ClientError
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
+from slaveapi.clients.redfish import RedfishError
 from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
 from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import Lookup, Slave
@@ -53,6 +69,12 @@ NEVER_WENT_DOWN = "it never went down"
 BUSY_TRIES = 3
 #: Seconds between those tries (on top of the C{connect_timeout} each try waits for a place).
 BUSY_PAUSE = 30.0
+
+#: The Redfish resets tried, in order of preference, when the BMC advertises them.
+REDFISH_RESTARTS = ("GracefulRestart", "ForceRestart")
+#: After a Redfish C{ForceOff}: seconds between power-state reads, and the most waited for "off".
+REDFISH_OFF_POLL = 2.0
+REDFISH_OFF_TIMEOUT = 60.0
 
 
 class _StayedBusy(Exception):
@@ -97,7 +119,7 @@ def _stayed_busy_text(slave: Slave) -> str:
     """The last line of a reboot that stopped because SSH to the machine stayed busy."""
     return (
         f"{slave.name} answers, but SSH to it stayed busy after {BUSY_TRIES} tries:"
-        " no power control was used (Mozpool, IPMI and the PDU were not tried) and no bug was filed."
+        " no power control was used (Mozpool, Redfish, IPMI and the PDU were not tried) and no bug was filed."
     )
 
 
@@ -108,6 +130,34 @@ class _Escalation(StatusLines):
         super().__init__(run)
         self.run = run
         self.slave = slave
+        #: The Redfish step reset the BMC (whatever came of it): the IPMI step is skipped.
+        self.redfish_tried = False
+        self._bmc: tuple[str | None, str | None] | None = None
+
+    async def bmc(self, method: str) -> str | None:
+        """
+        The address of the machine's BMC (C{<name>-mgmt}, looked up once
+        for the Redfish and IPMI steps), or C{None} after a skip line for
+        C{method} saying why there is none.
+        """
+        if self._bmc is None:
+            self._bmc = await self._look_up_bmc()
+        address, why = self._bmc
+        if why is not None:
+            self.skip(method, why)
+        return address
+
+    async def _look_up_bmc(self) -> tuple[str | None, str | None]:
+        name = self.slave.ipmi
+        if not name:
+            return None, "no -mgmt interface in DNS"
+        try:
+            bmc = await self.run.ctx.clients.dns.lookup_host(name)
+        except DNSError as error:
+            return None, f"looking up {name} failed: {_one_line(error)}"
+        if bmc is None:
+            return None, f"{name} does not resolve"
+        return bmc.ip, None
 
     def skip(self, method: str, why: str) -> None:
         self.add(f"Skipping {method} reboot: {why}.")
@@ -165,7 +215,7 @@ async def reboot(run: ActionRun, update_bug: bool = True) -> str:
     """Reboot the machine by the gentlest method that works; file a bug if none does."""
     slave = await locate(run, ACTION.lookups)
     escalation = _Escalation(run, slave)
-    for method in (_ssh, _mozpool, _ipmi, _pdu):
+    for method in (_ssh, _mozpool, _redfish, _ipmi, _pdu):
         try:
             rebooted = await method(escalation)
         except _StayedBusy as busy:
@@ -281,26 +331,75 @@ async def _mozpool(escalation: _Escalation) -> bool:
     )
 
 
+async def _redfish(escalation: _Escalation) -> bool:
+    run, slave = escalation.run, escalation.slave
+    redfish = run.ctx.clients.redfish
+    bmc = await escalation.bmc("Redfish")
+    if bmc is None:
+        return False
+    if not await redfish.speaks_redfish(bmc):
+        escalation.skip("Redfish", f"the BMC at {slave.ipmi} does not speak Redfish")
+        return False
+    escalation.redfish_tried = True
+
+    async def start() -> None:
+        kinds = await redfish.reset_types(bmc)
+        restart = next((kind for kind in REDFISH_RESTARTS if kind in kinds), None)
+        if restart is not None:
+            run.log.info("Redfish reset {kind} of {bmc}", kind=restart, bmc=bmc)
+            await redfish.reset(bmc, restart)
+            return
+        if "ForceOff" not in kinds or "On" not in kinds:
+            offered = ", ".join(kinds) or "none"
+            raise RedfishError(
+                bmc, "choosing a reset", f"it offers none of GracefulRestart, ForceRestart, ForceOff and On ({offered})"
+            )
+        run.log.info("Redfish reset ForceOff then On of {bmc}", bmc=bmc)
+        await redfish.reset(bmc, "ForceOff")
+        await _redfish_power_off(escalation, bmc)
+        await redfish.reset(bmc, "On")
+
+    rebooted = await escalation.attempt("Redfish", start, lambda: _wait_for_reboot(escalation))
+    if not rebooted:
+        redfish.forget(bmc)
+    return rebooted
+
+
+async def _redfish_power_off(escalation: _Escalation, bmc: str) -> None:
+    """
+    Wait until the BMC reports the power off after C{ForceOff}: reads
+    L{REDFISH_OFF_POLL} seconds apart, for at most L{REDFISH_OFF_TIMEOUT}.
+
+    @raise RedfishError: still on at the end (or a read failed).
+    """
+    ctx = escalation.run.ctx
+    deadline = ctx.reactor.seconds() + REDFISH_OFF_TIMEOUT
+    while await ctx.clients.redfish.power_state(bmc) != "off":
+        if ctx.reactor.seconds() >= deadline:
+            raise RedfishError(bmc, "ForceOff", f"the power was still on after {REDFISH_OFF_TIMEOUT:g}s")
+        await pause(ctx.reactor, REDFISH_OFF_POLL)
+
+
 async def _ipmi(escalation: _Escalation) -> bool:
     run, slave = escalation.run, escalation.slave
     clients = run.ctx.clients
-    if not slave.ipmi:
-        escalation.skip("IPMI", "no -mgmt interface in DNS")
-        return False
-    try:
-        bmc = await clients.dns.lookup_host(slave.ipmi)
-    except DNSError as error:
-        escalation.skip("IPMI", f"looking up {slave.ipmi} failed: {_one_line(error)}")
-        return False
+    bmc = await escalation.bmc("IPMI")
     if bmc is None:
-        escalation.skip("IPMI", f"{slave.ipmi} does not resolve")
         return False
-    if not await clients.ipmi.available(bmc.ip):
+    if escalation.redfish_tried:
+        escalation.skip("IPMI", f"the BMC at {slave.ipmi} speaks Redfish (tried above)")
+        return False
+    if not await clients.ipmi.available(bmc):
+        # Perhaps it speaks Redfish now: the next reboot asks it again.
+        clients.redfish.forget(bmc)
         escalation.skip("IPMI", f"the BMC at {slave.ipmi} does not answer")
         return False
-    return await escalation.attempt(
-        "IPMI", lambda: clients.ipmi.powercycle(bmc.ip), lambda: _wait_for_up(escalation)
+    rebooted = await escalation.attempt(
+        "IPMI", lambda: clients.ipmi.powercycle(bmc), lambda: _wait_for_up(escalation)
     )
+    if not rebooted:
+        clients.redfish.forget(bmc)
+    return rebooted
 
 
 async def _pdu(escalation: _Escalation) -> bool:

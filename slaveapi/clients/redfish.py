@@ -25,7 +25,21 @@ Each public call is one short conversation with one BMC:
 Every HTTP call is bounded by C{[redfish] timeout}; a connection that cannot
 be set up (refused, connect timed out) is tried up to C{retries} more times.
 One public call is therefore bounded by at most six HTTP calls of
-C{(retries + 1) * timeout} each. Nothing is cached between calls.
+C{(retries + 1) * timeout} each. Nothing is cached between calls, except
+which BMCs speak Redfish at all (L{RedfishClient.speaks_redfish}, below).
+
+Which protocol a BMC speaks is discovered once and remembered in the client
+(L{BMCDiscovery}): the first L{RedfishClient.speaks_redfish} for a BMC asks
+its service root (L{RedfishClient.available}); the answer, yes or no, is kept
+in a least-recently-used memo of at most L{DISCOVERY_MEMO_SIZE} BMCs, so a
+wave of reboots asks each BMC once, and a BMC that does not speak Redfish
+(it refuses the connection, or worse, lets it time out) costs that only
+once. The memo is in the client because the client outlives one action (a
+reload keeps the client, and its memo, when the C{[redfish]} settings did
+not change), and the caller says when an answer went stale:
+L{RedfishClient.forget} after a reset or a power cycle through that BMC
+failed, so the next use discovers it again (a BMC upgraded to Redfish, or
+one that stopped answering).
 
 Errors are L{RedfishError} (L{RedfishTimeout}, L{RedfishUnavailable},
 L{RedfishAuthError}): one line C{"Redfish <bmc>: <step> failed: <why>"}; the
@@ -39,6 +53,7 @@ section and logs a warning once, when the client is made.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -80,6 +95,9 @@ HEALTH_VALUES: Final = ("OK", "Warning", "Critical")
 
 #: Reasons from L{fetch} that mean no connection was set up (safe to try again).
 _SETUP_FAILURES: Final = ("connection refused", "connect timed out", "connection failed:")
+
+#: How many BMCs L{BMCDiscovery} remembers (the least recently used is forgotten first).
+DISCOVERY_MEMO_SIZE: Final = 4096
 
 #: The largest answer read from a BMC.
 _MAX_BODY: Final = 4 * 1024 * 1024
@@ -129,6 +147,44 @@ class _System:
 
     url: str
     data: Mapping[str, Any]
+
+
+class BMCDiscovery:
+    """
+    Whether each BMC speaks Redfish, found out once by C{probe} and then
+    remembered, in a least-recently-used memo of at most C{size} BMCs.
+
+    @param probe: answers whether the BMC at an address speaks Redfish
+        (L{RedfishClient.available}: False rather than an error).
+    """
+
+    def __init__(self, probe: Callable[[str], Awaitable[bool]], size: int = DISCOVERY_MEMO_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._probe = probe
+        self._size = size
+        self._known: OrderedDict[str, bool] = OrderedDict()
+
+    async def speaks_redfish(self, host: str) -> bool:
+        """The remembered answer for C{host}, else C{probe}'s (then remembered)."""
+        known = self._known.get(host)
+        if known is not None:
+            self._known.move_to_end(host)
+            return known
+        answer = await self._probe(host)
+        self._known[host] = answer
+        self._known.move_to_end(host)
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+        _log.info("Redfish {bmc}: speaks Redfish: {answer} (remembered)", bmc=host, answer=answer)
+        return answer
+
+    def forget(self, host: str) -> None:
+        """Discover C{host} again at its next use."""
+        self._known.pop(host, None)
+
+    def __len__(self) -> int:
+        return len(self._known)
 
 
 def redfish_login(
@@ -254,6 +310,7 @@ class RedfishClient:
         if http is None:
             http, self._pool = make_redfish_http(reactor, config)
         self._http = http
+        self._discovery = BMCDiscovery(self.available)
 
     # --- public calls ----------------------------------------------------------
 
@@ -270,6 +327,29 @@ class RedfishClient:
             _log.info("Redfish {bmc}: not available: {reason}", bmc=host, reason=error.reason)
             return False
         return isinstance(root, dict)
+
+    async def speaks_redfish(self, host: str) -> bool:
+        """Whether the BMC speaks Redfish: L{available}, asked once per BMC and remembered (see L{BMCDiscovery})."""
+        return await self._discovery.speaks_redfish(host)
+
+    def forget(self, host: str) -> None:
+        """Forget what L{speaks_redfish} found for C{host} (after a failure through it)."""
+        self._discovery.forget(host)
+
+    async def reset_types(self, host: str) -> tuple[str, ...]:
+        """
+        The C{ResetType} values the system's C{ComputerSystem.Reset} action
+        advertises (from the action, else its C{@Redfish.ActionInfo}).
+
+        @raise RedfishError: the system offers no reset, or lists no kinds.
+        """
+        found: list[tuple[str, ...]] = []
+
+        async def read(login: _Login, system: _System) -> None:
+            found.append(await self._allowed_resets(host, login, system, "reading the reset types"))
+
+        await self._with_system(host, read)
+        return found[0]
 
     async def power_state(self, host: str) -> str:
         """C{"on"} or C{"off"} (see L{POWER_STATES}); an unknown C{PowerState} is a L{RedfishError}."""
@@ -365,6 +445,16 @@ class RedfishClient:
 
     async def _reset(self, host: str, login: _Login, system: _System, reset_type: str) -> None:
         step = f"reset {reset_type}"
+        allowed = await self._allowed_resets(host, login, system, step)
+        if reset_type not in allowed:
+            raise RedfishError(host, step, f"not offered; the BMC allows {_listed(allowed)}")
+        action = (system.data.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
+        target = action.get("target") or f"{system.url.rstrip('/')}/Actions/ComputerSystem.Reset"
+        await self._call(host, step, "POST", str(target), login, body={"ResetType": reset_type})
+        _log.info("Redfish {bmc}: reset {reset_type} sent", bmc=host, reset_type=reset_type)
+
+    async def _allowed_resets(self, host: str, login: _Login, system: _System, step: str) -> tuple[str, ...]:
+        """The reset kinds the system advertises; an error when it offers no reset or lists none."""
         action = (system.data.get("Actions") or {}).get("#ComputerSystem.Reset")
         if not isinstance(action, dict):
             raise RedfishError(host, step, "the system offers no ComputerSystem.Reset action")
@@ -377,11 +467,7 @@ class RedfishClient:
                     allowed = parameter.get("AllowableValues")
         if not isinstance(allowed, list):
             raise RedfishError(host, step, "the BMC advertises no ResetType values")
-        if reset_type not in allowed:
-            raise RedfishError(host, step, f"not offered; the BMC allows {_listed(allowed)}")
-        target = action.get("target") or f"{system.url.rstrip('/')}/Actions/ComputerSystem.Reset"
-        await self._call(host, step, "POST", str(target), login, body={"ResetType": reset_type})
-        _log.info("Redfish {bmc}: reset {reset_type} sent", bmc=host, reset_type=reset_type)
+        return tuple(str(value) for value in allowed)
 
     async def _boot_once(self, host: str, login: _Login, system: _System, target: str) -> None:
         step = f"boot override {target}"

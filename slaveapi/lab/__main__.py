@@ -26,12 +26,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--refuse-ssh-share", type=float, default=0.0,
         help="share of ordinary machines with a BMC whose SSH refuses logins (their reboots go to IPMI)",
     )
+    parser.add_argument(
+        "--redfish-share", type=float, default=None,
+        help="share of machines with a BMC whose BMC speaks Redfish instead of IPMI (default 0.25)",
+    )
     parser.add_argument("--listen", default="tcp:9999:interface=127.0.0.1", help="SlaveAPI's endpoint in the ini")
     arguments = parser.parse_args(argv)
     if arguments.slaves < 0:
         parser.error("--slaves must be >= 0")
     if arguments.boot_time < 0:
         parser.error("--boot-time must be >= 0")
+    if arguments.redfish_share is not None and not 0 <= arguments.redfish_share <= 1:
+        parser.error("--redfish-share must be between 0 and 1")
     return arguments
 
 
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=workdir,
         boot_time=arguments.boot_time,
         refuse_ssh_share=arguments.refuse_ssh_share,
+        **({} if arguments.redfish_share is None else {"redfish_share": arguments.redfish_share}),
     )
     ini = lab.write_config(workdir, listen=arguments.listen)
     with open(os.path.join(workdir, "reboot-paths.json"), "w", encoding="utf-8") as handle:

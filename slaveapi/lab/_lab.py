@@ -35,9 +35,13 @@ from slaveapi.lab.inventory_dns import InventoryDNSFake
 from slaveapi.lab.machines import APC_PDU_NAME, SSH_OK, SSH_REFUSE_LOGIN, SSH_USER, LabMachine
 from slaveapi.lab.pdu import LabPDUs
 from slaveapi.lab.power import PowerControl
+from slaveapi.lab.redfish import LabRedfish
 from slaveapi.lab.ssh import LabSSHServer, generate_host_key
 
 DEFAULT_DOMAIN = "build.scl3.slaveapi.test"
+#: By default a quarter of the machines with a BMC have a Redfish BMC: in the
+#: 12-machine lab, bld-linux64-lab-010 (see L{_redfish_bmcs}).
+DEFAULT_REDFISH_SHARE = 0.25
 _MIN_TOKEN_LENGTH = 16
 
 
@@ -105,6 +109,7 @@ class Lab:
         self.http_port = self.dns_port = self.ssh_port = 0
         self.pdus: LabPDUs | None = None
         self.bmcs: LabBMCs | None = None
+        self.redfish: LabRedfish | None = None
         self.ec2: LabEC2 | None = None
         self._stopping: defer.Deferred[None] | None = None
 
@@ -122,6 +127,7 @@ class Lab:
         shutdown_delay: float = 0.1,
         refuse_ssh_share: float = 0.0,
         command_delay: float = 1.0,
+        redfish_share: float = DEFAULT_REDFISH_SHARE,
     ) -> Lab:
         """
         Build a fleet of C{slaves} machines and start every fake service.
@@ -137,6 +143,8 @@ class Lab:
             reboot-wave benchmark uses it).
         @param command_delay: seconds a machine running a command takes to
             finish it once its master asked its buildbot to shut down.
+        @param redfish_share: the share of machines with a BMC whose BMC
+            speaks Redfish instead of IPMI (see L{_redfish_bmcs}).
         """
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
@@ -144,6 +152,7 @@ class Lab:
         # One SSH listener per machine: 2,000 machines pass the usual soft limit of 1,024.
         raise_open_files_limit()
         fleet = build_fleet(slaves, domain, clock(), seed)
+        _redfish_bmcs(fleet, redfish_share)
         _refuse_ssh(fleet, refuse_ssh_share)
         lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay, command_delay)
         try:
@@ -152,8 +161,13 @@ class Lab:
                 master.http_port = lab.http_port
             lab.dns_port = lab.dns.start()
             lab.ssh_port = lab.ssh.start()
+            ipmi_machines = [m for m in lab.fleet.machines if not m.redfish]
             lab.bmcs = LabBMCs.start(
-                reactor, lab.fleet.machines, lab.power, 0, lab.ipmi_username, lab.ipmi_password, clock=clock
+                reactor, ipmi_machines, lab.power, 0, lab.ipmi_username, lab.ipmi_password, clock=clock
+            )
+            lab.redfish = LabRedfish.start(
+                reactor, [m for m in lab.fleet.machines if m.redfish], lab.power, lab.ipmi_username,
+                lab.ipmi_password,
             )
             lab.pdus = LabPDUs.start(
                 reactor, lab.fleet, lab.power, 0, lab.snmp_community, apc_hosts={f"{APC_PDU_NAME}.{domain}"}
@@ -256,7 +270,7 @@ class Lab:
     def reboot_paths(self) -> dict[str, str]:
         """
         For each slave, the reboot method expected to bring it back: C{ssh},
-        C{mozpool}, C{ipmi} or C{pdu}; C{bug} for one that never comes back.
+        C{mozpool}, C{redfish}, C{ipmi} or C{pdu}; C{bug} for one that never comes back.
         """
         paths = {}
         for machine in self.fleet.machines:
@@ -266,6 +280,8 @@ class Lab:
                 paths[machine.name] = "mozpool"
             elif machine.up and machine.ssh == SSH_OK:
                 paths[machine.name] = "ssh"
+            elif machine.bmc and machine.redfish:
+                paths[machine.name] = "redfish"
             elif machine.bmc:
                 paths[machine.name] = "ipmi"
             else:
@@ -318,6 +334,9 @@ class Lab:
                 f"[ipmi]\nport = {self.bmcs.port}\ntimeout = 10\nretries = 1\nworkers = 4\noff_timeout = 5\n"
                 "poll_interval = 0.2\npower_delay = 0.5\n\n"
             )
+        if self.redfish is not None and self.redfish.port:
+            # Plain HTTP on loopback, as the other fakes; basic authentication with the BMC user.
+            text += f"[redfish]\nscheme = http\nport = {self.redfish.port}\ntimeout = 5\nretries = 1\n\n"
         if self.pdus is not None:
             text += (
                 f"[snmp]\nport = {self.pdus.port}\ntimeout = 1\nretries = 1\nstate_timeout = 10\n"
@@ -338,6 +357,8 @@ class Lab:
                 stops.append(self.pdus.stop())
             if self.bmcs is not None:
                 stops.append(self.bmcs.stop())
+            if self.redfish is not None:
+                stops.append(self.redfish.stop())
             if self.ec2 is not None:
                 stops.append(self.ec2.stop())
             self._stopping = defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
@@ -353,6 +374,31 @@ class Lab:
             for machine in self.fleet.all_hosts()
         )
         replace_file(os.path.join(self.workdir, "known_hosts"), lines.encode("ascii"))
+
+
+def _redfish_bmcs(fleet: Fleet, share: float) -> None:
+    """
+    Give C{share} of the machines with a BMC a Redfish BMC instead of IPMI,
+    spread evenly (every 1/share-th, the first one at the 1/share-th).
+
+    With the default share of a quarter that is bld-linux64-lab-010 in the
+    12-machine lab (bld-linux64-lab-001, t-w864-lab-004 and the
+    SSH-refusing bld-linux64-lab-006 keep IPMI). Its SSH works, as the
+    many tests and demonstrations that log in to it expect, so its reboot
+    goes over SSH; one whose SSH refuses logins
+    (C{lab.machine("bld-linux64-lab-010").ssh = SSH_REFUSE_LOGIN}, or
+    C{refuse_ssh_share}) reboots by Redfish.
+    """
+    if share <= 0:
+        return
+    chosen = 0.0
+    for machine in fleet.machines:
+        if not (machine.bmc and machine.mgmt_ip):
+            continue
+        chosen += share
+        if chosen >= 1 - 1e-9:
+            chosen -= 1
+            machine.redfish = True
 
 
 def _refuse_ssh(fleet: Fleet, share: float) -> None:

@@ -85,6 +85,7 @@ class LabMachine:
     @ivar up: whether the operating system is running (and its SSH server listening).
     @ivar comes_back: whether it boots when powered on or rebooted.
     @ivar bmc: whether it has a BMC, reachable as C{mgmt_ip} / C{<name>-mgmt}.
+    @ivar redfish: its BMC speaks Redfish (L{slaveapi.lab.redfish}) instead of IPMI.
     @ivar pdu: C{<pdu fqdn>:<tower><infeed><outlet>}, or None.
     @ivar imaging_server: its Mozpool server (devices only).
     @ivar foopy: the short name of the foopy its buildbot runs on (devices only).
@@ -121,6 +122,7 @@ class LabMachine:
     comes_back: bool = True
     bmc: bool = False
     mgmt_ip: str | None = None
+    redfish: bool = False
     pdu: str | None = None
     imaging_server: str | None = None
     foopy: str | None = None

@@ -16,7 +16,8 @@ advancing it::
 
 Outcomes a fake cannot work out from the machines are scripted on it: SSH
 logins and command answers (L{FakeSSH.script_logins}, L{FakeSSH.answer}),
-power calls (L{Outcome}), a probe or a lookup that fails (C{error}).
+power calls (L{Outcome}; a BMC speaks Redfish to L{FakeRedfish} when its
+machine has C{redfish=True}), a probe or a lookup that fails (C{error}).
 """
 
 from slaveapi.clients.dns import host_info
@@ -34,11 +35,12 @@ from slaveapi.testing._clock import run_on_clock
 from slaveapi.testing._context import Fakes, fake_config, fake_context, make_fakes
 from slaveapi.testing._hosts import FakeHost, FakeHosts
 from slaveapi.testing._network import FakeDNS, FakeProber
-from slaveapi.testing._power import FakeIPMI, FakeMozpool, FakePDU, Outcome
+from slaveapi.testing._power import REDFISH_RESET_TYPES, FakeIPMI, FakeMozpool, FakePDU, FakeRedfish, Outcome
 from slaveapi.testing._ssh import REBOOTING_COMMANDS, FakeSSH, FakeSSHSession
 
 __all__ = [
     "REBOOTING_COMMANDS",
+    "REDFISH_RESET_TYPES",
     "FakeAWS",
     "FakeBugzilla",
     "FakeBuildapi",
@@ -52,6 +54,7 @@ __all__ = [
     "FakeMozpool",
     "FakePDU",
     "FakeProber",
+    "FakeRedfish",
     "FakeSSH",
     "FakeSSHSession",
     "FakeSlavealloc",

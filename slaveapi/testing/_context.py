@@ -33,7 +33,7 @@ from slaveapi.testing._apis import (
 from slaveapi.testing._aws import FakeAWS
 from slaveapi.testing._hosts import FakeHost, FakeHosts
 from slaveapi.testing._network import FakeDNS, FakeProber
-from slaveapi.testing._power import FakeIPMI, FakeMozpool, FakePDU
+from slaveapi.testing._power import FakeIPMI, FakeMozpool, FakePDU, FakeRedfish
 from slaveapi.testing._ssh import FakeSSH
 
 #: Where the configured remote systems would be: nothing listens there, and the fakes stand in.
@@ -75,6 +75,7 @@ class Fakes:
     prober: FakeProber
     mozpool: FakeMozpool
     ipmi: FakeIPMI
+    redfish: FakeRedfish
     pdu: FakePDU
     master: FakeMaster
     aws: FakeAWS
@@ -92,6 +93,7 @@ class Fakes:
             prober=self.prober,
             mozpool=self.mozpool,
             ipmi=self.ipmi,
+            redfish=self.redfish,
             pdu=self.pdu,
             master=self.master,
             aws=self.aws,
@@ -128,6 +130,7 @@ def make_fakes(hosts: Iterable[FakeHost] = (), config: Config | None = None, clo
         prober=FakeProber(clock, machines, config.probes),
         mozpool=FakeMozpool(clock, machines),
         ipmi=FakeIPMI(clock, machines),
+        redfish=FakeRedfish(clock, machines),
         pdu=FakePDU(clock, machines),
         master=FakeMaster(),
         aws=FakeAWS(clock),

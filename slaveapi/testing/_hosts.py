@@ -24,6 +24,7 @@ class FakeHost:
     @ivar name: its short name, e.g. C{bld-1}.
     @ivar ip: the address DNS gives for it.
     @ivar bmc_ip: its BMC's address (C{<name>-mgmt} in DNS), if it has one.
+    @ivar redfish: its BMC speaks Redfish (L{FakeRedfish}) rather than only IPMI.
     @ivar outlet: the PDU outlet powering it, as inventory writes it
         (C{pdu1.example.test:AA1}), if any.
     @ivar imaging_server: its Mozpool server, if any.
@@ -35,6 +36,7 @@ class FakeHost:
     ip: str
     domain: str = "example.test"
     bmc_ip: str | None = None
+    redfish: bool = False
     outlet: str | None = None
     imaging_server: str | None = None
     up: bool = True
@@ -100,6 +102,24 @@ class FakeHosts:
         if host._boot is not None and host._boot.active():
             host._boot.cancel()
         host._boot = self.reactor.callLater(host.boot_seconds, self._booted, host) if host.comes_back else None
+
+    def power_off(self, host: FakeHost) -> None:
+        """Cut C{host}'s power: it goes down now and stays down until L{power_on}."""
+        if host._boot is not None and host._boot.active():
+            host._boot.cancel()
+        host._boot = None
+        host.up = False
+
+    def power_on(self, host: FakeHost) -> None:
+        """Power C{host} on: it boots C{boot_seconds} later if it is off and C{comes_back}."""
+        if host.up or (host._boot is not None and host._boot.active()):
+            return
+        host.reboots += 1
+        host._boot = self.reactor.callLater(host.boot_seconds, self._booted, host) if host.comes_back else None
+
+    def powered(self, host: FakeHost) -> bool:
+        """Whether C{host} has power: up, or booting."""
+        return host.up or (host._boot is not None and host._boot.active())
 
     def _booted(self, host: FakeHost) -> None:
         host.up = True

@@ -24,6 +24,7 @@ def run_reboot(fakes: Fakes, update_bug: bool = True) -> tuple[str, list[str]]:
 
 
 def no_power_control(fakes: Fakes) -> bool:
-    """Whether no power cycle went to the BMC, the PDU or Mozpool."""
+    """Whether no power cycle or reset went to the BMC (IPMI or Redfish), the PDU or Mozpool."""
     powercycles = [call for call in fakes.ipmi.calls if call[0] == "powercycle"]
-    return not (powercycles or fakes.pdu.calls or fakes.mozpool.calls)
+    resets = [call for call in fakes.redfish.calls if call[0].startswith("reset ")]
+    return not (powercycles or resets or fakes.pdu.calls or fakes.mozpool.calls)

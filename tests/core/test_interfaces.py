@@ -24,6 +24,7 @@ from slaveapi.clients.master import MasterClient
 from slaveapi.clients.mozpool import MozpoolClient
 from slaveapi.clients.pdu import PDUClient
 from slaveapi.clients.probe import Prober
+from slaveapi.clients.redfish import RedfishClient
 from slaveapi.clients.slavealloc import SlaveallocClient
 from slaveapi.clients.ssh import SSHClient, SSHSession
 from slaveapi.context import Clients
@@ -39,6 +40,7 @@ _CONCRETE: list[tuple[InterfaceClass, type]] = [
     (interfaces.IDevices, DevicesClient),
     (interfaces.IMaster, MasterClient),
     (interfaces.IIPMI, IPMIClient),
+    (interfaces.IRedfish, RedfishClient),
     (interfaces.IPDU, PDUClient),
     (interfaces.IMozpool, MozpoolClient),
     (interfaces.IAWS, AWSClient),

@@ -24,8 +24,8 @@ _BUSY = SSHBusy(
 )
 
 _STAYED_BUSY = (
-    "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
-    " PDU were not tried) and no bug was filed."
+    "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, Redfish, IPMI"
+    " and the PDU were not tried) and no bug was filed."
 )
 
 
@@ -82,6 +82,7 @@ def test_a_machine_that_did_not_reboot_escalates_and_asks_for_no_bug_when_told_n
     assert text.split("\n") == [
         "Attempting SSH reboot...Failed (it never went down).",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        "Skipping Redfish reboot: no -mgmt interface in DNS.",
         "Skipping IPMI reboot: no -mgmt interface in DNS.",
         "Skipping PDU reboot: no PDU outlet in inventory.",
         "All reboot methods failed; not filing a bug, as asked.",

@@ -21,6 +21,7 @@ BMC = "127.0.10.1"
 OUTLET = "pdu1.example.test:AA1"
 IMAGING = "mobile-imaging-001.example.test"
 BOOT = 60.0
+MGMT = "bld-1-mgmt.example.test"
 
 
 def _fakes(**machine: Any) -> Fakes:
@@ -55,7 +56,7 @@ def test_ssh_refused_then_mozpool_works() -> None:
         "Attempting Mozpool reboot...Success!",
     ]
     assert fakes.mozpool.calls == [(f"power_cycle via {IMAGING}", "bld-1")]
-    assert fakes.ipmi.calls == [] and fakes.pdu.calls == []
+    assert fakes.ipmi.calls == [] and fakes.redfish.calls == [] and fakes.pdu.calls == []
 
 
 def test_ssh_refused_ipmi_times_out_and_the_pdu_works() -> None:
@@ -68,6 +69,7 @@ def test_ssh_refused_ipmi_times_out_and_the_pdu_works() -> None:
     assert text.split("\n") == [
         f"Attempting SSH reboot...Failed (ssh {IP}:22: every login was rejected).",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        f"Skipping Redfish reboot: the BMC at {MGMT} does not speak Redfish.",
         f"Attempting IPMI reboot...Failed (IPMI power off on {BMC}: no answer within 30s).",
         "Attempting PDU reboot...Success!",
     ]
@@ -97,6 +99,7 @@ def test_everything_fails_and_a_bug_is_filed() -> None:
     assert text.split("\n") == [
         "Skipping SSH reboot: the machine does not answer.",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        f"Skipping Redfish reboot: the BMC at {MGMT} does not speak Redfish.",
         "Attempting IPMI reboot...Failed (it did not come back).",
         "Attempting PDU reboot...Failed (pdu1.example.test:161 outlet AA1: set off: no answer within 5s).",
         f"Filed reboot bug {reboot_id}.",
@@ -120,6 +123,7 @@ def test_everything_fails_and_the_existing_reboot_bug_is_left_alone() -> None:
     assert text.split("\n") == [
         "Skipping SSH reboot: the machine does not answer.",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        "Skipping Redfish reboot: no -mgmt interface in DNS.",
         "Skipping IPMI reboot: no -mgmt interface in DNS.",
         "Skipping PDU reboot: no PDU outlet in inventory.",
         f"bld-1 already has reboot bug ({existing.id}), nothing to do.",
@@ -137,8 +141,8 @@ def test_busy_ssh_stops_the_reboot_without_power_control() -> None:
     assert text.split("\n") == [
         f"Attempting SSH reboot...Stopped while logging in to send the reboot command ({busy}).",
         (
-            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, IPMI and the"
-            " PDU were not tried) and no bug was filed."
+            "bld-1 answers, but SSH to it stayed busy after 3 tries: no power control was used (Mozpool, Redfish, IPMI"
+            " and the PDU were not tried) and no bug was filed."
         ),
     ]
     assert fakes.ssh.logins == [IP] * BUSY_TRIES

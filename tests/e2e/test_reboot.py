@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
 from slaveapi.lab.bugzilla import LabBug
+from slaveapi.lab.machines import SSH_OK, SSH_REFUSE_LOGIN, LabMachine
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 
@@ -74,11 +75,25 @@ async def test_ssh_refusing_logins_escalates_to_ipmi(lab_service: RunningService
     assert "rejected" in lines[0]
     assert lines[1:] == [
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        f"Skipping Redfish reboot: the BMC at {machine.mgmt_fqdn} does not speak Redfish.",
         "Attempting IPMI reboot...Success!",
     ]
     assert machine.up and machine.booted_at > booted_before
     # A reboot that worked leaves the problem-tracking bug alone.
     assert len(lab_service.lab.bugzilla.find(machine.name).comments) == comments_before
+
+
+class _PowerEvents:
+    """What the lab's power control saw happen to the machines."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def machine_down(self, machine: LabMachine) -> None:
+        self.events.append((machine.name, "down"))
+
+    def machine_up(self, machine: LabMachine) -> None:
+        self.events.append((machine.name, "up"))
 
 
 @pytest_twisted.ensureDeferred
@@ -90,6 +105,7 @@ async def test_a_hung_machine_without_bmc_comes_back_by_its_pdu(lab_service: Run
     assert result["text"].split("\n") == [
         "Skipping SSH reboot: the machine does not answer.",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        "Skipping Redfish reboot: no -mgmt interface in DNS.",
         "Skipping IPMI reboot: no -mgmt interface in DNS.",
         "Attempting PDU reboot...Success!",
     ]
@@ -119,15 +135,16 @@ async def test_a_dead_machine_gets_exactly_one_reboot_bug(lab_service: RunningSe
     code, result = await reboot(lab_service, name)
     assert (code, result["state"]) == (200, 3), result
     lines = result["text"].split("\n")
-    assert lines[:4] == [
+    assert lines[:5] == [
         "Skipping SSH reboot: the machine does not answer.",
         "Skipping Mozpool reboot: no imaging server in inventory.",
+        "Skipping Redfish reboot: no -mgmt interface in DNS.",
         "Skipping IPMI reboot: no -mgmt interface in DNS.",
         "Attempting PDU reboot...Failed (it did not come back).",
     ]
     filed = reboot_bugs(lab_service, name)
     assert len(filed) == 1
-    assert lines[4:] == [f"Filed reboot bug {filed[0].id}."]
+    assert lines[5:] == [f"Filed reboot bug {filed[0].id}."]
     assert len(tracking.comments) == comments_before + 1
     assert tracking.comments[-1].text == (
         result["text"] + f"\n\n(SlaveAPI reboot request {result['requestid']}, requested by {ANONYMOUS}.)"
@@ -190,3 +207,29 @@ async def test_concurrent_reboots_of_one_machine_share_one_request(lab_service: 
     # Once it finished, a new request is a new reboot.
     code, again = await reboot(lab_service, name)
     assert again["requestid"] != first and again["state"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_machine_with_a_redfish_bmc_refusing_ssh_is_rebooted_by_redfish(lab_service: RunningService) -> None:
+    # Last in the module: the concurrent-reboot test above expects bld-linux64-lab-010 not rebooted before.
+    machine = lab_service.lab.machine("bld-linux64-lab-010")
+    assert machine.redfish and machine.up and machine.ssh == SSH_OK
+    booted_before = machine.booted_at
+    seen = _PowerEvents()
+    lab_service.lab.power.add_observer(seen)
+    machine.ssh = SSH_REFUSE_LOGIN
+    try:
+        code, result = await reboot(lab_service, machine.name)
+    finally:
+        machine.ssh = SSH_OK
+    assert (code, result["state"]) == (200, 2), result
+    lines = result["text"].split("\n")
+    assert lines[0].startswith("Attempting SSH reboot...Failed (") and "rejected" in lines[0]
+    assert lines[1:] == [
+        "Skipping Mozpool reboot: no imaging server in inventory.",
+        "Attempting Redfish reboot...Success!",
+    ]
+    assert lab_service.lab.redfish is not None
+    assert lab_service.lab.redfish.resets == [(machine.name, "GracefulRestart")]
+    assert [event for name, event in seen.events if name == machine.name] == ["down", "up"]
+    assert machine.up and machine.booted_at > booted_before
