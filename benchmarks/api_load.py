@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-_PORT = re.compile(r"Site starting on (\d+)")
+# SlaveAPI's GatedSite, or the bare Klein's Site; not the lab's own sites (_QuietSite, ...).
+_PORT = re.compile(r"(?<![A-Za-z_])(?:Gated)?Site starting on (\d+)")
 _SLAVES = 200
 _ACTIONS = ("reboot", "buildslave_uptime", "buildslave_last_activity")
 _STARTUP_LIMIT = 90.0

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from typing import Any
 
-_PORT = re.compile(r"Site starting on (\d+)")
+_PORT = re.compile(r"GatedSite starting on (\d+)")
 
 
 def _arguments() -> argparse.Namespace:

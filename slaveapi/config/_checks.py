@@ -5,6 +5,7 @@ the SSH host-key policy outside the lab.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -84,6 +85,17 @@ def refuse_plain_http(config: Config) -> None:
             f"{plain.credential} would be sent over plain http (set allow_plain_http = true in "
             f"[{plain.section}] to accept that)"
         )
+
+
+def check_redfish_ca_bundle(config: Config) -> None:
+    """
+    A C{[redfish] ca_bundle} that cannot be read is refused when the
+    configuration loads (one line, at start-up or reload), not found out
+    when the first BMC is asked.
+    """
+    bundle = config.redfish.ca_bundle
+    if bundle is not None and not os.access(bundle, os.R_OK):
+        raise ConfigError(f"{config.path}: [redfish] ca_bundle: expected a readable PEM file, got {bundle!r}")
 
 
 def _is_plain_http(url: str) -> bool:

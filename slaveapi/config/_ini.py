@@ -14,7 +14,7 @@ import difflib
 import os
 from typing import Any
 
-from ._checks import refuse_plain_http
+from ._checks import check_redfish_ca_bundle, refuse_plain_http
 from ._records import Config
 from ._schema import (
     ConfigError,
@@ -55,6 +55,7 @@ def load_config(path: str) -> Config:
             values[field.name] = _read(parser, path, field, setting, home="")
     config = Config(path=os.path.abspath(path), **values)
     refuse_plain_http(config)
+    check_redfish_ca_bundle(config)
     return config
 
 

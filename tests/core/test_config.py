@@ -755,3 +755,11 @@ def test_client_names_are_plain_words(tmp_path: Path, name: str) -> None:
         f"{tmp_path / 'credentials.json'}: api_tokens: client name {name!r}: expected letters, digits and "
         ". _ @ + - (at most 64 characters)"
     )
+
+
+def test_an_unreadable_redfish_ca_bundle_is_refused_when_the_configuration_loads(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    path = _write(tmp_path, _MINIMAL_INI + f"\n[redfish]\nca_bundle = {missing}\n", credentials={"ssh": {}})
+    assert _error(path) == f"{path}: [redfish] ca_bundle: expected a readable PEM file, got {str(missing)!r}"
+    missing.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    assert load_config(str(path)).redfish.ca_bundle == str(missing)

@@ -212,6 +212,7 @@ def test_endpoint_alternative_replaces_listen_and_port(tmp_path: Any) -> None:
         ("aws", "endpoint_url"),
         ("aws", "build_launch_template"),
         ("aws", "test_launch_template"),
+        ("redfish", "ca_bundle"),
     }
 
 

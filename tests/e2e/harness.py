@@ -18,7 +18,7 @@ from typing import Any
 
 import treq
 
-_SITE_PORT = re.compile(r"Site starting on (\d+)")
+_SITE_PORT = re.compile(r"GatedSite starting on (\d+)")
 STARTUP_LIMIT = 30.0
 
 
