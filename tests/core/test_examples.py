@@ -95,6 +95,8 @@ def _with_alternatives(tmp_path: Any) -> str:
     shutil.copy(EXAMPLE_CREDENTIALS, tmp_path / "credentials.json")
     # credentials.json names its ssh_keys relative to itself: bring the throwaway key along.
     shutil.copytree(os.path.join(_ROOT, "examples", "keys"), tmp_path / "keys")
+    # [redfish] ca_bundle must name a readable file (relative to the ini); its content is not read here.
+    (tmp_path / "bmc-ca.pem").write_text("", encoding="ascii")
     return str(ini)
 
 
