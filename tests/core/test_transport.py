@@ -9,7 +9,6 @@ goes to an http master without C{[buildbot] allow_plain_http}.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,12 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor as _reactor
-from twisted.internet.ssl import Certificate, CertificateOptions
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -36,6 +30,7 @@ from slaveapi.clients.master import MasterClient, MasterError, ShutdownRequested
 from slaveapi.clients.slavealloc import MasterRecord
 from slaveapi.config import BuildbotConfig, ConfigError, Secret, load_config, plain_http_credentials
 from slaveapi.service import ContextHolder, ServiceOptions, StartupError, make_service, warn_plain_http
+from tests.testca import CertificateAuthority
 
 reactor: Any = _reactor
 
@@ -315,66 +310,6 @@ class _FakeDNS:
         if name != FQDN:
             return None
         return HostInfo(name="bm01", fqdn=FQDN, domain="masters.test", ip="127.0.0.1", colo=None)
-
-
-@dataclass(frozen=True)
-class CertificateAuthority:
-    """A throwaway CA and a way to issue server certificates from it."""
-
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate
-
-    @classmethod
-    def make(cls, name: str) -> CertificateAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                    key_encipherment=False, data_encipherment=False, key_agreement=False,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, certificate)
-
-    def trust_root(self) -> Certificate:
-        return Certificate.loadPEM(self.certificate.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, dns_name: str) -> CertificateOptions:
-        """Server TLS options with a certificate for C{dns_name} signed by this CA."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        return CertificateOptions(privateKey=key, certificate=certificate)  # type: ignore[arg-type]  # takes cryptography keys too
 
 
 @dataclass

@@ -11,8 +11,6 @@ answer, and L{Emulator.stop} ends it by PID (SIGTERM, then SIGKILL).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import selectors
 import shutil
@@ -29,10 +27,9 @@ from pathlib import Path
 from typing import IO
 
 import bcrypt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+
+from tests.testca import CertificateAuthority
 
 SYSTEM_ID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
 USER = "admin"
@@ -49,63 +46,23 @@ def sushy_emulator() -> str | None:
 
 @dataclass(frozen=True)
 class Authority:
-    """A throwaway CA: its certificate file, and its key for signing."""
+    """A throwaway CA and the file its certificate is written to (the client's C{ca_bundle})."""
 
     cert_path: Path
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
+    ca: CertificateAuthority
 
 
 def make_authority(directory: Path, name: str) -> Authority:
     """A self-signed CA certificate, written to C{<directory>/<name>.pem}."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    ca = CertificateAuthority.make(name)
     path = directory / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Authority(path, key, cert)
+    path.write_bytes(ca.pem())
+    return Authority(path, ca)
 
 
 def make_server_cert(directory: Path, authority: Authority) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost signed by C{authority}: (cert file, key file)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(authority.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False)
-        .sign(authority.key, hashes.SHA256())
-    )
+    """A certificate for localhost and 127.0.0.1 signed by C{authority}: (cert file, key file)."""
+    key, cert = authority.ca.issue_certificate("localhost", "127.0.0.1")
     cert_path, key_path = directory / "server.pem", directory / "server.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -153,7 +110,7 @@ def start(directory: Path, tls: tuple[Path, Path] | None = None) -> Emulator:
         output is in the message); it is stopped first.
     """
     script = sushy_emulator()
-    assert script is not None, "sushy-emulator is not installed"
+    assert script is not None, "sushy-emulator is not installed: make test installs sushy-tools (the test extra)"
     htpasswd = directory / "htpasswd"
     digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{USER}:{digest}\n", encoding="utf-8")

@@ -27,8 +27,6 @@ from . import sushy
 
 reactor: Any = _reactor
 
-pytestmark = pytest.mark.skipif(sushy.sushy_emulator() is None, reason="sushy-tools is not installed")
-
 HOST = "127.0.0.1"
 #: sushy-emulator applies a pending power-on 1 to 11 s after a restart.
 POWER_BOUND = 30.0
