@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from _procfs import memory_kib
+
 # SlaveAPI's GatedSite, or the bare Klein's Site; not the lab's own sites (_QuietSite, ...).
 _PORT = re.compile(r"(?<![A-Za-z_])(?:Gated)?Site starting on (\d+)")
 _SLAVES = 200
@@ -213,14 +215,6 @@ def _settle(port: int) -> None:
     raise SystemExit("the server did not answer /results?limit=1")
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 # -- the load generator (its own process) -----------------------------------------------------
 
 
@@ -357,7 +351,7 @@ def main() -> int:
         server = _slaveapi(full_data)
         running.append(server)
         _settle(server.port)
-        rss_full_idle = _rss_kib(server.process.pid)
+        rss_full_idle = memory_kib(server.process.pid)
         picks = [stored[rng.randrange(len(stored))] for _ in range(5000)]
         one_paths = [f"/slaves/{slave}/actions/{action}?requestid={rid}" for rid, slave, action in picks]
         first, last = stored[0][0], stored[-1][0]
@@ -372,7 +366,7 @@ def main() -> int:
             "requestid GET, one at a time": _drive(args, workdir, "one-idle", server.port, one_paths, 1),
             "100-result page, one at a time": _drive(args, workdir, "page-idle", server.port, page_paths, 1),
         }
-        rss_full_loaded = _rss_kib(server.process.pid)
+        rss_full_loaded = memory_kib(server.process.pid)
         server.stop()
         running.remove(server)
 
@@ -396,7 +390,7 @@ def main() -> int:
         empty = _slaveapi(ensure_data_dir(os.path.join(workdir, "empty")))
         running.append(empty)
         _settle(empty.port)
-        rss_empty = _rss_kib(empty.process.pid)
+        rss_empty = memory_kib(empty.process.pid)
         empty.stop()
         running.remove(empty)
     finally:

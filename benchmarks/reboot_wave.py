@@ -40,6 +40,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from _procfs import children, cpu_seconds, memory_kib
+
 _PORT = re.compile(r"GatedSite starting on (\d+)")
 
 
@@ -57,22 +59,6 @@ def _arguments() -> argparse.Namespace:
         help="[probes] interval for SlaveAPI (the default is 1 s; the lab's own config polls every 0.2 s for tests)",
     )
     return parser.parse_args()
-
-
-def _peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            return [int(child) for child in handle.read().split()]
-    except OSError:
-        return []
 
 
 def _start_lab(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen[str], str]:
@@ -125,27 +111,9 @@ def _start_server(ini: str, data: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("SlaveAPI did not start; see " + log_path)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of C{pid} so far."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _tree_cpu_seconds(pid: int) -> float:
     """CPU time of C{pid} and its children so far (the lab: its BMC processes, its EC2 server)."""
-    return _cpu_seconds(pid) + sum(_cpu_seconds(child) for child in _children(pid))
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 async def _wave(
@@ -182,9 +150,9 @@ async def _wave(
     single_ipmi = await single(ipmi_name)
 
     wave_names = names[2:]
-    rss_before = _rss_kib(server_pid)
-    cpu_before = _cpu_seconds(server_pid)
-    workers_cpu_before = sum(_cpu_seconds(child) for child in _children(server_pid))
+    rss_before = memory_kib(server_pid)
+    cpu_before = cpu_seconds(server_pid)
+    workers_cpu_before = sum(cpu_seconds(child) for child in children(server_pid))
     lab_cpu_before = _tree_cpu_seconds(lab_pid)
     own_cpu_before = time.process_time()
     started = time.monotonic()
@@ -227,14 +195,14 @@ async def _wave(
             if not page["results"] or not page.get("next"):
                 break
             since = page["results"][-1]["requestid"]
-        rss = _rss_kib(server_pid)
+        rss = memory_kib(server_pid)
         if rss > peak[0]:
             peak = (rss, len(pending))
         await deferLater(reactor, 0.25, lambda: None)
     wall = finished_at - started
     rebooted_wall = rebooted_at - started
-    cpu = _cpu_seconds(server_pid) - cpu_before
-    workers_cpu = sum(_cpu_seconds(child) for child in _children(server_pid)) - workers_cpu_before
+    cpu = cpu_seconds(server_pid) - cpu_before
+    workers_cpu = sum(cpu_seconds(child) for child in children(server_pid)) - workers_cpu_before
     lab_cpu = _tree_cpu_seconds(lab_pid) - lab_cpu_before
     own_cpu = time.process_time() - own_cpu_before
     await pool.closeCachedConnections()
@@ -257,8 +225,8 @@ async def _wave(
         "workers_cpu": workers_cpu,
         "lab_cpu": lab_cpu,
         "own_cpu": own_cpu,
-        "server_hwm_kib": _peak_rss_kib(server_pid),
-        "workers_rss_kib": sum(_peak_rss_kib(child) for child in _children(server_pid)),
+        "server_hwm_kib": memory_kib(server_pid, "VmHWM"),
+        "workers_rss_kib": sum(memory_kib(child, "VmHWM") for child in children(server_pid)),
     }
 
 
