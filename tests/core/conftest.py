@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 
 from slaveapi.config import (
     ApiToken,
@@ -75,3 +77,29 @@ def processor(store: Any, context_box: SimpleNamespace) -> ActionProcessor:
     from twisted.internet import reactor
 
     return ActionProcessor(store, lambda: context_box.context, concurrency=2, reactor=reactor)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A Clock well past zero, for processors, stores' timestamps and actions' waits."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    return clock
+
+
+@pytest.fixture
+def make_processor(store: Any, context_box: SimpleNamespace, clock: Clock) -> Callable[..., ActionProcessor]:
+    """Builds processors on the shared store (or C{on}) and the C{clock}."""
+
+    def make(
+        concurrency: int = 2, timeouts: Callable[[], dict[str, float]] = dict, on: Any = None
+    ) -> ActionProcessor:
+        return ActionProcessor(
+            on if on is not None else store,
+            lambda: context_box.context,
+            concurrency=concurrency,
+            reactor=clock,
+            timeouts=timeouts,
+        )
+
+    return make

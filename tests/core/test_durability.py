@@ -157,13 +157,6 @@ async def _quick(run: ActionRun) -> str:
     return "done"
 
 
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_000_000)
-    return clock
-
-
 @pytest_twisted.async_yield_fixture
 async def service(tmp_path: Any, clock: Clock, context_box: SimpleNamespace) -> AsyncIterator[_Service]:
     from twisted.internet import reactor

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -147,33 +146,6 @@ class _SnapshotStore:
 
     def find(self, slave: str | None = None, action: str | None = None) -> list[ActionResult]:
         return self._inner.find(slave, action)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_000_000)
-    return clock
-
-
-@pytest.fixture
-def make_processor(
-    store: SQLiteResultStore, context_box: SimpleNamespace, clock: Clock
-) -> Callable[..., ActionProcessor]:
-    """Builds processors on the shared store and clock."""
-
-    def make(
-        concurrency: int = 2, timeouts: Callable[[], dict[str, float]] = dict, on: Any = None
-    ) -> ActionProcessor:
-        return ActionProcessor(
-            on if on is not None else store,
-            lambda: context_box.context,
-            concurrency=concurrency,
-            reactor=clock,
-            timeouts=timeouts,
-        )
-
-    return make
 
 
 def _action(body: _Controlled, **options: Any) -> Action:

@@ -9,10 +9,8 @@ checks who held a slot when, through what the actions record.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -22,25 +20,8 @@ from slaveapi.admission import Slots
 from slaveapi.clients import poll_until
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import INTERRUPTED_TEXT, SQLiteResultStore
+from slaveapi.store import INTERRUPTED_TEXT
 from slaveapi.work import current_slot, pause, waiting
-
-
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_000_000)
-    return clock
-
-
-@pytest.fixture
-def make_processor(
-    store: SQLiteResultStore, context_box: SimpleNamespace, clock: Clock
-) -> Callable[..., ActionProcessor]:
-    def make(concurrency: int) -> ActionProcessor:
-        return ActionProcessor(store, lambda: context_box.context, concurrency=concurrency, reactor=clock)
-
-    return make
 
 
 class _Journal:
@@ -308,12 +289,10 @@ def test_a_cancelled_wait_for_a_slot_leaves_the_line() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_work_an_action_left_running_holds_no_slot_once_the_action_timed_out(
-    store: SQLiteResultStore, context_box: SimpleNamespace, clock: Clock
+    make_processor: Callable[..., ActionProcessor], clock: Clock
 ) -> None:
     # Like a power cycle that finishes switching a machine back on after its action was cancelled.
-    processor = ActionProcessor(
-        store, lambda: context_box.context, concurrency=1, reactor=clock, timeouts=lambda: {"reboot": 5.0}
-    )
+    processor = make_processor(concurrency=1, timeouts=lambda: {"reboot": 5.0})
     journal = _Journal()
 
     async def leaves_work_running(run: ActionRun) -> str:
