@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from slaveapi.clients.ipmi import IPMIClient, IPMIError
 from slaveapi.config import IPMIConfig, Secret
-from slaveapi.work import WorkSlot, working_as
+from tests.recorded_slot import RecordedSlot
 
 from .fake_workers import FakeWorkers
 
@@ -144,30 +144,9 @@ def test_the_pause_between_off_and_on_holds_no_work_slot() -> None:
     workers = FakeWorkers(answer_after=0.01)
     client = _client(workers, power_delay=30.0, poll_interval=0.05)
     workers.powered["10.0.0.1"] = True
-    events: list[tuple[str, float]] = []
+    recorded = RecordedSlot(workers.clock)
 
-    def take(resuming: bool) -> Deferred[None]:
-        events.append(("take", workers.clock.seconds()))
-        return Deferred.fromCoroutine(_nothing())
+    assert recorded.run(lambda: client.powercycle("10.0.0.1")) == [None]
+    assert any(end - start >= 30.0 for start, end in recorded.pauses())
+    assert recorded.slot.held
 
-    slot = WorkSlot(take, lambda: events.append(("give back", workers.clock.seconds())))
-    slot.held = True
-    with working_as(slot):
-        outcome = _outcome(Deferred.fromCoroutine(client.powercycle("10.0.0.1")))
-    for _ in range(10_000):
-        if outcome:
-            break
-        workers.clock.advance(0.01)
-
-    assert outcome == [None]
-    pauses = [
-        (events[n][1], events[n + 1][1])
-        for n in range(len(events) - 1)
-        if events[n][0] == "give back" and events[n + 1][0] == "take"
-    ]
-    assert any(end - start >= 30.0 for start, end in pauses)
-    assert slot.held
-
-
-async def _nothing() -> None:
-    return None

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from slaveapi.clients.inventory import PDUOutlet
 from slaveapi.clients.pdu import PDUClient, PDUError
 from slaveapi.config import Secret, SNMPConfig
-from slaveapi.work import WorkSlot, working_as
+from tests.recorded_slot import RecordedSlot
 
 _SENTRY_STATUS = (1, 3, 6, 1, 4, 1, 1718, 3, 2, 3, 1, 5)
 
@@ -186,30 +186,9 @@ def test_many_power_cycles_on_one_pdu_all_finish_one_request_at_a_time() -> None
 def test_the_pause_between_off_and_on_holds_no_work_slot() -> None:
     clock = Clock()
     client = _FakeSNMP(clock, _config(power_delay=30.0), answer_after=0.01)
-    events: list[tuple[str, float]] = []
+    recorded = RecordedSlot(clock)
 
-    def take(resuming: bool) -> Deferred[None]:
-        events.append(("take", clock.seconds()))
-        return Deferred.fromCoroutine(_nothing())
+    assert recorded.run(lambda: client.powercycle(_outlet(1, 1))) == [None]
+    assert any(end - start >= 30.0 for start, end in recorded.pauses())
+    assert recorded.slot.held
 
-    slot = WorkSlot(take, lambda: events.append(("give back", clock.seconds())))
-    slot.held = True
-    with working_as(slot):
-        outcome = _outcome(Deferred.fromCoroutine(client.powercycle(_outlet(1, 1))))
-    for _ in range(10_000):
-        if outcome:
-            break
-        clock.advance(0.01)
-
-    assert outcome == [None]
-    pauses = [
-        (events[n][1], events[n + 1][1])
-        for n in range(len(events) - 1)
-        if events[n][0] == "give back" and events[n + 1][0] == "take"
-    ]
-    assert any(end - start >= 30.0 for start, end in pauses)
-    assert slot.held
-
-
-async def _nothing() -> None:
-    return None
