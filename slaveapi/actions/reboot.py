@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
-from slaveapi.clients import ClientError
+from slaveapi.clients import ClientError, poll_until
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.redfish import RedfishError
@@ -373,11 +373,18 @@ async def _redfish_power_off(escalation: _Escalation, bmc: str) -> None:
     @raise RedfishError: still on at the end (or a read failed).
     """
     ctx = escalation.run.ctx
-    deadline = ctx.reactor.seconds() + REDFISH_OFF_TIMEOUT
-    while await ctx.clients.redfish.power_state(bmc) != "off":
-        if ctx.reactor.seconds() >= deadline:
-            raise RedfishError(bmc, "ForceOff", f"the power was still on after {REDFISH_OFF_TIMEOUT:g}s")
-        await pause(ctx.reactor, REDFISH_OFF_POLL)
+
+    async def off() -> bool:
+        return await ctx.clients.redfish.power_state(bmc) == "off"
+
+    await poll_until(
+        ctx.reactor,
+        off,
+        REDFISH_OFF_POLL,
+        REDFISH_OFF_TIMEOUT,
+        f"Redfish {bmc}: power off",
+        timeout_error=lambda: RedfishError(bmc, "ForceOff", f"the power was still on after {REDFISH_OFF_TIMEOUT:g}s"),
+    )
 
 
 async def _ipmi(escalation: _Escalation) -> bool:
