@@ -178,6 +178,21 @@ class MasterSpec(Protocol):
     async def shutdown_worker(self, master: MasterRecord, worker: str, reason: str) -> ShutdownRequested:
         """Ask the master for a graceful shutdown of C{worker}."""
 
+    async def worker_connected(self, master: MasterRecord, worker: str) -> bool | None:
+        """
+        Whether C{worker} is connected to the master now; C{None} when the
+        master cannot say (Buildbot 0.8). Raises C{MasterError}.
+        """
+
+    async def pause_worker(self, master: MasterRecord, worker: str, reason: str) -> None:
+        """
+        Pause C{worker} (it takes no new builds) through the data API's
+        C{pause} control; raises C{MasterError} (a 0.8 master cannot).
+        """
+
+    async def unpause_worker(self, master: MasterRecord, worker: str) -> None:
+        """Undo L{pause_worker}; raises C{MasterError} (a 0.8 master cannot)."""
+
 
 # --- power --------------------------------------------------------------------------
 
@@ -187,6 +202,21 @@ class IPMISpec(Protocol):
 
     async def available(self, host: str) -> bool:
         """Whether a BMC at C{host} answers (False rather than an error)."""
+
+    async def power_state(self, host: str) -> bool:
+        """Whether the machine behind the BMC has chassis power (raises C{IPMIError})."""
+
+    async def set_power(self, host: str, state: str) -> None:
+        """
+        Ask the BMC for C{on}, C{off} (hard), C{soft} (ACPI shutdown),
+        C{reset} or C{cycle}; returns once accepted (raises C{IPMIError}).
+        """
+
+    async def set_boot_device(self, host: str, device: str) -> None:
+        """
+        Boot from C{device} (C{pxe}, C{disk} or C{bios}) the next time only
+        (raises C{IPMIError}).
+        """
 
     async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
         """Power-cycle the machine behind the BMC (raises C{IPMIError}, C{IPMITimeout})."""
@@ -228,6 +258,12 @@ class RedfishSpec(Protocol):
 
 class PDUSpec(Protocol):
     """Outlets of SNMP-controlled PDUs."""
+
+    async def outlet_state(self, outlet: PDUOutlet) -> bool:
+        """Whether the outlet is on (raises C{PDUError})."""
+
+    async def set_outlet(self, outlet: PDUOutlet, on: bool) -> None:
+        """Switch the outlet and wait (bounded) until it reports that state (raises C{PDUError})."""
 
     async def powercycle(self, outlet: PDUOutlet, progress: Callable[[str], None] | None = None) -> None:
         """Switch the outlet off and on again (raises C{PDUError})."""
