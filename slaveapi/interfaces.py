@@ -218,6 +218,12 @@ class IPMISpec(Protocol):
         (raises C{IPMIError}).
         """
 
+    async def boot_device(self, host: str) -> str | None:
+        """
+        The boot device set for the next boot (C{pxe}, C{disk}, C{bios}),
+        C{None} when no override is pending (raises C{IPMIError}).
+        """
+
     async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
         """Power-cycle the machine behind the BMC (raises C{IPMIError}, C{IPMITimeout})."""
 
@@ -251,6 +257,12 @@ class RedfishSpec(Protocol):
 
     async def set_boot_once(self, host: str, target: str) -> None:
         """Boot from C{Pxe}, C{Hdd} or C{BiosSetup} at the next boot only."""
+
+    async def boot_override(self, host: str) -> str | None:
+        """
+        The one-time boot target pending (C{Pxe}, C{Hdd}, C{BiosSetup}),
+        C{None} when no override is pending.
+        """
 
     async def close(self) -> None:
         """Release what the client holds."""
