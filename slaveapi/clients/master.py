@@ -1,5 +1,6 @@
 """
-The Buildbot master client: asking a master to shut one of its workers down gracefully.
+The Buildbot master client: asking a master to shut one of its workers down
+gracefully, to pause or unpause it, and whether it is connected.
 
 A slave's buildbot is stopped through the master it is attached to, because
 that is the one way that also works on Windows and lets a running build
@@ -17,6 +18,17 @@ C{http_port}); two kinds of master answer differently:
     (C{stop} is graceful; C{kill} is not and is never sent), with HTTP basic
     auth when C{[buildbot] username} and the credentials' C{buildbot_master}
     are both set.
+
+Only a modern master can pause a worker (it finishes its running build and
+takes no new ones) or say whether it is connected: the data API's JSON-RPC
+C{pause} (C{params}: C{reason}) and C{unpause} controls on the same URL,
+and C{GET /api/v2/workers/<name>}, whose one record has C{connected_to} (the
+masters the worker is connected to, empty when it is not) and C{paused}.
+The master applies a control after answering it, so a pause or an unpause
+is read back from that record until it shows, bounded by the timeout. On a
+0.8 master, pausing fails with a L{MasterError} saying so and
+C{worker_connected} answers C{None}; a worker the data API does not know
+(HTTP 404) is a L{MasterError}, never "not connected".
 
 Which kind a master is comes from C{[masters]} (by fqdn or nickname), else
 C{[buildbot] flavour}; C{auto} asks C{GET /api/v2} first: a JSON answer (or
@@ -55,7 +67,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
-from slaveapi.clients._bounded import within
+from slaveapi.clients._bounded import poll_until, within
 from slaveapi.clients._errors import ClientError, ClientTimeout
 from slaveapi.clients.dns import DNSClient, DNSError
 from slaveapi.clients.http import Answer, FetchFailed, fetch
@@ -73,6 +85,8 @@ FLAVOUR_AUTO = "auto"
 #: A master's answers are short; anything longer is cut off and refused.
 _MAX_BODY = 1024 * 1024
 _MAX_DETAIL = 200
+#: Seconds between reads of a worker's record while confirming a pause or an unpause.
+_CONFIRM_EVERY = 0.5
 
 
 class MasterError(ClientError):
@@ -81,6 +95,11 @@ class MasterError(ClientError):
 
 class MasterTimeout(MasterError, ClientTimeout):
     """A master did not answer within the timeout."""
+
+
+def cannot_on_08(master: MasterRecord, verb: str) -> MasterError:
+    """The error of asking Buildbot 0.8 master C{master} to C{verb} (C{pause}, C{unpause}) a worker."""
+    return MasterError(f"master {master.nickname} runs Buildbot 0.8, which cannot {verb} a worker")
 
 
 @dataclass(frozen=True)
@@ -183,9 +202,8 @@ class MasterClient:
         @raise MasterError: the master could not be asked, or refused.
         """
         flavour = await self.flavour(master)
-        name = quote(worker, safe="")
         if flavour == FLAVOUR_08:
-            path = f"/buildslaves/{name}/shutdown"
+            path = f"/buildslaves/{quote(worker, safe='')}/shutdown"
             answer = await self._call(master, "POST", path)
             url = self.url(master, path)
             if 300 <= answer.status < 400 and _is_authfail(answer.location):
@@ -196,8 +214,65 @@ class MasterClient:
                 raise MasterError(f"master {master.nickname}: POST {url} failed: {_status(answer)}")
             return ShutdownRequested(url, flavour, answer.status)
 
-        path = f"/api/v2/workers/{name}"
-        body = {"jsonrpc": "2.0", "method": "stop", "params": {"reason": reason}, "id": 1}
+        url, status = await self._control(master, worker, "stop", {"reason": reason})
+        return ShutdownRequested(url, flavour, status)
+
+    async def worker_connected(self, master: MasterRecord, worker: str) -> bool | None:
+        """
+        Whether C{worker} is connected to the master (or, in a cluster, to
+        any of its masters) now: the data API's worker record lists where it
+        is connected in C{connected_to}.
+
+        @return: None for a Buildbot 0.8 master, which cannot say.
+        @raise MasterError: the master could not be asked, or does not know
+            C{worker} (that is not "disconnected": nothing is known of it).
+        """
+        if await self.flavour(master) == FLAVOUR_08:
+            return None
+        record = await self._worker_record(master, worker)
+        return bool(record.get("connected_to"))
+
+    async def pause_worker(self, master: MasterRecord, worker: str, reason: str) -> None:
+        """
+        Pause C{worker}: it finishes its running build but takes no new ones.
+        Returns once the master reports it paused (read back every
+        L{_CONFIRM_EVERY} seconds, for at most the timeout).
+
+        @param reason: kept by the master as the worker's C{pause_reason}.
+        @raise MasterError: a Buildbot 0.8 master (it cannot pause a worker),
+            the master could not be asked or refused, or it does not report
+            the worker paused in time.
+        """
+        await self._require_modern(master, "pause")
+        await self._control(master, worker, "pause", {"reason": reason})
+        await self._confirm_paused(master, worker, True)
+
+    async def unpause_worker(self, master: MasterRecord, worker: str) -> None:
+        """
+        Undo L{pause_worker}: C{worker} takes builds again. Returns once the
+        master reports it not paused.
+
+        @raise MasterError: as L{pause_worker}'s.
+        """
+        await self._require_modern(master, "unpause")
+        await self._control(master, worker, "unpause", {})
+        await self._confirm_paused(master, worker, False)
+
+    async def _require_modern(self, master: MasterRecord, verb: str) -> None:
+        if await self.flavour(master) == FLAVOUR_08:
+            raise cannot_on_08(master, verb)
+
+    async def _control(
+        self, master: MasterRecord, worker: str, method: str, params: dict[str, Any]
+    ) -> tuple[str, int]:
+        """
+        The data API's JSON-RPC control C{method} on C{worker}; the URL asked
+        and the HTTP status, when the master accepted it.
+
+        @raise MasterError: the master could not be asked or refused.
+        """
+        path = _worker_path(worker)
+        body = {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
         answer = await self._call(master, "POST", path, body)
         url = self.url(master, path)
         reply = _json_object(answer.body)
@@ -208,7 +283,55 @@ class MasterClient:
             raise MasterError(f"master {master.nickname}: POST {url} failed: HTTP {answer.status}, answer is not JSON")
         if error is not None:
             raise MasterError(f"master {master.nickname}: POST {url} failed: HTTP {answer.status}{_rpc_detail(error)}")
-        return ShutdownRequested(url, flavour, answer.status)
+        return url, answer.status
+
+    async def _worker_record(self, master: MasterRecord, worker: str) -> dict[str, Any]:
+        """
+        The data API's record of C{worker} (C{GET /api/v2/workers/<name>}):
+        C{{"workers": [{...}], "meta": {...}}}.
+
+        @raise MasterError: the master could not be asked, does not know
+            C{worker} (HTTP 404), or answered something else than one record.
+        """
+        path = _worker_path(worker)
+        answer = await self._call(master, "GET", path)
+        url = self.url(master, path)
+        if answer.status == 404:
+            raise MasterError(f"master {master.nickname}: GET {url}: the master does not know worker {worker}")
+        if not 200 <= answer.status < 300:
+            raise MasterError(f"master {master.nickname}: GET {url} failed: {_status(answer)}")
+        reply = _json_object(answer.body)
+        records = reply.get("workers") if reply is not None else None
+        if not (isinstance(records, list) and len(records) == 1 and isinstance(records[0], dict)):
+            raise MasterError(
+                f"master {master.nickname}: GET {url} failed: HTTP {answer.status}, answer is not a worker record"
+            )
+        record: dict[str, Any] = records[0]
+        return record
+
+    async def _confirm_paused(self, master: MasterRecord, worker: str, paused: bool) -> None:
+        """
+        Read the worker's record back until its C{paused} is C{paused}: the
+        master applies a control asynchronously, after answering it.
+        """
+        state = "paused" if paused else "not paused"
+        url = self.url(master, _worker_path(worker))
+
+        async def reported() -> bool:
+            return (await self._worker_record(master, worker)).get("paused") is paused
+
+        def unconfirmed() -> MasterError:
+            return MasterError(
+                f"master {master.nickname}: GET {url} did not report worker {worker} {state} "
+                f"within {self._timeout:g}s"
+            )
+
+        await poll_until(
+            self._reactor, reported, _CONFIRM_EVERY, self._timeout, f"{worker} {state}", timeout_error=unconfirmed
+        )
+        self._log.info(
+            "master {master}: worker {worker} is {state}", master=master.nickname, worker=worker, state=state
+        )
 
     def url(self, master: MasterRecord, path: str) -> str:
         """C{path} on C{master}'s web server, by name (as messages show it)."""
@@ -296,6 +419,11 @@ class _PinnedAddress:
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         tcp = HostnameEndpoint(self._reactor, self._address.encode("ascii"), uri.port, timeout=self._timeout)
         return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp)
+
+
+def _worker_path(worker: str) -> str:
+    """The data API's path of C{worker}, by name."""
+    return f"/api/v2/workers/{quote(worker, safe='')}"
 
 
 def _port_suffix(master: MasterRecord) -> str:

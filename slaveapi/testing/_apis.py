@@ -15,7 +15,7 @@ from zope.interface import implementer
 from slaveapi.clients.bugzilla import Bug
 from slaveapi.clients.devices import Device
 from slaveapi.clients.inventory import DNSRecord, InventorySystem, PDUOutlet
-from slaveapi.clients.master import ShutdownRequested
+from slaveapi.clients.master import MasterError, ShutdownRequested, cannot_on_08
 from slaveapi.clients.slavealloc import MasterRecord, SlaveRecord
 from slaveapi.interfaces import (
     IBugzilla,
@@ -264,9 +264,19 @@ class FakeDevices:
 @implementer(IMaster)
 class FakeMaster:
     """
-    Masters that accept every graceful shutdown (or raise C{error});
-    C{requests} lists C{(master nickname, worker, reason)}, and
-    C{on_shutdown} (if set) is told the worker's name, e.g. to write its log.
+    Masters that accept every graceful shutdown, pause and unpause (or raise
+    C{error}); C{requests} lists C{(master nickname, worker, reason)} of the
+    shutdowns, and C{on_shutdown} (if set) is told the worker's name, e.g.
+    to write its log.
+
+    As a Buildbot 0.8 master (C{flavour="0.8"}) it cannot pause or say
+    whether a worker is connected, as L{MasterClient} says.
+
+    @ivar connected: whether each worker the masters know is connected; a
+        worker not in it is unknown (L{worker_connected} raises).
+    @ivar paused: the pause reason of each paused worker.
+    @ivar controls: C{(master nickname, worker, "pause" or "unpause")} for
+        every pause or unpause asked, even refused.
     """
 
     def __init__(self, flavour: str = "modern") -> None:
@@ -274,6 +284,9 @@ class FakeMaster:
         self.requests: list[tuple[str, str, str]] = []
         self.error: Exception | None = None
         self.on_shutdown: Callable[[str], None] | None = None
+        self.connected: dict[str, bool] = {}
+        self.paused: dict[str, str] = {}
+        self.controls: list[tuple[str, str, str]] = []
 
     async def shutdown_worker(self, master: MasterRecord, worker: str, reason: str) -> ShutdownRequested:
         self.requests.append((master.nickname, worker, reason))
@@ -282,3 +295,27 @@ class FakeMaster:
         if self.on_shutdown is not None:
             self.on_shutdown(worker)
         return ShutdownRequested(f"http://{master.fqdn}/api/v2/workers/{worker}", self.flavour, 200)
+
+    async def worker_connected(self, master: MasterRecord, worker: str) -> bool | None:
+        if self.error is not None:
+            raise self.error
+        if self.flavour == "0.8":
+            return None
+        if worker not in self.connected:
+            raise MasterError(f"master {master.nickname}: the master does not know worker {worker}")
+        return self.connected[worker]
+
+    async def pause_worker(self, master: MasterRecord, worker: str, reason: str) -> None:
+        self._control(master, worker, "pause")
+        self.paused[worker] = reason
+
+    async def unpause_worker(self, master: MasterRecord, worker: str) -> None:
+        self._control(master, worker, "unpause")
+        self.paused.pop(worker, None)
+
+    def _control(self, master: MasterRecord, worker: str, verb: str) -> None:
+        self.controls.append((master.nickname, worker, verb))
+        if self.error is not None:
+            raise self.error
+        if self.flavour == "0.8":
+            raise cannot_on_08(master, verb)

@@ -65,10 +65,12 @@ class SlaveAPI:
     url: str
     context: Context
 
-    async def post(self, slave: str, action: str, waittime: float = 60) -> dict[str, Any]:
-        """Request an action and wait for it (bounded by C{waittime}); its result dict."""
+    async def post(self, slave: str, action: str, waittime: float = 60, **fields: str) -> dict[str, Any]:
+        """Request an action (with form C{fields}) and wait for it (bounded by C{waittime}); its result dict."""
         response = await treq.post(
-            f"{self.url}/slaves/{slave}/actions/{action}", data={"waittime": str(waittime)}, timeout=waittime + 10
+            f"{self.url}/slaves/{slave}/actions/{action}",
+            data={"waittime": str(waittime), **fields},
+            timeout=waittime + 10,
         )
         body: dict[str, Any] = await response.json()
         assert response.code == 200, body  # finished within waittime
