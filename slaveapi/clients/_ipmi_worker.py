@@ -10,12 +10,21 @@ A request::
 
     {"id": 7, "host": "10.0.0.5", "port": 623, "username": "ADMIN",
      "password": "...", "op": "status"}            # or "op": "control", "directive": 0..5
+                                                   # or "op": "set_boot", "selector": 1 | 2 | 6
+                                                   # or "op": "get_boot"
 
 An answer::
 
     {"id": 7, "ok": true, "powered": true}         # status
-    {"id": 7, "ok": true}                          # control
+    {"id": 7, "ok": true}                          # control, set_boot
+    {"id": 7, "ok": true, "valid": true, "persistent": false, "selector": 1}   # get_boot
     {"id": 7, "ok": false, "kind": "setup" | "auth" | "command", "message": "..."}
+
+C{set_boot} is Set System Boot Options (netfn 0x00, command 0x08) of
+parameter 5, the boot flags, with the "valid" bit set and the "persistent"
+bit clear: the BMC forces boot device C{selector} (IPMI 2.0 table 28-14,
+data byte 2 bits 5:2) at the next boot only. C{get_boot} is Get System Boot
+Options (command 0x09) of the same parameter, answered as its bits.
 
 C{kind} C{setup} means the session could not be set up (no BMC answered, or
 it broke off): the caller may retry. C{auth} means the BMC refused the user
@@ -41,6 +50,13 @@ from typing import IO, Any
 
 # Chassis control directives (IPMI 2.0, table 28-4) the client may send.
 _DIRECTIVES = frozenset({0, 1, 2, 3, 5})
+# Boot device selectors (IPMI 2.0, table 28-14) the client may force: PXE, hard drive, BIOS setup.
+_SELECTORS = frozenset({1, 2, 6})
+_OPS = ("status", "control", "set_boot", "get_boot")
+# Boot options parameter 5, the boot flags; data byte 1 bit 7 "valid", bit 6 "persistent".
+_BOOT_FLAGS = 5
+_FLAG_VALID = 0x80
+_FLAG_PERSISTENT = 0x40
 
 # Session set-up errors that mean the credentials (or the user's role) were refused.
 _AUTH_MARKERS = (
@@ -78,9 +94,14 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         username = str(request["username"])
         op = request["op"]
         directive = int(request.get("directive", -1))
+        selector = int(request.get("selector", -1))
     except (KeyError, TypeError, ValueError) as error:
         return {"id": ident, "ok": False, "kind": "command", "message": f"bad request: {type(error).__name__}"}
-    if op not in ("status", "control") or (op == "control" and directive not in _DIRECTIVES):
+    if (
+        op not in _OPS
+        or (op == "control" and directive not in _DIRECTIVES)
+        or (op == "set_boot" and selector not in _SELECTORS)
+    ):
         return {"id": ident, "ok": False, "kind": "command", "message": "bad request: unknown operation"}
 
     try:
@@ -96,15 +117,23 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     try:
         if op == "status":
             response = cmd.raw_command(netfn=0, command=1)
-        else:
+        elif op == "control":
             response = cmd.raw_command(netfn=0, command=2, data=[directive])
+        elif op == "set_boot":
+            # Parameter, flags (valid, this boot only, legacy BIOS), device selector, then bytes 3-5.
+            response = cmd.raw_command(netfn=0, command=8, data=[_BOOT_FLAGS, _FLAG_VALID, selector << 2, 0, 0, 0])
+        else:
+            # Parameter, set selector, block selector.
+            response = cmd.raw_command(netfn=0, command=9, data=[_BOOT_FLAGS, 0, 0])
         if "error" in response:
             return {"id": ident, "ok": False, "kind": "command", "message": _scrub(str(response["error"]), password)}
+        data = response.get("data") or b""
         if op == "status":
-            data = response.get("data") or b""
             if not data:
                 return {"id": ident, "ok": False, "kind": "command", "message": "empty chassis status"}
             return {"id": ident, "ok": True, "powered": bool(data[0] & 1)}
+        if op == "get_boot":
+            return _boot_flags(ident, data)
         return {"id": ident, "ok": True}
     except Exception as error:
         message = _scrub(str(error) if str(error) != "None" else "", password)
@@ -113,6 +142,20 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         # The answer is already decided; a logout that fails changes nothing of it.
         with contextlib.suppress(Exception):
             cmd.ipmi_session.logout()
+
+
+def _boot_flags(ident: Any, data: Any) -> dict[str, Any]:
+    """The answer to C{get_boot}, from Get System Boot Options' response data."""
+    # Parameter version, then the parameter selector (bit 7: invalid or locked), then the flags.
+    if len(data) < 4 or data[1] & 0x7F != _BOOT_FLAGS:
+        return {"id": ident, "ok": False, "kind": "command", "message": "unreadable boot flags answer"}
+    return {
+        "id": ident,
+        "ok": True,
+        "valid": bool(data[2] & _FLAG_VALID),
+        "persistent": bool(data[2] & _FLAG_PERSISTENT),
+        "selector": (data[3] >> 2) & 0x0F,
+    }
 
 
 def _write(out: IO[str], message: dict[str, Any]) -> None:

@@ -1,9 +1,13 @@
 """
-IPMI client: read and set a machine's chassis power through its BMC (IPMI 2.0, RMCP+).
+IPMI client: read and set a machine's chassis power and next boot device through its BMC (IPMI 2.0, RMCP+).
 
 The reboot action uses it after SSH and Mozpool: L{IPMIClient.available}
 says whether a BMC answers, L{IPMIClient.powercycle} takes the machine down
-(gracefully first) and brings it back.
+(gracefully first) and brings it back. The power actions use
+L{IPMIClient.power_state} and L{IPMIClient.set_power}, and
+L{IPMIClient.set_boot_device} / L{IPMIClient.boot_device} for a one-time
+boot device (the chassis boot flags: forced device, "valid", not
+"persistent"; a BMC clears them once the machine has booted).
 
 Execution model
 ===============
@@ -108,6 +112,22 @@ _STEP_NAMES = {
     "cycle": "power cycle",
     "reset": "power reset",
     "soft": "soft power off",
+}
+
+#: The devices L{IPMIClient.set_boot_device} accepts, and their boot device
+#: selectors (IPMI 2.0, table 28-14): PXE, the default hard drive, BIOS setup.
+BOOT_SELECTORS: dict[str, int] = {"pxe": 0b0001, "disk": 0b0010, "bios": 0b0110}
+
+# What L{IPMIClient.boot_device} calls the other selectors a BMC may report (set by someone else).
+_OTHER_SELECTORS = {
+    0b0011: "disk-safe-mode",
+    0b0100: "diagnostic",
+    0b0101: "cdrom",
+    0b0111: "remote-floppy",
+    0b1000: "remote-cdrom",
+    0b1001: "remote-media",
+    0b1011: "remote-disk",
+    0b1111: "floppy",
 }
 
 _WORKER_MODULE = "slaveapi.clients._ipmi_worker"
@@ -395,7 +415,7 @@ def _reason(error: IPMIError) -> str:
 @implementer(IIPMI)
 class IPMIClient:
     """
-    Chassis power through BMCs, with our own deadlines (see the module docstring).
+    Chassis power and the next boot device through BMCs, with our own deadlines (see the module docstring).
 
     @param config: port, deadline, retries, pool size, the per-BMC limit and the power-cycle timings.
     @param username: the BMC user (C{[slaves] ipmi_username}).
@@ -429,6 +449,35 @@ class IPMIClient:
         if directive is None:
             raise ValueError(f"unknown power state {state!r}; expected one of {', '.join(POWER_DIRECTIVES)}")
         await self._call(host, _STEP_NAMES[state], {"op": "control", "directive": directive})
+
+    async def set_boot_device(self, host: str, device: str) -> None:
+        """
+        Boot the machine from C{device} at its next boot only; returns once the BMC accepted it.
+
+        @param device: C{pxe}, C{disk} (the default hard drive) or C{bios} (BIOS setup).
+        @raise ValueError: C{device} is none of those (nothing is sent).
+        """
+        selector = BOOT_SELECTORS.get(device)
+        if selector is None:
+            raise ValueError(f"unknown boot device {device!r}; expected one of {', '.join(BOOT_SELECTORS)}")
+        await self._call(host, f"set boot device {device}", {"op": "set_boot", "selector": selector})
+
+    async def boot_device(self, host: str) -> str | None:
+        """
+        The device the BMC forces at the next boot: C{pxe}, C{disk}, C{bios}
+        (or the name of another selector, such as C{cdrom}, should someone
+        have set one); C{None} when the boot flags are not valid or force no device.
+        """
+        answer = await self._call(host, "boot device status", {"op": "get_boot"})
+        selector = int(answer.get("selector") or 0)
+        if not answer.get("valid") or selector == 0:
+            return None
+        if answer.get("persistent"):
+            _log.info("ipmi: {host}: boot device override is persistent, not for the next boot only", host=host)
+        for device, known in BOOT_SELECTORS.items():
+            if known == selector:
+                return device
+        return _OTHER_SELECTORS.get(selector, f"selector {selector:04b}b")
 
     async def available(self, host: str) -> bool:
         """Whether a BMC at C{host} answers a power-state query (False rather than an error)."""

@@ -18,7 +18,7 @@ Each public call is one short conversation with one BMC:
   3. The C{Systems} collection, then the one ComputerSystem: the member
      whose id is C{[redfish] system_id}, else the only member. A BMC with
      several systems and no C{system_id} is an error naming their ids.
-  4. The call itself (read, reset, boot override).
+  4. The call itself (read, reset, set or read the boot override).
   5. C{DELETE} the session, bounded, best effort: a failure is logged, never
      raised (the BMC expires the session anyway).
 
@@ -396,6 +396,40 @@ class RedfishClient:
         if target not in BOOT_TARGETS:
             raise ValueError(f"boot target {target!r}: expected one of {', '.join(BOOT_TARGETS)}")
         await self._with_system(host, lambda login, system: self._boot_once(host, login, system, target))
+
+    async def boot_override(self, host: str) -> str | None:
+        """
+        The one-time boot target pending: the system's
+        C{Boot.BootSourceOverrideTarget} (C{Pxe}, C{Hdd}, C{BiosSetup}, or
+        another the BMC names) while C{BootSourceOverrideEnabled} is C{Once}
+        (or C{Continuous}: set by someone else for every boot, the next one
+        included; logged); C{None} when it is C{Disabled} (or absent), or
+        the target is C{None}.
+
+        @raise RedfishError: the override is unreadable.
+        """
+        step = "reading the boot override"
+        system = await self._with_system(host, None)
+        boot = system.data.get("Boot")
+        if boot is None:
+            return None
+        if not isinstance(boot, dict):
+            raise RedfishError(host, step, "Boot is not a JSON object")
+        enabled = boot.get("BootSourceOverrideEnabled")
+        target = boot.get("BootSourceOverrideTarget")
+        if enabled in (None, "Disabled") or target in (None, "None"):
+            return None
+        if enabled not in ("Once", "Continuous"):
+            raise RedfishError(host, step, f"unknown BootSourceOverrideEnabled {_quoted(enabled)}")
+        if not isinstance(target, str) or not target:
+            raise RedfishError(host, step, f"unknown BootSourceOverrideTarget {_quoted(target)}")
+        if enabled == "Continuous":
+            _log.info(
+                "Redfish {bmc}: boot override {target} is for every boot, not the next one only",
+                bmc=host,
+                target=target,
+            )
+        return target
 
     async def close(self) -> None:
         """Close the idle connections of the client's own pool."""

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from slaveapi.clients.ssh import replace_file
 from slaveapi.fdlimit import raise_open_files_limit
+from slaveapi.lab._ca import LabCA
 from slaveapi.lab.bmc import LabBMCs
 from slaveapi.lab.bugzilla import BugzillaFake
 from slaveapi.lab.buildbot import LabBuildbots
@@ -43,6 +44,8 @@ DEFAULT_DOMAIN = "build.scl3.slaveapi.test"
 #: 12-machine lab, bld-linux64-lab-010 (see L{_redfish_bmcs}).
 DEFAULT_REDFISH_SHARE = 0.25
 _MIN_TOKEN_LENGTH = 16
+#: The lab CA's certificate, written beside the ini (C{[redfish] ca_bundle}).
+CA_FILE = "lab-ca.pem"
 
 
 class Lab:
@@ -62,6 +65,7 @@ class Lab:
     @ivar bugzilla_api_key: the only API key Bugzilla accepts.
     @ivar ipmi_username: the BMC user; C{ipmi_password} its password.
     @ivar snmp_community: the PDUs' write community.
+    @ivar ca: the lab's certificate authority (its key never leaves this process).
     """
 
     _log = Logger()
@@ -92,6 +96,7 @@ class Lab:
         self.ipmi_password = "lab-" + secrets.token_urlsafe(9)
         self.snmp_community = "lab-" + secrets.token_hex(6)
         self.host_key = generate_host_key()
+        self.ca = LabCA()
         self.power = PowerControl(reactor, clock, boot_time)
         self.bugzilla = BugzillaFake(fleet, self.bugzilla_api_key, self.bugzilla_user, clock)
         self.buildbots = LabBuildbots(reactor, fleet, clock, command_delay=command_delay)
@@ -167,7 +172,7 @@ class Lab:
             )
             lab.redfish = LabRedfish.start(
                 reactor, [m for m in lab.fleet.machines if m.redfish], lab.power, lab.ipmi_username,
-                lab.ipmi_password,
+                lab.ipmi_password, ca=lab.ca,
             )
             lab.pdus = LabPDUs.start(
                 reactor, lab.fleet, lab.power, 0, lab.snmp_community, apc_hosts={f"{APC_PDU_NAME}.{domain}"}
@@ -212,7 +217,8 @@ class Lab:
         api_tokens: dict[str, str] | None = None,
     ) -> str:
         """
-        Write C{slaveapi.ini} and C{credentials.json} pointing at this lab.
+        Write C{slaveapi.ini}, C{credentials.json} and the lab CA's
+        certificate (L{CA_FILE}) pointing at this lab.
 
         @param listen: the endpoint SlaveAPI itself listens on.
         @param api_tokens: client name to bearer token (16 characters at
@@ -239,13 +245,14 @@ class Lab:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(credentials, handle, indent=2)
             handle.write("\n")
+        self.ca.write_certificate(os.path.join(directory, CA_FILE))
         ini_path = os.path.join(directory, "slaveapi.ini")
         with open(ini_path, "w", encoding="utf-8") as handle:
             handle.write(self.config_text(listen))
         return ini_path
 
     def config_text(self, listen: str = "tcp:9999:interface=127.0.0.1") -> str:
-        """The ini L{write_config} writes (it names C{credentials.json} beside it)."""
+        """The ini L{write_config} writes (it names C{credentials.json} and L{CA_FILE} beside it)."""
         url = self.http_url
         return (
             "# SlaveAPI against the simulated fleet; written by slaveapi.lab.\n"
@@ -335,8 +342,11 @@ class Lab:
                 "poll_interval = 0.2\npower_delay = 0.5\n\n"
             )
         if self.redfish is not None and self.redfish.port:
-            # Plain HTTP on loopback, as the other fakes; basic authentication with the BMC user.
-            text += f"[redfish]\nscheme = http\nport = {self.redfish.port}\ntimeout = 5\nretries = 1\n\n"
+            # HTTPS verified against the lab's CA, as against a site's own; the client logs in with sessions.
+            text += (
+                f"[redfish]\nscheme = https\nport = {self.redfish.port}\nca_bundle = {CA_FILE}\n"
+                "timeout = 5\nretries = 1\n\n"
+            )
         if self.pdus is not None:
             text += (
                 f"[snmp]\nport = {self.pdus.port}\ntimeout = 1\nretries = 1\nstate_timeout = 10\n"

@@ -8,7 +8,8 @@ than one for very large fleets: one process serves at most
 C{per_process} BMCs, select() limits it to about a thousand), relays the
 chassis commands clients send to the lab's L{PowerControl}, and, as a
 power observer, tells the BMCs each machine's power state so that
-C{power status} answers the lab's truth:
+C{power status} answers the lab's truth, and when it has booted, so that
+a one-time boot device a client set (kept by the BMC) is used up:
 
   - C{off}: power cut at once (L{PowerControl.power_off});
   - C{soft}: an ACPI shutdown request; a running OS stops its buildbot and
@@ -104,6 +105,12 @@ class _BMCProcess(ChildProcess):
     def _message(self, message: dict[str, Any]) -> None:
         if message.get("event") == "power":
             self._owner._power_command(str(message.get("machine")), str(message.get("action")))
+        elif message.get("event") == "boot":
+            _log.info(
+                "lab: BMC of {machine}: next boot from {device}",
+                machine=str(message.get("machine")),
+                device=str(message.get("device")),
+            )
 
 
 class LabBMCs:
@@ -256,10 +263,10 @@ class LabBMCs:
         if call is not None and call.active():
             call.cancel()
 
-    def _tell(self, machine: LabMachine) -> None:
+    def _tell(self, machine: LabMachine, booted: bool = False) -> None:
         child = self._child_of.get(machine.name)
         if child is not None and not self.stopping:
-            child.send({"machine": machine.name, "powered": machine.powered})
+            child.send({"machine": machine.name, "powered": machine.powered, "booted": booted})
 
     # PowerObserver
 
@@ -268,8 +275,8 @@ class LabBMCs:
         self._tell(machine)
 
     def machine_up(self, machine: LabMachine) -> None:
-        """Tell the machine's BMC its power state (on)."""
-        self._tell(machine)
+        """Tell the machine's BMC its power state (on), and that it booted (its one-time boot device is used)."""
+        self._tell(machine, booted=True)
 
     def stop(self) -> Deferred[None]:
         """End the BMC processes (SIGTERM by PID, SIGKILL if they linger); fires when all are gone."""

@@ -12,12 +12,21 @@ JSON lines:
          "port": 6230, "username": "ADMIN", "password": "..."}
 
     then power state changes decided by the lab, C{{"machine": name, "powered": bool}},
-    which is what C{get power} answers from then on. End of stdin ends the process.
+    which is what C{get power} answers from then on, with C{"booted": true}
+    when the machine's OS has just started. End of stdin ends the process.
   - stdout: C{{"event": "ready"}} once every BMC listens, then one
     C{{"event": "power", "machine": name, "action": "off" | "on" | "soft" | "reset" | "cycle"}}
     per chassis control command a client sent. The lab applies it and
     sends the resulting state back; until then the BMC assumes C{off} and
-    C{on} took effect.
+    C{on} took effect. And one C{{"event": "boot", "machine": name,
+    "device": "network" | "hd" | "setup" | "default"}} per boot device a
+    client set (for the lab's log).
+
+The boot device is kept here, per machine, as a BMC keeps its boot flags:
+Set System Boot Options (parameter 5) forces a device for the next boot,
+Get System Boot Options answers it (pyghmi's server answers "valid, this
+boot only"), and the lab's C{"booted"} clears it, as a BIOS does with a
+one-time override once it has used it.
   - stderr: diagnostics. If pyghmi's server loop dies the process exits
     with status 2.
 
@@ -57,6 +66,9 @@ _RAKP_HMAC_SHA1 = 1
 # RMCP+ status code: no cipher suite matches the proposed algorithms.
 _NO_MATCHING_CIPHER_SUITE = 0x11
 _OPEN_SESSION_REQUEST = 0x10
+# System boot options parameter 5, the boot flags; bit 7 of their first byte says they are valid.
+_BOOT_FLAGS = 5
+_BOOT_FLAG_VALID = 0x80
 
 
 class _Chassis:
@@ -65,6 +77,8 @@ class _Chassis:
     def __init__(self, out: IO[str], powered: dict[str, bool]) -> None:
         self._out = out
         self._powered = dict(powered)
+        # pyghmi's names of the boot device forced for the next boot, by machine.
+        self._boot: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def powered(self, name: str) -> bool:
@@ -75,6 +89,25 @@ class _Chassis:
         with self._lock:
             if name in self._powered:
                 self._powered[name] = powered
+
+    def boot_device(self, name: str) -> str:
+        """The device forced at the machine's next boot, C{default} for none."""
+        with self._lock:
+            return self._boot.get(name, "default")
+
+    def set_boot_device(self, name: str, device: str) -> None:
+        """A client forced C{device} (C{default}: none) for the next boot; the lab hears of it."""
+        with self._lock:
+            if device == "default":
+                self._boot.pop(name, None)
+            else:
+                self._boot[name] = device
+        self.send({"event": "boot", "machine": name, "device": device})
+
+    def booted(self, name: str) -> None:
+        """The machine booted: its one-time boot device is used up."""
+        with self._lock:
+            self._boot.pop(name, None)
 
     def command(self, name: str, action: str) -> None:
         """A client asked for C{action}: tell the lab, and assume the obvious outcome meanwhile."""
@@ -183,6 +216,21 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]  # pyghmi ships no types
     def power_shutdown(self) -> None:
         self._chassis.command(self.name, "soft")
 
+    def get_boot_device(self) -> str:
+        return self._chassis.boot_device(self.name)
+
+    def set_boot_device(self, bootdevice: str) -> None:
+        self._chassis.set_boot_device(self.name, bootdevice)
+
+    def set_system_boot_options(self, request: dict[str, Any], session: Any) -> None:
+        """As pyghmi's, but boot flags without the "valid" bit clear the override (pyghmi ignores the bit)."""
+        data = request.get("data") or b""
+        if len(data) >= 2 and data[0] & 0x7F == _BOOT_FLAGS and not data[1] & _BOOT_FLAG_VALID:
+            self._chassis.set_boot_device(self.name, "default")
+            session.send_ipmi_response()
+            return
+        super().set_system_boot_options(request, session)
+
 
 def _recv_without_blocking(sock: socket.socket, size: int) -> tuple[bytes, Any] | None:
     """pyghmi's C{_io_recvfrom}, without switching the socket to non-blocking mode first."""
@@ -265,6 +313,8 @@ def main() -> int:
         try:
             change = json.loads(line)
             chassis.set_powered(str(change["machine"]), bool(change["powered"]))
+            if change.get("booted"):
+                chassis.booted(str(change["machine"]))
         except (ValueError, KeyError, TypeError):
             print(f"bmc_server: ignoring unreadable line {line[:200]!r}", file=sys.stderr)
     return 0

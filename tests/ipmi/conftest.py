@@ -140,7 +140,8 @@ async def ipmitool(host: str, port: int, password: str, *command: str, timeout: 
 # --- ipmi_sim -----------------------------------------------------------------
 
 _CHASSIS_SCRIPT = """#!/bin/sh
-# ipmi_sim chassis_control: "<mc> get power" / "<mc> set power 0|1" / "set reset 1" / "set shutdown 1".
+# ipmi_sim chassis_control: "<mc> get power" / "<mc> set power 0|1" / "set reset 1" / "set shutdown 1"
+# / "get boot" / "set boot none|pxe|default|bios|cdrom" (ipmi_sim's names of the boot device selectors).
 dir=$(dirname "$0")
 echo "$*" >> "$dir/calls"
 shift
@@ -148,6 +149,8 @@ case "$1 $2" in
   "get power") if [ -f "$dir/power" ]; then echo "power:$(cat "$dir/power")"; else echo "power:1"; fi ;;
   "set power") echo "$3" > "$dir/power" ;;
   "set shutdown") if [ -f "$dir/refuse_shutdown" ]; then exit 1; fi; echo 0 > "$dir/power" ;;
+  "get boot") if [ -f "$dir/boot" ]; then echo "boot:$(cat "$dir/boot")"; else echo "boot:none"; fi ;;
+  "set boot") if [ -f "$dir/refuse_boot" ]; then exit 1; fi; echo "$3" > "$dir/boot" ;;
 esac
 exit 0
 """
@@ -176,6 +179,16 @@ class IPMISim:
     def refuse_soft_off(self) -> None:
         """From now on the chassis script fails C{set shutdown} (ipmi_sim answers an error)."""
         (self.directory / "refuse_shutdown").touch()
+
+    def refuse_boot_device(self) -> None:
+        """From now on the chassis script fails C{set boot} (ipmi_sim answers an error)."""
+        (self.directory / "refuse_boot").touch()
+
+    @property
+    def boot(self) -> str:
+        """The boot device ipmi_sim last handed its chassis script (C{none} if none)."""
+        boot = self.directory / "boot"
+        return boot.read_text().strip() if boot.exists() else "none"
 
     def set_powered(self, powered: bool) -> None:
         (self.directory / "power").write_text("1\n" if powered else "0\n")

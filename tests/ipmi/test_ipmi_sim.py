@@ -132,6 +132,64 @@ async def test_set_power_rejects_unknown_states(clients: Clients) -> None:
     assert clients.workers() == []
 
 
+def test_the_client_provides_its_interface() -> None:
+    from zope.interface.verify import verifyClass
+
+    from slaveapi.interfaces import IIPMI
+
+    assert verifyClass(IIPMI, IPMIClient)
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_boot_device_reaches_ipmi_sim_which_never_marks_it_valid(ipmi_sim: IPMISim, clients: Clients) -> None:
+    client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
+    # ipmi_sim's names: "default" is its name for the default hard drive (selector 0010b).
+    for device, sim_name in (("pxe", "pxe"), ("disk", "default"), ("bios", "bios")):
+        await _run(client.set_boot_device("127.0.0.1", device))
+        assert ipmi_sim.boot == sim_name
+        # ipmi_sim answers the device but never the flags' "valid" bit: per the spec, no override.
+        assert await _run(client.boot_device("127.0.0.1")) is None
+    assert ipmi_sim.control_calls() == ["0x20 set boot pxe", "0x20 set boot default", "0x20 set boot bios"]
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        (b"\x01\x05\x80\x04\x00\x00\x00", {"ok": True, "valid": True, "persistent": False, "selector": 1}),
+        (b"\x01\x05\xc0\x18\x00\x00\x00", {"ok": True, "valid": True, "persistent": True, "selector": 6}),
+        (b"\x01\x05\x00\x08\x00\x00\x00", {"ok": True, "valid": False, "persistent": False, "selector": 2}),
+        (b"\x01\x04\x80\x04", {"ok": False, "kind": "command", "message": "unreadable boot flags answer"}),
+        (b"\x01\x05\x80", {"ok": False, "kind": "command", "message": "unreadable boot flags answer"}),
+    ],
+)
+def test_the_worker_reads_the_boot_flags_bits(data: bytes, answer: dict[str, Any]) -> None:
+    from slaveapi.clients._ipmi_worker import _boot_flags
+
+    assert _boot_flags(3, data) == dict(answer, id=3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_boot_device_rejects_unknown_devices_before_sending(clients: Clients) -> None:
+    client = clients.make(_config(9), SIM_PASSWORD)
+    with pytest.raises(ValueError, match="unknown boot device 'cdrom'; expected one of pxe, disk, bios"):
+        await client.set_boot_device("127.0.0.1", "cdrom")
+    assert clients.workers() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_boot_device_is_a_clear_error_not_retried(ipmi_sim: IPMISim, clients: Clients) -> None:
+    ipmi_sim.refuse_boot_device()
+    client = clients.make(_config(ipmi_sim.port, retries=2), SIM_PASSWORD)
+    hosts = _count_requests(client)
+    with pytest.raises(IPMIError) as raised:
+        await _run(client.set_boot_device("127.0.0.1", "pxe"))
+    assert not isinstance(raised.value, IPMIUnavailable)
+    assert str(raised.value).startswith("IPMI set boot device pxe on 127.0.0.1: ")
+    assert SIM_PASSWORD not in str(raised.value)
+    assert hosts == ["127.0.0.1"]
+    assert ipmi_sim.boot == "none"
+
+
 @pytest_twisted.ensureDeferred
 async def test_powercycle_soft_off_then_on(ipmi_sim: IPMISim, clients: Clients) -> None:
     client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)

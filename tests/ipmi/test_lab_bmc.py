@@ -216,6 +216,51 @@ async def test_powercycle_falls_back_to_hard_off_and_a_dead_machine_stays_dead(
 
 
 @pytest_twisted.ensureDeferred
+async def test_boot_device_is_kept_per_machine_until_it_boots(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
+    from slaveapi.clients import poll_until
+
+    lab, port, password = lab_bmcs.lab, lab_bmcs.bmcs.port, lab_bmcs.password
+    machine, other = lab.machine("bld-linux64-lab-006"), lab.machine("bld-linux64-lab-001")
+    host = machine.mgmt_ip
+    assert host is not None and other.mgmt_ip is not None
+    client = clients.make(lab_bmcs.config(), password)
+    assert await client.boot_device(host) is None
+    for device in ("disk", "bios", "pxe"):
+        await client.set_boot_device(host, device)
+        assert await client.boot_device(host) == device
+    assert await client.boot_device(other.mgmt_ip) is None
+
+    # ipmitool reads the same boot flags: valid, this boot only, PXE.
+    shown = await ipmitool(host, port, password, "chassis", "bootparam", "get", "5")
+    assert shown.code == 0, shown.err
+    for line in ("Boot Flag Valid", "Options apply to only next boot", "Boot Device Selector : Force PXE"):
+        assert line in shown.out, shown.out
+
+    # A device set by someone else is named too.
+    cdrom = await ipmitool(host, port, password, "chassis", "bootdev", "cdrom")
+    assert cdrom.code == 0, cdrom.err
+    assert await client.boot_device(host) == "cdrom"
+
+    # Boot flags without the "valid" bit clear the override.
+    clear = ("raw", "0x00", "0x08", "0x05", "0x00", "0x04", "0x00", "0x00", "0x00")
+    cleared = await ipmitool(host, port, password, *clear)
+    assert cleared.code == 0, cleared.err
+    assert await client.boot_device(host) is None
+
+    # A one-time override is used up when the machine next boots.
+    await client.set_boot_device(host, "bios")
+    up = lab_bmcs.watcher.expect(machine.name, "up")
+    lab.reboot(machine.name)
+    await bounded(up, 5)
+
+    async def used_up() -> bool:
+        return await client.boot_device(host) is None
+
+    # The BMC process hears of the boot over its pipe: poll until it has (bounded).
+    assert await poll_until(reactor, used_up, 0.02, 10.0, "boot device used up")
+
+
+@pytest_twisted.ensureDeferred
 async def test_client_wrong_password_and_unknown_user(lab_bmcs: LabWithBMCs, clients: Clients) -> None:
     host = lab_bmcs.lab.machine("bld-linux64-lab-001").mgmt_ip
     wrong = clients.make(lab_bmcs.config(), "wrong-password")

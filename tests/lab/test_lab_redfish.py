@@ -1,22 +1,37 @@
-"""The lab's Redfish BMCs (slaveapi.lab.redfish) against SlaveAPI's own Redfish client, on the real reactor."""
+"""
+The lab's Redfish BMCs (slaveapi.lab.redfish) against SlaveAPI's own Redfish
+client, on the real reactor: HTTPS verified against the lab's CA, sessions.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
 from twisted.internet.defer import Deferred
 
-from slaveapi.clients.redfish import RedfishAuthError, RedfishClient
-from slaveapi.config import RedfishConfig, Secret
+from slaveapi.clients.redfish import (
+    RedfishAuthError,
+    RedfishClient,
+    RedfishUnavailable,
+    make_redfish_http,
+)
+from slaveapi.config import RedfishConfig, Secret, load_config
+from slaveapi.lab import Lab
+from slaveapi.lab._ca import LabCA
 from slaveapi.lab._lab import _redfish_bmcs
 from slaveapi.lab.fleet import build_fleet
 from slaveapi.lab.machines import LabMachine
 from slaveapi.lab.power import PowerControl
-from slaveapi.lab.redfish import RESET_TYPES, LabRedfish
+from slaveapi.lab.redfish import RESET_TYPES, SESSION_TIMEOUT, LabRedfish
 
 DOMAIN = "build.scl3.slaveapi.test"
 PASSWORD = "lab-redfish-pw"
@@ -53,6 +68,12 @@ class _Running:
     service: LabRedfish
     client: RedfishClient
     watcher: _Watcher
+    config: RedfishConfig
+    #: The session clock's reading, which the tests move on.
+    now: list[float]
+
+    def url(self, path: str) -> str:
+        return f"https://{self.machine.mgmt_ip}:{self.service.port}{path}"
 
 
 def _bounded(waiting: Deferred[None], seconds: float = 10.0) -> Deferred[None]:
@@ -61,8 +82,12 @@ def _bounded(waiting: Deferred[None], seconds: float = 10.0) -> Deferred[None]:
     return waiting.addTimeout(seconds, reactor)
 
 
+def _https(port: int, ca_bundle: Path) -> RedfishConfig:
+    return RedfishConfig(scheme="https", port=port, ca_bundle=str(ca_bundle), timeout=5.0, retries=0)
+
+
 @pytest_twisted.async_yield_fixture
-async def running() -> AsyncIterator[_Running]:
+async def running(tmp_path: Path) -> AsyncIterator[_Running]:
     from twisted.internet import reactor
 
     fleet = build_fleet(12, DOMAIN, time.time())
@@ -71,15 +96,35 @@ async def running() -> AsyncIterator[_Running]:
     power = PowerControl(reactor, time.time, 0.2)
     watcher = _Watcher()
     power.add_observer(watcher)
-    service = LabRedfish.start(reactor, machines, power, "ADMIN", PASSWORD)
-    config = RedfishConfig(scheme="http", port=service.port, timeout=5.0, retries=0)
+    ca = LabCA()
+    now = [1000.0]
+    service = LabRedfish.start(reactor, machines, power, "ADMIN", PASSWORD, ca=ca, clock=lambda: now[0])
+    config = _https(service.port, Path(ca.write_certificate(str(tmp_path / "lab-ca.pem"))))
     client = RedfishClient(config, "ADMIN", Secret(PASSWORD), reactor)
     try:
-        yield _Running(machines[0], service, client, watcher)
+        yield _Running(machines[0], service, client, watcher, config, now)
     finally:
         power.stop()
         await client.close()
         await service.stop()
+
+
+async def _request(running: _Running, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+    """One HTTPS request to the machine's BMC, verified as the client does: status, headers, JSON (or None)."""
+    from twisted.internet import reactor
+
+    http, pool = make_redfish_http(reactor, running.config)
+    try:
+        response = await http.request(method, running.url(path), **kwargs).addTimeout(10, reactor)
+        body = await response.content()
+    finally:
+        await pool.closeCachedConnections()
+    return response.code, response.headers, json.loads(body) if body else None
+
+
+async def _open_session(running: _Running, password: str = PASSWORD) -> tuple[int, Any, Any]:
+    body = json.dumps({"UserName": "ADMIN", "Password": password}).encode()
+    return await _request(running, "POST", "/redfish/v1/SessionService/Sessions", data=body)
 
 
 def test_a_quarter_of_the_twelve_machine_labs_bmcs_speak_redfish() -> None:
@@ -91,13 +136,113 @@ def test_a_quarter_of_the_twelve_machine_labs_bmcs_speak_redfish() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_client_reads_the_lab_bmc(running: _Running) -> None:
+async def test_the_client_reads_the_lab_bmc_over_verified_https_in_sessions(running: _Running) -> None:
     host = running.machine.mgmt_ip
     assert host is not None
+    assert running.config.scheme == "https" and running.config.verify
     assert await running.client.available(host) is True
     assert await running.client.power_state(host) == "on"
     assert await running.client.health(host) == "OK"
     assert await running.client.reset_types(host) == RESET_TYPES
+    bmc = running.service.bmcs[running.machine.name]
+    # One session per call (not basic authentication), each closed again.
+    assert bmc.sessions_opened == 3
+    assert bmc.sessions == {}
+
+
+def test_each_bmc_certificate_names_its_mgmt_host_and_address(running: _Running) -> None:
+    machine = running.machine
+    certificate = x509.load_pem_x509_certificate(running.service.certificates[machine.name].certificate_pem)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["bld-linux64-lab-010-mgmt." + DOMAIN]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(machine.mgmt_ip or "")]
+    assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_trusting_another_ca_is_refused_and_nothing_happens(
+    running: _Running, tmp_path: Path
+) -> None:
+    from twisted.internet import reactor
+
+    host = running.machine.mgmt_ip
+    assert host is not None
+    other = Path(LabCA().write_certificate(str(tmp_path / "other-ca.pem")))
+    stranger = RedfishClient(_https(running.service.port, other), "ADMIN", Secret(PASSWORD), reactor)
+    try:
+        with pytest.raises(RedfishUnavailable, match="TLS"):
+            await stranger.reset(host, "ForceOff")
+        assert await stranger.available(host) is False
+    finally:
+        await stranger.close()
+    assert running.machine.powered and running.service.resets == []
+    assert running.service.bmcs[running.machine.name].sessions_opened == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_is_opened_used_and_deleted(running: _Running) -> None:
+    code, headers, session = await _open_session(running)
+    assert code == 201
+    token = headers.getRawHeaders(b"x-auth-token")[0]
+    location = headers.getRawHeaders(b"location")[0].decode()
+    assert location == session["@odata.id"] == "/redfish/v1/SessionService/Sessions/1"
+    assert session["UserName"] == "ADMIN"
+    code, _, system = await _request(running, "GET", "/redfish/v1/Systems/1", headers={"X-Auth-Token": token})
+    assert code == 200 and system["PowerState"] == "On"
+    code, _, sessions = await _request(
+        running, "GET", "/redfish/v1/SessionService/Sessions", headers={"X-Auth-Token": token}
+    )
+    assert code == 200 and sessions["Members"] == [{"@odata.id": location}]
+    code, _, _ = await _request(running, "DELETE", location, headers={"X-Auth-Token": token})
+    assert code == 204
+    code, _, _ = await _request(running, "GET", "/redfish/v1/Systems/1", headers={"X-Auth-Token": token})
+    assert code == 401
+    assert running.service.bmcs[running.machine.name].sessions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_password_opens_no_session(running: _Running) -> None:
+    code, headers, answer = await _open_session(running, "wrong")
+    assert code == 401
+    assert headers.getRawHeaders(b"x-auth-token") is None
+    assert answer["error"]["message"] == "credentials refused"
+    assert running.service.bmcs[running.machine.name].sessions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_unused_for_its_timeout_expires(running: _Running) -> None:
+    _, headers, _ = await _open_session(running)
+    token = headers.getRawHeaders(b"x-auth-token")[0]
+    running.now[0] += SESSION_TIMEOUT - 1
+    code, _, _ = await _request(running, "GET", "/redfish/v1/Systems", headers={"X-Auth-Token": token})
+    assert code == 200
+    # That use kept it alive for another timeout; one without use ends it.
+    running.now[0] += SESSION_TIMEOUT - 1
+    code, _, _ = await _request(running, "GET", "/redfish/v1/Systems", headers={"X-Auth-Token": token})
+    assert code == 200
+    running.now[0] += SESSION_TIMEOUT + 1
+    code, _, _ = await _request(running, "GET", "/redfish/v1/Systems", headers={"X-Auth-Token": token})
+    assert code == 401
+    assert running.service.bmcs[running.machine.name].sessions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_basic_authentication_is_still_accepted(running: _Running) -> None:
+    code, _, system = await _request(running, "GET", "/redfish/v1/Systems/1", auth=("ADMIN", PASSWORD))
+    assert code == 200 and system["Name"] == running.machine.name
+    code, _, _ = await _request(running, "GET", "/redfish/v1/Systems/1", auth=("ADMIN", "wrong"))
+    assert code == 401
+    assert running.service.bmcs[running.machine.name].sessions_opened == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_root_links_the_sessions_without_credentials(running: _Running) -> None:
+    code, _, root = await _request(running, "GET", "/redfish/v1")
+    assert code == 200
+    assert root["Links"]["Sessions"] == {"@odata.id": "/redfish/v1/SessionService/Sessions"}
+    assert root["SessionService"] == {"@odata.id": "/redfish/v1/SessionService"}
+    code, _, _ = await _request(running, "GET", "/redfish/v1/SessionService")
+    assert code == 401
 
 
 @pytest_twisted.ensureDeferred
@@ -128,13 +273,25 @@ async def test_force_off_cuts_the_power_and_on_brings_it_back(running: _Running)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_boot_override_lasts_until_the_next_boot(running: _Running) -> None:
+    machine, host = running.machine, running.machine.mgmt_ip
+    assert host is not None
+    await running.client.set_boot_once(host, "Pxe")
+    assert await running.client.boot_override(host) == "Pxe"
+    up = running.watcher.expect(machine.name, "up")
+    await running.client.reset(host, "ForceRestart")
+    assert await running.client.boot_override(host) == "Pxe"
+    await _bounded(up)
+    assert await running.client.boot_override(host) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_credentials_are_refused_and_nothing_happens(running: _Running) -> None:
     from twisted.internet import reactor
 
     host = running.machine.mgmt_ip
     assert host is not None
-    config = RedfishConfig(scheme="http", port=running.service.port, timeout=5.0, retries=0)
-    intruder = RedfishClient(config, "ADMIN", Secret("wrong"), reactor)
+    intruder = RedfishClient(running.config, "ADMIN", Secret("wrong"), reactor)
     try:
         with pytest.raises(RedfishAuthError):
             await intruder.reset(host, "ForceOff")
@@ -147,3 +304,25 @@ async def test_wrong_credentials_are_refused_and_nothing_happens(running: _Runni
 async def test_a_machine_without_a_redfish_bmc_does_not_answer(running: _Running) -> None:
     # bld-linux64-lab-001's BMC (127.1.1.1) speaks IPMI: nothing listens there for Redfish.
     assert await running.client.available("127.1.1.1") is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_labs_ini_trusts_its_ca_and_reaches_its_redfish_bmc(lab: Lab, tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    ini = lab.write_config(str(tmp_path / "etc"))
+    config = load_config(ini)
+    bundle = tmp_path / "etc" / "lab-ca.pem"
+    assert lab.redfish is not None
+    assert (config.redfish.scheme, config.redfish.port) == ("https", lab.redfish.port)
+    assert (config.redfish.verify, config.redfish.ca_bundle) == (True, str(bundle))
+    # The CA's certificate only: its key stays in the lab's process.
+    assert bundle.read_bytes() == lab.ca.certificate_pem and b"PRIVATE KEY" not in bundle.read_bytes()
+    machine = lab.machine("bld-linux64-lab-010")
+    assert machine.redfish and machine.mgmt_ip
+    client = RedfishClient(config.redfish, "ADMIN", config.credentials.ipmi, reactor)
+    try:
+        assert await client.power_state(machine.mgmt_ip) == "on"
+    finally:
+        await client.close()
+    assert lab.redfish.bmcs[machine.name].sessions_opened == 1

@@ -134,6 +134,60 @@ def test_boot_once_patches_the_override() -> None:
     assert fake.systems["1"]["Boot"]["BootSourceOverrideEnabled"] == "Once"
 
 
+def test_boot_override_reads_back_what_boot_once_set() -> None:
+    fake = FakeRedfish()
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.boot_override(BMC)) is None  # Disabled, target None
+    _run(stub, client.set_boot_once(BMC, "Hdd"))
+    assert _run(stub, client.boot_override(BMC)) == "Hdd"
+    assert fake.requests[-1].method == "GET"
+
+
+@pytest.mark.parametrize(
+    ("boot", "expected"),
+    [
+        ({"BootSourceOverrideEnabled": "Disabled", "BootSourceOverrideTarget": "Pxe"}, None),
+        ({"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "None"}, None),
+        ({"BootSourceOverrideEnabled": "Once"}, None),
+        ({"BootSourceOverrideTarget": "Pxe"}, None),
+        ({"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "BiosSetup"}, "BiosSetup"),
+        ({"BootSourceOverrideEnabled": "Continuous", "BootSourceOverrideTarget": "Pxe"}, "Pxe"),
+    ],
+)
+def test_boot_override_is_none_unless_enabled_with_a_target(boot: dict[str, Any], expected: str | None) -> None:
+    fake = FakeRedfish()
+    fake.systems["1"]["Boot"] = boot
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.boot_override(BMC)) == expected
+
+
+def test_a_system_without_boot_has_no_override() -> None:
+    fake = FakeRedfish()
+    del fake.systems["1"]["Boot"]
+    client, stub, _ = _client(fake)
+    assert _run(stub, client.boot_override(BMC)) is None
+
+
+@pytest.mark.parametrize(
+    ("boot", "reason"),
+    [
+        ("Pxe", "Boot is not a JSON object"),
+        (
+            {"BootSourceOverrideEnabled": "Sometimes", "BootSourceOverrideTarget": "Pxe"},
+            "unknown BootSourceOverrideEnabled 'Sometimes'",
+        ),
+        ({"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": 7}, "unknown BootSourceOverrideTarget 7"),
+    ],
+)
+def test_an_unreadable_boot_override_is_an_error(boot: Any, reason: str) -> None:
+    fake = FakeRedfish()
+    fake.systems["1"]["Boot"] = boot
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.boot_override(BMC))
+    assert str(raised.value) == f"Redfish {BMC}: reading the boot override failed: {reason}"
+
+
 def test_a_boot_target_not_allowed_is_refused() -> None:
     fake = FakeRedfish()
     client, stub, _ = _client(fake)

@@ -119,8 +119,15 @@ async def test_boot_override_once(plain: sushy.Emulator) -> None:
     try:
         await client.set_boot_once(HOST, "Pxe")
         assert _boot(plain)["BootSourceOverrideTarget"] == "Pxe"
+        assert await client.boot_override(HOST) == "Pxe"
         await client.set_boot_once(HOST, "Hdd")
         assert _boot(plain)["BootSourceOverrideTarget"] == "Hdd"
+        # sushy-emulator keeps every override (libvirt's way), so it reports
+        # Continuous rather than Once; the override is still the next boot's.
+        assert _boot(plain)["BootSourceOverrideEnabled"] == "Continuous"
+        with capturedLogs() as events:
+            assert await client.boot_override(HOST) == "Hdd"
+        assert any("is for every boot, not the next one only" in formatEvent(event) for event in events)
         # The emulator's allowed targets are Pxe, Cd, Hdd and UefiHttp: no BiosSetup.
         with pytest.raises(RedfishError, match=r"boot override BiosSetup failed: not offered; the BMC allows Pxe, Cd"):
             await client.set_boot_once(HOST, "BiosSetup")
