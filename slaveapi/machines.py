@@ -241,6 +241,9 @@ class Slave:
     bug: Bug | None = None
     recent_jobs: list[dict[str, Any]] = field(default_factory=list)
     buildbot_host: str | None = None
+    #: The power channels it has, in the order the power actions try them
+    #: (C{redfish}, C{ipmi}, C{pdu}, C{mozpool}); C{None} until looked for.
+    power_channels: list[str] | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -283,6 +286,7 @@ class Slave:
             "recent_jobs": self.recent_jobs,
             "buildbotslave": {"name": self.buildbot_host} if self.buildbot_host else None,
             "mozpool_server": self.mozpool_server,
+            "power_channels": self.power_channels,
             "master": (
                 {"nickname": self.master.nickname, "fqdn": self.master.fqdn, "http_port": self.master.http_port}
                 if self.master

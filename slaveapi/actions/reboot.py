@@ -50,10 +50,10 @@ from collections.abc import Awaitable, Callable
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
+from slaveapi.actions._channels import look_up_bmc
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
 from slaveapi.clients import ClientError, poll_until
 from slaveapi.clients.bugzilla import Bug
-from slaveapi.clients.dns import DNSError
 from slaveapi.clients.redfish import RedfishError
 from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
 from slaveapi.interfaces import SSHSessionSpec
@@ -141,23 +141,11 @@ class _Escalation(StatusLines):
         C{method} saying why there is none.
         """
         if self._bmc is None:
-            self._bmc = await self._look_up_bmc()
+            self._bmc = await look_up_bmc(self.run.ctx, self.slave)
         address, why = self._bmc
         if why is not None:
             self.skip(method, why)
         return address
-
-    async def _look_up_bmc(self) -> tuple[str | None, str | None]:
-        name = self.slave.ipmi
-        if not name:
-            return None, "no -mgmt interface in DNS"
-        try:
-            bmc = await self.run.ctx.clients.dns.lookup_host(name)
-        except DNSError as error:
-            return None, f"looking up {name} failed: {_one_line(error)}"
-        if bmc is None:
-            return None, f"{name} does not resolve"
-        return bmc.ip, None
 
     def skip(self, method: str, why: str) -> None:
         self.add(f"Skipping {method} reboot: {why}.")

@@ -2,12 +2,22 @@
 
 from types import MappingProxyType
 
-from slaveapi.actions import aws, buildslave_last_activity, buildslave_uptime, disable, reboot, shutdown_buildslave
+from slaveapi.actions import (
+    aws,
+    buildslave_last_activity,
+    buildslave_uptime,
+    disable,
+    power,
+    quarantine,
+    reboot,
+    shutdown_buildslave,
+)
 
 ACTIONS = MappingProxyType(
     {
         action.name: action
         for action in (buildslave_uptime.ACTION, buildslave_last_activity.ACTION, reboot.ACTION,
-                       shutdown_buildslave.ACTION, disable.ACTION, *aws.ACTIONS)
+                       shutdown_buildslave.ACTION, disable.ACTION, *aws.ACTIONS, *quarantine.ACTIONS,
+                       *power.ACTIONS)
     }
 )

@@ -23,8 +23,9 @@ from ._schema import ConfigError
 
 #: What a token may be allowed to do: C{read} (GETs under C{protect_reads}),
 #: C{inspect} (uptime, last activity), C{reboot} (reboot, shutdown_buildslave),
-#: C{disable}, C{aws} (AWS instances).
-API_SCOPES: Final = ("read", "inspect", "reboot", "disable", "aws")
+#: C{disable}, C{aws} (AWS instances), C{power} (power_on, power_off,
+#: power_cycle, boot_device; power_status is C{inspect}).
+API_SCOPES: Final = ("read", "inspect", "reboot", "disable", "aws", "power")
 
 #: Letters, digits and C{. _ @ + -}: client names go into logs and bug comments.
 _CLIENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")

@@ -286,6 +286,29 @@ class RebootConfig:
 
 
 @dataclass(frozen=True)
+class PowerConfig:
+    """
+    C{[power]}: the power actions' read-backs (C{power_on}, C{power_off},
+    C{power_cycle}, C{boot_device}) and the power channels
+    C{GET /slaves/<slave>} shows.
+
+    @ivar poll_interval: seconds between reads of the power state (or the
+        boot override) while waiting for it to match what was asked.
+    @ivar verify_timeout: how long after a power change or a boot-device
+        change the state read back may take to match, per channel.
+    @ivar soft_off_timeout: how long a graceful shutdown (C{soft=yes}) may
+        take to leave the power off: the OS shuts down first.
+    @ivar discovery_timeout: how long C{GET /slaves/<slave>} waits for the
+        machine's BMC to say whether it speaks Redfish or IPMI.
+    """
+
+    poll_interval: float = field(default=2.0, metadata=ini(Number(0.05)))
+    verify_timeout: float = field(default=120.0, metadata=ini(Number(0.1)))
+    soft_off_timeout: float = field(default=300.0, metadata=ini(Number(0.1)))
+    discovery_timeout: float = field(default=15.0, metadata=ini(Number(0.1)))
+
+
+@dataclass(frozen=True)
 class BuildbotConfig:
     """
     C{[buildbot]} and C{[masters]}: graceful shutdowns through Buildbot masters.
@@ -406,6 +429,7 @@ class Config:
     snmp: SNMPConfig = field(default=SNMPConfig(), metadata=part("snmp"))
     mozpool: MozpoolConfig = field(default=MozpoolConfig(), metadata=part("mozpool"))
     reboot: RebootConfig = field(default=RebootConfig(), metadata=part("reboot"))
+    power: PowerConfig = field(default=PowerConfig(), metadata=part("power"))
     buildbot: BuildbotConfig = field(default=BuildbotConfig(), metadata=part("buildbot"))
     aws: AWSConfig = field(default=AWSConfig(), metadata=part("aws"))
     store: StoreConfig = field(default=StoreConfig(), metadata=part("store"))

@@ -2,6 +2,12 @@
 In-memory power control (IPMI, Redfish, PDU outlets, Mozpool) that records every call
 and ends each as scripted: a power cycle of the L{FakeHosts} machine behind
 it, or an error, after a delay on the reactor's clock (a timeout, say).
+
+Power states read back are the machine's own (on while it is up or
+booting), unless C{power_states} scripts answers for a target; switching
+the power on or off acts on the machine as the real BMC or outlet would.
+One-time boot devices (IPMI) and boot overrides (Redfish) are remembered
+per BMC and read back as set.
 """
 
 from __future__ import annotations
@@ -34,8 +40,13 @@ class _PowerControl:
     """
     What the three fakes share.
 
-    @ivar outcomes: by target (BMC address, outlet, device name); others end as C{default}.
+    @ivar outcomes: by target (BMC address, outlet, device name), how calls
+        that change something end; others end as C{default}. Reads answer
+        at once, from the machine or C{power_states}.
     @ivar calls: C{(call, target)} for every call made.
+    @ivar power_states: by target, power states (C{"on"}, C{"off"}) the
+        power-state reads answer in turn (the last one from then on)
+        instead of the machine's.
     """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
@@ -44,19 +55,42 @@ class _PowerControl:
         self.outcomes: dict[str, Outcome] = {}
         self.default = Outcome()
         self.calls: list[tuple[str, str]] = []
+        self.power_states: dict[str, list[str]] = {}
         self.closed = False
 
-    async def _cycle(self, call: str, target: str, machine: Callable[[FakeHosts], FakeHost | None]) -> None:
-        self.calls.append((call, target))
+    async def _scripted(self, target: str) -> None:
+        """End as scripted for C{target}: wait, then raise its error if it has one."""
         outcome = self.outcomes.get(target, self.default)
         if outcome.after:
             await deferLater(self._reactor, outcome.after, lambda: None)
         if outcome.error is not None:
             raise outcome.error
+
+    async def _cycle(self, call: str, target: str, machine: Callable[[FakeHosts], FakeHost | None]) -> None:
+        self.calls.append((call, target))
+        await self._scripted(target)
         if self._hosts is not None:
             host = machine(self._hosts)
             if host is not None:
                 self._hosts.go_down(host)
+
+    def _powered(self, target: str, machine: FakeHost | None) -> bool:
+        """The scripted state for C{target}, else whether C{machine} has power (no machine: on)."""
+        scripted = self.power_states.get(target)
+        if scripted:
+            return (scripted.pop(0) if len(scripted) > 1 else scripted[0]) == "on"
+        if machine is None or self._hosts is None:
+            return True
+        return self._hosts.powered(machine)
+
+    def _switch(self, machine: FakeHost | None, on: bool) -> None:
+        """Power C{machine} on or off (nothing without one)."""
+        if machine is None or self._hosts is None:
+            return
+        if on:
+            self._hosts.power_on(machine)
+        else:
+            self._hosts.power_off(machine)
 
     async def close(self) -> None:
         """Record that the client was released."""
@@ -65,11 +99,55 @@ class _PowerControl:
 
 @implementer(IIPMI)
 class FakeIPMI(_PowerControl):
-    """BMCs by address; a BMC answers when a machine has it, unless its address is in C{silent}."""
+    """
+    BMCs by address; a BMC answers when a machine has it, unless its address is in C{silent}.
+
+    C{set_power} acts on the machine: C{on} powers it on, C{off} cuts its
+    power, C{soft} too (when it is up: a running OS shuts down; a hung one
+    ignores it), C{reset} and C{cycle} reboot it.
+
+    @ivar boot_devices: by address, the one-time boot device set.
+    """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
         super().__init__(reactor, hosts)
         self.silent: set[str] = set()
+        self.boot_devices: dict[str, str] = {}
+
+    def _machine(self, host: str) -> FakeHost | None:
+        return self._hosts.by_bmc(host) if self._hosts is not None else None
+
+    async def power_state(self, host: str) -> bool:
+        """The scripted state, else whether the machine has power."""
+        self.calls.append(("power_state", host))
+        return self._powered(host, self._machine(host))
+
+    async def set_power(self, host: str, state: str) -> None:
+        """Change the machine's power as C{state} says, as scripted."""
+        self.calls.append((f"set_power {state}", host))
+        if state not in ("on", "off", "soft", "reset", "cycle"):
+            raise ValueError(f"unknown power state {state!r}")
+        await self._scripted(host)
+        machine = self._machine(host)
+        if machine is None or self._hosts is None:
+            return
+        if state in ("reset", "cycle"):
+            self._hosts.go_down(machine)
+        elif state != "soft" or machine.up:
+            self._switch(machine, state == "on")
+
+    async def set_boot_device(self, host: str, device: str) -> None:
+        """Remember C{device} for the BMC, as scripted."""
+        self.calls.append((f"set_boot_device {device}", host))
+        if device not in ("pxe", "disk", "bios"):
+            raise ValueError(f"unknown boot device {device!r}")
+        await self._scripted(host)
+        self.boot_devices[host] = device
+
+    async def boot_device(self, host: str) -> str | None:
+        """The boot device set for the BMC, if any."""
+        self.calls.append(("boot_device", host))
+        return self.boot_devices.get(host)
 
     async def available(self, host: str) -> bool:
         """Whether the BMC at C{host} answers."""
@@ -109,7 +187,6 @@ class FakeRedfish(_PowerControl):
         super().__init__(reactor, hosts)
         self.silent: set[str] = set()
         self.reset_kinds: dict[str, tuple[str, ...]] = {}
-        self.power_states: dict[str, list[str]] = {}
         self.boot_once: dict[str, str] = {}
         self._discovery = BMCDiscovery(self.available)
 
@@ -141,13 +218,7 @@ class FakeRedfish(_PowerControl):
     async def power_state(self, host: str) -> str:
         """The scripted state, else C{"on"} while the machine is up or booting, C{"off"} otherwise."""
         self.calls.append(("power_state", host))
-        scripted = self.power_states.get(host)
-        if scripted:
-            return scripted.pop(0) if len(scripted) > 1 else scripted[0]
-        machine = self._machine(host)
-        if machine is None or self._hosts is None:
-            return "on"
-        return "on" if self._hosts.powered(machine) else "off"
+        return "on" if self._powered(host, self._machine(host)) else "off"
 
     async def health(self, host: str) -> str | None:
         """Always C{"OK"}."""
@@ -160,30 +231,45 @@ class FakeRedfish(_PowerControl):
         allowed = self.reset_kinds.get(host, REDFISH_RESET_TYPES)
         if reset_type not in allowed:
             raise RedfishError(host, f"reset {reset_type}", f"not offered; the BMC allows {', '.join(allowed)}")
-        outcome = self.outcomes.get(host, self.default)
-        if outcome.after:
-            await deferLater(self._reactor, outcome.after, lambda: None)
-        if outcome.error is not None:
-            raise outcome.error
+        await self._scripted(host)
         machine = self._machine(host)
         if machine is None or self._hosts is None:
             return
-        if reset_type in ("GracefulRestart", "ForceRestart"):
+        if reset_type in ("GracefulRestart", "ForceRestart", "PowerCycle"):
             self._hosts.go_down(machine)
-        elif reset_type in ("ForceOff", "GracefulShutdown"):
-            self._hosts.power_off(machine)
+        elif reset_type == "ForceOff" or (reset_type == "GracefulShutdown" and machine.up):
+            self._switch(machine, False)
         elif reset_type == "On":
-            self._hosts.power_on(machine)
+            self._switch(machine, True)
 
     async def set_boot_once(self, host: str, target: str) -> None:
         """Remember C{target} for the BMC."""
         self.calls.append((f"set_boot_once {target}", host))
         self.boot_once[host] = target
 
+    async def boot_override(self, host: str) -> str | None:
+        """The one-time boot target set for the BMC, if any."""
+        self.calls.append(("boot_override", host))
+        return self.boot_once.get(host)
+
 
 @implementer(IPDU)
 class FakePDU(_PowerControl):
-    """PDU outlets, by their C{host:outlet} text."""
+    """PDU outlets, by their C{host:outlet} text; switching one powers its machine on or off."""
+
+    def _machine(self, outlet: PDUOutlet) -> FakeHost | None:
+        return self._hosts.by_outlet(str(outlet)) if self._hosts is not None else None
+
+    async def outlet_state(self, outlet: PDUOutlet) -> bool:
+        """The scripted state, else whether the outlet's machine has power."""
+        self.calls.append(("outlet_state", str(outlet)))
+        return self._powered(str(outlet), self._machine(outlet))
+
+    async def set_outlet(self, outlet: PDUOutlet, on: bool) -> None:
+        """Switch the outlet, as scripted."""
+        self.calls.append((f"set_outlet {'on' if on else 'off'}", str(outlet)))
+        await self._scripted(str(outlet))
+        self._switch(self._machine(outlet), on)
 
     async def powercycle(self, outlet: PDUOutlet, progress: Callable[[str], None] | None = None) -> None:
         """Switch the outlet off and on, as scripted."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
+from slaveapi.actions.power import power_channels
 from slaveapi.clients.http import RemoteError
 from slaveapi.clients.slavealloc import filter_slaves
 from slaveapi.context import Context
@@ -36,6 +37,8 @@ async def show_slave(ctx: Context, request: IRequest, name: str) -> bytes:
     """
     The machine's dict; 404 for a machine SlaveAPI does not know (nothing
     else is asked about it), 502 when slavealloc could not be asked.
+    Its C{power_channels} are the channels the power actions would try, in
+    order (the BMC given C{[power] discovery_timeout} to say what it speaks).
     """
     try:
         slave = await find_slave(ctx, name)
@@ -44,4 +47,5 @@ async def show_slave(ctx: Context, request: IRequest, name: str) -> bytes:
     except IdentificationFailed as error:
         raise HTTPProblem(502, "bad_gateway", f"slave: {error}") from None
     await load_slave_info(ctx, slave)
+    slave.power_channels = await power_channels(ctx, slave)
     return json_body(request, slave.to_dict())

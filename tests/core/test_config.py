@@ -435,11 +435,11 @@ def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> 
         ("[Probes]\nmethod = tcp\n", "[Probes]: unknown section; did you mean 'probes'?"),
         ("[cluster]\nnodes = 3\n", "[cluster]: unknown section; expected one of server, slavealloc, inventory, "
          "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
-         "mozpool, reboot, buildbot, masters, aws, store, devices, timeouts"),
+         "mozpool, reboot, power, buildbot, masters, aws, store, devices, timeouts"),
         ("[mozpool]\nhost = imaging\n", "[mozpool] host: unknown key; expected one of scheme, port"),
         ("[DEFAULT]\ntimeout = 3\n", "[DEFAULT]: unknown section; expected one of server, slavealloc, inventory, "
          "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
-         "mozpool, reboot, buildbot, masters, aws, store, devices, timeouts"),
+         "mozpool, reboot, power, buildbot, masters, aws, store, devices, timeouts"),
     ],
 )
 def test_unknown_sections_and_keys_stop_loading(tmp_path: Path, text: str, expected: str) -> None:
@@ -729,11 +729,11 @@ def test_api_tokens_may_carry_scopes_and_the_old_form_has_them_all(tmp_path: Pat
     ("entry", "expected"),
     [
         ({"token": _TOKEN, "scopes": ["read", "shutdown"]}, "api_tokens.dashboard.scopes: unknown scope 'shutdown'; "
-         "expected some of read, inspect, reboot, disable, aws"),
+         "expected some of read, inspect, reboot, disable, aws, power"),
         ({"token": _TOKEN, "scopes": "read"}, "api_tokens.dashboard.scopes: expected a list of scopes from read, "
-         "inspect, reboot, disable, aws"),
+         "inspect, reboot, disable, aws, power"),
         ({"token": _TOKEN}, "api_tokens.dashboard.scopes: expected a list of scopes from read, inspect, reboot, "
-         "disable, aws"),
+         "disable, aws, power"),
         (
             {"token": "short", "scopes": ["read"]},
             "api_tokens.dashboard.token: expected a token of at least 16 characters",

@@ -217,6 +217,13 @@ def test_every_action_declares_a_known_scope() -> None:
         "aws_start_instance": "aws",
         "aws_stop_instance": "aws",
         "aws_terminate_instance": "aws",
+        "power_status": "inspect",
+        "power_on": "power",
+        "power_off": "power",
+        "power_cycle": "power",
+        "boot_device": "power",
+        "pause_buildslave": "disable",
+        "unpause_buildslave": "disable",
     }
     assert {action.scope for action in ACTIONS.values()} | {"read"} == set(API_SCOPES)
 
@@ -231,7 +238,7 @@ def test_authorize_names_the_missing_scope() -> None:
     assert refused.value.msg == "scope: the token of 'dashboard' lacks the 'reboot' scope needed for reboot"
     with pytest.raises(HTTPProblem) as undeclared:
         authorize(reader, None, "some_action")
-    assert "'aws' and 'disable' and 'reboot' scopes" in undeclared.value.msg
+    assert "'aws' and 'disable' and 'power' and 'reboot' scopes" in undeclared.value.msg
     authorize(Client("admin", frozenset(API_SCOPES)), None, "some_action")
 
 

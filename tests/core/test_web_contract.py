@@ -470,6 +470,13 @@ def test_every_action_is_served_under_its_routes() -> None:
         "start": "aws_start_instance",
         "stop": "aws_stop_instance",
         "terminate": "aws_terminate_instance",
+        "power_status": "power_status",
+        "power_on": "power_on",
+        "power_off": "power_off",
+        "power_cycle": "power_cycle",
+        "boot_device": "boot_device",
+        "pause_buildslave": "pause_buildslave",
+        "unpause_buildslave": "unpause_buildslave",
     }
 
 

@@ -1,0 +1,368 @@
+"""
+The ways SlaveAPI can switch a machine's power, one class per channel, and
+which of them a machine has.
+
+A machine's channels, in the order the power actions try them: Redfish
+(its BMC C{<name>-mgmt} resolves and speaks Redfish), IPMI (the BMC
+resolves, does not speak Redfish, and answers IPMI), its PDU outlet (from
+inventory) and Mozpool (an imaging server in inventory). Redfish and IPMI
+share the one BMC: a machine has one of them, never both, so an action that
+used Redfish on a BMC never tries IPMI on it too (as C{reboot} does). Which
+BMCs speak Redfish is discovered once per BMC and remembered by the Redfish
+client; a failure through a BMC makes it forget (L{Channel.failed}), so the
+next discovery asks again.
+
+Every channel answers the same operations: read the power state, switch
+the power on or off (gracefully where it can), cycle it, set the next boot
+device and read it back. One a channel cannot do raises L{CannotDo}, whose
+text is one line naming the channel (C{PDU: cannot set a boot device}).
+Remote failures are the clients' own L{ClientError}s, each bounded by its
+client's deadlines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Final
+
+from slaveapi._text import error_line
+from slaveapi.clients import ClientError, poll_until, within
+from slaveapi.clients.dns import DNSError
+from slaveapi.clients.inventory import PDUOutlet
+from slaveapi.clients.redfish import RedfishError
+from slaveapi.context import Context
+from slaveapi.machines import Slave
+
+#: The boot devices the C{boot_device} action takes, and Redfish's name for each.
+REDFISH_BOOT_TARGETS: Final = {"pxe": "Pxe", "disk": "Hdd", "bios": "BiosSetup"}
+BOOT_DEVICES: Final = tuple(REDFISH_BOOT_TARGETS)
+
+#: Redfish resets that cycle the power in one request, in order of preference.
+REDFISH_CYCLES: Final = ("PowerCycle", "ForceRestart")
+
+#: Told short lines about a step in progress (for the status text).
+Progress = Callable[[str], None]
+
+
+class CannotDo(Exception):
+    """A channel cannot do what was asked at all; the text is one line naming it."""
+
+
+class NotVerified(Exception):
+    """The state read back did not become what was asked in time: why, in one line."""
+
+
+def _word(on: bool) -> str:
+    return "on" if on else "off"
+
+
+class Channel:
+    """
+    One way to control one machine's power.
+
+    @cvar key: its name in JSON (C{redfish}, C{ipmi}, C{pdu}, C{mozpool}).
+    @cvar label: its name in status lines (C{Redfish}, ...).
+    @cvar reads_power: whether it can read the power state back; one that
+        cannot confirms a cycle by watching the machine go down and come
+        back (L{confirm_cycle}).
+    """
+
+    key: ClassVar[str]
+    label: ClassVar[str]
+    reads_power: ClassVar[bool] = True
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def cannot(self, what: str) -> CannotDo:
+        """The L{CannotDo} saying this channel cannot do C{what}."""
+        return CannotDo(f"{self.label}: cannot {what}")
+
+    async def powered(self) -> bool:
+        """Whether the machine has power now."""
+        raise self.cannot("read the power state")
+
+    async def check_switch(self, on: bool, soft: bool) -> None:
+        """
+        Raise L{CannotDo} unless the channel can switch the power C{on} (or
+        off; with C{soft} gracefully), before anything is read or sent.
+        """
+        if soft and not on:
+            raise self.cannot("shut down gracefully")
+
+    async def switch(self, on: bool, soft: bool) -> None:
+        """Ask for the power on or off (C{soft}: a graceful shutdown); returns once accepted."""
+        raise self.cannot(f"power {_word(on)}")
+
+    async def cycle(self, progress: Progress) -> None:
+        """Cycle the power (on at the end); returns once the channel did its part."""
+        raise self.cannot("cycle the power")
+
+    async def confirm_cycle(self) -> str:
+        """Wait (bounded) until the cycle shows; the outcome's words. Raises L{NotVerified}."""
+        await self.wait_for_power(True, self.ctx.config.power.verify_timeout)
+        return "power is on"
+
+    async def set_boot_device(self, device: str) -> None:
+        """Boot from C{device} (one of L{BOOT_DEVICES}) the next time only."""
+        raise self.cannot("set a boot device")
+
+    async def boot_device(self) -> str | None:
+        """The boot device set for the next boot, C{None} when none is."""
+        raise self.cannot("read the boot device")
+
+    def failed(self) -> None:
+        """Called after an operation through the channel failed."""
+
+    async def wait_for_power(self, on: bool, timeout: float) -> None:
+        """
+        Read the power state every C{[power] poll_interval} seconds until it
+        is C{on}, for at most C{timeout} seconds.
+
+        @raise NotVerified: it was not by then.
+        """
+
+        async def reached() -> bool:
+            return await self.powered() == on
+
+        await poll_until(
+            self.ctx.reactor,
+            reached,
+            self.ctx.config.power.poll_interval,
+            timeout,
+            f"{self.label}: power {_word(on)}",
+            timeout_error=lambda: NotVerified(f"the power was still {_word(not on)} after {timeout:g}s"),
+        )
+
+
+class RedfishChannel(Channel):
+    """The machine's BMC, over Redfish."""
+
+    key = "redfish"
+    label = "Redfish"
+
+    def __init__(self, ctx: Context, bmc: str) -> None:
+        super().__init__(ctx)
+        self.bmc = bmc
+
+    async def powered(self) -> bool:
+        return await self.ctx.clients.redfish.power_state(self.bmc) == "on"
+
+    async def check_switch(self, on: bool, soft: bool) -> None:
+        if soft and not on and "GracefulShutdown" not in await self.ctx.clients.redfish.reset_types(self.bmc):
+            raise self.cannot("shut down gracefully (the BMC does not offer GracefulShutdown)")
+
+    async def switch(self, on: bool, soft: bool) -> None:
+        kind = "On" if on else ("GracefulShutdown" if soft else "ForceOff")
+        await self.ctx.clients.redfish.reset(self.bmc, kind)
+
+    async def cycle(self, progress: Progress) -> None:
+        """
+        C{PowerCycle} or C{ForceRestart} when the BMC advertises one, else
+        C{ForceOff}, a wait (bounded) for the power to read off, and C{On};
+        a machine that is off is only powered on.
+        """
+        redfish = self.ctx.clients.redfish
+        if not await self.powered():
+            progress("already off; power on requested")
+            await redfish.reset(self.bmc, "On")
+            return
+        kinds = await redfish.reset_types(self.bmc)
+        one_request = next((kind for kind in REDFISH_CYCLES if kind in kinds), None)
+        if one_request is not None:
+            progress(f"{one_request} requested")
+            await redfish.reset(self.bmc, one_request)
+            return
+        if "ForceOff" not in kinds or "On" not in kinds:
+            offered = ", ".join(kinds) or "none"
+            raise RedfishError(
+                self.bmc, "choosing a reset", f"it offers none of PowerCycle, ForceRestart, ForceOff and On ({offered})"
+            )
+        progress("ForceOff requested")
+        await redfish.reset(self.bmc, "ForceOff")
+        await self.wait_for_power(False, self.ctx.config.power.verify_timeout)
+        progress("powered off; power on requested")
+        await redfish.reset(self.bmc, "On")
+
+    async def set_boot_device(self, device: str) -> None:
+        await self.ctx.clients.redfish.set_boot_once(self.bmc, REDFISH_BOOT_TARGETS[device])
+
+    async def boot_device(self) -> str | None:
+        target = await self.ctx.clients.redfish.boot_override(self.bmc)
+        return next((device for device, name in REDFISH_BOOT_TARGETS.items() if name == target), target)
+
+    def failed(self) -> None:
+        self.ctx.clients.redfish.forget(self.bmc)
+
+
+class IPMIChannel(Channel):
+    """The machine's BMC, over IPMI."""
+
+    key = "ipmi"
+    label = "IPMI"
+
+    def __init__(self, ctx: Context, bmc: str) -> None:
+        super().__init__(ctx)
+        self.bmc = bmc
+
+    async def powered(self) -> bool:
+        return await self.ctx.clients.ipmi.power_state(self.bmc)
+
+    async def check_switch(self, on: bool, soft: bool) -> None:
+        """IPMI can do all of it (a soft off is an ACPI shutdown request)."""
+
+    async def switch(self, on: bool, soft: bool) -> None:
+        await self.ctx.clients.ipmi.set_power(self.bmc, "on" if on else ("soft" if soft else "off"))
+
+    async def cycle(self, progress: Progress) -> None:
+        """The IPMI client's power cycle, which itself confirms the power went off and came on."""
+        await self.ctx.clients.ipmi.powercycle(self.bmc, progress)
+
+    async def set_boot_device(self, device: str) -> None:
+        await self.ctx.clients.ipmi.set_boot_device(self.bmc, device)
+
+    async def boot_device(self) -> str | None:
+        return await self.ctx.clients.ipmi.boot_device(self.bmc)
+
+    def failed(self) -> None:
+        # Perhaps the BMC speaks Redfish now: the next discovery asks it again.
+        self.ctx.clients.redfish.forget(self.bmc)
+
+
+class PDUChannel(Channel):
+    """The machine's PDU outlet: power only, and never gracefully."""
+
+    key = "pdu"
+    label = "PDU"
+
+    def __init__(self, ctx: Context, outlet: PDUOutlet) -> None:
+        super().__init__(ctx)
+        self.outlet = outlet
+
+    async def powered(self) -> bool:
+        return await self.ctx.clients.pdu.outlet_state(self.outlet)
+
+    async def switch(self, on: bool, soft: bool) -> None:
+        await self.ctx.clients.pdu.set_outlet(self.outlet, on)
+
+    async def cycle(self, progress: Progress) -> None:
+        """The PDU client's power cycle, which itself confirms the outlet went off and came on."""
+        await self.ctx.clients.pdu.powercycle(self.outlet, progress)
+
+
+class MozpoolChannel(Channel):
+    """
+    The machine's Mozpool imaging server: it can only cycle the power, and
+    cannot read it, so the cycle is confirmed by the probe seeing the
+    machine go down and come back.
+    """
+
+    key = "mozpool"
+    label = "Mozpool"
+    reads_power = False
+
+    def __init__(self, ctx: Context, server: str, device: str, address: str) -> None:
+        super().__init__(ctx)
+        self.server = server
+        self.device = device
+        self.address = address
+
+    async def check_switch(self, on: bool, soft: bool) -> None:
+        raise self.cannot(f"power {_word(on)} (it can only cycle the power)")
+
+    async def cycle(self, progress: Progress) -> None:
+        await self.ctx.clients.mozpool.power_cycle(self.server, self.device)
+
+    async def confirm_cycle(self) -> str:
+        waited = await self.ctx.clients.prober.wait_for_reboot(self.address)
+        if not waited.went_down:
+            raise NotVerified("it never went down")
+        if not waited.came_back:
+            raise NotVerified("it went down but did not come back")
+        return "it went down and came back"
+
+
+async def look_up_bmc(ctx: Context, slave: Slave) -> tuple[str | None, str | None]:
+    """
+    The address of the machine's BMC (its C{-mgmt} name, as looked up by
+    L{Lookup.BMC}, resolved), or C{None} and why there is none.
+    """
+    name = slave.ipmi
+    if not name:
+        return None, "no -mgmt interface in DNS"
+    try:
+        bmc = await ctx.clients.dns.lookup_host(name)
+    except DNSError as error:
+        return None, f"looking up {name} failed: {error_line(error)}"
+    if bmc is None:
+        return None, f"{name} does not resolve"
+    return bmc.ip, None
+
+
+@dataclass
+class MachineChannels:
+    """
+    The channels a machine has, in the order they are tried, and why it has
+    none of the others (one phrase each, for the status text).
+
+    @ivar unanswered: why the BMC is left out when it did not say what it
+        speaks in the time given (see L{discover}), else C{None}.
+    """
+
+    channels: list[Channel] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unanswered: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """The channels' JSON names, in order."""
+        return [channel.key for channel in self.channels]
+
+
+async def _bmc_channel(ctx: Context, slave: Slave, bmc: str) -> Channel | str:
+    """Redfish if the BMC speaks it, else IPMI if it answers; else why neither."""
+    if await ctx.clients.redfish.speaks_redfish(bmc):
+        return RedfishChannel(ctx, bmc)
+    if await ctx.clients.ipmi.available(bmc):
+        return IPMIChannel(ctx, bmc)
+    # Perhaps it speaks Redfish by the next time: ask it again then.
+    ctx.clients.redfish.forget(bmc)
+    return f"the BMC at {slave.ipmi} answers neither Redfish nor IPMI"
+
+
+async def discover(ctx: Context, slave: Slave, bmc_timeout: float | None = None) -> MachineChannels:
+    """
+    The machine's power channels. C{slave} must have been looked up with
+    L{Lookup.INVENTORY} and L{Lookup.BMC}.
+
+    @param bmc_timeout: at most this many seconds for the BMC to say what
+        it speaks (C{None}: its clients' own deadlines); past it the BMC
+        is left out, and why is in C{missing}.
+    """
+    found = MachineChannels()
+    address, why = await look_up_bmc(ctx, slave)
+    if address is None:
+        found.missing.append(f"Redfish and IPMI: {why}")
+    else:
+        bmc: Channel | str
+        if bmc_timeout is None:
+            bmc = await _bmc_channel(ctx, slave, address)
+        else:
+            try:
+                bmc = await within(ctx.reactor, bmc_timeout, _bmc_channel(ctx, slave, address), "BMC discovery")
+            except ClientError as error:
+                bmc = found.unanswered = f"the BMC at {slave.ipmi}: {error_line(error)}"
+        if isinstance(bmc, Channel):
+            found.channels.append(bmc)
+        else:
+            found.missing.append(f"Redfish and IPMI: {bmc}")
+    if slave.pdu is not None:
+        found.channels.append(PDUChannel(ctx, slave.pdu))
+    else:
+        found.missing.append("PDU: no PDU outlet in inventory")
+    if slave.mozpool_server:
+        found.channels.append(MozpoolChannel(ctx, slave.mozpool_server, slave.name, slave.address))
+    else:
+        found.missing.append("Mozpool: no imaging server in inventory")
+    return found
