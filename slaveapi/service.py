@@ -3,7 +3,7 @@ Builds the running service: web server, action processor, results store,
 configuration reloads, logging, and in C{--lab} mode the simulated fleet.
 
 The children of the top L{OrderedMultiService} start in order (store, processor,
-web) and stop in reverse, one at a time, so the port closes first, running
+health loop, web) and stop in reverse, one at a time, so the port closes first, running
 actions then clean up, and the store closes last.
 """
 
@@ -43,6 +43,7 @@ from slaveapi.config import (
 )
 from slaveapi.context import Context, build_context, close_contexts
 from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
+from slaveapi.health import HealthService, Remediation, SQLiteHealthStore, default_health_path
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import (
     SQLiteResultStore,
@@ -206,6 +207,7 @@ class ContextHolder(Service):
         # queued or running action uses them any more.
         self._retired: list[Context] = []
         self._in_use: Callable[[Context], bool] = lambda ctx: False
+        self._on_reload: list[Callable[[], None]] = []
         self._sweeper = LoopingCall(self._release_idle)
         self._sweeper.clock = reactor
         self._previous_handler: Any = None
@@ -213,6 +215,10 @@ class ContextHolder(Service):
     def watch(self, in_use: Callable[[Context], bool]) -> None:
         """Learn which contexts actions still use (the processor knows)."""
         self._in_use = in_use
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """Call C{listener} after each reload that took effect (the health loop follows its interval)."""
+        self._on_reload.append(listener)
 
     def context(self) -> Context:
         """The context new requests and actions use."""
@@ -233,6 +239,8 @@ class ContextHolder(Service):
         self._current = build_context(config, self._reactor, self._pool, self._data_dir, previous)
         self._retired.append(previous)
         self._log.info("Configuration reloaded from {path}", path=path)
+        for listener in self._on_reload:
+            listener()
         if not self._sweeper.running:
             self._sweeper.start(RETIRED_SWEEP_INTERVAL, now=True).addErrback(
                 lambda failure: self._log.failure("Releasing old clients stopped", failure)
@@ -437,7 +445,14 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
     )
     processor.setServiceParent(top)
     holder.watch(processor.uses)
-    web = SlaveAPIWeb(processor, store, holder.context)
+    health_store = SQLiteHealthStore(default_health_path(data_dir), reactor)
+    # After the processor: it stops before it, so no reboot is submitted to a stopped processor.
+    health = HealthService(
+        health_store, holder.context, reactor, Remediation(processor, store, health_store, reactor), ready=ready
+    )
+    health.setServiceParent(top)
+    holder.on_reload(health.reloaded)
+    web = SlaveAPIWeb(processor, store, holder.context, health=health_store)
     site = GatedSite(web.resource(), lambda: holder.context().config, reactor)
     ListenWhenReady(endpoint, site, ready, reactor).setServiceParent(top)
     return top

@@ -391,6 +391,37 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """
+    C{[health]}: the fleet health loop and its remediation (see
+    C{docs/power-and-health.rst}).
+
+    Every C{interval} seconds each machine slavealloc lists as enabled is
+    checked, C{concurrency} machines at once (slots of its own, never the
+    actions'). C{probe_timeout}, C{ssh_timeout} (logging in and reading
+    twistd.log) and C{remote_timeout} (each BMC, master or slavealloc call)
+    bound the checks, C{machine_timeout} all of one machine's. A buildbot
+    idle longer than C{max_idle} seconds makes a machine C{degraded} (0:
+    never). With C{remediate}, a machine C{down} for C{down_after} seconds
+    gets a C{reboot}, at most C{max_rebooting_per_pool} reboots running in
+    one pool and none more often than every C{min_reboot_interval} seconds.
+    """
+
+    enabled: bool = field(default=True, metadata=ini(Boolean()))
+    interval: float = field(default=300.0, metadata=ini(Number(1)))
+    concurrency: int = field(default=20, metadata=ini(Integer(1)))
+    probe_timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+    ssh_timeout: float = field(default=60.0, metadata=ini(Number(0.1)))
+    remote_timeout: float = field(default=30.0, metadata=ini(Number(0.1)))
+    machine_timeout: float = field(default=180.0, metadata=ini(Number(1)))
+    max_idle: float = field(default=0.0, metadata=ini(Number(0)))
+    remediate: bool = field(default=False, metadata=ini(Boolean()))
+    down_after: float = field(default=900.0, metadata=ini(Number(0)))
+    max_rebooting_per_pool: int = field(default=2, metadata=ini(Integer(1)))
+    min_reboot_interval: float = field(default=3600.0, metadata=ini(Number(0)))
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """
     C{[auth]}: whether reads need a token too (writes do whenever tokens
@@ -433,5 +464,6 @@ class Config:
     buildbot: BuildbotConfig = field(default=BuildbotConfig(), metadata=part("buildbot"))
     aws: AWSConfig = field(default=AWSConfig(), metadata=part("aws"))
     store: StoreConfig = field(default=StoreConfig(), metadata=part("store"))
+    health: HealthConfig = field(default=HealthConfig(), metadata=part("health"))
     devices_url: str | None = field(default=None, metadata=ini(URL(), section="devices", key="url"))
     timeouts: Mapping[str, float] = field(default_factory=dict, metadata=ini(Entries(Number(1)), section="timeouts"))

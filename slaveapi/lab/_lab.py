@@ -270,6 +270,9 @@ class Lab:
             f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = strict\n"
             f"known_hosts = {os.path.join(os.path.abspath(self.workdir), 'known_hosts')}\n\n"
             f"[devices]\nurl = {url}/devices.json\n\n"
+            # Verdicts within a minute of start-up (GET /health); remediation stays off as by default.
+            "[health]\ninterval = 20\nprobe_timeout = 5\nssh_timeout = 20\nremote_timeout = 10\n"
+            "machine_timeout = 60\n\n"
             + self._power_config_text()
             + self._aws_config_text()
         )

@@ -22,12 +22,14 @@ from werkzeug.exceptions import HTTPException
 from slaveapi.actions import Action
 from slaveapi.actions.registry import ACTIONS
 from slaveapi.context import Context
+from slaveapi.health import IHealthStore
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore
 from slaveapi.web import known, params
 from slaveapi.web.actions import ActionView, route_table
 from slaveapi.web.auth import Client, authenticate, authorize
 from slaveapi.web.errors import HTTPProblem, json_body, not_found, problem_body
+from slaveapi.web.health import fleet_health, machine_health
 from slaveapi.web.results import all_results
 from slaveapi.web.slaves import list_slaves, show_slave
 
@@ -39,6 +41,8 @@ class SlaveAPIWeb:
     @param context: the current context (configuration and clients); asked
         on every request so that a reload takes effect at once.
     @param actions: the actions served, each under its routes.
+    @param health: the health loop's verdicts (L{slaveapi.health}); without
+        it C{/health} and C{/slaves/<slave>/health} answer 503.
     """
 
     app = Klein()
@@ -50,10 +54,12 @@ class SlaveAPIWeb:
         store: IResultStore,
         context: Callable[[], Context],
         actions: Iterable[Action] = ACTIONS.values(),
+        health: IHealthStore | None = None,
     ) -> None:
         self._processor = processor
         self._store = store
         self._context = context
+        self._health = health
         self._action_views = route_table(actions)
 
     def resource(self) -> Any:
@@ -89,6 +95,21 @@ class SlaveAPIWeb:
     async def slave(self, request: IRequest, slave: str) -> bytes:
         self._client(request, write=False)
         return await show_slave(self._context(), request, params.slave_name(slave))
+
+    def _health_store(self) -> IHealthStore:
+        if self._health is None:
+            raise HTTPProblem(503, "unavailable", "health: the health loop is not running in this service")
+        return self._health
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        self._client(request, write=False)
+        return await fleet_health(self._health_store(), self._context(), request)
+
+    @app.route("/slaves/<string:slave>/health", methods=["GET"])
+    async def slave_health(self, request: IRequest, slave: str) -> bytes:
+        self._client(request, write=False)
+        return await machine_health(self._health_store(), self._context(), request, params.slave_name(slave))
 
     @app.route("/slaves/<string:slave>/actions/<string:action>", methods=["GET", "POST"])
     async def action(self, request: IRequest, slave: str, action: str) -> bytes:

@@ -1,0 +1,173 @@
+"""
+Remediation: rebooting machines the health loop found down, within limits.
+
+Off unless C{[health] remediate = true}. After each sweep, a machine gets a
+C{reboot} submitted (as the client C{health}, through the processor like
+any POST: an ordinary result anyone can read, exclusive per machine,
+filing a bug when every method fails, as any reboot does) when all of these hold:
+
+  - its verdict is C{down} and has been for C{down_after} seconds;
+  - slavealloc lists it as enabled (this sweep's list);
+  - no action of anyone's is pending or running on it (the results store
+    says so; a reboot asked for by someone else counts too);
+  - the loop has not rebooted it in the last C{min_reboot_interval}
+    seconds (remembered in the health store, across restarts);
+  - fewer than C{max_rebooting_per_pool} reboots are pending or running in
+    its pool, whoever asked for them: a human's reboots use up the cap too.
+
+Candidates are taken longest-down first. Every decision is logged with the
+machine, its pool and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from slaveapi.actions import Action
+from slaveapi.actions.registry import ACTIONS
+from slaveapi.admission import QueueFull
+from slaveapi.clients.slavealloc import SlaveRecord
+from slaveapi.config import HealthConfig
+from slaveapi.health._store import IHealthStore
+from slaveapi.health._verdict import DOWN, HealthRecord
+from slaveapi.results import PENDING, RUNNING, ActionResult
+from slaveapi.store import IResultStore, ResultQuery, StoreUnavailable
+
+#: The client name the loop's reboots are recorded under.
+HEALTH_CLIENT = "health"
+
+_log = Logger(namespace="slaveapi.health")
+
+
+class Submitter(Protocol):
+    """What remediation asks of the action processor (L{slaveapi.processor.ActionProcessor})."""
+
+    async def submit(
+        self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
+    ) -> ActionResult:
+        """Queue C{action} for C{slave}; its result."""
+
+
+class Remediation:
+    """
+    Decides and submits the reboots after a sweep.
+
+    @param processor: submits the reboots.
+    @param results: the results store, asked which actions are pending or running.
+    @param store: remembers when the loop last rebooted each machine.
+    """
+
+    def __init__(self, processor: Submitter, results: IResultStore, store: IHealthStore, reactor: Any) -> None:
+        self._processor = processor
+        self._results = results
+        self._store = store
+        self._reactor = reactor
+
+    async def after_sweep(
+        self, limits: HealthConfig, records: Mapping[str, HealthRecord], enabled: Mapping[str, SlaveRecord]
+    ) -> list[str]:
+        """
+        Submit the reboots the rules allow (see the module docstring).
+
+        @param records: this sweep's verdicts, by canonical machine name.
+        @param enabled: the machines slavealloc lists as enabled, by canonical name.
+        @return: the machines a reboot was submitted for.
+        """
+        if not limits.remediate:
+            return []
+        now = self._reactor.seconds()
+        candidates = sorted(
+            (
+                record
+                for record in records.values()
+                if record.verdict == DOWN and record.since is not None and now - record.since >= limits.down_after
+            ),
+            key=lambda record: (record.since, record.name),
+        )
+        if not candidates:
+            return []
+        try:
+            busy = self._busy()
+        except StoreUnavailable as error:
+            _log.warn("health: no remediation this sweep: results cannot be read ({reason})", reason=str(error))
+            return []
+        rebooting: dict[str | None, int] = {}
+        for result in busy:
+            if result.action == "reboot":
+                pool = _pool_of(result.slave, records, enabled)
+                rebooting[pool] = rebooting.get(pool, 0) + 1
+        occupied = {result.slave for result in busy}
+        last = self._store.last_reboots()
+        submitted: list[str] = []
+        for record in candidates:
+            why = self._why_not(record, limits, now, enabled, occupied, last, rebooting)
+            if why is not None:
+                _log.info(
+                    "health: not rebooting {slave} (pool {pool}): {reason}",
+                    slave=record.name, pool=record.pool, reason=why, decision="skip",
+                )
+                continue
+            if await self._submit(record, now):
+                submitted.append(record.name)
+                rebooting[record.pool] = rebooting.get(record.pool, 0) + 1
+        return submitted
+
+    def _busy(self) -> list[ActionResult]:
+        """Every action pending or running now."""
+        return [
+            result
+            for state in (PENDING, RUNNING)
+            for result in self._results.page(ResultQuery(state=state, limit=-1))
+        ]
+
+    @staticmethod
+    def _why_not(
+        record: HealthRecord,
+        limits: HealthConfig,
+        now: float,
+        enabled: Mapping[str, SlaveRecord],
+        occupied: set[str],
+        last: Mapping[str, float],
+        rebooting: Mapping[str | None, int],
+    ) -> str | None:
+        """Why C{record}'s machine is not rebooted now, or C{None} when it is."""
+        if record.name not in enabled:
+            return "not enabled in slavealloc"
+        if record.name in occupied:
+            return "an action is pending or running on it"
+        previous = last.get(record.name)
+        if previous is not None and now - previous < limits.min_reboot_interval:
+            return (
+                f"rebooted by health {now - previous:.0f} s ago"
+                f" (min_reboot_interval {limits.min_reboot_interval:g} s)"
+            )
+        if rebooting.get(record.pool, 0) >= limits.max_rebooting_per_pool:
+            return f"{rebooting.get(record.pool, 0)} reboots running in its pool (max_rebooting_per_pool)"
+        return None
+
+    async def _submit(self, record: HealthRecord, now: float) -> bool:
+        try:
+            result = await self._processor.submit(record.name, ACTIONS["reboot"], {}, client=HEALTH_CLIENT)
+        except (QueueFull, StoreUnavailable) as error:
+            _log.warn(
+                "health: could not submit a reboot of {slave}: {reason}",
+                slave=record.name, pool=record.pool, reason=str(error), decision="failed",
+            )
+            return False
+        await self._store.record_reboot(record.name, now)
+        _log.info(
+            "health: rebooting {slave} (pool {pool}), down since {since}: request {requestid}",
+            slave=record.name, pool=record.pool, since=record.since, requestid=result.requestid, decision="reboot",
+        )
+        return True
+
+
+def _pool_of(name: str, records: Mapping[str, HealthRecord], enabled: Mapping[str, SlaveRecord]) -> str | None:
+    """The pool of the machine results call C{name}: from slavealloc's list, else its last verdict."""
+    if name in enabled:
+        return enabled[name].pool
+    record = records.get(name)
+    return record.pool if record is not None else None

@@ -1,0 +1,191 @@
+"""
+The fleet health loop: a sweep of every enabled machine, every C{[health] interval}.
+
+A sweep lists slavealloc's machines, checks each enabled one
+(L{slaveapi.health._checks}), C{[health] concurrency} at a time under a
+semaphore of its own (never the action processor's work slots: a sweep
+never holds up actions), stores the verdicts in one write, and then lets
+L{Remediation} act on them. The next sweep starts C{interval} seconds
+after this one started, or at once when it took longer: sweeps never
+overlap. Times come from the reactor (a C{Clock} in tests).
+
+The loop reads the current configuration at each sweep; a reload that
+changes C{interval} moves the next sweep (L{HealthService.reloaded}).
+When slavealloc cannot be listed, every stored machine's verdict becomes
+C{unknown}, saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from slaveapi.clients import ClientError, within
+from slaveapi.clients.slavealloc import SlaveRecord, filter_slaves
+from slaveapi.context import Context
+from slaveapi.health._checks import checked
+from slaveapi.health._remediation import Remediation
+from slaveapi.health._store import HealthStoreError, IHealthStore
+from slaveapi.health._verdict import UNCHECKED, VERDICTS, Evidence, HealthRecord, next_record
+from slaveapi.machines import canonical_name
+from slaveapi.processor import one_line_reason
+
+
+class HealthService(Service):
+    """
+    Opens the health store, runs the sweeps, closes the store.
+
+    @param context: the current context (a reload replaces it).
+    @param remediation: acts on each sweep's verdicts (it obeys C{[health] remediate}).
+    @param ready: the first sweep waits for it (the lab's BMCs start on their own time).
+    """
+
+    _log = Logger(namespace="slaveapi.health")
+
+    def __init__(
+        self,
+        store: IHealthStore,
+        context: Callable[[], Context],
+        reactor: Any,
+        remediation: Remediation | None = None,
+        ready: Deferred[None] | None = None,
+    ) -> None:
+        self.store = store
+        self._context = context
+        self._reactor = reactor
+        self._remediation = remediation
+        self._ready = ready
+        self._next: DelayedCall | None = None
+        self._sweeping: Deferred[dict[str, int]] | None = None
+        self._last_start: float | None = None
+        self._opened = False
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.store.open()
+        except HealthStoreError as error:
+            self._log.error("health: not checking machines: {reason}", reason=str(error))
+            return
+        self._opened = True
+        if self._ready is None:
+            self._schedule(0.0)
+            return
+
+        def first(outcome: Any) -> Any:
+            # Others wait on the same Deferred: its outcome goes on to them unchanged.
+            if not isinstance(outcome, Failure):
+                self._schedule(0.0)
+            return outcome
+
+        self._ready.addBoth(first)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._sweeping is not None:
+            sweeping = self._sweeping
+            sweeping.cancel()
+            with contextlib.suppress(CancelledError):
+                await sweeping
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+
+    def reloaded(self) -> None:
+        """The configuration was reloaded: move the next sweep to the new C{interval}."""
+        if self._next is None or not self._next.active() or self._last_start is None:
+            return
+        self._next.cancel()
+        interval = self._context().config.health.interval
+        self._schedule(max(0.0, self._last_start + interval - self._reactor.seconds()))
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._next = self._reactor.callLater(delay, self._start_sweep)
+
+    def _start_sweep(self) -> None:
+        self._next = None
+        started = self._last_start = self._reactor.seconds()
+        if not self._context().config.health.enabled:
+            self._schedule(self._context().config.health.interval)
+            return
+        sweeping = self._sweeping = Deferred.fromCoroutine(self.sweep())
+
+        def done(outcome: Any) -> None:
+            self._sweeping = None
+            if isinstance(outcome, Failure):
+                if outcome.check(CancelledError):
+                    return
+                self._log.failure("health: the sweep failed", outcome)
+            interval = self._context().config.health.interval
+            self._schedule(max(0.0, started + interval - self._reactor.seconds()))
+
+        sweeping.addBoth(done)
+
+    async def sweep(self) -> dict[str, int]:
+        """
+        Check every enabled machine once, store the verdicts, remediate.
+
+        @return: how many machines got each verdict.
+        """
+        ctx = self._context()
+        limits = ctx.config.health
+        reactor = self._reactor
+        started = reactor.seconds()
+        try:
+            slaves = await within(reactor, limits.remote_timeout, ctx.clients.slavealloc.list_slaves(), "slavealloc")
+        except ClientError as error:
+            return await self._slavealloc_failed(one_line_reason(error))
+        enabled = {canonical_name(ctx.config, slave.name): slave for slave in filter_slaves(slaves, enabled=True)}
+        semaphore = DeferredSemaphore(limits.concurrency)
+
+        async def check(name: str, slave: SlaveRecord) -> HealthRecord:
+            evidence = await checked(ctx, slave.name, limits)
+            return next_record(self.store.get(name), name, slave.pool, evidence, reactor.seconds())
+
+        def one(name: str, slave: SlaveRecord) -> Deferred[HealthRecord]:
+            return semaphore.run(lambda: Deferred.fromCoroutine(check(name, slave)))
+
+        records: list[HealthRecord] = await gatherResults(
+            [one(name, slave) for name, slave in enabled.items()], consumeErrors=True
+        )
+        counts = await self._save(records, started)
+        if self._remediation is not None:
+            await self._remediation.after_sweep(limits, {record.name: record for record in records}, enabled)
+        return counts
+
+    async def _slavealloc_failed(self, reason: str) -> dict[str, int]:
+        self._log.warn("health: could not list the machines in slavealloc: {reason}", reason=reason)
+        now = self._reactor.seconds()
+        evidence = [Evidence("slavealloc", UNCHECKED, f"could not list the machines: {reason}")]
+        records = [next_record(old, old.name, old.pool, evidence, now) for old in self.store.records().values()]
+        return await self._save(records, now)
+
+    async def _save(self, records: list[HealthRecord], started: float) -> dict[str, int]:
+        finished = self._reactor.seconds()
+        counts = {verdict: 0 for verdict in VERDICTS}
+        for record in records:
+            counts[record.verdict] += 1
+        self._log.info(
+            "health: checked {machines} machines in {seconds:.1f} s: {ok} ok, {degraded} degraded,"
+            " {down} down, {unknown} unknown",
+            machines=len(records), seconds=finished - started, **counts,
+        )
+        try:
+            await self.store.save_sweep(records, finished)
+        except Exception as error:
+            self._log.error("health: could not store the verdicts: {reason}", reason=one_line_reason(error))
+        return counts

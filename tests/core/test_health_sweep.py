@@ -1,0 +1,246 @@
+"""
+The health loop on the shipped fakes and a C{Clock}: when sweeps run, how
+many machines are checked at once, what a slavealloc failure gives, how a
+reload moves the next sweep; and the SQLite store's verdicts surviving a reopen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from slaveapi.clients.http import RemoteError
+from slaveapi.config import HealthConfig
+from slaveapi.context import Context
+from slaveapi.health import (
+    DOWN,
+    OK,
+    UNKNOWN,
+    Evidence,
+    HealthRecord,
+    HealthService,
+    IHealthStore,
+    SQLiteHealthStore,
+)
+from slaveapi.testing import FakeHost, Fakes, fake_config, make_fakes
+
+INTERVAL = 300.0
+
+
+@implementer(IHealthStore)
+class MemoryHealthStore:
+    """An L{IHealthStore} in memory; C{saves} counts the sweeps stored."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, HealthRecord] = {}
+        self.reboots: dict[str, float] = {}
+        self.finished: float | None = None
+        self.saves = 0
+        self.opened = self.closed = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+    def get(self, name: str) -> HealthRecord | None:
+        return self.stored.get(name)
+
+    def records(self) -> dict[str, HealthRecord]:
+        return dict(self.stored)
+
+    def last_sweep(self) -> float | None:
+        return self.finished
+
+    def save_sweep(self, records: Iterable[HealthRecord], finished_at: float) -> Deferred[None]:
+        self.stored.update({record.name: record for record in records})
+        self.finished = finished_at
+        self.saves += 1
+        return succeed(None)
+
+    def last_reboots(self) -> dict[str, float]:
+        return dict(self.reboots)
+
+    def record_reboot(self, name: str, at: float) -> Deferred[None]:
+        self.reboots[name] = at
+        return succeed(None)
+
+
+class _Box:
+    """The current context, replaceable as a reload replaces it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+
+def _fleet(count: int = 3, **limits: Any) -> Fakes:
+    config = fake_config(health=HealthConfig(interval=INTERVAL, **limits))
+    fakes = make_fakes([FakeHost(f"bld-{n}", f"127.0.9.{n}") for n in range(1, count + 1)], config=config)
+    fakes.clock.advance(1_000_000)
+    return fakes
+
+
+def _service(fakes: Fakes, store: MemoryHealthStore) -> tuple[HealthService, _Box]:
+    box = _Box(fakes.context())
+    service = HealthService(store, lambda: box.ctx, fakes.clock)
+    service.startService()
+    return service, box
+
+
+def _verdicts(store: MemoryHealthStore) -> dict[str, str]:
+    return {name: record.verdict for name, record in store.stored.items()}
+
+
+def test_the_first_sweep_runs_at_start_and_then_every_interval() -> None:
+    fakes = _fleet()
+    dead = fakes.hosts.find("bld-2")
+    assert dead is not None
+    fakes.hosts.power_off(dead)
+    store = MemoryHealthStore()
+    service, _ = _service(fakes, store)
+    start = fakes.clock.seconds()
+
+    fakes.clock.advance(0)
+    assert store.opened and store.saves == 1
+    assert _verdicts(store) == {"bld-1": OK, "bld-2": DOWN, "bld-3": OK}
+    assert store.finished == start
+
+    fakes.clock.advance(INTERVAL - 1)
+    assert store.saves == 1
+    fakes.clock.advance(1)
+    assert store.saves == 2
+    assert store.stored["bld-2"].since == start
+    assert store.stored["bld-2"].checked_at == start + INTERVAL
+
+    service.stopService()
+    assert store.closed
+    fakes.clock.advance(INTERVAL * 3)
+    assert store.saves == 2
+
+
+def test_disabled_machines_are_not_checked() -> None:
+    fakes = _fleet()
+    fakes.slavealloc.records["bld-3"] = dataclasses.replace(fakes.slavealloc.records["bld-3"], enabled=False)
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    assert set(store.stored) == {"bld-1", "bld-2"}
+    assert all(not host.startswith("127.0.9.3") for host in fakes.prober.asked)
+
+
+def test_no_more_machines_are_checked_at_once_than_concurrency() -> None:
+    fakes = _fleet(count=5, concurrency=2)
+    waiting: list[Deferred[bool]] = []
+
+    async def alive(host: str) -> bool:
+        answer: Deferred[bool] = Deferred()
+        waiting.append(answer)
+        return await answer
+
+    fakes.prober.alive = alive  # type: ignore[method-assign]
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    for expected_total in (2, 4, 5):
+        assert len(waiting) == expected_total
+        pending = [answer for answer in waiting if not answer.called]
+        assert len(pending) <= 2
+        for answer in pending:
+            answer.callback(False)
+    assert store.saves == 1
+    assert set(_verdicts(store).values()) == {DOWN}
+
+
+def test_an_unreachable_slavealloc_makes_every_known_verdict_unknown() -> None:
+    fakes = _fleet()
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    assert set(_verdicts(store).values()) == {OK}
+
+    async def fail() -> list[Any]:
+        raise RemoteError("slavealloc", "GET", "http://127.0.0.1:1/slavealloc/slaves", "connection refused")
+
+    fakes.slavealloc.list_slaves = fail  # type: ignore[method-assign]
+    fakes.clock.advance(INTERVAL)
+    assert set(_verdicts(store).values()) == {UNKNOWN}
+    assert store.stored["bld-1"].evidence[0].check == "slavealloc"
+    assert "connection refused" in store.stored["bld-1"].evidence[0].detail
+
+
+def test_a_sweep_longer_than_the_interval_delays_the_next_one() -> None:
+    fakes = _fleet(count=1, probe_timeout=INTERVAL * 10, machine_timeout=INTERVAL * 10)
+    waiting: list[Deferred[bool]] = []
+
+    async def alive(host: str) -> bool:
+        answer: Deferred[bool] = Deferred()
+        waiting.append(answer)
+        return await answer
+
+    fakes.prober.alive = alive  # type: ignore[method-assign]
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    fakes.clock.advance(INTERVAL * 2)
+    assert len(waiting) == 1 and store.saves == 0
+    waiting[0].callback(True)
+    assert store.saves == 1
+    # It took longer than the interval: the next starts at once.
+    fakes.clock.advance(0)
+    assert len(waiting) == 2
+
+
+def test_a_reload_moves_the_next_sweep_to_the_new_interval() -> None:
+    fakes = _fleet(count=1)
+    store = MemoryHealthStore()
+    service, box = _service(fakes, store)
+    fakes.clock.advance(0)
+    assert store.saves == 1
+
+    config = dataclasses.replace(fakes.config, health=HealthConfig(interval=30.0))
+    box.ctx = dataclasses.replace(box.ctx, config=config)
+    fakes.clock.advance(10)
+    service.reloaded()
+    fakes.clock.advance(19)
+    assert store.saves == 1
+    fakes.clock.advance(1)
+    assert store.saves == 2
+
+
+def test_switched_off_the_loop_checks_nothing() -> None:
+    fakes = _fleet(count=1, enabled=False)
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(INTERVAL * 3)
+    assert store.saves == 0 and fakes.prober.asked == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sqlite_store_keeps_verdicts_reboots_and_the_last_sweep(tmp_path: Any) -> None:
+    from twisted.internet import reactor
+
+    path = str(tmp_path / "health.sqlite")
+    record = HealthRecord("bld-1", DOWN, (Evidence("probe", "bad", "127.0.9.1 does not answer"),), 10.0, 20.0, "p")
+    store = SQLiteHealthStore(path, reactor)
+    store.open()
+    await store.save_sweep([record], 21.0)
+    await store.record_reboot("bld-1", 22.0)
+    await store.close()
+
+    again = SQLiteHealthStore(path, reactor)
+    again.open()
+    try:
+        assert again.get("bld-1") == record
+        assert again.records() == {"bld-1": record}
+        assert again.last_sweep() == 21.0
+        assert again.last_reboots() == {"bld-1": 22.0}
+        assert oct((tmp_path / "health.sqlite").stat().st_mode & 0o777) == "0o600"
+    finally:
+        await again.close()
