@@ -188,7 +188,10 @@ def _twistd(*args: str, log_path: str, env: dict[str, str] | None = None, cwd: s
 
 def _slaveapi(data: str) -> Server:
     os.makedirs(data, exist_ok=True)
-    return _twistd("slaveapi", "--lab", "10", "--data", data, log_path=os.path.join(data, "server.log"), cwd=data)
+    return _twistd(
+        "slaveapi", "--lab", "10", "--lab-health-interval", "0", "--data", data,
+        log_path=os.path.join(data, "server.log"), cwd=data,
+    )
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:

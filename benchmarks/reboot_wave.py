@@ -67,7 +67,7 @@ def _start_lab(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen
         lab = subprocess.Popen(
             [
                 sys.executable, "-m", "slaveapi.lab", "--slaves", str(args.slaves), "--boot-time", str(args.boot_time),
-                "--workdir", workdir, "--refuse-ssh-share", str(args.ipmi_share),
+                "--health-interval", "0", "--workdir", workdir, "--refuse-ssh-share", str(args.ipmi_share),
             ],
             stdout=subprocess.PIPE,
             stderr=log,

@@ -169,6 +169,7 @@ class ServiceOptions:
     data: str = "."
     lab: int | None = None
     lab_boot_time: float = 5.0
+    lab_health_interval: float = 20.0
 
 
 class ContextHolder(Service):
@@ -466,7 +467,13 @@ def _start_lab(
 
     lab_dir = os.path.join(data_dir, "lab")
     os.makedirs(lab_dir, exist_ok=True)
-    lab = Lab.start(reactor, slaves=options.lab or 0, workdir=lab_dir, boot_time=options.lab_boot_time)
+    lab = Lab.start(
+        reactor,
+        slaves=options.lab or 0,
+        workdir=lab_dir,
+        boot_time=options.lab_boot_time,
+        health_interval=options.lab_health_interval,
+    )
     LabService(lab).setServiceParent(top)
     ini = lab.write_config(lab_dir, listen=options.listen or "tcp:9999:interface=127.0.0.1")
     return ini, lab.ready()

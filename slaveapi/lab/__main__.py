@@ -30,12 +30,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--redfish-share", type=float, default=None,
         help="share of machines with a BMC whose BMC speaks Redfish instead of IPMI (default 0.25)",
     )
+    parser.add_argument(
+        "--health-interval", type=float, default=None,
+        help="seconds between SlaveAPI's health sweeps written into the ini (default 20; 0: no health loop)",
+    )
     parser.add_argument("--listen", default="tcp:9999:interface=127.0.0.1", help="SlaveAPI's endpoint in the ini")
     arguments = parser.parse_args(argv)
     if arguments.slaves < 0:
         parser.error("--slaves must be >= 0")
     if arguments.boot_time < 0:
         parser.error("--boot-time must be >= 0")
+    if arguments.health_interval is not None and arguments.health_interval < 0:
+        parser.error("--health-interval must be >= 0")
     if arguments.redfish_share is not None and not 0 <= arguments.redfish_share <= 1:
         parser.error("--redfish-share must be between 0 and 1")
     return arguments
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         boot_time=arguments.boot_time,
         refuse_ssh_share=arguments.refuse_ssh_share,
         **({} if arguments.redfish_share is None else {"redfish_share": arguments.redfish_share}),
+        **({} if arguments.health_interval is None else {"health_interval": arguments.health_interval}),
     )
     ini = lab.write_config(workdir, listen=arguments.listen)
     with open(os.path.join(workdir, "reboot-paths.json"), "w", encoding="utf-8") as handle:

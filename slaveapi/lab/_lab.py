@@ -43,6 +43,8 @@ DEFAULT_DOMAIN = "build.scl3.slaveapi.test"
 #: By default a quarter of the machines with a BMC have a Redfish BMC: in the
 #: 12-machine lab, bld-linux64-lab-010 (see L{_redfish_bmcs}).
 DEFAULT_REDFISH_SHARE = 0.25
+#: Seconds between SlaveAPI's health sweeps of the lab: verdicts within a minute of start-up.
+DEFAULT_HEALTH_INTERVAL = 20.0
 _MIN_TOKEN_LENGTH = 16
 #: The lab CA's certificate, written beside the ini (C{[redfish] ca_bundle}).
 CA_FILE = "lab-ca.pem"
@@ -79,6 +81,7 @@ class Lab:
         clock: Callable[[], float],
         shutdown_delay: float = 0.1,
         command_delay: float = 1.0,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> None:
         """Set the lab up without listening yet; L{start} is the usual way in."""
         self.reactor = reactor
@@ -86,6 +89,7 @@ class Lab:
         self.domain = fleet.domain
         self.workdir = workdir
         self.boot_time = boot_time
+        self.health_interval = health_interval
         self.clock = clock
         self.ssh_password = "lab-" + secrets.token_urlsafe(12)
         self.inventory_user = "lab-inventory"
@@ -133,6 +137,7 @@ class Lab:
         refuse_ssh_share: float = 0.0,
         command_delay: float = 1.0,
         redfish_share: float = DEFAULT_REDFISH_SHARE,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> Lab:
         """
         Build a fleet of C{slaves} machines and start every fake service.
@@ -150,6 +155,10 @@ class Lab:
             finish it once its master asked its buildbot to shut down.
         @param redfish_share: the share of machines with a BMC whose BMC
             speaks Redfish instead of IPMI (see L{_redfish_bmcs}).
+        @param health_interval: the C{[health] interval} the ini asks of
+            SlaveAPI; 0 turns the health loop off (tests and benchmarks
+            that study something else, so that sweeps do not log in to
+            their machines meanwhile).
         """
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="slaveapi-lab-")
@@ -159,7 +168,7 @@ class Lab:
         fleet = build_fleet(slaves, domain, clock(), seed)
         _redfish_bmcs(fleet, redfish_share)
         _refuse_ssh(fleet, refuse_ssh_share)
-        lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay, command_delay)
+        lab = cls(reactor, fleet, workdir, boot_time, clock, shutdown_delay, command_delay, health_interval)
         try:
             lab.http_port = lab.http.start()
             for master in lab.fleet.masters:
@@ -270,9 +279,7 @@ class Lab:
             f"[ssh]\nport = {self.ssh_port or 22}\nhost_keys = strict\n"
             f"known_hosts = {os.path.join(os.path.abspath(self.workdir), 'known_hosts')}\n\n"
             f"[devices]\nurl = {url}/devices.json\n\n"
-            # Verdicts within a minute of start-up (GET /health); remediation stays off as by default.
-            "[health]\ninterval = 20\nprobe_timeout = 5\nssh_timeout = 20\nremote_timeout = 10\n"
-            "machine_timeout = 60\n\n"
+            + self._health_config_text()
             + self._power_config_text()
             + self._aws_config_text()
         )
@@ -315,6 +322,15 @@ class Lab:
 
         defer.gatherResults(parts, consumeErrors=True).addBoth(relay)
         return waiting
+
+    def _health_config_text(self) -> str:
+        if not self.health_interval:
+            return "[health]\nenabled = false\n\n"
+        # Verdicts within a minute of start-up (GET /health); remediation stays off as by default.
+        return (
+            f"[health]\ninterval = {self.health_interval:g}\nprobe_timeout = 5\nssh_timeout = 20\n"
+            "remote_timeout = 10\nmachine_timeout = 60\n\n"
+        )
 
     def _aws_config_text(self) -> str:
         """The lab's EC2 (moto) and where loaners are named; quick polls for quick state changes."""

@@ -28,11 +28,25 @@ class RunningService:
         await self.service.stopService()
 
 
-async def start_in_process(data_dir: str, slaves: int = 12, boot_time: float = 1.0) -> RunningService:
-    """Start SlaveAPI with a lab of C{slaves} machines; wait until its API answers (the whole lab is ready then)."""
+async def start_in_process(
+    data_dir: str, slaves: int = 12, boot_time: float = 1.0, health_interval: float = 0.0
+) -> RunningService:
+    """
+    Start SlaveAPI with a lab of C{slaves} machines; wait until its API answers (the whole lab is ready then).
+
+    @param health_interval: the lab's C{[health] interval}; 0 (the default
+        here) turns the health loop off, so that its sweeps' SSH logins do
+        not mix with what a test counts.
+    """
     from twisted.internet import reactor
 
-    options = ServiceOptions(lab=slaves, data=data_dir, listen="tcp:0:interface=127.0.0.1", lab_boot_time=boot_time)
+    options = ServiceOptions(
+        lab=slaves,
+        data=data_dir,
+        listen="tcp:0:interface=127.0.0.1",
+        lab_boot_time=boot_time,
+        lab_health_interval=health_interval,
+    )
     service = make_service(options, reactor)
     service.startService()
     lab = next(child for child in service if isinstance(child, LabService)).lab

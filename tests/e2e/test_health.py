@@ -21,8 +21,8 @@ from slaveapi.service import ContextHolder, StoreService
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 
-#: The lab's C{[health] interval}.
-LAB_INTERVAL = 20.0
+#: The lab's C{[health] interval} in these tests.
+LAB_INTERVAL = 10.0
 DEAD = "t-linux64-lab-007"
 HEALTHY = "bld-linux64-lab-001"
 REFUSES_SSH = "bld-linux64-lab-006"
@@ -30,7 +30,9 @@ REFUSES_SSH = "bld-linux64-lab-006"
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def lab_service(tmp_path_factory: Any) -> AsyncIterator[RunningService]:
-    running = await start_in_process(str(tmp_path_factory.mktemp("health")), slaves=12, boot_time=1.0)
+    running = await start_in_process(
+        str(tmp_path_factory.mktemp("health")), slaves=12, boot_time=1.0, health_interval=LAB_INTERVAL
+    )
     yield running
     await running.stop()
 

@@ -32,6 +32,7 @@ class Options(usage.Options):
         ["data", "d", ".", "Directory of the results database (and SSH known hosts)."],
         ["lab", None, None, "Start a simulated lab of N machines and use it; needs no config.", _positive_int],
         ["lab-boot-time", None, 5.0, "Seconds a lab machine takes to boot.", float],
+        ["lab-health-interval", None, 20.0, "Seconds between health sweeps of the lab; 0: none.", float],
     ]
 
     def postOptions(self) -> None:
@@ -39,6 +40,8 @@ class Options(usage.Options):
             raise usage.UsageError("--lab and --config exclude each other: the lab writes its own config")
         if self["lab"] is None and self["config"] is None:
             raise usage.UsageError("give --config PATH, or --lab N for the simulated fleet")
+        if self["lab-health-interval"] < 0:
+            raise usage.UsageError("--lab-health-interval must be >= 0 (0: no health loop)")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -65,6 +68,7 @@ class SlaveAPIServiceMaker:
                     data=options["data"],
                     lab=options["lab"],
                     lab_boot_time=options["lab-boot-time"],
+                    lab_health_interval=options["lab-health-interval"],
                 ),
                 reactor,
             )
