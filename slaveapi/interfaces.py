@@ -27,6 +27,7 @@ from zope.interface import Attribute
 from zope.interface.interface import InterfaceClass, fromMethod
 
 if TYPE_CHECKING:
+    from slaveapi.clients._boot import BootOverride
     from slaveapi.clients.aws import Instance, LaunchSpec, SubnetUsage
     from slaveapi.clients.bugzilla import Bug
     from slaveapi.clients.devices import Device
@@ -218,10 +219,11 @@ class IPMISpec(Protocol):
         (raises C{IPMIError}).
         """
 
-    async def boot_device(self, host: str) -> str | None:
+    async def boot_device(self, host: str) -> BootOverride | None:
         """
-        The boot device set for the next boot (C{pxe}, C{disk}, C{bios}),
-        C{None} when no override is pending (raises C{IPMIError}).
+        The boot device the BMC forces (C{pxe}, C{disk}, C{bios}, ...) and
+        whether at the next boot only, C{None} when no override is pending
+        (raises C{IPMIError}).
         """
 
     async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
@@ -255,13 +257,20 @@ class RedfishSpec(Protocol):
     async def reset(self, host: str, reset_type: str) -> None:
         """C{ComputerSystem.Reset} with a reset kind the BMC advertises."""
 
+    async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
+        """
+        C{ForceOff}, power read off, C{On}, power read on (bounded); the
+        part from C{ForceOff} on finishes even when the caller is cancelled.
+        """
+
     async def set_boot_once(self, host: str, target: str) -> None:
         """Boot from C{Pxe}, C{Hdd} or C{BiosSetup} at the next boot only."""
 
-    async def boot_override(self, host: str) -> str | None:
+    async def boot_override(self, host: str) -> BootOverride | None:
         """
-        The one-time boot target pending (C{Pxe}, C{Hdd}, C{BiosSetup}),
-        C{None} when no override is pending.
+        The boot target pending (C{Pxe}, C{Hdd}, C{BiosSetup}, ...) and
+        whether for the next boot only (C{Once}) or every boot
+        (C{Continuous}), C{None} when no override is pending.
         """
 
     async def close(self) -> None:

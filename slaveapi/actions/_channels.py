@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from slaveapi._text import error_line
-from slaveapi.clients import ClientError, poll_until, within
+from slaveapi.clients import BootOverride, ClientError, poll_until, within
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.inventory import PDUOutlet
-from slaveapi.clients.redfish import RedfishError
+from slaveapi.clients.redfish import CYCLE_RESETS, RedfishError
 from slaveapi.context import Context
 from slaveapi.machines import Slave
 
@@ -38,7 +38,8 @@ from slaveapi.machines import Slave
 REDFISH_BOOT_TARGETS: Final = {"pxe": "Pxe", "disk": "Hdd", "bios": "BiosSetup"}
 BOOT_DEVICES: Final = tuple(REDFISH_BOOT_TARGETS)
 
-#: Redfish resets that cycle the power in one request, in order of preference.
+#: Redfish resets that cycle the power in one request, in order of preference,
+#: used only when the BMC does not advertise C{ForceOff} and C{On}.
 REDFISH_CYCLES: Final = ("PowerCycle", "ForceRestart")
 
 #: Told short lines about a step in progress (for the status text).
@@ -66,11 +67,14 @@ class Channel:
     @cvar reads_power: whether it can read the power state back; one that
         cannot confirms a cycle by watching the machine go down and come
         back (L{confirm_cycle}).
+    @cvar is_bmc: whether it is the machine's BMC (which reads the machine's
+        own power, not only whether power reaches it).
     """
 
     key: ClassVar[str]
     label: ClassVar[str]
     reads_power: ClassVar[bool] = True
+    is_bmc: ClassVar[bool] = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -108,8 +112,11 @@ class Channel:
         """Boot from C{device} (one of L{BOOT_DEVICES}) the next time only."""
         raise self.cannot("set a boot device")
 
-    async def boot_device(self) -> str | None:
-        """The boot device set for the next boot, C{None} when none is."""
+    async def boot_device(self) -> BootOverride | None:
+        """
+        The boot device forced (named as in L{BOOT_DEVICES} when it is one
+        of them) and whether for the next boot only; C{None} when none is.
+        """
         raise self.cannot("read the boot device")
 
     def failed(self) -> None:
@@ -141,10 +148,15 @@ class RedfishChannel(Channel):
 
     key = "redfish"
     label = "Redfish"
+    is_bmc = True
 
-    def __init__(self, ctx: Context, bmc: str) -> None:
+    def __init__(self, ctx: Context, bmc: str, address: str) -> None:
         super().__init__(ctx)
         self.bmc = bmc
+        #: The machine's own address, for the probe that confirms a one-request cycle.
+        self.address = address
+        #: The one-request reset L{cycle} sent, if it sent one rather than a power cycle.
+        self._one_request: str | None = None
 
     async def powered(self) -> bool:
         return await self.ctx.clients.redfish.power_state(self.bmc) == "on"
@@ -159,38 +171,43 @@ class RedfishChannel(Channel):
 
     async def cycle(self, progress: Progress) -> None:
         """
-        C{PowerCycle} or C{ForceRestart} when the BMC advertises one, else
-        C{ForceOff}, a wait (bounded) for the power to read off, and C{On};
-        a machine that is off is only powered on.
+        The Redfish client's power cycle (C{ForceOff}, power read off, C{On},
+        power read on; only C{On} for a machine that is off) when the BMC
+        advertises C{ForceOff} and C{On}. Else C{PowerCycle} or
+        C{ForceRestart}, which the BMC only accepts: L{confirm_cycle} then
+        waits for the probe to see the machine go down and come back, since
+        the power reads on before and after such a reset whether it did
+        anything or not.
         """
         redfish = self.ctx.clients.redfish
-        if not await self.powered():
-            progress("already off; power on requested")
-            await redfish.reset(self.bmc, "On")
-            return
         kinds = await redfish.reset_types(self.bmc)
-        one_request = next((kind for kind in REDFISH_CYCLES if kind in kinds), None)
-        if one_request is not None:
-            progress(f"{one_request} requested")
-            await redfish.reset(self.bmc, one_request)
+        self._one_request = None
+        if all(kind in kinds for kind in CYCLE_RESETS):
+            await redfish.powercycle(self.bmc, progress)
             return
-        if "ForceOff" not in kinds or "On" not in kinds:
+        one_request = next((kind for kind in REDFISH_CYCLES if kind in kinds), None)
+        if one_request is None:
             offered = ", ".join(kinds) or "none"
-            raise RedfishError(
-                self.bmc, "choosing a reset", f"it offers none of PowerCycle, ForceRestart, ForceOff and On ({offered})"
-            )
-        progress("ForceOff requested")
-        await redfish.reset(self.bmc, "ForceOff")
-        await self.wait_for_power(False, self.ctx.config.power.verify_timeout)
-        progress("powered off; power on requested")
-        await redfish.reset(self.bmc, "On")
+            why = f"it offers neither ForceOff and On nor PowerCycle or ForceRestart ({offered})"
+            raise RedfishError(self.bmc, "choosing a reset", why)
+        progress(f"{one_request} requested")
+        await redfish.reset(self.bmc, one_request)
+        self._one_request = one_request
+
+    async def confirm_cycle(self) -> str:
+        if self._one_request is None:
+            return await super().confirm_cycle()
+        return await _seen_down_and_up(self.ctx, self.address)
 
     async def set_boot_device(self, device: str) -> None:
         await self.ctx.clients.redfish.set_boot_once(self.bmc, REDFISH_BOOT_TARGETS[device])
 
-    async def boot_device(self) -> str | None:
-        target = await self.ctx.clients.redfish.boot_override(self.bmc)
-        return next((device for device, name in REDFISH_BOOT_TARGETS.items() if name == target), target)
+    async def boot_device(self) -> BootOverride | None:
+        override = await self.ctx.clients.redfish.boot_override(self.bmc)
+        if override is None:
+            return None
+        device = next((device for device, name in REDFISH_BOOT_TARGETS.items() if name == override.device), None)
+        return override if device is None else BootOverride(device, override.once)
 
     def failed(self) -> None:
         self.ctx.clients.redfish.forget(self.bmc)
@@ -201,6 +218,7 @@ class IPMIChannel(Channel):
 
     key = "ipmi"
     label = "IPMI"
+    is_bmc = True
 
     def __init__(self, ctx: Context, bmc: str) -> None:
         super().__init__(ctx)
@@ -222,7 +240,7 @@ class IPMIChannel(Channel):
     async def set_boot_device(self, device: str) -> None:
         await self.ctx.clients.ipmi.set_boot_device(self.bmc, device)
 
-    async def boot_device(self) -> str | None:
+    async def boot_device(self) -> BootOverride | None:
         return await self.ctx.clients.ipmi.boot_device(self.bmc)
 
     def failed(self) -> None:
@@ -231,7 +249,12 @@ class IPMIChannel(Channel):
 
 
 class PDUChannel(Channel):
-    """The machine's PDU outlet: power only, and never gracefully."""
+    """
+    The machine's PDU outlet: power only, and never gracefully. Its
+    "power" is the outlet's: an outlet that is off means the machine is,
+    but one that is on says nothing of whether the machine is (a machine
+    shut down, or powered off by its BMC, keeps its outlet on).
+    """
 
     key = "pdu"
     label = "PDU"
@@ -275,12 +298,22 @@ class MozpoolChannel(Channel):
         await self.ctx.clients.mozpool.power_cycle(self.server, self.device)
 
     async def confirm_cycle(self) -> str:
-        waited = await self.ctx.clients.prober.wait_for_reboot(self.address)
-        if not waited.went_down:
-            raise NotVerified("it never went down")
-        if not waited.came_back:
-            raise NotVerified("it went down but did not come back")
-        return "it went down and came back"
+        return await _seen_down_and_up(self.ctx, self.address)
+
+
+async def _seen_down_and_up(ctx: Context, address: str) -> str:
+    """
+    Wait (bounded by the probe's own limits) for the machine to go down and
+    come back; the outcome's words.
+
+    @raise NotVerified: it never went down, or did not come back.
+    """
+    waited = await ctx.clients.prober.wait_for_reboot(address)
+    if not waited.went_down:
+        raise NotVerified("it never went down")
+    if not waited.came_back:
+        raise NotVerified("it went down but did not come back")
+    return "it went down and came back"
 
 
 async def look_up_bmc(ctx: Context, slave: Slave) -> tuple[str | None, str | None]:
@@ -323,7 +356,7 @@ class MachineChannels:
 async def _bmc_channel(ctx: Context, slave: Slave, bmc: str) -> Channel | str:
     """Redfish if the BMC speaks it, else IPMI if it answers; else why neither."""
     if await ctx.clients.redfish.speaks_redfish(bmc):
-        return RedfishChannel(ctx, bmc)
+        return RedfishChannel(ctx, bmc, slave.address)
     if await ctx.clients.ipmi.available(bmc):
         return IPMIChannel(ctx, bmc)
     # Perhaps it speaks Redfish by the next time: ask it again then.

@@ -22,7 +22,18 @@ and the PDU's power cycles themselves see it go off first); Mozpool, which
 cannot read the power, by the probe seeing the machine go down and come
 back. C{boot_device} (C{device} = C{pxe}, C{disk} or C{bios}) applies to
 the next boot only, through Redfish or IPMI; the PDU and Mozpool cannot
-set one.
+set one. A BMC that reads the device back as kept for every boot (some
+ignore "next boot only") still counts, and the result says so plainly.
+
+The power is read before anything is asked: a machine already in the state
+asked for is left alone ("power was already off"), even through a channel
+that could not have switched it (C{soft=yes} on a BMC without a graceful
+shutdown). The PDU's power is the outlet's: an outlet that is off means
+the machine is off, but one that is on does not mean the machine is (a
+machine shut down, or powered off by its BMC, keeps its outlet on). So
+when a BMC channel was tried first and read the machine off or failed, the
+PDU does not answer C{power_on} with "power was already on": it fails,
+saying why.
 
 C{power_status} only reads, so it leaves the machine's lock free; its
 result is C{{"power": "on"|"off", "via": "<channel>"}}. The others change
@@ -38,9 +49,17 @@ from typing import Any
 
 from slaveapi._text import error_line
 from slaveapi.actions._base import Action, ActionRun, ArgumentError, StatusLines, yes_no
-from slaveapi.actions._channels import BOOT_DEVICES, CannotDo, Channel, MachineChannels, NotVerified, discover
+from slaveapi.actions._channels import (
+    BOOT_DEVICES,
+    CannotDo,
+    Channel,
+    MachineChannels,
+    NotVerified,
+    PDUChannel,
+    discover,
+)
 from slaveapi.actions._remote import locate
-from slaveapi.clients import ClientError, poll_until
+from slaveapi.clients import BootOverride, ClientError, poll_until
 from slaveapi.context import Context
 from slaveapi.machines import Lookup, Slave
 
@@ -59,6 +78,8 @@ class _PowerSteps(StatusLines):
         self.run = run
         self.slave = slave
         self.found = found
+        #: The channels that were tried and failed, in order.
+        self.failed: list[Channel] = []
 
     async def first_working(self, heading: str, what: str, work: Callable[[Channel], Awaitable[str]]) -> Channel:
         """
@@ -87,6 +108,7 @@ class _PowerSteps(StatusLines):
                 self.run.log.info("{heading} via {channel}: done", heading=heading, channel=channel.label)
                 return channel
             channel.failed()
+            self.failed.append(channel)
         raise self.fail(self._none_could(what))
 
     def _none_could(self, what: str) -> str:
@@ -140,9 +162,15 @@ async def _switch(run: ActionRun, on: bool, soft: bool = False) -> str:
     timeout = settings.soft_off_timeout if soft else settings.verify_timeout
 
     async def switch(channel: Channel) -> str:
-        await channel.check_switch(on, soft)
-        if await channel.powered() == on:
+        # The power first: a machine already off needs no graceful shutdown the channel may lack.
+        if channel.reads_power and await channel.powered() == on:
+            if on and isinstance(channel, PDUChannel) and any(tried.is_bmc for tried in steps.failed):
+                raise NotVerified(
+                    "the outlet is on, but the BMC did not read the machine on, and an outlet that is on"
+                    " cannot tell whether the machine is"
+                )
             return f"power was already {_state(on)}"
+        await channel.check_switch(on, soft)
         await channel.switch(on, soft)
         steps.outcome(f"requested, waiting for the power to read {_state(on)}...")
         await channel.wait_for_power(on, timeout)
@@ -193,11 +221,11 @@ async def boot_device(run: ActionRun, device: str) -> str:
     async def set_device(channel: Channel) -> str:
         await channel.set_boot_device(device)
         steps.outcome("set, reading it back...")
-        last: list[str | None] = []
+        last: list[BootOverride | None] = []
 
         async def matches() -> bool:
             last.append(await channel.boot_device())
-            return last[-1] == device
+            return last[-1] is not None and last[-1].device == device
 
         await poll_until(
             run.ctx.reactor,
@@ -206,13 +234,22 @@ async def boot_device(run: ActionRun, device: str) -> str:
             settings.verify_timeout,
             f"{channel.label}: boot device {device}",
             timeout_error=lambda: NotVerified(
-                f"the next boot device read {last[-1] or 'none'}, not {device}, after {settings.verify_timeout:g}s"
+                f"the next boot device read {_device(last[-1])}, not {device}, after {settings.verify_timeout:g}s"
             ),
         )
+        override = last[-1]
+        if override is not None and not override.once:
+            run.log.warn("{channel}: the BMC keeps boot device {device} for every boot", channel=channel.label,
+                         device=device)
+            return f"next boot: {device}; the BMC keeps it for every boot, not only the next"
         return f"next boot: {device}"
 
     await steps.first_working(f"Setting the next boot device to {device}", "set its next boot device", set_device)
     return steps.text
+
+
+def _device(override: BootOverride | None) -> str:
+    return "none" if override is None else override.device
 
 
 def _power_off_arguments(form: Mapping[str, str]) -> dict[str, Any]:

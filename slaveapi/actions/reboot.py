@@ -18,12 +18,13 @@ Redfish and IPMI share the BMC's name and its one DNS lookup. Whether the
 BMC speaks Redfish is discovered once per BMC and remembered by the Redfish
 client (L{slaveapi.clients.redfish.BMCDiscovery}); a failed Redfish or IPMI
 step makes it forget, so the next reboot asks the BMC again. The Redfish
-step resets with C{GracefulRestart} when the BMC advertises it, else
-C{ForceRestart}, else C{ForceOff}, waits (bounded) until the BMC reports
-the power off, then C{On}. A Redfish reset returns as soon as the BMC
-accepted it, while the machine may still be up, so the wait after it is the
-one after SSH and Mozpool (down, then up), not IPMI's (up: its power cycle
-returns once the power was seen off). When the Redfish step was tried,
+step resets with C{GracefulRestart} when the BMC advertises it: that
+returns as soon as the BMC accepted it, while the machine may still be up,
+so the wait after it is the one after SSH and Mozpool (down, then up).
+Otherwise it is the Redfish client's power cycle
+(L{slaveapi.clients.redfish.RedfishClient.powercycle}: C{ForceOff}, power
+read off, C{On}, power read on, finished even if the action is cancelled
+halfway), after which the wait is IPMI's (up). When the Redfish step was tried,
 whatever its outcome, the IPMI step is skipped: it is the same BMC, and
 one that speaks Redfish may not speak IPMI at all; the PDU comes next.
 
@@ -52,9 +53,8 @@ from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
 from slaveapi.actions._channels import look_up_bmc
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
-from slaveapi.clients import ClientError, poll_until
+from slaveapi.clients import ClientError
 from slaveapi.clients.bugzilla import Bug
-from slaveapi.clients.redfish import RedfishError
 from slaveapi.clients.ssh import SSHBusy, SSHError, SSHTimeout
 from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import Lookup, Slave
@@ -70,11 +70,8 @@ BUSY_TRIES = 3
 #: Seconds between those tries (on top of the C{connect_timeout} each try waits for a place).
 BUSY_PAUSE = 30.0
 
-#: The Redfish resets tried, in order of preference, when the BMC advertises them.
-REDFISH_RESTARTS = ("GracefulRestart", "ForceRestart")
-#: After a Redfish C{ForceOff}: seconds between power-state reads, and the most waited for "off".
-REDFISH_OFF_POLL = 2.0
-REDFISH_OFF_TIMEOUT = 60.0
+#: The Redfish reset used when the BMC advertises it (else the client's power cycle).
+REDFISH_RESTART = "GracefulRestart"
 
 
 class _StayedBusy(Exception):
@@ -329,50 +326,27 @@ async def _redfish(escalation: _Escalation) -> bool:
         escalation.skip("Redfish", f"the BMC at {slave.ipmi} does not speak Redfish")
         return False
     escalation.redfish_tried = True
+    # Set by start(): whether the machine's power was cycled (seen off, then on)
+    # rather than a restart merely accepted.
+    cycled = False
 
     async def start() -> None:
-        kinds = await redfish.reset_types(bmc)
-        restart = next((kind for kind in REDFISH_RESTARTS if kind in kinds), None)
-        if restart is not None:
-            run.log.info("Redfish reset {kind} of {bmc}", kind=restart, bmc=bmc)
-            await redfish.reset(bmc, restart)
+        nonlocal cycled
+        if REDFISH_RESTART in await redfish.reset_types(bmc):
+            run.log.info("Redfish reset {kind} of {bmc}", kind=REDFISH_RESTART, bmc=bmc)
+            await redfish.reset(bmc, REDFISH_RESTART)
             return
-        if "ForceOff" not in kinds or "On" not in kinds:
-            offered = ", ".join(kinds) or "none"
-            raise RedfishError(
-                bmc, "choosing a reset", f"it offers none of GracefulRestart, ForceRestart, ForceOff and On ({offered})"
-            )
-        run.log.info("Redfish reset ForceOff then On of {bmc}", bmc=bmc)
-        await redfish.reset(bmc, "ForceOff")
-        await _redfish_power_off(escalation, bmc)
-        await redfish.reset(bmc, "On")
+        run.log.info("Redfish power cycle (ForceOff, then On) of {bmc}", bmc=bmc)
+        await redfish.powercycle(bmc)
+        cycled = True
 
-    rebooted = await escalation.attempt("Redfish", start, lambda: _wait_for_reboot(escalation))
+    async def wait() -> str | None:
+        return await (_wait_for_up(escalation) if cycled else _wait_for_reboot(escalation))
+
+    rebooted = await escalation.attempt("Redfish", start, wait)
     if not rebooted:
         redfish.forget(bmc)
     return rebooted
-
-
-async def _redfish_power_off(escalation: _Escalation, bmc: str) -> None:
-    """
-    Wait until the BMC reports the power off after C{ForceOff}: reads
-    L{REDFISH_OFF_POLL} seconds apart, for at most L{REDFISH_OFF_TIMEOUT}.
-
-    @raise RedfishError: still on at the end (or a read failed).
-    """
-    ctx = escalation.run.ctx
-
-    async def off() -> bool:
-        return await ctx.clients.redfish.power_state(bmc) == "off"
-
-    await poll_until(
-        ctx.reactor,
-        off,
-        REDFISH_OFF_POLL,
-        REDFISH_OFF_TIMEOUT,
-        f"Redfish {bmc}: power off",
-        timeout_error=lambda: RedfishError(bmc, "ForceOff", f"the power was still on after {REDFISH_OFF_TIMEOUT:g}s"),
-    )
 
 
 async def _ipmi(escalation: _Escalation) -> bool:

@@ -16,15 +16,24 @@ A request::
 An answer::
 
     {"id": 7, "ok": true, "powered": true}         # status
-    {"id": 7, "ok": true}                          # control, set_boot
+    {"id": 7, "ok": true}                          # control
+    {"id": 7, "ok": true, "kept": true}            # set_boot
     {"id": 7, "ok": true, "valid": true, "persistent": false, "selector": 1}   # get_boot
     {"id": 7, "ok": false, "kind": "setup" | "auth" | "command", "message": "..."}
 
-C{set_boot} is Set System Boot Options (netfn 0x00, command 0x08) of
-parameter 5, the boot flags, with the "valid" bit set and the "persistent"
-bit clear: the BMC forces boot device C{selector} (IPMI 2.0 table 28-14,
-data byte 2 bits 5:2) at the next boot only. C{get_boot} is Get System Boot
-Options (command 0x09) of the same parameter, answered as its bits.
+C{set_boot} is two Set System Boot Options (netfn 0x00, command 0x08), as
+pyghmi's own C{set_bootdev} sends them. First parameter 3, "boot flag valid
+bit clearing", with bit 3 set: by default a BMC clears the boot flags'
+"valid" bit when no chassis control command follows within 60 s, which
+would silently drop an override set for a later reboot. C{kept} says whether
+the BMC took that (C{false}: it does not support parameter 3, completion code
+0x80, and may drop the override after 60 s). Then parameter 5, the boot
+flags, with the "valid" bit set and the "persistent" bit clear: the BMC
+forces boot device C{selector} (IPMI 2.0 table 28-14, data byte 2 bits 5:2)
+at the next boot only. C{get_boot} is Get System Boot Options (command 0x09)
+of parameter 5, answered as its bits; a reply whose "parameter valid" byte
+has bit 7 set (the BMC marks the parameter invalid or locked) is a
+C{command} error.
 
 C{kind} C{setup} means the session could not be set up (no BMC answered, or
 it broke off): the caller may retry. C{auth} means the BMC refused the user
@@ -53,8 +62,15 @@ _DIRECTIVES = frozenset({0, 1, 2, 3, 5})
 # Boot device selectors (IPMI 2.0, table 28-14) the client may force: PXE, hard drive, BIOS setup.
 _SELECTORS = frozenset({1, 2, 6})
 _OPS = ("status", "control", "set_boot", "get_boot")
+# Boot options parameter 3, boot flag valid bit clearing; bit 3: do not clear after the 60 s timeout.
+_VALID_BIT_CLEARING = 3
+_KEEP_PAST_60S = 0x08
+# Completion code: parameter not supported.
+_NOT_SUPPORTED = 0x80
 # Boot options parameter 5, the boot flags; data byte 1 bit 7 "valid", bit 6 "persistent".
 _BOOT_FLAGS = 5
+# Get System Boot Options reply, the "parameter valid" byte: bit 7 set means invalid or locked.
+_PARAMETER_INVALID = 0x80
 _FLAG_VALID = 0x80
 _FLAG_PERSISTENT = 0x40
 
@@ -114,12 +130,18 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         message = _scrub(str(error) if str(error) != "None" else "", password)
         return {"id": ident, "ok": False, "kind": _setup_kind(message), "message": message}
 
+    kept = False
     try:
         if op == "status":
             response = cmd.raw_command(netfn=0, command=1)
         elif op == "control":
             response = cmd.raw_command(netfn=0, command=2, data=[directive])
         elif op == "set_boot":
+            clearing = cmd.raw_command(netfn=0, command=8, data=[_VALID_BIT_CLEARING, _KEEP_PAST_60S])
+            if "error" in clearing and clearing.get("code") != _NOT_SUPPORTED:
+                reason = "boot flag valid bit clearing: " + _scrub(str(clearing["error"]), password)
+                return {"id": ident, "ok": False, "kind": "command", "message": reason}
+            kept = "error" not in clearing
             # Parameter, flags (valid, this boot only, legacy BIOS), device selector, then bytes 3-5.
             response = cmd.raw_command(netfn=0, command=8, data=[_BOOT_FLAGS, _FLAG_VALID, selector << 2, 0, 0, 0])
         else:
@@ -134,6 +156,8 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
             return {"id": ident, "ok": True, "powered": bool(data[0] & 1)}
         if op == "get_boot":
             return _boot_flags(ident, data)
+        if op == "set_boot":
+            return {"id": ident, "ok": True, "kept": kept}
         return {"id": ident, "ok": True}
     except Exception as error:
         message = _scrub(str(error) if str(error) != "None" else "", password)
@@ -149,6 +173,9 @@ def _boot_flags(ident: Any, data: Any) -> dict[str, Any]:
     # Parameter version, then the parameter selector (bit 7: invalid or locked), then the flags.
     if len(data) < 4 or data[1] & 0x7F != _BOOT_FLAGS:
         return {"id": ident, "ok": False, "kind": "command", "message": "unreadable boot flags answer"}
+    if data[1] & _PARAMETER_INVALID:
+        reason = "the BMC marks its boot flags invalid or locked"
+        return {"id": ident, "ok": False, "kind": "command", "message": reason}
     return {
         "id": ident,
         "ok": True,

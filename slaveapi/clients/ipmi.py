@@ -9,6 +9,17 @@ L{IPMIClient.set_boot_device} / L{IPMIClient.boot_device} for a one-time
 boot device (the chassis boot flags: forced device, "valid", not
 "persistent"; a BMC clears them once the machine has booted).
 
+The 60 s rule: per IPMI 2.0 boot option parameter 3 ("boot flag valid bit
+clearing"), a BMC clears the boot flags' "valid" bit when no restart (no
+chassis control command) follows within 60 s of setting them, unless told
+not to. So L{IPMIClient.set_boot_device} first tells it not to (parameter
+3, bit 3, as pyghmi's own C{set_bootdev} does), then sets the flags: a boot
+device set now still holds for a reboot an hour later. A BMC that does not
+support parameter 3 is used anyway, and that is logged: it may drop the
+device after 60 s. L{IPMIClient.boot_device} reports whether the override
+read back is for the next boot only or persistent (L{BootOverride}), and
+fails when the BMC marks the boot flags invalid or locked.
+
 Execution model
 ===============
 
@@ -93,6 +104,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import slaveapi
+from slaveapi.clients._boot import BootOverride
 from slaveapi.clients._bounded import poll_until, settled, within
 from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
 from slaveapi.clients._targets import TargetSlots
@@ -454,30 +466,40 @@ class IPMIClient:
         """
         Boot the machine from C{device} at its next boot only; returns once the BMC accepted it.
 
+        The BMC is first told to keep the boot flags valid past its 60 s
+        timeout (see the module docstring), so the device holds until the
+        next boot however late that comes.
+
         @param device: C{pxe}, C{disk} (the default hard drive) or C{bios} (BIOS setup).
         @raise ValueError: C{device} is none of those (nothing is sent).
         """
         selector = BOOT_SELECTORS.get(device)
         if selector is None:
             raise ValueError(f"unknown boot device {device!r}; expected one of {', '.join(BOOT_SELECTORS)}")
-        await self._call(host, f"set boot device {device}", {"op": "set_boot", "selector": selector})
+        answer = await self._call(host, f"set boot device {device}", {"op": "set_boot", "selector": selector})
+        if not answer.get("kept"):
+            _log.warn("ipmi: {host}: the BMC does not support boot flag valid bit clearing; it may drop the boot "
+                      "device {device} unless the machine restarts within 60s", host=host, device=device)
 
-    async def boot_device(self, host: str) -> str | None:
+    async def boot_device(self, host: str) -> BootOverride | None:
         """
-        The device the BMC forces at the next boot: C{pxe}, C{disk}, C{bios}
-        (or the name of another selector, such as C{cdrom}, should someone
-        have set one); C{None} when the boot flags are not valid or force no device.
+        The device the BMC forces: C{pxe}, C{disk}, C{bios} (or the name of
+        another selector, such as C{cdrom}, should someone have set one),
+        and whether at the next boot only (not "persistent"); C{None} when
+        the boot flags are not valid or force no device.
+
+        @raise IPMIError: among others, when the BMC marks the boot flags
+            invalid or locked.
         """
         answer = await self._call(host, "boot device status", {"op": "get_boot"})
         selector = int(answer.get("selector") or 0)
         if not answer.get("valid") or selector == 0:
             return None
-        if answer.get("persistent"):
-            _log.info("ipmi: {host}: boot device override is persistent, not for the next boot only", host=host)
+        once = not answer.get("persistent")
         for device, known in BOOT_SELECTORS.items():
             if known == selector:
-                return device
-        return _OTHER_SELECTORS.get(selector, f"selector {selector:04b}b")
+                return BootOverride(device, once)
+        return BootOverride(_OTHER_SELECTORS.get(selector, f"selector {selector:04b}b"), once)
 
     async def available(self, host: str) -> bool:
         """Whether a BMC at C{host} answers a power-state query (False rather than an error)."""

@@ -41,6 +41,14 @@ L{RedfishClient.forget} after a reset or a power cycle through that BMC
 failed, so the next use discovers it again (a BMC upgraded to Redfish, or
 one that stopped answering).
 
+L{RedfishClient.powercycle} is the one power cycle through a BMC that
+the C{reboot} and C{power_cycle} actions share: C{ForceOff}, the power read
+back off, C{On}, the power read back on, each wait bounded by C{[redfish]
+power_timeout}. Like the IPMI client's, the part from C{ForceOff} on runs
+as its own task (L{Unfinished}) that a cancelled caller does not stop, so a
+timeout or a service stop never leaves a machine switched off halfway, and
+L{RedfishClient.close} waits (bounded) for it.
+
 Errors are L{RedfishError} (L{RedfishTimeout}, L{RedfishUnavailable},
 L{RedfishAuthError}): one line C{"Redfish <bmc>: <step> failed: <why>"}; the
 password is never in a message or a log line.
@@ -60,7 +68,7 @@ from typing import Any, Final
 
 from OpenSSL import SSL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.logger import Logger
@@ -68,8 +76,10 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from slaveapi.clients._bounded import within
+from slaveapi.clients._boot import BootOverride
+from slaveapi.clients._bounded import poll_until, settled, within
 from slaveapi.clients._errors import ClientError, ClientTimeout, Unreachable
+from slaveapi.clients._unfinished import Unfinished
 from slaveapi.clients.http import Answer, FetchFailed, fetch
 from slaveapi.config import RedfishConfig, Secret
 from slaveapi.interfaces import IRedfish
@@ -98,6 +108,12 @@ _SETUP_FAILURES: Final = ("connection refused", "connect timed out", "connection
 
 #: How many BMCs L{BMCDiscovery} remembers (the least recently used is forgotten first).
 DISCOVERY_MEMO_SIZE: Final = 4096
+
+#: The resets L{RedfishClient.powercycle} needs the BMC to advertise.
+CYCLE_RESETS: Final = ("ForceOff", "On")
+
+#: Slack on top of the computed bound of a power cycle's tail that L{RedfishClient.close} waits for.
+_CLOSE_SLACK: Final = 5.0
 
 #: The largest answer read from a BMC.
 _MAX_BODY: Final = 4 * 1024 * 1024
@@ -130,6 +146,20 @@ class RedfishUnavailable(RedfishError, Unreachable):
 
 class RedfishAuthError(RedfishError):
     """The BMC refused our credentials (HTTP 401)."""
+
+
+def check_cycle_resets(host: str, offered: Sequence[str]) -> None:
+    """
+    Refuse a power cycle through a BMC that does not advertise both
+    C{ForceOff} and C{On} (L{CYCLE_RESETS}).
+
+    @param offered: the reset kinds the BMC advertises.
+    @raise RedfishError: step C{"choosing a reset"}, naming what it offers.
+    """
+    if not all(kind in offered for kind in CYCLE_RESETS):
+        raise RedfishError(
+            host, "choosing a reset", f"a power cycle needs ForceOff and On; the BMC offers {_listed(offered)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -311,6 +341,8 @@ class RedfishClient:
             http, self._pool = make_redfish_http(reactor, config)
         self._http = http
         self._discovery = BMCDiscovery(self.available)
+        # The off-to-on parts of running power cycles; close() waits for them.
+        self._unfinished = Unfinished(_log)
 
     # --- public calls ----------------------------------------------------------
 
@@ -397,13 +429,14 @@ class RedfishClient:
             raise ValueError(f"boot target {target!r}: expected one of {', '.join(BOOT_TARGETS)}")
         await self._with_system(host, lambda login, system: self._boot_once(host, login, system, target))
 
-    async def boot_override(self, host: str) -> str | None:
+    async def boot_override(self, host: str) -> BootOverride | None:
         """
-        The one-time boot target pending: the system's
-        C{Boot.BootSourceOverrideTarget} (C{Pxe}, C{Hdd}, C{BiosSetup}, or
-        another the BMC names) while C{BootSourceOverrideEnabled} is C{Once}
-        (or C{Continuous}: set by someone else for every boot, the next one
-        included; logged); C{None} when it is C{Disabled} (or absent), or
+        The boot target pending: the system's C{Boot.BootSourceOverrideTarget}
+        (C{Pxe}, C{Hdd}, C{BiosSetup}, or another the BMC names) while
+        C{BootSourceOverrideEnabled} is C{Once} (L{BootOverride.once}) or
+        C{Continuous} (for every boot, the next one included: C{once} is
+        false; some BMCs, sushy-emulator among them, keep a C{Once} request
+        as C{Continuous}); C{None} when it is C{Disabled} (or absent), or
         the target is C{None}.
 
         @raise RedfishError: the override is unreadable.
@@ -423,18 +456,127 @@ class RedfishClient:
             raise RedfishError(host, step, f"unknown BootSourceOverrideEnabled {_quoted(enabled)}")
         if not isinstance(target, str) or not target:
             raise RedfishError(host, step, f"unknown BootSourceOverrideTarget {_quoted(target)}")
-        if enabled == "Continuous":
-            _log.info(
-                "Redfish {bmc}: boot override {target} is for every boot, not the next one only",
-                bmc=host,
-                target=target,
-            )
-        return target
+        return BootOverride(target, once=enabled == "Once")
+
+    async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
+        """
+        Power-cycle the machine: C{ForceOff}, a wait until the power reads
+        off, C{On}, a wait until it reads on; a machine already off is only
+        powered on. Each wait reads the power state every C{[redfish]
+        poll_interval} seconds for at most C{power_timeout}.
+
+        Everything from the C{ForceOff} request on runs as its own task:
+        cancelling the caller (an action's timeout, a service stop) raises
+        C{CancelledError} here at once, but the machine is not left off: the
+        power cycle finishes in the background, bounded, silently for
+        C{progress}, and is logged. L{close} waits (bounded) for such power
+        cycles first. A failed wait for off, and a C{ForceOff} request whose
+        answer did not come, still send C{On} before the error is raised.
+
+        @param progress: told short human-readable lines as steps happen
+            (until the caller is cancelled).
+        @raise RedfishError: the BMC does not advertise C{ForceOff} and
+            C{On} (nothing is sent; see L{check_cycle_resets}), a request
+            failed, or a power state was not reached in time.
+        """
+        cancelled = False
+
+        def say(line: str) -> None:
+            _log.info("Redfish {bmc}: {line}", bmc=host, line=line)
+            if progress is not None and not cancelled:
+                progress(line)
+
+        check_cycle_resets(host, await self.reset_types(host))
+        powered = await self.power_state(host) == "on"
+        tail = Deferred.fromCoroutine(self._off_then_on(host, powered, say))
+        try:
+            await self._unfinished.shield(tail, "Redfish {bmc}", bmc=host)
+        except CancelledError:
+            cancelled = True
+            if not tail.called:
+                _log.warn(
+                    "Redfish {bmc}: power cycle cancelled; finishing it in the background so the machine "
+                    "is not left off",
+                    bmc=host,
+                )
+            raise
 
     async def close(self) -> None:
-        """Close the idle connections of the client's own pool."""
+        """
+        Wait (bounded) for power cycles whose callers were cancelled, then
+        close the idle connections of the client's own pool.
+        """
+        pending = self._unfinished.pending()
+        if pending:
+            waiting = DeferredList(pending, consumeErrors=True)
+            bound = self._tail_bound()
+            try:
+                await within(self._reactor, bound, settled(waiting), "Redfish: unfinished power cycles")
+            except ClientTimeout:
+                _log.warn("Redfish: power cycles still unfinished after {bound:g}s; closing anyway", bound=bound)
         if self._pool is not None:
             await self._pool.closeCachedConnections()
+
+    # --- one power cycle -------------------------------------------------------------
+
+    async def _off_then_on(self, host: str, powered: bool, say: Callable[[str], None]) -> None:
+        """The power cycle from the C{ForceOff} request on (see L{powercycle})."""
+        off_failed: RedfishError | None = None
+        if powered:
+            say("ForceOff requested")
+            try:
+                await self.reset(host, "ForceOff")
+            except RedfishTimeout as unanswered:
+                # The BMC may have acted on it: power on all the same.
+                off_failed = unanswered
+            if off_failed is None:
+                try:
+                    await self._wait_for(host, "off")
+                except RedfishError as error:
+                    off_failed = error
+                else:
+                    say("powered off")
+            if off_failed is not None:
+                say(f"{off_failed.step} failed ({off_failed.reason}); power on requested all the same")
+        else:
+            say("already off; power on requested")
+        if off_failed is None and powered:
+            say("power on requested")
+        await self.reset(host, "On")
+        await self._wait_for(host, "on")
+        say("powered on")
+        if off_failed is not None:
+            raise off_failed
+
+    async def _wait_for(self, host: str, state: str) -> None:
+        """
+        Read the power state until it is C{state}, bounded by C{power_timeout}.
+
+        @raise RedfishError: it was not by then (step C{ForceOff} or C{On}),
+            or a read failed.
+        """
+        timeout = self._config.power_timeout
+        step, other = ("ForceOff", "on") if state == "off" else ("On", "off")
+
+        async def reached() -> bool:
+            return await self.power_state(host) == state
+
+        await poll_until(
+            self._reactor,
+            reached,
+            self._config.poll_interval,
+            timeout,
+            f"Redfish {host}: power {state}",
+            timeout_error=lambda: RedfishError(host, step, f"the power was still {other} after {timeout:g}s"),
+        )
+
+    def _tail_bound(self) -> float:
+        """How long the rest of one power cycle can take (see L{_off_then_on}), with slack."""
+        config = self._config
+        # One conversation: at most six HTTP calls, each tried up to retries + 1 times.
+        conversation = 6 * (config.retries + 1) * config.timeout
+        # Two resets, and per wait its bound plus the read under way at its end.
+        return 2 * (conversation + config.power_timeout + conversation + config.poll_interval) + _CLOSE_SLACK
 
     # --- one conversation ------------------------------------------------------------
 

@@ -219,6 +219,9 @@ class RedfishConfig:
     @ivar verify: check the BMC's certificate (against C{ca_bundle}, else
         the system's trust store); C{no} is logged as a warning.
     @ivar system_id: the ComputerSystem to act on when a BMC manages several.
+    @ivar poll_interval: seconds between power-state reads while a power
+        cycle waits for the power to be off, then on.
+    @ivar power_timeout: the most a power cycle waits for each of those.
     """
 
     scheme: str = field(default="https", metadata=ini(Choice(("https", "http"))))
@@ -229,6 +232,8 @@ class RedfishConfig:
     ca_bundle: str | None = field(default=None, metadata=ini(Path()))
     system_id: str | None = field(default=None, metadata=ini(Text()))
     username: str | None = field(default=None, metadata=ini(Text()))
+    poll_interval: float = field(default=2.0, metadata=ini(Number(0.05)))
+    power_timeout: float = field(default=60.0, metadata=ini(Number(1)))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ The boot device is kept here, per machine, as a BMC keeps its boot flags:
 Set System Boot Options (parameter 5) forces a device for the next boot,
 Get System Boot Options answers it (pyghmi's server answers "valid, this
 boot only"), and the lab's C{"booted"} clears it, as a BIOS does with a
-one-time override once it has used it.
+one-time override once it has used it. Parameter 3 ("boot flag valid bit
+clearing") is kept per BMC and read back as set, so a test can see that a
+client asked the BMC not to drop its boot flags after 60 s; the lab BMC
+itself never drops them.
   - stderr: diagnostics. If pyghmi's server loop dies the process exits
     with status 2.
 
@@ -69,6 +72,8 @@ _OPEN_SESSION_REQUEST = 0x10
 # System boot options parameter 5, the boot flags; bit 7 of their first byte says they are valid.
 _BOOT_FLAGS = 5
 _BOOT_FLAG_VALID = 0x80
+# System boot options parameter 3, boot flag valid bit clearing.
+_VALID_BIT_CLEARING = 3
 
 
 class _Chassis:
@@ -183,6 +188,8 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]  # pyghmi ships no types
         super().__init__(authdata, port=port, address=address)
         self.name = name
         self._chassis = chassis
+        # Boot options parameter 3 as last set (0: the BMC may clear the boot flags after 60 s).
+        self._valid_bit_clearing = 0
 
     def sessionless_data(self, data: bytes, sockaddr: Any) -> None:
         """As pyghmi's, but RMCP+ open-session requests get a L{_LabServerSession}."""
@@ -222,9 +229,21 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]  # pyghmi ships no types
     def set_boot_device(self, bootdevice: str) -> None:
         self._chassis.set_boot_device(self.name, bootdevice)
 
+    def get_system_boot_options(self, request: dict[str, Any], session: Any) -> None:
+        """As pyghmi's, and parameter 3 read back as set (pyghmi answers it not)."""
+        data = request.get("data") or b""
+        if data and data[0] & 0x7F == _VALID_BIT_CLEARING:
+            session.send_ipmi_response(data=[1, _VALID_BIT_CLEARING, self._valid_bit_clearing])
+            return
+        super().get_system_boot_options(request, session)
+
     def set_system_boot_options(self, request: dict[str, Any], session: Any) -> None:
         """As pyghmi's, but boot flags without the "valid" bit clear the override (pyghmi ignores the bit)."""
         data = request.get("data") or b""
+        if len(data) >= 2 and data[0] & 0x7F == _VALID_BIT_CLEARING:
+            self._valid_bit_clearing = data[1] & 0x1F
+            session.send_ipmi_response()
+            return
         if len(data) >= 2 and data[0] & 0x7F == _BOOT_FLAGS and not data[1] & _BOOT_FLAG_VALID:
             self._chassis.set_boot_device(self.name, "default")
             session.send_ipmi_response()

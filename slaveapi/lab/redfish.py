@@ -32,9 +32,13 @@ The subset of Redfish SlaveAPI's client uses:
     C{GracefulShutdown} (power off, only when the OS runs), C{ForceRestart}
     (a hard reboot) and C{GracefulRestart} (a reboot from the OS, only when
     it runs; a real BMC's ACPI request is ignored by a hung OS too); 204.
-  - C{PATCH /redfish/v1/Systems/1}: a one-time boot override, remembered
-    until the machine next boots (the BMC follows the lab's power as a
-    L{slaveapi.lab.power.PowerObserver}), as a BIOS uses it up; 204.
+  - C{PATCH /redfish/v1/Systems/1}: a boot override, C{Boot} with
+    C{BootSourceOverrideTarget} and C{BootSourceOverrideEnabled}
+    (C{Once}, C{Continuous} or C{Disabled}; a target without it keeps the
+    current one, C{Once} when the override was disabled). C{Once} is
+    remembered until the machine next boots (the BMC follows the lab's
+    power as a L{slaveapi.lab.power.PowerObserver}), as a BIOS uses it up;
+    C{Continuous} is kept for every boot; 204.
 
 Everything but the service root and opening a session needs a session's
 C{X-Auth-Token} or, as real BMCs still accept, the BMC user and password by
@@ -67,8 +71,10 @@ _log = Logger(namespace="slaveapi.lab.redfish")
 
 #: The reset kinds every lab Redfish BMC advertises.
 RESET_TYPES: Final = ("On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart")
-#: The boot targets it accepts for a one-time override.
+#: The boot targets it accepts for an override.
 BOOT_TARGETS: Final = ("None", "Pxe", "Hdd", "BiosSetup")
+#: The values of C{BootSourceOverrideEnabled} it accepts.
+BOOT_OVERRIDE_ENABLED: Final = ("Disabled", "Once", "Continuous")
 #: Seconds a session lives without being used (Redfish's C{SessionTimeout}).
 SESSION_TIMEOUT: Final = 300.0
 #: The most sessions one BMC holds at once.
@@ -123,8 +129,11 @@ class _BMC(Resource):
         super().__init__()
         self._owner = owner
         self.machine = machine
-        #: The one-time boot target set, if any.
-        self.boot_once: str | None = None
+        #: The boot target set, if any, and for which boots (C{BootSourceOverrideEnabled}).
+        self.boot_target: str | None = None
+        self.boot_enabled = "Disabled"
+        #: Whether it keeps a C{Once} override for every boot (C{Continuous}), as some BMCs (and sushy-emulator) do.
+        self.ignores_once = False
         #: The open sessions, by token.
         self.sessions: dict[str, _Session] = {}
         #: How many sessions were ever opened.
@@ -191,8 +200,8 @@ class _BMC(Resource):
             "PowerState": "On" if machine.powered else "Off",
             "Status": {"State": "Enabled", "Health": "OK", "HealthRollup": "OK"},
             "Boot": {
-                "BootSourceOverrideEnabled": "Once" if self.boot_once else "Disabled",
-                "BootSourceOverrideTarget": self.boot_once or "None",
+                "BootSourceOverrideEnabled": self.boot_enabled,
+                "BootSourceOverrideTarget": self.boot_target or "None",
                 "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS),
             },
             "Actions": {
@@ -270,10 +279,23 @@ class _BMC(Resource):
     def _patch(self, request: Request) -> bytes:
         body = _body(request)
         boot = body.get("Boot") if isinstance(body, dict) else None
-        target = boot.get("BootSourceOverrideTarget") if isinstance(boot, dict) else None
+        if not isinstance(boot, dict) or not {"BootSourceOverrideTarget", "BootSourceOverrideEnabled"} & set(boot):
+            return _error(request, 400, "expected Boot with BootSourceOverrideTarget or BootSourceOverrideEnabled")
+        target = boot.get("BootSourceOverrideTarget", self.boot_target or "None")
         if target not in BOOT_TARGETS:
             return _error(request, 400, f"BootSourceOverrideTarget {target!r} is not one of {', '.join(BOOT_TARGETS)}")
-        self.boot_once = None if target == "None" else str(target)
+        kept = self.boot_enabled if self.boot_enabled != "Disabled" else "Once"
+        enabled = boot.get("BootSourceOverrideEnabled", kept)
+        if enabled not in BOOT_OVERRIDE_ENABLED:
+            return _error(
+                request, 400,
+                f"BootSourceOverrideEnabled {enabled!r} is not one of {', '.join(BOOT_OVERRIDE_ENABLED)}",
+            )
+        if target == "None" or enabled == "Disabled":
+            self.boot_target, self.boot_enabled = None, "Disabled"
+        else:
+            once_ignored = enabled == "Once" and self.ignores_once
+            self.boot_target, self.boot_enabled = str(target), "Continuous" if once_ignored else str(enabled)
         request.setResponseCode(204)
         return b""
 
@@ -453,12 +475,13 @@ class LabRedfish:
         """Nothing: the BMC keeps running on standby power."""
 
     def machine_up(self, machine: LabMachine) -> None:
-        """The machine booted: its one-time boot override is used up."""
+        """The machine booted: a one-time boot override is used up (a continuous one is kept)."""
         bmc = self.bmcs.get(machine.name)
-        if bmc is not None and bmc.boot_once is not None:
+        if bmc is not None and bmc.boot_target is not None:
             _log.info("lab: Redfish BMC of {machine}: booted from {target}", machine=machine.name,
-                      target=bmc.boot_once)
-            bmc.boot_once = None
+                      target=bmc.boot_target)
+            if bmc.boot_enabled == "Once":
+                bmc.boot_target, bmc.boot_enabled = None, "Disabled"
 
     def stop(self) -> Deferred[None]:
         """Stop listening; fires when every listener closed."""

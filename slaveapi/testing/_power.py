@@ -6,8 +6,12 @@ it, or an error, after a delay on the reactor's clock (a timeout, say).
 Power states read back are the machine's own (on while it is up or
 booting), unless C{power_states} scripts answers for a target; switching
 the power on or off acts on the machine as the real BMC or outlet would.
+A PDU outlet reads as its machine's power until switched (or set in
+L{FakePDU.outlets}), then as switched: an outlet left on while a BMC
+powers the machine off still reads on, as a real one does.
 One-time boot devices (IPMI) and boot overrides (Redfish) are remembered
-per BMC and read back as set.
+per BMC and read back as set: for the next boot only, unless the BMC is
+told to keep them for every boot (C{persistent}, C{continuous}).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from slaveapi.clients import BootOverride
 from slaveapi.clients.inventory import PDUOutlet
-from slaveapi.clients.redfish import BMCDiscovery, RedfishError
+from slaveapi.clients.redfish import BMCDiscovery, RedfishError, check_cycle_resets
 from slaveapi.interfaces import IIPMI, IPDU, IMozpool, IRedfish
 from slaveapi.testing._hosts import FakeHost, FakeHosts
 
@@ -107,12 +112,15 @@ class FakeIPMI(_PowerControl):
     ignores it), C{reset} and C{cycle} reboot it.
 
     @ivar boot_devices: by address, the one-time boot device set.
+    @ivar persistent: addresses of BMCs that report the boot device as
+        persistent (for every boot) rather than for the next boot only.
     """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
         super().__init__(reactor, hosts)
         self.silent: set[str] = set()
         self.boot_devices: dict[str, str] = {}
+        self.persistent: set[str] = set()
 
     def _machine(self, host: str) -> FakeHost | None:
         return self._hosts.by_bmc(host) if self._hosts is not None else None
@@ -144,10 +152,11 @@ class FakeIPMI(_PowerControl):
         await self._scripted(host)
         self.boot_devices[host] = device
 
-    async def boot_device(self, host: str) -> str | None:
+    async def boot_device(self, host: str) -> BootOverride | None:
         """The boot device set for the BMC, if any."""
         self.calls.append(("boot_device", host))
-        return self.boot_devices.get(host)
+        device = self.boot_devices.get(host)
+        return None if device is None else BootOverride(device, once=host not in self.persistent)
 
     async def available(self, host: str) -> bool:
         """Whether the BMC at C{host} answers."""
@@ -181,6 +190,8 @@ class FakeRedfish(_PowerControl):
     @ivar power_states: by address, power states L{power_state} answers
         in turn (the last one from then on) instead of the machine's.
     @ivar boot_once: by address, the last one-time boot target set.
+    @ivar continuous: addresses of BMCs that keep a one-time boot override
+        for every boot (C{Continuous}), as sushy-emulator does.
     """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
@@ -188,6 +199,7 @@ class FakeRedfish(_PowerControl):
         self.silent: set[str] = set()
         self.reset_kinds: dict[str, tuple[str, ...]] = {}
         self.boot_once: dict[str, str] = {}
+        self.continuous: set[str] = set()
         self._discovery = BMCDiscovery(self.available)
 
     def _machine(self, host: str) -> FakeHost | None:
@@ -242,38 +254,66 @@ class FakeRedfish(_PowerControl):
         elif reset_type == "On":
             self._switch(machine, True)
 
+    async def powercycle(self, host: str, progress: Callable[[str], None] | None = None) -> None:
+        """
+        Switch the machine behind the BMC off (unless it is off) and on, as
+        scripted; refused, as by the real client, unless the BMC advertises
+        C{ForceOff} and C{On}.
+        """
+        self.calls.append(("powercycle", host))
+        check_cycle_resets(host, self.reset_kinds.get(host, REDFISH_RESET_TYPES))
+        await self._scripted(host)
+        machine = self._machine(host)
+        self._switch(machine, False)
+        self._switch(machine, True)
+
     async def set_boot_once(self, host: str, target: str) -> None:
         """Remember C{target} for the BMC."""
         self.calls.append((f"set_boot_once {target}", host))
         self.boot_once[host] = target
 
-    async def boot_override(self, host: str) -> str | None:
-        """The one-time boot target set for the BMC, if any."""
+    async def boot_override(self, host: str) -> BootOverride | None:
+        """The boot target set for the BMC, if any."""
         self.calls.append(("boot_override", host))
-        return self.boot_once.get(host)
+        target = self.boot_once.get(host)
+        return None if target is None else BootOverride(target, once=host not in self.continuous)
 
 
 @implementer(IPDU)
 class FakePDU(_PowerControl):
-    """PDU outlets, by their C{host:outlet} text; switching one powers its machine on or off."""
+    """
+    PDU outlets, by their C{host:outlet} text; switching one powers its machine on or off.
+
+    @ivar outlets: by outlet, its own state once switched (or set by a
+        test); an outlet not in it reads as its machine's power.
+    """
+
+    def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
+        super().__init__(reactor, hosts)
+        self.outlets: dict[str, bool] = {}
 
     def _machine(self, outlet: PDUOutlet) -> FakeHost | None:
         return self._hosts.by_outlet(str(outlet)) if self._hosts is not None else None
 
     async def outlet_state(self, outlet: PDUOutlet) -> bool:
-        """The scripted state, else whether the outlet's machine has power."""
+        """The scripted state, else the outlet's own, else whether its machine has power."""
         self.calls.append(("outlet_state", str(outlet)))
+        if not self.power_states.get(str(outlet)) and str(outlet) in self.outlets:
+            return self.outlets[str(outlet)]
         return self._powered(str(outlet), self._machine(outlet))
 
     async def set_outlet(self, outlet: PDUOutlet, on: bool) -> None:
         """Switch the outlet, as scripted."""
         self.calls.append((f"set_outlet {'on' if on else 'off'}", str(outlet)))
         await self._scripted(str(outlet))
+        self.outlets[str(outlet)] = on
         self._switch(self._machine(outlet), on)
 
     async def powercycle(self, outlet: PDUOutlet, progress: Callable[[str], None] | None = None) -> None:
         """Switch the outlet off and on, as scripted."""
         await self._cycle("powercycle", str(outlet), lambda hosts: hosts.by_outlet(str(outlet)))
+        if str(outlet) in self.outlets:
+            self.outlets[str(outlet)] = True
 
 
 @implementer(IMozpool)

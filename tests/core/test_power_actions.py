@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from slaveapi.actions import ActionFailure, ActionLog, ActionRun, ArgumentError
 from slaveapi.actions.power import ACTIONS, power_channels
 from slaveapi.actions.registry import ACTIONS as REGISTERED
+from slaveapi.clients import BootOverride
 from slaveapi.clients.ipmi import IPMIError
 from slaveapi.clients.redfish import RedfishError
 from slaveapi.config import API_SCOPES
@@ -182,6 +183,54 @@ def test_a_refused_command_fails_the_channel() -> None:
     ]
 
 
+_OUTLET_CANNOT_TELL = (
+    "Powering on via PDU...Failed (the outlet is on, but the BMC did not read the machine on, and an outlet that"
+    " is on cannot tell whether the machine is)."
+)
+
+
+def test_an_outlet_that_is_on_is_no_answer_when_the_bmc_could_not_power_the_machine_on() -> None:
+    fakes = _fakes(bmc_ip=BMC, outlet=OUTLET)
+    host = _host(fakes)
+    # Powered off by its BMC: the outlet stays on.
+    fakes.pdu.outlets[OUTLET] = True
+    fakes.hosts.power_off(host)
+    fakes.ipmi.outcomes[BMC] = Outcome(IPMIError(f"IPMI power on on {BMC}: refused"))
+    text, ok, _ = _run(fakes, "power_on")
+    assert not ok
+    assert text.split("\n") == [
+        f"Powering on via IPMI...Failed (IPMI power on on {BMC}: refused).",
+        _OUTLET_CANNOT_TELL,
+        "No power channel could power it on (Mozpool: no imaging server in inventory).",
+    ]
+    assert _changes(fakes) == [("set_power on", BMC)]
+    assert not fakes.hosts.powered(host)
+
+
+def test_an_outlet_that_is_on_is_no_answer_after_a_bmc_that_reads_off() -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True, outlet=OUTLET)
+    fakes.pdu.outlets[OUTLET] = True
+    fakes.hosts.power_off(_host(fakes))
+    # The BMC takes the request, and the machine never reads on.
+    fakes.redfish.power_states[BMC] = ["off"]
+    text, ok, _ = _run(fakes, "power_on")
+    assert not ok
+    timeout = fakes.config.power.verify_timeout
+    assert text.split("\n")[:2] == [
+        f"Powering on via Redfish...Failed (the power was still off after {timeout:g}s).",
+        _OUTLET_CANNOT_TELL,
+    ]
+
+
+def test_an_outlet_that_is_on_still_answers_when_no_bmc_was_asked() -> None:
+    fakes = _fakes(outlet=OUTLET)
+    fakes.pdu.outlets[OUTLET] = True
+    fakes.hosts.power_off(_host(fakes))
+    text, ok, _ = _run(fakes, "power_on")
+    # Without a BMC the outlet is all there is to go by (and what the result says is about the outlet).
+    assert ok and text == "Powering on via PDU...Success! (power was already on)"
+
+
 def test_every_channel_failing_is_a_failure_naming_each() -> None:
     fakes = _fakes(outlet=OUTLET, imaging_server="mobile-imaging-1")
     fakes.pdu.power_states[OUTLET] = ["on"]
@@ -208,6 +257,16 @@ def test_soft_off_uses_only_channels_that_shut_down_gracefully() -> None:
     # Never a hard off instead.
     assert _changes(fakes) == []
     assert _host(fakes).up
+
+
+def test_soft_off_of_a_machine_already_off_needs_no_graceful_shutdown() -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True, outlet=OUTLET)
+    fakes.redfish.reset_kinds[BMC] = ("On", "ForceOff")
+    fakes.hosts.power_off(_host(fakes))
+    text, ok, _ = _run(fakes, "power_off", soft=True)
+    assert ok and text == "Shutting down gracefully via Redfish...Success! (power was already off)"
+    assert _changes(fakes) == []
+    assert fakes.pdu.calls == []
 
 
 def test_soft_off_by_redfish_and_by_ipmi() -> None:
@@ -237,31 +296,64 @@ def test_a_soft_off_may_take_the_soft_off_timeout() -> None:
 # -- power_cycle ----------------------------------------------------------------------------------
 
 
-def test_cycle_by_redfish_prefers_one_request_and_waits_for_power_on() -> None:
+def test_cycle_by_redfish_is_the_clients_power_cycle_when_force_off_and_on_are_offered() -> None:
     fakes = _fakes(bmc_ip=BMC, redfish=True)
     text, ok, _ = _run(fakes, "power_cycle")
     assert ok and text == "Power-cycling via Redfish...Success! (power is on)"
-    assert _changes(fakes) == [("reset ForceRestart", BMC)]
+    # ForceRestart is offered too, but a one-request reset is not used.
+    assert _changes(fakes) == [("powercycle", BMC)]
     assert _host(fakes).reboots == 1
-
-
-def test_cycle_by_redfish_without_a_restart_is_force_off_then_on() -> None:
-    fakes = _fakes(bmc_ip=BMC, redfish=True)
-    fakes.redfish.reset_kinds[BMC] = ("On", "ForceOff")
-    text, ok, shown = _run(fakes, "power_cycle")
-    assert ok and text == "Power-cycling via Redfish...Success! (power is on)"
-    assert "Power-cycling via Redfish...ForceOff requested..." in shown
-    assert _changes(fakes) == [("reset ForceOff", BMC), ("reset On", BMC)]
     fakes.clock.advance(BOOT)
     assert _host(fakes).up
 
 
-def test_cycle_of_a_machine_that_is_off_only_powers_it_on() -> None:
+def test_cycle_of_a_machine_that_is_off_powers_it_on() -> None:
     fakes = _fakes(bmc_ip=BMC, redfish=True)
     fakes.hosts.power_off(_host(fakes))
     text, ok, _ = _run(fakes, "power_cycle")
     assert ok and text == "Power-cycling via Redfish...Success! (power is on)"
-    assert _changes(fakes) == [("reset On", BMC)]
+    assert _changes(fakes) == [("powercycle", BMC)]
+    fakes.clock.advance(BOOT)
+    assert _host(fakes).up
+
+
+@pytest.mark.parametrize("kind", ["PowerCycle", "ForceRestart"])
+def test_a_one_request_cycle_is_confirmed_by_the_probe(kind: str) -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True)
+    fakes.redfish.reset_kinds[BMC] = ("GracefulShutdown", kind)
+    text, ok, shown = _run(fakes, "power_cycle")
+    assert ok and text == "Power-cycling via Redfish...Success! (it went down and came back)"
+    assert f"Power-cycling via Redfish...{kind} requested..." in shown
+    assert _changes(fakes) == [(f"reset {kind}", BMC)]
+    assert _host(fakes).up and _host(fakes).reboots == 1
+
+
+def test_a_one_request_cycle_the_bmc_accepts_but_does_not_do_fails() -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True)
+    fakes.redfish.reset_kinds[BMC] = ("ForceRestart",)
+
+    async def ignored(host: str, reset_type: str) -> None:
+        # Accepted, and nothing happens: the power reads on before and after.
+        fakes.redfish.calls.append((f"reset {reset_type}", host))
+
+    fakes.redfish.reset = ignored  # type: ignore[method-assign]
+    text, ok, _ = _run(fakes, "power_cycle")
+    assert not ok
+    assert text.split("\n")[0] == "Power-cycling via Redfish...Failed (it never went down)."
+    assert _changes(fakes) == [("reset ForceRestart", BMC)]
+    assert _host(fakes).reboots == 0
+
+
+def test_a_bmc_offering_no_cycle_at_all_says_what_it_offers() -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True)
+    fakes.redfish.reset_kinds[BMC] = ("On", "Nmi")
+    text, ok, _ = _run(fakes, "power_cycle")
+    assert not ok
+    assert text.split("\n")[0] == (
+        f"Power-cycling via Redfish...Failed (Redfish {BMC}: choosing a reset failed: it offers neither"
+        " ForceOff and On nor PowerCycle or ForceRestart (On, Nmi))."
+    )
+    assert _changes(fakes) == []
 
 
 def test_cycle_by_ipmi_and_by_pdu_use_their_clients_power_cycles() -> None:
@@ -303,6 +395,25 @@ def test_boot_device_by_redfish_is_read_back(device: str, target: str) -> None:
     assert ("boot_override", BMC) in fakes.redfish.calls
 
 
+def test_a_boot_device_the_bmc_keeps_for_every_boot_is_set_and_says_so() -> None:
+    redfish = _fakes(bmc_ip=BMC, redfish=True)
+    redfish.redfish.continuous.add(BMC)
+    text, ok, _ = _run(redfish, "boot_device", device="pxe")
+    assert ok and text == (
+        "Setting the next boot device to pxe via Redfish...Success! (next boot: pxe; the BMC keeps it for every"
+        " boot, not only the next)"
+    )
+    assert redfish.redfish.boot_once == {BMC: "Pxe"}
+
+    ipmi = _fakes(bmc_ip=BMC)
+    ipmi.ipmi.persistent.add(BMC)
+    text, ok, _ = _run(ipmi, "boot_device", device="bios")
+    assert ok and text == (
+        "Setting the next boot device to bios via IPMI...Success! (next boot: bios; the BMC keeps it for every"
+        " boot, not only the next)"
+    )
+
+
 def test_boot_device_by_ipmi() -> None:
     fakes = _fakes(bmc_ip=BMC, outlet=OUTLET)
     text, ok, _ = _run(fakes, "boot_device", device="pxe")
@@ -313,7 +424,7 @@ def test_boot_device_by_ipmi() -> None:
 def test_a_boot_device_that_does_not_read_back_fails_and_the_pdu_cannot() -> None:
     fakes = _fakes(bmc_ip=BMC, outlet=OUTLET)
 
-    async def forgetful(host: str) -> str | None:
+    async def forgetful(host: str) -> BootOverride | None:
         return None
 
     fakes.ipmi.boot_device = forgetful  # type: ignore[method-assign]

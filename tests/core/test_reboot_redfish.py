@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slaveapi.actions.reboot import REDFISH_OFF_POLL, REDFISH_OFF_TIMEOUT
-from slaveapi.clients.redfish import RedfishTimeout
+from slaveapi.clients.redfish import RedfishError, RedfishTimeout
 from slaveapi.clients.ssh import SSHAuthenticationFailed
 from slaveapi.testing import FakeHost, Fakes, Outcome, make_fakes
 from tests.core.reboots import run_reboot
@@ -49,44 +48,38 @@ def test_a_redfish_bmc_restarts_the_machine_gracefully_and_ipmi_is_not_asked() -
     assert BOOT <= fakes.clock.seconds() < BOOT + fakes.config.probes.interval
 
 
-def test_force_restart_when_the_bmc_offers_no_graceful_restart() -> None:
+def test_without_graceful_restart_the_clients_power_cycle_is_used_and_then_the_machine_awaited() -> None:
     fakes = _fakes(bmc_ip=BMC, redfish=True)
+    # ForceRestart is offered but not used: the power cycle is seen off, then on.
     fakes.redfish.reset_kinds[BMC] = ("On", "ForceOff", "ForceRestart")
 
-    text, _ = run_reboot(fakes)
+    text, shown = run_reboot(fakes)
 
     assert text.split("\n")[-1] == "Attempting Redfish reboot...Success!"
-    assert _resets(fakes) == ["reset ForceRestart"]
+    assert "Attempting Redfish reboot...initiated, waiting for it to come back..." in shown[-2]
+    assert _resets(fakes) == []
+    assert ("powercycle", BMC) in fakes.redfish.calls
+    host = fakes.hosts.find("bld-1")
+    assert host is not None and host.up and host.reboots == 1
+    # The wait after a power cycle is for up only: seen at the first probe after the boot.
+    assert BOOT <= fakes.clock.seconds() < BOOT + fakes.config.probes.interval
 
 
-def test_force_off_then_on_waits_for_the_power_to_be_off() -> None:
-    fakes = _fakes(bmc_ip=BMC, redfish=True)
-    fakes.redfish.reset_kinds[BMC] = ("On", "ForceOff")
-    # The BMC reports the power off only at the third read.
-    fakes.redfish.power_states[BMC] = ["on", "on", "off"]
-
-    text, _ = run_reboot(fakes)
-
-    assert text.split("\n")[-1] == "Attempting Redfish reboot...Success!"
-    assert _resets(fakes) == ["reset ForceOff", "reset On"]
-    assert [call for call, _ in fakes.redfish.calls].count("power_state") == 3
-    assert fakes.clock.seconds() >= 2 * REDFISH_OFF_POLL + BOOT
-
-
-def test_power_that_stays_on_after_force_off_fails_the_step_and_the_pdu_follows() -> None:
+def test_a_failed_power_cycle_fails_the_step_and_the_pdu_follows() -> None:
     fakes = _fakes(bmc_ip=BMC, redfish=True, outlet=OUTLET)
     fakes.redfish.reset_kinds[BMC] = ("On", "ForceOff")
-    fakes.redfish.power_states[BMC] = ["on"]
+    timeout = fakes.config.redfish.power_timeout
+    fakes.redfish.outcomes[BMC] = Outcome(RedfishError(BMC, "ForceOff", f"the power was still on after {timeout:g}s"))
 
     text, _ = run_reboot(fakes)
 
     assert text.split("\n")[2:] == [
         f"Attempting Redfish reboot...Failed (Redfish {BMC}: ForceOff failed: the power was still on after"
-        f" {REDFISH_OFF_TIMEOUT:g}s).",
+        f" {timeout:g}s).",
         f"Skipping IPMI reboot: the BMC at {MGMT} speaks Redfish (tried above).",
         "Attempting PDU reboot...Success!",
     ]
-    assert _resets(fakes) == ["reset ForceOff"]
+    assert ("powercycle", BMC) in fakes.redfish.calls and _resets(fakes) == []
 
 
 def test_a_bmc_offering_no_usable_reset_fails_the_step_with_what_it_offers() -> None:
@@ -96,8 +89,8 @@ def test_a_bmc_offering_no_usable_reset_fails_the_step_with_what_it_offers() -> 
     text, _ = run_reboot(fakes, update_bug=False)
 
     assert text.split("\n")[2] == (
-        f"Attempting Redfish reboot...Failed (Redfish {BMC}: choosing a reset failed: it offers none of"
-        " GracefulRestart, ForceRestart, ForceOff and On (Nmi))."
+        f"Attempting Redfish reboot...Failed (Redfish {BMC}: choosing a reset failed: a power cycle needs"
+        " ForceOff and On; the BMC offers Nmi)."
     )
     assert _resets(fakes) == []
 

@@ -150,7 +150,28 @@ async def test_boot_device_is_set_and_read_back(lab_service: RunningService, nam
     assert result["text"] == f"Setting the next boot device to pxe via {label}...Success! (next boot: pxe)"
     if via == "redfish":
         redfish = lab_service.lab.redfish
-        assert redfish is not None and redfish.bmcs[name].boot_once == "Pxe"
+        assert redfish is not None
+        assert (redfish.bmcs[name].boot_target, redfish.bmcs[name].boot_enabled) == ("Pxe", "Once")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_boot_device_the_bmc_keeps_for_every_boot_says_so(lab_service: RunningService) -> None:
+    redfish = lab_service.lab.redfish
+    assert redfish is not None
+    bmc = redfish.bmcs[REDFISH]
+    bmc.ignores_once = True
+    try:
+        code, result = await _act(lab_service, REDFISH, "boot_device", device="disk")
+        assert (code, result["state"]) == (200, 2), result
+        assert result["text"] == (
+            "Setting the next boot device to disk via Redfish...Success! (next boot: disk; the BMC keeps it for"
+            " every boot, not only the next)"
+        )
+        assert (bmc.boot_target, bmc.boot_enabled) == ("Hdd", "Continuous")
+    finally:
+        # The module's other tests share this lab.
+        bmc.ignores_once = False
+        bmc.boot_target, bmc.boot_enabled = None, "Disabled"
 
 
 @pytest_twisted.ensureDeferred

@@ -143,13 +143,26 @@ def test_the_client_provides_its_interface() -> None:
 @pytest_twisted.ensureDeferred
 async def test_set_boot_device_reaches_ipmi_sim_which_never_marks_it_valid(ipmi_sim: IPMISim, clients: Clients) -> None:
     client = clients.make(_config(ipmi_sim.port), SIM_PASSWORD)
-    # ipmi_sim's names: "default" is its name for the default hard drive (selector 0010b).
-    for device, sim_name in (("pxe", "pxe"), ("disk", "default"), ("bios", "bios")):
-        await _run(client.set_boot_device("127.0.0.1", device))
-        assert ipmi_sim.boot == sim_name
-        # ipmi_sim answers the device but never the flags' "valid" bit: per the spec, no override.
-        assert await _run(client.boot_device("127.0.0.1")) is None
+    warnings: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "slaveapi.clients.ipmi":
+            warnings.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        # ipmi_sim's names: "default" is its name for the default hard drive (selector 0010b).
+        for device, sim_name in (("pxe", "pxe"), ("disk", "default"), ("bios", "bios")):
+            await _run(client.set_boot_device("127.0.0.1", device))
+            assert ipmi_sim.boot == sim_name
+            # ipmi_sim answers the device but never the flags' "valid" bit: per the spec, no override.
+            assert await _run(client.boot_device("127.0.0.1")) is None
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert ipmi_sim.control_calls() == ["0x20 set boot pxe", "0x20 set boot default", "0x20 set boot bios"]
+    # ipmi_sim took parameter 3 (keep the flags valid past 60 s) before each device.
+    assert not [line for line in warnings if "valid bit clearing" in line]
 
 
 @pytest.mark.parametrize(
@@ -160,12 +173,67 @@ async def test_set_boot_device_reaches_ipmi_sim_which_never_marks_it_valid(ipmi_
         (b"\x01\x05\x00\x08\x00\x00\x00", {"ok": True, "valid": False, "persistent": False, "selector": 2}),
         (b"\x01\x04\x80\x04", {"ok": False, "kind": "command", "message": "unreadable boot flags answer"}),
         (b"\x01\x05\x80", {"ok": False, "kind": "command", "message": "unreadable boot flags answer"}),
+        # Bit 7 of the parameter byte: the BMC marks the parameter invalid or locked.
+        (
+            b"\x01\x85\x80\x04\x00\x00\x00",
+            {"ok": False, "kind": "command", "message": "the BMC marks its boot flags invalid or locked"},
+        ),
     ],
 )
 def test_the_worker_reads_the_boot_flags_bits(data: bytes, answer: dict[str, Any]) -> None:
     from slaveapi.clients._ipmi_worker import _boot_flags
 
     assert _boot_flags(3, data) == dict(answer, id=3)
+
+
+class _ScriptedCommand:
+    """Stands in for pyghmi's C{Command} in the worker: records raw commands, answers by parameter."""
+
+    sent: list[tuple[int, int, list[int]]] = []
+    answers: dict[int, dict[str, Any]] = {}
+
+    def __init__(self, **_: Any) -> None:
+        self.ipmi_session = self
+
+    def raw_command(self, netfn: int, command: int, data: Any = ()) -> dict[str, Any]:
+        self.sent.append((netfn, command, list(data)))
+        return self.answers.get(data[0], {"data": b""}) if data else {"data": b""}
+
+    def logout(self) -> None:
+        pass
+
+
+def _set_boot(monkeypatch: pytest.MonkeyPatch, answers: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], list[Any]]:
+    from slaveapi.clients import _ipmi_worker
+
+    monkeypatch.setattr("pyghmi.ipmi.command.Command", _ScriptedCommand)
+    monkeypatch.setattr(_ScriptedCommand, "sent", [])
+    monkeypatch.setattr(_ScriptedCommand, "answers", answers)
+    request = {"id": 4, "host": "127.0.0.1", "port": 623, "username": "u", "password": "pw-Secret-9", "op": "set_boot",
+               "selector": 1}
+    return _ipmi_worker._serve(request), _ScriptedCommand.sent
+
+
+def test_the_worker_keeps_the_boot_flags_valid_past_60s_before_setting_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer, sent = _set_boot(monkeypatch, {})
+    assert answer == {"id": 4, "ok": True, "kept": True}
+    # Parameter 3 with bit 3 ("do not clear after the 60 s timeout") first, as pyghmi's set_bootdev does.
+    assert sent == [(0, 8, [3, 0x08]), (0, 8, [5, 0x80, 0x04, 0, 0, 0])]
+
+
+def test_a_bmc_without_parameter_3_still_gets_the_device_but_the_answer_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer, sent = _set_boot(monkeypatch, {3: {"error": "Parameter not supported", "code": 0x80}})
+    assert answer == {"id": 4, "ok": True, "kept": False}
+    assert [data[0] for _, _, data in sent] == [3, 5]
+
+
+def test_a_refused_parameter_3_fails_without_setting_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer, sent = _set_boot(monkeypatch, {3: {"error": "Insufficient privilege level", "code": 0xD4}})
+    assert answer == {"id": 4, "ok": False, "kind": "command",
+                      "message": "boot flag valid bit clearing: Insufficient privilege level"}
+    assert [data[0] for _, _, data in sent] == [3]
 
 
 @pytest_twisted.ensureDeferred

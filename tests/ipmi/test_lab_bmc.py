@@ -25,6 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver
 from zope.interface import implementer
 
+from slaveapi.clients import BootOverride
 from slaveapi.clients.ipmi import IPMIAuthError, IPMITimeout
 from slaveapi.config import IPMIConfig
 from slaveapi.lab import Lab
@@ -227,8 +228,15 @@ async def test_boot_device_is_kept_per_machine_until_it_boots(lab_bmcs: LabWithB
     assert await client.boot_device(host) is None
     for device in ("disk", "bios", "pxe"):
         await client.set_boot_device(host, device)
-        assert await client.boot_device(host) == device
+        assert await client.boot_device(host) == BootOverride(device, once=True)
     assert await client.boot_device(other.mgmt_ip) is None
+
+    # The BMC was told to keep the flags valid past its 60 s timeout (parameter 3, bit 3); the other was not.
+    get_clearing = ("raw", "0x00", "0x09", "0x03", "0x00", "0x00")
+    kept = await ipmitool(host, port, password, *get_clearing)
+    assert (kept.code, kept.out.split()) == (0, ["01", "03", "08"]), kept.err
+    untouched = await ipmitool(other.mgmt_ip, port, password, *get_clearing)
+    assert (untouched.code, untouched.out.split()) == (0, ["01", "03", "00"]), untouched.err
 
     # ipmitool reads the same boot flags: valid, this boot only, PXE.
     shown = await ipmitool(host, port, password, "chassis", "bootparam", "get", "5")
@@ -239,7 +247,7 @@ async def test_boot_device_is_kept_per_machine_until_it_boots(lab_bmcs: LabWithB
     # A device set by someone else is named too.
     cdrom = await ipmitool(host, port, password, "chassis", "bootdev", "cdrom")
     assert cdrom.code == 0, cdrom.err
-    assert await client.boot_device(host) == "cdrom"
+    assert await client.boot_device(host) == BootOverride("cdrom", once=True)
 
     # Boot flags without the "valid" bit clear the override.
     clear = ("raw", "0x00", "0x08", "0x05", "0x00", "0x04", "0x00", "0x00", "0x00")

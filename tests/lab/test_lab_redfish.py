@@ -1,6 +1,11 @@
 """
 The lab's Redfish BMCs (slaveapi.lab.redfish) against SlaveAPI's own Redfish
 client, on the real reactor: HTTPS verified against the lab's CA, sessions.
+
+The machines' boots are delayed calls on a L{Clock} the tests move on, not on
+the reactor: a boot racing the HTTPS requests of a test (ten of them take
+longer than a short boot on a busy machine) would make what a test sees
+depend on the machine's speed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
+from slaveapi.clients import BootOverride
 from slaveapi.clients.redfish import (
     RedfishAuthError,
     RedfishClient,
@@ -35,6 +42,8 @@ from slaveapi.lab.redfish import RESET_TYPES, SESSION_TIMEOUT, LabRedfish
 
 DOMAIN = "build.scl3.slaveapi.test"
 PASSWORD = "lab-redfish-pw"
+#: Seconds of the boots' L{Clock}: they pass only when a test calls L{_Running.boot}.
+BOOT_TIME = 30.0
 
 
 class _Watcher:
@@ -71,6 +80,13 @@ class _Running:
     config: RedfishConfig
     #: The session clock's reading, which the tests move on.
     now: list[float]
+    #: What the machines' boots are scheduled on: nothing boots until a test says so.
+    boots: Clock
+    power: PowerControl
+
+    def boot(self) -> None:
+        """Let every machine that is on its way up finish booting, now."""
+        self.boots.advance(self.power.boot_time)
 
     def url(self, path: str) -> str:
         return f"https://{self.machine.mgmt_ip}:{self.service.port}{path}"
@@ -93,7 +109,8 @@ async def running(tmp_path: Path) -> AsyncIterator[_Running]:
     fleet = build_fleet(12, DOMAIN, time.time())
     _redfish_bmcs(fleet, 0.25)
     machines = [m for m in fleet.machines if m.redfish]
-    power = PowerControl(reactor, time.time, 0.2)
+    boots = Clock()
+    power = PowerControl(boots, time.time, BOOT_TIME)
     watcher = _Watcher()
     power.add_observer(watcher)
     ca = LabCA()
@@ -102,7 +119,7 @@ async def running(tmp_path: Path) -> AsyncIterator[_Running]:
     config = _https(service.port, Path(ca.write_certificate(str(tmp_path / "lab-ca.pem"))))
     client = RedfishClient(config, "ADMIN", Secret(PASSWORD), reactor)
     try:
-        yield _Running(machines[0], service, client, watcher, config, now)
+        yield _Running(machines[0], service, client, watcher, config, now, boots, power)
     finally:
         power.stop()
         await client.close()
@@ -252,7 +269,8 @@ async def test_a_force_restart_takes_the_machine_down_and_it_boots(running: _Run
     booted_before = machine.booted_at
     up = running.watcher.expect(machine.name, "up")
     await running.client.reset(host, "ForceRestart")
-    assert not machine.up
+    assert not machine.up and running.power.booting(machine)
+    running.boot()
     await _bounded(up)
     assert running.watcher.events == [(machine.name, "down"), (machine.name, "up")]
     assert machine.up and machine.booted_at >= booted_before
@@ -268,6 +286,9 @@ async def test_force_off_cuts_the_power_and_on_brings_it_back(running: _Running)
     assert await running.client.power_state(host) == "off"
     up = running.watcher.expect(machine.name, "up")
     await running.client.reset(host, "On")
+    assert machine.powered and not machine.up
+    assert await running.client.power_state(host) == "on"
+    running.boot()
     await _bounded(up)
     assert machine.powered and machine.up
 
@@ -277,11 +298,53 @@ async def test_a_boot_override_lasts_until_the_next_boot(running: _Running) -> N
     machine, host = running.machine, running.machine.mgmt_ip
     assert host is not None
     await running.client.set_boot_once(host, "Pxe")
-    assert await running.client.boot_override(host) == "Pxe"
+    assert await running.client.boot_override(host) == BootOverride("Pxe", once=True)
     up = running.watcher.expect(machine.name, "up")
     await running.client.reset(host, "ForceRestart")
-    assert await running.client.boot_override(host) == "Pxe"
+    # Down, not booted yet: the override waits for the boot.
+    assert not machine.up and running.power.booting(machine)
+    assert await running.client.boot_override(host) == BootOverride("Pxe", once=True)
+    running.boot()
     await _bounded(up)
+    assert machine.up
+    assert await running.client.boot_override(host) is None
+
+
+async def _patch_boot(running: _Running, boot: dict[str, str]) -> int:
+    body = json.dumps({"Boot": boot}).encode()
+    code, _, _ = await _request(running, "PATCH", "/redfish/v1/Systems/1", data=body, auth=("ADMIN", PASSWORD))
+    return code
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continuous_boot_override_is_kept_for_every_boot_until_disabled(running: _Running) -> None:
+    machine, host = running.machine, running.machine.mgmt_ip
+    assert host is not None
+    continuous = {"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Continuous"}
+    assert await _patch_boot(running, continuous) == 204
+    assert await running.client.boot_override(host) == BootOverride("Hdd", once=False)
+    up = running.watcher.expect(machine.name, "up")
+    await running.client.reset(host, "ForceRestart")
+    running.boot()
+    await _bounded(up)
+    assert machine.up
+    # Still there after the boot, unlike a one-time override.
+    assert await running.client.boot_override(host) == BootOverride("Hdd", once=False)
+    # A target alone keeps it continuous; Enabled alone switches it to once, then off.
+    assert await _patch_boot(running, {"BootSourceOverrideTarget": "Pxe"}) == 204
+    assert await running.client.boot_override(host) == BootOverride("Pxe", once=False)
+    assert await _patch_boot(running, {"BootSourceOverrideEnabled": "Once"}) == 204
+    assert await running.client.boot_override(host) == BootOverride("Pxe", once=True)
+    assert await _patch_boot(running, {"BootSourceOverrideEnabled": "Disabled"}) == 204
+    assert await running.client.boot_override(host) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_boot_override_kind_is_refused(running: _Running) -> None:
+    host = running.machine.mgmt_ip
+    assert host is not None
+    assert await _patch_boot(running, {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Always"}) == 400
+    assert await _patch_boot(running, {}) == 400
     assert await running.client.boot_override(host) is None
 
 

@@ -55,7 +55,12 @@ def system(system_id: str, power: str = "On") -> dict[str, Any]:
 
 @dataclass
 class FakeRedfish(Resource):
-    """One BMC. C{sessions}: offer a session service; C{hang}: leave every request matching unanswered."""
+    """
+    One BMC. C{sessions}: offer a session service; C{hang}: leave every
+    request matching unanswered; C{ignored}: reset kinds accepted that change
+    nothing; C{applied_after}: how many reads of a system still show its old
+    power state after a reset (a BMC that applies resets late).
+    """
 
     systems: dict[str, dict[str, Any]] = field(default_factory=lambda: {"1": system("1")})
     sessions: bool = False
@@ -64,6 +69,10 @@ class FakeRedfish(Resource):
     requests: list[Seen] = field(default_factory=list)
     open_sessions: set[str] = field(default_factory=set)
     pending: list[Request] = field(default_factory=list)
+    ignored: set[str] = field(default_factory=set)
+    applied_after: int = 0
+    # By system id: the power state a reset asked for, and how many reads still show the old one.
+    _late: dict[str, list[Any]] = field(default_factory=dict)
 
     isLeaf = True
 
@@ -127,12 +136,25 @@ class FakeRedfish(Resource):
         if len(parts) >= 5 and parts[3] == "Systems" and parts[4] in self.systems:
             found = self.systems[parts[4]]
             if len(parts) == 5 and method == "GET":
+                late = self._late.get(parts[4])
+                if late is not None:
+                    if late[1] == 0:
+                        found["PowerState"] = late[0]
+                        del self._late[parts[4]]
+                    else:
+                        late[1] -= 1
                 return 200, found, {}
             if len(parts) == 5 and method == "PATCH":
                 found["Boot"].update(json.loads(seen.body)["Boot"])
                 return 204, None, {}
             if parts[5:] == ["Actions", "ComputerSystem.Reset"] and method == "POST":
                 kind = json.loads(seen.body)["ResetType"]
-                found["PowerState"] = "Off" if kind == "ForceOff" else "On"
+                state = "Off" if kind == "ForceOff" else "On"
+                if kind in self.ignored:
+                    pass
+                elif self.applied_after:
+                    self._late[parts[4]] = [state, self.applied_after]
+                else:
+                    found["PowerState"] = state
                 return 204, None, {}
         return 404, {"error": {"message": f"no {method} {path}"}}, {}

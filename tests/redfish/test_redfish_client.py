@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyClass, verifyObject
 
+from slaveapi.clients import BootOverride
 from slaveapi.clients.redfish import (
     RedfishAuthError,
     RedfishClient,
@@ -139,7 +141,7 @@ def test_boot_override_reads_back_what_boot_once_set() -> None:
     client, stub, _ = _client(fake)
     assert _run(stub, client.boot_override(BMC)) is None  # Disabled, target None
     _run(stub, client.set_boot_once(BMC, "Hdd"))
-    assert _run(stub, client.boot_override(BMC)) == "Hdd"
+    assert _run(stub, client.boot_override(BMC)) == BootOverride("Hdd", once=True)
     assert fake.requests[-1].method == "GET"
 
 
@@ -150,11 +152,20 @@ def test_boot_override_reads_back_what_boot_once_set() -> None:
         ({"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "None"}, None),
         ({"BootSourceOverrideEnabled": "Once"}, None),
         ({"BootSourceOverrideTarget": "Pxe"}, None),
-        ({"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "BiosSetup"}, "BiosSetup"),
-        ({"BootSourceOverrideEnabled": "Continuous", "BootSourceOverrideTarget": "Pxe"}, "Pxe"),
+        (
+            {"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "BiosSetup"},
+            BootOverride("BiosSetup", once=True),
+        ),
+        # For every boot, the next one included: reported, and not as "once".
+        (
+            {"BootSourceOverrideEnabled": "Continuous", "BootSourceOverrideTarget": "Pxe"},
+            BootOverride("Pxe", once=False),
+        ),
     ],
 )
-def test_boot_override_is_none_unless_enabled_with_a_target(boot: dict[str, Any], expected: str | None) -> None:
+def test_boot_override_is_none_unless_enabled_with_a_target(
+    boot: dict[str, Any], expected: BootOverride | None
+) -> None:
     fake = FakeRedfish()
     fake.systems["1"]["Boot"] = boot
     client, stub, _ = _client(fake)
@@ -327,3 +338,133 @@ def test_a_root_wanting_credentials_is_available_but_a_missing_one_is_not() -> N
     assert _run(stub, client.available(BMC)) is True
     fake.status = 404
     assert _run(stub, client.available(BMC)) is False
+
+
+# -- powercycle ------------------------------------------------------------------------------
+
+
+def _resets_sent(fake: FakeRedfish) -> list[str]:
+    return [
+        json.loads(seen.body)["ResetType"]
+        for seen in fake.requests
+        if seen.method == "POST" and seen.path.endswith("/Actions/ComputerSystem.Reset")
+    ]
+
+
+def _until_called(d: Deferred[Any], stub: StubTreq, clock: Clock, step: float = 1.0, most: int = 200) -> None:
+    """Advance the clock C{step} at a time (answering requests) until C{d} has fired, at most C{most} times."""
+    for _ in range(most):
+        stub.flush()
+        if d.called:
+            return
+        clock.advance(step)
+    raise AssertionError("did not fire")
+
+
+def test_powercycle_sends_force_off_waits_for_off_then_on_and_waits_for_on() -> None:
+    fake = FakeRedfish(applied_after=1)
+    client, stub, clock = _client(fake, poll_interval=2.0)
+    lines: list[str] = []
+    d = Deferred.fromCoroutine(client.powercycle(BMC, lines.append))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    _until_called(d, stub, clock)
+    assert results == [None]
+    assert _resets_sent(fake) == ["ForceOff", "On"]
+    assert fake.systems["1"]["PowerState"] == "On"
+    assert lines == ["ForceOff requested", "powered off", "power on requested", "powered on"]
+    # The BMC showed each state one read late: one poll interval each.
+    assert clock.seconds() == 4.0
+
+
+def test_powercycle_of_a_machine_that_is_off_only_powers_it_on() -> None:
+    fake = FakeRedfish(systems={"1": system("1", power="Off")})
+    client, stub, _ = _client(fake)
+    _run(stub, client.powercycle(BMC))
+    assert _resets_sent(fake) == ["On"]
+    assert fake.systems["1"]["PowerState"] == "On"
+
+
+def test_powercycle_needs_force_off_and_on_and_sends_nothing_otherwise() -> None:
+    fake = FakeRedfish()
+    fake.systems["1"]["Actions"]["#ComputerSystem.Reset"]["ResetType@Redfish.AllowableValues"] = ["On", "PowerCycle"]
+    client, stub, _ = _client(fake)
+    with pytest.raises(RedfishError) as raised:
+        _run(stub, client.powercycle(BMC))
+    assert str(raised.value) == (
+        f"Redfish {BMC}: choosing a reset failed: a power cycle needs ForceOff and On; the BMC offers On, PowerCycle"
+    )
+    assert _resets_sent(fake) == []
+
+
+def test_cancelling_between_off_and_on_still_powers_the_machine_on() -> None:
+    fake = FakeRedfish(applied_after=1)
+    client, stub, clock = _client(fake, poll_interval=2.0)
+    lines: list[str] = []
+    d = Deferred.fromCoroutine(client.powercycle(BMC, lines.append))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    stub.flush()
+    # ForceOff was sent; the first read still shows On, so the poll pauses.
+    assert _resets_sent(fake) == ["ForceOff"] and not results
+    with capturedLogs() as events:
+        d.cancel()
+        assert len(results) == 1 and isinstance(results[0].value, CancelledError)
+        closed = Deferred.fromCoroutine(client.close())
+        assert not closed.called
+        _until_called(closed, stub, clock)
+    assert _resets_sent(fake) == ["ForceOff", "On"]
+    assert fake.systems["1"]["PowerState"] == "On"
+    # Nothing is told to a caller that has gone.
+    assert lines == ["ForceOff requested"]
+    logged = [formatEvent(event) for event in events]
+    assert f"Redfish {BMC}: finished the power-on despite the cancellation" in logged
+
+
+def test_power_that_stays_on_after_force_off_still_gets_on_and_fails() -> None:
+    fake = FakeRedfish(ignored={"ForceOff"})
+    client, stub, clock = _client(fake, poll_interval=2.0, power_timeout=10.0)
+    lines: list[str] = []
+    d = Deferred.fromCoroutine(client.powercycle(BMC, lines.append))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    _until_called(d, stub, clock)
+    assert isinstance(results[0].value, RedfishError)
+    assert str(results[0].value) == f"Redfish {BMC}: ForceOff failed: the power was still on after 10s"
+    assert _resets_sent(fake) == ["ForceOff", "On"]
+    assert "ForceOff failed (the power was still on after 10s); power on requested all the same" in lines
+    assert clock.seconds() == 10.0
+
+
+def test_power_that_stays_off_after_on_fails_naming_the_step() -> None:
+    fake = FakeRedfish(ignored={"On"})
+    client, stub, clock = _client(fake, poll_interval=2.0, power_timeout=10.0)
+    d = Deferred.fromCoroutine(client.powercycle(BMC))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    _until_called(d, stub, clock)
+    assert str(results[0].value) == f"Redfish {BMC}: On failed: the power was still off after 10s"
+    assert _resets_sent(fake) == ["ForceOff", "On"]
+
+
+def test_a_force_off_without_an_answer_is_followed_by_on() -> None:
+    fake = FakeRedfish(hang="ComputerSystem.Reset")
+    client, stub, clock = _client(fake, timeout=5.0)
+    d = Deferred.fromCoroutine(client.powercycle(BMC))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    stub.flush()
+    clock.advance(5)
+    clock.advance(0)
+    stub.flush()
+    # The ForceOff timed out; On is sent all the same (and hangs too).
+    assert [seen.method for seen in fake.requests if seen.path.endswith("ComputerSystem.Reset")] == ["POST", "POST"]
+    assert [json.loads(seen.body)["ResetType"] for seen in fake.requests if seen.method == "POST"] == [
+        "ForceOff",
+        "On",
+    ]
+    clock.advance(5)
+    clock.advance(0)
+    stub.flush()
+    assert isinstance(results[0].value, RedfishTimeout)
+    assert "reset On failed" in str(results[0].value)

@@ -19,6 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.logger import capturedLogs, formatEvent
 
+from slaveapi.clients import BootOverride
 from slaveapi.clients._bounded import poll_until
 from slaveapi.clients.redfish import RedfishClient, RedfishError, RedfishUnavailable
 from slaveapi.config import RedfishConfig, Secret
@@ -100,6 +101,27 @@ async def test_force_off_on_and_restart(plain: sushy.Emulator) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_powercycle_sees_the_power_off_then_on(plain: sushy.Emulator) -> None:
+    client = _client(plain, poll_interval=0.5, power_timeout=POWER_BOUND)
+    lines: list[str] = []
+    try:
+        await client.reset(HOST, "On")
+        assert await _wait_for(client, "on") == "on"
+        await client.powercycle(HOST, lines.append)
+        assert lines == ["ForceOff requested", "powered off", "power on requested", "powered on"]
+        assert await client.power_state(HOST) == "on"
+        # From off, only On is sent.
+        await client.reset(HOST, "ForceOff")
+        assert await _wait_for(client, "off") == "off"
+        lines.clear()
+        await client.powercycle(HOST, lines.append)
+        assert lines == ["already off; power on requested", "powered on"]
+        assert await client.power_state(HOST) == "on"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_reset_type_the_emulator_does_not_offer_is_refused(plain: sushy.Emulator) -> None:
     client = _client(plain)
     try:
@@ -119,15 +141,13 @@ async def test_boot_override_once(plain: sushy.Emulator) -> None:
     try:
         await client.set_boot_once(HOST, "Pxe")
         assert _boot(plain)["BootSourceOverrideTarget"] == "Pxe"
-        assert await client.boot_override(HOST) == "Pxe"
+        # sushy-emulator keeps every override (libvirt's way), so it reports
+        # Continuous rather than the Once asked for: the read-back says so.
+        assert _boot(plain)["BootSourceOverrideEnabled"] == "Continuous"
+        assert await client.boot_override(HOST) == BootOverride("Pxe", once=False)
         await client.set_boot_once(HOST, "Hdd")
         assert _boot(plain)["BootSourceOverrideTarget"] == "Hdd"
-        # sushy-emulator keeps every override (libvirt's way), so it reports
-        # Continuous rather than Once; the override is still the next boot's.
-        assert _boot(plain)["BootSourceOverrideEnabled"] == "Continuous"
-        with capturedLogs() as events:
-            assert await client.boot_override(HOST) == "Hdd"
-        assert any("is for every boot, not the next one only" in formatEvent(event) for event in events)
+        assert await client.boot_override(HOST) == BootOverride("Hdd", once=False)
         # The emulator's allowed targets are Pxe, Cd, Hdd and UefiHttp: no BiosSetup.
         with pytest.raises(RedfishError, match=r"boot override BiosSetup failed: not offered; the BMC allows Pxe, Cd"):
             await client.set_boot_once(HOST, "BiosSetup")
