@@ -73,6 +73,26 @@ def no_arguments(form: Mapping[str, str]) -> dict[str, Any]:
     return {}
 
 
+@dataclass(frozen=True)
+class FormField:
+    """
+    One form field an action takes, declared once: the OpenAPI document,
+    the history (which leaves out C{secret} fields) and the clients read it.
+
+    @ivar kind: its JSON Schema type: C{string}, C{integer}, C{number} or C{boolean}
+        (yes/no words, see L{yes_no}).
+    @ivar choices: the values it may take, when they are a fixed set.
+    @ivar secret: never stored nor shown back (a password, a key).
+    """
+
+    name: str
+    kind: Literal["string", "integer", "number", "boolean"] = "string"
+    description: str = ""
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+
 #: Any machine SlaveAPI knows (slavealloc, devices.json, loaner names).
 MACHINES: Final = "machines"
 #: Loaner names only, and C{default} (a name made from the request's fields).
@@ -120,6 +140,8 @@ class Action:
     @ivar lookups: what the action needs known of the machine beyond its
         identity, address and buildbot host (L{slaveapi.machines.Lookup});
         only these are asked for.
+    @ivar fields: the form fields C{arguments} takes, declared (see
+        L{FormField}); C{waittime} is the web layer's and not listed.
     """
 
     name: str
@@ -132,6 +154,7 @@ class Action:
     routes: tuple[str, ...] = ()
     names: Literal["machines", "loaners"] = MACHINES
     lookups: frozenset[Lookup] = frozenset()
+    fields: tuple[FormField, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.routes:
