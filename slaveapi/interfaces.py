@@ -89,8 +89,11 @@ class SSHSessionSpec(Protocol):
 class SSHClientSpec(Protocol):
     """Logs in to hosts over SSH (errors: L{slaveapi.clients.ssh.SSHError} and its kinds)."""
 
-    async def session(self, host: str, *, port: int | None = None) -> SSHSessionSpec:
-        """Connect and log in (raises C{SSHBusy} when every place to the host is taken)."""
+    async def session(self, host: str, *, port: int | None = None, wait: bool = True) -> SSHSessionSpec:
+        """
+        Connect and log in (raises C{SSHBusy} when every place to the host is
+        taken: after waiting for one, or at once when not C{wait}).
+        """
 
     async def run(
         self, host: str, command: str, *, timeout: float | None = None, port: int | None = None

@@ -323,8 +323,21 @@ async def find_slave(ctx: Context, name: str) -> Slave:
     @raise UnknownMachine: it is not a machine SlaveAPI knows.
     @raise IdentificationFailed: slavealloc or devices.json could not be asked.
     """
+    return await _addressed(ctx, await identify(ctx, name))
+
+
+async def slave_from_record(ctx: Context, record: SlaveRecord) -> Slave:
+    """
+    The machine of a record slavealloc listed, as L{find_slave} gives it,
+    without asking slavealloc again (the health sweep lists every machine
+    once and checks each).
+    """
+    return await _addressed(ctx, _known(ctx.config, record.name.lower(), "slavealloc", record=record))
+
+
+async def _addressed(ctx: Context, known: KnownMachine) -> Slave:
+    """The machine C{known} stands for, with its address from DNS and where its buildbot runs."""
     clients = ctx.clients
-    known = await identify(ctx, name)
     slave = Slave(name=known.name, known=known, slavealloc=known.record)
     fqdn = known.fqdn
     slave.host = await _guarded(slave, "dns", lambda: clients.dns.lookup_host(fqdn))

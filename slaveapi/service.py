@@ -205,17 +205,20 @@ class ContextHolder(Service):
         self._pool.maxPersistentPerHost = 10
         self._current = build_context(config, reactor, self._pool, data_dir)
         # Contexts replaced by reloads: their clients are released once no
-        # queued or running action uses them any more.
+        # queued or running action, nor a health sweep, uses them any more.
         self._retired: list[Context] = []
-        self._in_use: Callable[[Context], bool] = lambda ctx: False
+        self._users: list[Callable[[Context], bool]] = []
         self._on_reload: list[Callable[[], None]] = []
         self._sweeper = LoopingCall(self._release_idle)
         self._sweeper.clock = reactor
         self._previous_handler: Any = None
 
     def watch(self, in_use: Callable[[Context], bool]) -> None:
-        """Learn which contexts actions still use (the processor knows)."""
-        self._in_use = in_use
+        """Learn which contexts are still used (actions: the processor knows; the health loop's sweep)."""
+        self._users.append(in_use)
+
+    def _in_use(self, ctx: Context) -> bool:
+        return any(in_use(ctx) for in_use in self._users)
 
     def on_reload(self, listener: Callable[[], None]) -> None:
         """Call C{listener} after each reload that took effect (the health loop follows its interval)."""
@@ -452,6 +455,7 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
         health_store, holder.context, reactor, Remediation(processor, store, health_store, reactor), ready=ready
     )
     health.setServiceParent(top)
+    holder.watch(health.uses)
     holder.on_reload(health.reloaded)
     web = SlaveAPIWeb(processor, store, holder.context, health=health_store)
     site = GatedSite(web.resource(), lambda: holder.context().config, reactor)

@@ -364,6 +364,17 @@ async def _bmc_channel(ctx: Context, slave: Slave, bmc: str) -> Channel | str:
     return f"the BMC at {slave.ipmi} answers neither Redfish nor IPMI"
 
 
+async def bmc_channel(ctx: Context, slave: Slave) -> Channel | str:
+    """
+    The machine's BMC channel as L{discover} finds it (Redfish, else IPMI),
+    or why it has none; for the health checks, which read only the BMC.
+    """
+    address, why = await look_up_bmc(ctx, slave)
+    if address is None:
+        return why or f"{slave.ipmi} does not resolve"
+    return await _bmc_channel(ctx, slave, address)
+
+
 async def discover(ctx: Context, slave: Slave, bmc_timeout: float | None = None) -> MachineChannels:
     """
     The machine's power channels. C{slave} must have been looked up with

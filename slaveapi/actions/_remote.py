@@ -1,6 +1,9 @@
 """
 Steps several actions share: finding the machine, logging in, reading uptime and logs.
 
+The health checks (L{slaveapi.health}) take the same steps, so a machine's
+buildbot is judged the same way whether an operator or the loop asks.
+
 They report progress through the L{ActionRun} and turn client errors into
 L{ActionFailure}s that say which step failed and why.
 """
@@ -25,6 +28,7 @@ from slaveapi.clients.ssh import (
 )
 from slaveapi.interfaces import SSHSessionSpec
 from slaveapi.machines import IdentificationFailed, Lookup, Slave, UnknownMachine, find_slave, load_slave_info
+from slaveapi.twistdlog import BOOT_GRACE_SECONDS, BOOTING, LastActivity, last_activity
 from slaveapi.uptime import UptimeParseError, parse_net_statistics, parse_proc_uptime, parse_uptime_output
 
 #: Errors that mean the machine is not there, as opposed to refusing us.
@@ -42,6 +46,14 @@ class Busy(ActionFailure):
     No SSH place to the host came free in time: SlaveAPI's other sessions to
     it hold all C{[ssh] per_host} of them. Says nothing about the host itself.
     """
+
+
+class AddressUnknown(ActionFailure):
+    """Where the machine's buildbot runs could not be found out (its foopy's DNS lookup)."""
+
+
+class NoBasedir(ActionFailure):
+    """slavealloc gives no basedir for the machine: its twistd.log cannot be found."""
 
 
 async def locate(run: ActionRun, lookups: Set[Lookup] = frozenset()) -> Slave:
@@ -78,16 +90,17 @@ def is_windows(slave: Slave) -> bool:
     return "win" in distro.lower() or bool(_WINDOWS_NAME.match(slave.name))
 
 
-async def connect(run: ActionRun, host: str, label: str) -> SSHSessionSpec:
+async def connect(run: ActionRun, host: str, label: str, *, wait: bool = True) -> SSHSessionSpec:
     """
     Log in to C{host}; L{Offline} if it does not answer, L{Busy} if no SSH
     place to it came free, L{ActionFailure} otherwise.
 
     @param label: how the host is named in messages.
+    @param wait: C{False}: L{Busy} at once unless an SSH place to the host is free now.
     """
     run.log.info("Connecting over SSH to {host}", host=host)
     try:
-        return await run.ctx.clients.ssh.session(host)
+        return await run.ctx.clients.ssh.session(host, wait=wait)
     except OFFLINE_ERRORS as error:
         run.log.info("SSH to {host} failed: {reason}", host=host, reason=str(error))
         raise Offline(f"{label} did not answer over SSH: {error}") from None
@@ -136,6 +149,25 @@ def log_paths(basedir: str) -> list[str]:
     return [posixpath.join(basedir, "twistd.log.1"), posixpath.join(basedir, "twistd.log")]
 
 
+async def read_last_activity(run: ActionRun, slave: Slave, session: SSHSessionSpec) -> tuple[int, LastActivity]:
+    """
+    The machine's uptime and what its buildbot last did: C{booting} (for as
+    many seconds as it is up) within L{BOOT_GRACE_SECONDS} of a boot, else
+    what the last 100 lines of twistd.log.1 and twistd.log under its basedir
+    say (L{slaveapi.twistdlog.last_activity}).
+
+    @raise NoBasedir: slavealloc gives no basedir for the machine.
+    """
+    uptime = await read_uptime(run, slave, session)
+    if uptime < BOOT_GRACE_SECONDS:
+        return uptime, LastActivity(BOOTING, uptime)
+    if not slave.basedir:
+        raise NoBasedir(f"{slave.name} - No basedir in slavealloc, cannot find twistd.log.")
+    run.progress(f"Uptime is {uptime} seconds.\nReading twistd.log...")
+    lines = await tail_logs(run, session, slave.basedir)
+    return uptime, last_activity(lines, now(run), uptime)
+
+
 async def tail_logs(run: ActionRun, session: SSHSessionSpec, basedir: str, lines: int = 100) -> list[str]:
     """The last C{lines} lines of twistd.log.1 then twistd.log; a missing file gives none."""
     collected: list[str] = []
@@ -153,6 +185,7 @@ async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
     Where to read the machine's twistd.log: its own address, or its foopy's.
 
     @return: the address to connect to and a label for messages.
+    @raise AddressUnknown: the foopy's name does not resolve.
     """
     host = slave.buildbot_host
     if host is None or host == slave.fqdn or host == slave.name:
@@ -160,9 +193,9 @@ async def buildbot_address(run: ActionRun, slave: Slave) -> tuple[str, str]:
     try:
         info = await run.ctx.clients.dns.lookup_host(host)
     except DNSError as error:
-        raise ActionFailure(f"{slave.name} - Looking up its foopy {host} failed: {error}") from None
+        raise AddressUnknown(f"{slave.name} - Looking up its foopy {host} failed: {error}") from None
     if info is None:
-        raise ActionFailure(f"{slave.name} - its foopy {host} is not in DNS.")
+        raise AddressUnknown(f"{slave.name} - its foopy {host} is not in DNS.")
     return info.ip, f"{slave.name}'s foopy {host}"
 
 
@@ -175,10 +208,20 @@ async def log_in_where_buildbot_runs(run: ActionRun, wanted: str) -> tuple[Slave
     """
     slave = await locate(run)
     run.progress("Connecting over SSH...")
-    address, label = await buildbot_address(run, slave)
     try:
-        session = await connect(run, address, label)
+        session, _label = await log_in_to_buildbot(run, slave)
     except Offline:
         raise ActionFailure(f"{slave.name} - Slave is offline, cannot get {wanted}!") from None
     run.progress(f"Connecting over SSH...Connected.\nReading {wanted}...")
     return slave, session
+
+
+async def log_in_to_buildbot(run: ActionRun, slave: Slave, *, wait: bool = True) -> tuple[SSHSessionSpec, str]:
+    """
+    Log in where the machine's buildbot runs (L{buildbot_address}, L{connect}).
+
+    @param wait: as L{connect}'s.
+    @return: the session and how the host is named in messages.
+    """
+    address, label = await buildbot_address(run, slave)
+    return await connect(run, address, label, wait=wait), label

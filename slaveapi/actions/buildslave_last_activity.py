@@ -13,23 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun
-from slaveapi.actions._remote import log_in_where_buildbot_runs, now, read_uptime, tail_logs
-from slaveapi.twistdlog import BOOT_GRACE_SECONDS, last_activity
+from slaveapi.actions._base import Action, ActionRun
+from slaveapi.actions._remote import log_in_where_buildbot_runs, read_last_activity
 
 
 async def buildslave_last_activity(run: ActionRun) -> dict[str, Any]:
     """Return the buildbot's last state, the age of its last activity and the uptime."""
     slave, session = await log_in_where_buildbot_runs(run, "last activity")
     async with session:
-        uptime = await read_uptime(run, slave, session)
-        if uptime < BOOT_GRACE_SECONDS:
-            return {"last_state": "booting", "last_activity_seconds": uptime, "uptime": uptime}
-        if not slave.basedir:
-            raise ActionFailure(f"{slave.name} - No basedir in slavealloc, cannot find twistd.log.")
-        run.progress(f"Uptime is {uptime} seconds.\nReading twistd.log...")
-        lines = await tail_logs(run, session, slave.basedir)
-    activity = last_activity(lines, now(run), uptime)
+        uptime, activity = await read_last_activity(run, slave, session)
     return {
         "last_state": activity.last_state,
         "last_activity_seconds": activity.last_activity_seconds,

@@ -45,7 +45,8 @@ class TargetSlots(Generic[K]):
     come, first served (per key).
 
     L{acquire} gives a function that gives the slot back; L{hold} is the
-    C{async with} form. Keys are used as given: a caller that wants host
+    C{async with} form; L{try_acquire} takes a slot only when one is free
+    at once, never waiting. Keys are used as given: a caller that wants host
     names told apart case-insensitively normalises them first.
 
     @ivar per_target: the limit per key (at least 1).
@@ -78,6 +79,20 @@ class TargetSlots(Generic[K]):
         waiter: Deferred[None] = Deferred(leave)
         target.waiting.append(waiter)
         return waiter.addCallback(lambda _: self._releaser(key, target))
+
+    def try_acquire(self, key: K) -> Callable[[], None] | None:
+        """
+        Take one of C{key}'s slots only if one is free now and nobody waits
+        in its line: the function that gives it back, else C{None} (the
+        caller is not put in the line).
+        """
+        target = self._targets.get(key)
+        if target is not None and (target.waiting or target.held >= self.per_target):
+            return None
+        if target is None:
+            target = self._targets[key] = _Target()
+        target.held += 1
+        return self._releaser(key, target)
 
     @asynccontextmanager
     async def hold(self, key: K) -> AsyncIterator[None]:

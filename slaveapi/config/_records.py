@@ -408,8 +408,9 @@ class HealthConfig:
     bound the checks, C{machine_timeout} all of one machine's. A buildbot
     idle longer than C{max_idle} seconds makes a machine C{degraded} (0:
     never). With C{remediate}, a machine C{down} for C{down_after} seconds
-    gets a C{reboot}, at most C{max_rebooting_per_pool} reboots running in
-    one pool and none more often than every C{min_reboot_interval} seconds.
+    gets a C{reboot}, at most C{max_rebooting_per_pool} reboots pending or
+    running in one pool and none more often than every
+    C{min_reboot_interval} seconds (at least 60).
     """
 
     enabled: bool = field(default=True, metadata=ini(Boolean()))
@@ -423,7 +424,8 @@ class HealthConfig:
     remediate: bool = field(default=False, metadata=ini(Boolean()))
     down_after: float = field(default=900.0, metadata=ini(Number(0)))
     max_rebooting_per_pool: int = field(default=2, metadata=ini(Integer(1)))
-    min_reboot_interval: float = field(default=3600.0, metadata=ini(Number(0)))
+    #: At least a minute: 0 would reboot a machine that stays down at every sweep.
+    min_reboot_interval: float = field(default=3600.0, metadata=ini(Number(60)))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from slaveapi.health._verdict import (
     HealthRecord,
     never_checked,
     next_record,
+    not_checked,
     verdict_of,
 )
 
@@ -51,5 +52,6 @@ __all__ = [
     "default_health_path",
     "never_checked",
     "next_record",
+    "not_checked",
     "verdict_of",
 ]

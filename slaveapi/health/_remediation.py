@@ -7,16 +7,23 @@ any POST: an ordinary result anyone can read, exclusive per machine,
 filing a bug when every method fails, as any reboot does) when all of these hold:
 
   - its verdict is C{down} and has been for C{down_after} seconds;
+  - its BMC does not report its power off: someone may have turned it off
+    on purpose, and C{power_on} is what turns it on;
   - slavealloc lists it as enabled (this sweep's list);
   - no action of anyone's is pending or running on it (the results store
     says so; a reboot asked for by someone else counts too);
   - the loop has not rebooted it in the last C{min_reboot_interval}
     seconds (remembered in the health store, across restarts);
   - fewer than C{max_rebooting_per_pool} reboots are pending or running in
-    its pool, whoever asked for them: a human's reboots use up the cap too.
+    its pool, whoever asked for them: a human's reboots use up the cap too
+    (their machines' pools are read from slavealloc's whole list, enabled
+    or not).
 
-Candidates are taken longest-down first. Every decision is logged with the
-machine, its pool and the reason.
+Candidates are taken longest-down first. The reboot is remembered before
+it is submitted, so that one cancelled mid-way is still counted against
+C{min_reboot_interval}; a submission refused (queue full, results store
+unavailable) forgets it again. Every decision is logged with the machine,
+its pool and the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from slaveapi.actions import Action
@@ -32,7 +40,8 @@ from slaveapi.admission import QueueFull
 from slaveapi.clients.slavealloc import SlaveRecord
 from slaveapi.config import HealthConfig
 from slaveapi.health._store import IHealthStore
-from slaveapi.health._verdict import DOWN, HealthRecord
+from slaveapi.health._verdict import BAD, DOWN, HealthRecord
+from slaveapi.processor import one_line_reason
 from slaveapi.results import PENDING, RUNNING, ActionResult
 from slaveapi.store import IResultStore, ResultQuery, StoreUnavailable
 
@@ -67,13 +76,13 @@ class Remediation:
         self._reactor = reactor
 
     async def after_sweep(
-        self, limits: HealthConfig, records: Mapping[str, HealthRecord], enabled: Mapping[str, SlaveRecord]
+        self, limits: HealthConfig, records: Mapping[str, HealthRecord], listed: Mapping[str, SlaveRecord]
     ) -> list[str]:
         """
         Submit the reboots the rules allow (see the module docstring).
 
         @param records: this sweep's verdicts, by canonical machine name.
-        @param enabled: the machines slavealloc lists as enabled, by canonical name.
+        @param listed: every machine slavealloc lists (enabled or not), by canonical name.
         @return: the machines a reboot was submitted for.
         """
         if not limits.remediate:
@@ -97,20 +106,20 @@ class Remediation:
         rebooting: dict[str | None, int] = {}
         for result in busy:
             if result.action == "reboot":
-                pool = _pool_of(result.slave, records, enabled)
+                pool = _pool_of(result.slave, records, listed)
                 rebooting[pool] = rebooting.get(pool, 0) + 1
         occupied = {result.slave for result in busy}
         last = self._store.last_reboots()
         submitted: list[str] = []
         for record in candidates:
-            why = self._why_not(record, limits, now, enabled, occupied, last, rebooting)
+            why = self._why_not(record, limits, now, listed, occupied, last, rebooting)
             if why is not None:
                 _log.info(
                     "health: not rebooting {slave} (pool {pool}): {reason}",
                     slave=record.name, pool=record.pool, reason=why, decision="skip",
                 )
                 continue
-            if await self._submit(record, now):
+            if await self._submit(record, now, last.get(record.name)):
                 submitted.append(record.name)
                 rebooting[record.pool] = rebooting.get(record.pool, 0) + 1
         return submitted
@@ -128,14 +137,17 @@ class Remediation:
         record: HealthRecord,
         limits: HealthConfig,
         now: float,
-        enabled: Mapping[str, SlaveRecord],
+        listed: Mapping[str, SlaveRecord],
         occupied: set[str],
         last: Mapping[str, float],
         rebooting: Mapping[str | None, int],
     ) -> str | None:
         """Why C{record}'s machine is not rebooted now, or C{None} when it is."""
-        if record.name not in enabled:
+        slave = listed.get(record.name)
+        if slave is None or not slave.enabled:
             return "not enabled in slavealloc"
+        if any(item.check == "power" and item.outcome == BAD for item in record.evidence):
+            return "its BMC reports its power off (someone may have turned it off: power_on turns it on)"
         if record.name in occupied:
             return "an action is pending or running on it"
         previous = last.get(record.name)
@@ -145,10 +157,15 @@ class Remediation:
                 f" (min_reboot_interval {limits.min_reboot_interval:g} s)"
             )
         if rebooting.get(record.pool, 0) >= limits.max_rebooting_per_pool:
-            return f"{rebooting.get(record.pool, 0)} reboots running in its pool (max_rebooting_per_pool)"
+            return (
+                f"{rebooting.get(record.pool, 0)} reboots pending or running in its pool"
+                f" (max_rebooting_per_pool {limits.max_rebooting_per_pool})"
+            )
         return None
 
-    async def _submit(self, record: HealthRecord, now: float) -> bool:
+    async def _submit(self, record: HealthRecord, now: float, previous: float | None) -> bool:
+        """Remember, then submit, a reboot of C{record}'s machine; whether it was submitted."""
+        await self._written(self._store.record_reboot(record.name, now), record)
         try:
             result = await self._processor.submit(record.name, ACTIONS["reboot"], {}, client=HEALTH_CLIENT)
         except (QueueFull, StoreUnavailable) as error:
@@ -156,8 +173,8 @@ class Remediation:
                 "health: could not submit a reboot of {slave}: {reason}",
                 slave=record.name, pool=record.pool, reason=str(error), decision="failed",
             )
+            await self._written(self._store.forget_reboot(record.name, previous), record)
             return False
-        await self._store.record_reboot(record.name, now)
         _log.info(
             "health: rebooting {slave} (pool {pool}), down since {since}: request {requestid}",
             slave=record.name, pool=record.pool, since=record.since, requestid=result.requestid, decision="reboot",
@@ -165,9 +182,27 @@ class Remediation:
         return True
 
 
-def _pool_of(name: str, records: Mapping[str, HealthRecord], enabled: Mapping[str, SlaveRecord]) -> str | None:
+    @staticmethod
+    async def _written(writing: Deferred[None], record: HealthRecord) -> None:
+        """
+        Wait for a write of the store; one that fails is logged, not raised:
+        the store remembers in memory meanwhile, and the other candidates
+        still get their turn.
+        """
+        try:
+            await writing
+        except CancelledError:
+            raise
+        except Exception as error:
+            _log.error(
+                "health: could not store the reboot of {slave}: {reason}",
+                slave=record.name, pool=record.pool, reason=one_line_reason(error),
+            )
+
+
+def _pool_of(name: str, records: Mapping[str, HealthRecord], listed: Mapping[str, SlaveRecord]) -> str | None:
     """The pool of the machine results call C{name}: from slavealloc's list, else its last verdict."""
-    if name in enabled:
-        return enabled[name].pool
+    if name in listed:
+        return listed[name].pool
     record = records.get(name)
     return record.pool if record is not None else None

@@ -7,7 +7,9 @@ L{SQLiteHealthStore} later. That one keeps its own SQLite file beside the
 results database (C{slaveapi-health.sqlite} under C{--data}, 0600): one row
 per machine (its latest record), when the last sweep ended, and when the
 loop last rebooted each machine (so C{[health] min_reboot_interval} holds
-across restarts).
+across restarts). A store that could not be opened says why
+(L{IHealthStore.unavailable}): the web answers 503 with that, rather
+than serving a fleet of C{unknown} verdicts.
 
 The table is small (one row a machine) and read on every C{GET /health}:
 the store reads it once when opened and then answers from memory, which it
@@ -60,6 +62,8 @@ _UPSERT_SWEEP = (
     " ON CONFLICT (key) DO UPDATE SET finished_at = excluded.finished_at"
 )
 _UPSERT_REBOOT = "INSERT INTO reboots (name, at) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET at = excluded.at"
+_DELETE_REBOOT = "DELETE FROM reboots WHERE name = ?"
+_DELETE_VERDICT = "DELETE FROM verdicts WHERE name = ?"
 
 
 class HealthStoreError(Exception):
@@ -71,6 +75,9 @@ class IHealthStore(Interface):
 
     def open() -> None:
         """Read what was stored (raises L{HealthStoreError})."""
+
+    def unavailable() -> str | None:
+        """Why the store cannot answer (not opened, or it could not be), or C{None} when it can."""
 
     def close() -> Deferred[None]:
         """Finish pending writes and release the database."""
@@ -84,14 +91,19 @@ class IHealthStore(Interface):
     def last_sweep() -> float | None:
         """When the last sweep ended (Unix seconds), or C{None}."""
 
-    def save_sweep(records: Iterable[HealthRecord], finished_at: float) -> Deferred[None]:
-        """Store a sweep's records and its end, in one transaction."""
+    def save_sweep(
+        records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
+    ) -> Deferred[None]:
+        """Store a sweep's records and its end, and drop the records of C{forget}, in one transaction."""
 
     def last_reboots() -> dict[str, float]:
         """When the loop last submitted a reboot of each machine (a copy)."""
 
     def record_reboot(name: str, at: float) -> Deferred[None]:
         """Remember that the loop submitted a reboot of C{name} at C{at}."""
+
+    def forget_reboot(name: str, previous: float | None) -> Deferred[None]:
+        """Undo L{record_reboot}: C{name}'s last reboot is C{previous} again (C{None}: none)."""
 
 
 def _row(record: HealthRecord) -> tuple[Any, ...]:
@@ -123,8 +135,20 @@ class SQLiteHealthStore:
         self._records: dict[str, HealthRecord] = {}
         self._reboots: dict[str, float] = {}
         self._last_sweep: float | None = None
+        self._unavailable: str | None = f"{path}: the health database is not open"
 
     def open(self) -> None:
+        try:
+            self._open()
+        except HealthStoreError as error:
+            self._unavailable = str(error)
+            raise
+        self._unavailable = None
+
+    def unavailable(self) -> str | None:
+        return self._unavailable
+
+    def _open(self) -> None:
         try:
             create_private_file(self.path)
             db = sqlite3.connect(self.path, check_same_thread=False)
@@ -149,6 +173,7 @@ class SQLiteHealthStore:
     def close(self) -> Deferred[None]:
         if not self._writer.started:
             return succeed(None)
+        self._unavailable = f"{self.path}: the health database is closed"
 
         def finish() -> None:
             if self._db is not None:
@@ -181,12 +206,18 @@ class SQLiteHealthStore:
     def last_sweep(self) -> float | None:
         return self._last_sweep
 
-    def save_sweep(self, records: Iterable[HealthRecord], finished_at: float) -> Deferred[None]:
+    def save_sweep(
+        self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
+    ) -> Deferred[None]:
         chosen = list(records)
+        forgotten = list(forget)
         for record in chosen:
             self._records[record.name] = record
+        for name in forgotten:
+            self._records.pop(name, None)
         self._last_sweep = finished_at
         statements = [(_UPSERT_VERDICT, _row(record)) for record in chosen]
+        statements += [(_DELETE_VERDICT, (name,)) for name in forgotten]
         statements.append((_UPSERT_SWEEP, (finished_at,)))
         return self._write(self._transaction, statements)
 
@@ -196,6 +227,12 @@ class SQLiteHealthStore:
     def record_reboot(self, name: str, at: float) -> Deferred[None]:
         self._reboots[name] = at
         return self._write(self._transaction, [(_UPSERT_REBOOT, (name, at))])
+
+    def forget_reboot(self, name: str, previous: float | None) -> Deferred[None]:
+        if previous is None:
+            self._reboots.pop(name, None)
+            return self._write(self._transaction, [(_DELETE_REBOOT, (name,))])
+        return self.record_reboot(name, previous)
 
 
 def default_health_path(data_dir: str) -> str:

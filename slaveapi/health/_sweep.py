@@ -10,9 +10,13 @@ after this one started, or at once when it took longer: sweeps never
 overlap. Times come from the reactor (a C{Clock} in tests).
 
 The loop reads the current configuration at each sweep; a reload that
-changes C{interval} moves the next sweep (L{HealthService.reloaded}).
-When slavealloc cannot be listed, every stored machine's verdict becomes
-C{unknown}, saying why.
+changes C{interval} moves the next sweep (L{HealthService.reloaded}), and
+the clients of the context a sweep started with stay open until it ends
+(L{HealthService.uses}). When slavealloc cannot be listed, every stored
+machine's verdict becomes C{unknown}, saying why; so does the stored
+verdict of a machine no longer enabled (it is not checked any more), and
+a machine slavealloc has not listed for L{FORGET_AFTER} seconds is
+forgotten. A stop during a sweep cancels it: nothing is submitted after.
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from twisted.python.failure import Failure
 from slaveapi.clients import ClientError, within
 from slaveapi.clients.slavealloc import SlaveRecord, filter_slaves
 from slaveapi.context import Context
-from slaveapi.health._checks import checked
+from slaveapi.health._checks import SweepLookups, checked
 from slaveapi.health._remediation import Remediation
 from slaveapi.health._store import HealthStoreError, IHealthStore
-from slaveapi.health._verdict import UNCHECKED, VERDICTS, Evidence, HealthRecord, next_record
+from slaveapi.health._verdict import UNCHECKED, VERDICTS, Evidence, HealthRecord, next_record, not_checked
 from slaveapi.machines import canonical_name
 from slaveapi.processor import one_line_reason
+
+#: A stored verdict of a machine slavealloc has not listed for this long (seconds) is forgotten.
+FORGET_AFTER = 30 * 24 * 3600.0
+#: Sweeps further apart than this many intervals (end to start) leave a gap: verdicts start afresh.
+_GAP = 2
 
 
 class HealthService(Service):
@@ -64,6 +73,7 @@ class HealthService(Service):
         self._ready = ready
         self._next: DelayedCall | None = None
         self._sweeping: Deferred[dict[str, int]] | None = None
+        self._sweep_context: Context | None = None
         self._last_start: float | None = None
         self._opened = False
 
@@ -104,6 +114,10 @@ class HealthService(Service):
             self._opened = False
             await self.store.close()
 
+    def uses(self, ctx: Context) -> bool:
+        """Whether the sweep under way uses C{ctx} (a reload must not close its clients yet)."""
+        return self._sweep_context is ctx
+
     def reloaded(self) -> None:
         """The configuration was reloaded: move the next sweep to the new C{interval}."""
         if self._next is None or not self._next.active() or self._last_start is None:
@@ -141,7 +155,13 @@ class HealthService(Service):
 
         @return: how many machines got each verdict.
         """
-        ctx = self._context()
+        ctx = self._sweep_context = self._context()
+        try:
+            return await self._sweep(ctx)
+        finally:
+            self._sweep_context = None
+
+    async def _sweep(self, ctx: Context) -> dict[str, int]:
         limits = ctx.config.health
         reactor = self._reactor
         started = reactor.seconds()
@@ -149,12 +169,18 @@ class HealthService(Service):
             slaves = await within(reactor, limits.remote_timeout, ctx.clients.slavealloc.list_slaves(), "slavealloc")
         except ClientError as error:
             return await self._slavealloc_failed(one_line_reason(error))
+        listed = {canonical_name(ctx.config, slave.name): slave for slave in slaves}
         enabled = {canonical_name(ctx.config, slave.name): slave for slave in filter_slaves(slaves, enabled=True)}
         semaphore = DeferredSemaphore(limits.concurrency)
+        lookups = SweepLookups(ctx, limits)
+        # Since is kept across sweeps, not across a gap in them (SlaveAPI or the loop stopped a while);
+        # a machine disabled meanwhile was made unknown (_not_enabled), so its since starts afresh anyway.
+        last = self.store.last_sweep()
+        continued = last is not None and started - last <= _GAP * limits.interval
 
         async def check(name: str, slave: SlaveRecord) -> HealthRecord:
-            evidence = await checked(ctx, slave.name, limits)
-            return next_record(self.store.get(name), name, slave.pool, evidence, reactor.seconds())
+            evidence = await checked(ctx, slave, limits, lookups)
+            return next_record(self.store.get(name), name, slave.pool, evidence, reactor.seconds(), continued)
 
         def one(name: str, slave: SlaveRecord) -> Deferred[HealthRecord]:
             return semaphore.run(lambda: Deferred.fromCoroutine(check(name, slave)))
@@ -162,19 +188,55 @@ class HealthService(Service):
         records: list[HealthRecord] = await gatherResults(
             [one(name, slave) for name, slave in enabled.items()], consumeErrors=True
         )
-        counts = await self._save(records, started)
-        if self._remediation is not None:
-            await self._remediation.after_sweep(limits, {record.name: record for record in records}, enabled)
+        unchecked, forget = self._not_enabled(listed, enabled)
+        counts = await self._save(records, started, unchecked, forget)
+        # Stopping cancels the sweep, but a store write that ended just then is no reason to go on.
+        if self._remediation is not None and self.running:
+            await self._remediation.after_sweep(limits, {record.name: record for record in records}, listed)
         return counts
+
+    def _not_enabled(
+        self, listed: dict[str, SlaveRecord], enabled: dict[str, SlaveRecord]
+    ) -> tuple[list[HealthRecord], list[str]]:
+        """
+        The stored records of machines this sweep did not check, made
+        C{unknown} (their old verdict would be served as current); and the
+        machines long unlisted, to forget.
+        """
+        now = self._reactor.seconds()
+        changed: list[HealthRecord] = []
+        forget: list[str] = []
+        for name, old in self.store.records().items():
+            if name in enabled:
+                continue
+            if name not in listed and (old.checked_at is None or now - old.checked_at > FORGET_AFTER):
+                forget.append(name)
+                continue
+            why = "not enabled in slavealloc: not checked" if name in listed else "not listed in slavealloc"
+            evidence = (Evidence("slavealloc", UNCHECKED, why),)
+            if old.evidence != evidence:
+                changed.append(not_checked(old, evidence, now))
+        return changed, forget
 
     async def _slavealloc_failed(self, reason: str) -> dict[str, int]:
         self._log.warn("health: could not list the machines in slavealloc: {reason}", reason=reason)
         now = self._reactor.seconds()
         evidence = [Evidence("slavealloc", UNCHECKED, f"could not list the machines: {reason}")]
-        records = [next_record(old, old.name, old.pool, evidence, now) for old in self.store.records().values()]
+        records = [not_checked(old, evidence, now) for old in self.store.records().values()]
         return await self._save(records, now)
 
-    async def _save(self, records: list[HealthRecord], started: float) -> dict[str, int]:
+    async def _save(
+        self,
+        records: list[HealthRecord],
+        started: float,
+        unchecked: list[HealthRecord] | None = None,
+        forget: list[str] | None = None,
+    ) -> dict[str, int]:
+        """
+        Store C{records} (this sweep's checks) with C{unchecked} (machines
+        it did not check) and drop C{forget}; how many of C{records} got
+        each verdict.
+        """
         finished = self._reactor.seconds()
         counts = {verdict: 0 for verdict in VERDICTS}
         for record in records:
@@ -185,7 +247,9 @@ class HealthService(Service):
             machines=len(records), seconds=finished - started, **counts,
         )
         try:
-            await self.store.save_sweep(records, finished)
+            await self.store.save_sweep([*records, *(unchecked or [])], finished, forget or [])
+        except CancelledError:
+            raise
         except Exception as error:
             self._log.error("health: could not store the verdicts: {reason}", reason=one_line_reason(error))
         return counts

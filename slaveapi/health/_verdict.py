@@ -5,23 +5,27 @@ Each check of a sweep (L{slaveapi.health._checks}) yields L{Evidence}: the
 check's name, C{ok}, C{bad} or C{unknown}, and one line saying what was
 seen. L{verdict_of} combines them by these rules, in order:
 
-  1. C{down}: the machine does not answer the probe, or its BMC reports
-     its power off;
+  1. C{down}: the machine does not answer the probe. Only the probe makes
+     a machine C{down}: a BMC reading alone (power off) never does, since
+     a wrong reading would otherwise get an answering machine rebooted;
   2. C{unknown}: the probe could not be made, or the machine could not be
      looked up (an error of ours, not the machine's);
   3. C{degraded}: it answers, but some other check is C{bad} (SSH login
      fails, the worker is not connected to a master that can say, the BMC
-     reports Warning or Critical, the buildbot is stopped or idle past
-     C{[health] max_idle});
+     reports the power off or Warning or Critical, the buildbot is stopped
+     or idle past C{[health] max_idle});
   4. C{ok} otherwise: a check that could not be made does not make a
      machine that answers any worse.
 
 L{next_record} keeps C{since} while the verdict repeats, so it says when
-the current verdict started.
+the current verdict started; after a gap in the sweeps (SlaveAPI or the
+loop stopped for a while) it starts afresh.
+L{not_checked} is the record of a machine a sweep could not check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +43,7 @@ BAD = "bad"
 UNCHECKED = "unknown"
 
 #: Checks whose C{bad} means the machine is down.
-_DOWN_WHEN_BAD = frozenset({"probe", "power"})
+_DOWN_WHEN_BAD = frozenset({"probe"})
 #: Checks whose C{unknown} means nothing can be said of the machine.
 _UNKNOWN_WHEN_UNCHECKED = frozenset({"probe", "lookup", "slavealloc", "check"})
 
@@ -117,12 +121,34 @@ def verdict_of(evidence: Iterable[Evidence]) -> str:
 
 
 def next_record(
-    previous: HealthRecord | None, name: str, pool: str | None, evidence: Iterable[Evidence], now: float
+    previous: HealthRecord | None,
+    name: str,
+    pool: str | None,
+    evidence: Iterable[Evidence],
+    now: float,
+    continued: bool = True,
 ) -> HealthRecord:
-    """The record after a check at C{now}: C{since} is kept while the verdict stays the same."""
+    """
+    The record after a check at C{now}.
+
+    @param continued: whether C{previous} comes from the sweep just before,
+        with no gap between them. C{since} is kept while the verdict stays
+        the same, unless there was a gap: nobody knows what the machine did
+        meanwhile.
+    """
     found = tuple(evidence)
     verdict = verdict_of(found)
     since = now
-    if previous is not None and previous.verdict == verdict and previous.since is not None:
+    if continued and previous is not None and previous.verdict == verdict and previous.since is not None:
         since = previous.since
     return HealthRecord(name=name, verdict=verdict, evidence=found, since=since, checked_at=now, pool=pool)
+
+
+def not_checked(previous: HealthRecord, evidence: Iterable[Evidence], now: float) -> HealthRecord:
+    """
+    C{previous} turned C{unknown} by a sweep that could not check its
+    machine, C{evidence} saying why: C{checked_at} stays when it was last
+    really checked.
+    """
+    since = previous.since if previous.verdict == UNKNOWN and previous.since is not None else now
+    return dataclasses.replace(previous, verdict=UNKNOWN, evidence=tuple(evidence), since=since)

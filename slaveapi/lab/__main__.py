@@ -40,11 +40,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--slaves must be >= 0")
     if arguments.boot_time < 0:
         parser.error("--boot-time must be >= 0")
-    if arguments.health_interval is not None and arguments.health_interval < 0:
-        parser.error("--health-interval must be >= 0")
+    if arguments.health_interval is not None and not _health_interval_ok(arguments.health_interval):
+        parser.error(f"--health-interval must be 0 (no health loop) or at least 1, got {arguments.health_interval:g}")
     if arguments.redfish_share is not None and not 0 <= arguments.redfish_share <= 1:
         parser.error("--redfish-share must be between 0 and 1")
     return arguments
+
+
+def _health_interval_ok(seconds: float) -> bool:
+    """Whether C{[health] interval} can take C{seconds}: at least 1, or 0 for no health loop."""
+    return seconds == 0 or seconds >= 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,6 +214,10 @@ class Lab:
         """Power a machine on; it is up after C{boot_time} (unless it never comes back)."""
         self.power.power_on(self.machine(name))
 
+    def hang(self, name: str) -> None:
+        """Make a machine stop answering with its power on, until it is rebooted or power-cycled."""
+        self.power.hang(self.machine(name))
+
     def reboot(self, name: str, graceful: bool = False) -> None:
         """Reboot a machine now (a reset, or from the OS when C{graceful})."""
         self.power.reboot(self.machine(name), graceful)

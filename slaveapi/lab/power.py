@@ -72,6 +72,18 @@ class PowerControl:
         if machine.power_on():
             self._schedule_boot(machine)
 
+    def hang(self, machine: LabMachine) -> None:
+        """
+        Hang the machine's OS: it stops answering (its listeners close) while
+        its power stays on, until the next reboot or power cycle boots it.
+        """
+        self._cancel_boot(machine)
+        was_up = machine.up
+        machine.up = False
+        self._log.info("lab: {machine} hung", machine=machine.name)
+        if was_up:
+            self._tell_down(machine)
+
     def reboot(self, machine: LabMachine, graceful: bool = False) -> None:
         """
         Reboot the machine: down now, up after C{boot_time}.

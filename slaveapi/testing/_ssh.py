@@ -13,7 +13,7 @@ from typing import Self
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from slaveapi.clients.ssh import CommandResult, SSHError, SSHUnreachable
+from slaveapi.clients.ssh import CommandResult, SSHBusy, SSHError, SSHUnreachable
 from slaveapi.interfaces import ISSHClient, ISSHSession
 from slaveapi.testing._hosts import FakeHost, FakeHosts
 
@@ -85,6 +85,8 @@ class FakeSSH:
     @ivar logins: every host a session was asked for, in order.
     @ivar open_sessions: sessions not closed yet.
     @ivar forgotten: hosts whose key L{forget_host} was asked to forget.
+    @ivar busy: hosts whose SSH places are all taken: a session that will
+        not wait for one fails with C{SSHBusy} (one that waits gets in).
     """
 
     def __init__(self, hosts: FakeHosts | None = None) -> None:
@@ -95,6 +97,7 @@ class FakeSSH:
         self.logins: list[str] = []
         self.open_sessions = 0
         self.forgotten: list[str] = []
+        self.busy: set[str] = set()
 
     def answer(self, command: str, answer: Answer, host: str | None = None) -> None:
         """Answer C{command} (run exactly so) with C{answer}, on C{host} or on every host."""
@@ -107,8 +110,13 @@ class FakeSSH:
         """
         self._logins[host] = _Logins(list(outcomes), then)
 
-    async def session(self, host: str, *, port: int | None = None) -> FakeSSHSession:
-        """A session to C{host}, or the error its state or script says."""
+    async def session(self, host: str, *, port: int | None = None, wait: bool = True) -> FakeSSHSession:
+        """
+        A session to C{host}, or the error its state or script says; without
+        C{wait}, C{SSHBusy} for a host in C{busy}.
+        """
+        if not wait and host in self.busy:
+            raise SSHBusy(f"ssh {host}:{port or 22}: no SSH session free now")
         self.logins.append(host)
         scripted = self._logins.get(host)
         error = scripted.next() if scripted is not None else None

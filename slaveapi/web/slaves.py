@@ -6,11 +6,32 @@ from twisted.web.iweb import IRequest
 
 from slaveapi.actions.power import power_channels
 from slaveapi.clients.http import RemoteError
-from slaveapi.clients.slavealloc import filter_slaves
+from slaveapi.clients.slavealloc import SlaveRecord, filter_slaves
 from slaveapi.context import Context
 from slaveapi.machines import IdentificationFailed, UnknownMachine, find_slave, load_slave_info
 from slaveapi.web import params
 from slaveapi.web.errors import HTTPProblem, json_body, not_found
+
+
+async def filtered_slaves(ctx: Context, request: IRequest, enabled: bool | None = None) -> list[SlaveRecord]:
+    """
+    Slavealloc's machines filtered by the request's C{purpose},
+    C{environment}, C{pool} (repeatable: any of them) and C{enabled}
+    (C{enabled} when the request does not say); 502 when slavealloc
+    cannot be listed. C{GET /slaves} and C{GET /health} filter alike.
+    """
+    wanted = params.boolean(request, "enabled", default=enabled)
+    try:
+        slaves = await ctx.clients.slavealloc.list_slaves()
+    except RemoteError as error:
+        raise HTTPProblem(502, "bad_gateway", str(error)) from None
+    return filter_slaves(
+        slaves,
+        purpose=params.value(request, "purpose"),
+        environment=params.value(request, "environment"),
+        pools=params.values(request, "pool"),
+        enabled=wanted,
+    )
 
 
 async def list_slaves(ctx: Context, request: IRequest) -> bytes:
@@ -18,18 +39,7 @@ async def list_slaves(ctx: Context, request: IRequest) -> bytes:
     C{{"slaves": [...]}}, each with slavealloc's fields, filtered by
     C{purpose}, C{environment}, C{pool} (repeatable: any of them) and C{enabled}.
     """
-    enabled = params.boolean(request, "enabled")
-    try:
-        slaves = await ctx.clients.slavealloc.list_slaves()
-    except RemoteError as error:
-        raise HTTPProblem(502, "bad_gateway", str(error)) from None
-    chosen = filter_slaves(
-        slaves,
-        purpose=params.value(request, "purpose"),
-        environment=params.value(request, "environment"),
-        pools=params.values(request, "pool"),
-        enabled=enabled,
-    )
+    chosen = await filtered_slaves(ctx, request)
     return json_body(request, {"slaves": [slave.to_json() for slave in chosen]})
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from slaveapi.actions import Action
 from slaveapi.admission import QueueFull
@@ -144,3 +146,78 @@ def test_a_full_queue_is_no_reboot_and_not_remembered() -> None:
     processor.full = True
     rebooted, _, store = _remediate([_down("bld-1", "p")], processor=processor)
     assert rebooted == [] and store.reboots == {}
+
+
+def test_a_machine_whose_bmc_reports_its_power_off_is_not_rebooted() -> None:
+    off = _down("bld-1", "p")
+    off = HealthRecord(
+        off.name, DOWN, (*off.evidence, Evidence("power", BAD, "off (IPMI, bld-1-mgmt)")), off.since, NOW, "p"
+    )
+    rebooted, processor, _ = _remediate([off, _down("bld-2", "p")])
+    assert rebooted == ["bld-2"] and [name for name, _, _ in processor.submitted] == ["bld-2"]
+
+
+def test_a_reboot_of_a_disabled_machine_counts_against_its_pool() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    processor = _Processor()
+    limits = HealthConfig(remediate=True, down_after=900, max_rebooting_per_pool=1)
+    remediation = Remediation(processor, _Results(_running("t-9")), MemoryHealthStore(), clock)  # type: ignore[arg-type]
+    listed = {"t-1": slave_record("t-1", pool="tests"), "t-9": slave_record("t-9", pool="tests", enabled=False)}
+    rebooted = run_on_clock(clock, remediation.after_sweep(limits, {"t-1": _down("t-1", "tests")}, listed))
+    assert rebooted == [] and processor.submitted == []
+
+
+class _HangingProcessor(_Processor):
+    """Its submissions never return (until cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Deferred[ActionResult]] = []
+
+    async def submit(
+        self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
+    ) -> ActionResult:
+        self.submitted.append((slave, action.name, client))
+        waiting: Deferred[ActionResult] = Deferred()
+        self.waiting.append(waiting)
+        return await waiting
+
+
+def test_a_reboot_cancelled_while_being_submitted_is_still_remembered() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    processor = _HangingProcessor()
+    store = MemoryHealthStore()
+    remediation = Remediation(processor, _Results(), store, clock)  # type: ignore[arg-type]
+    listed = {"bld-1": slave_record("bld-1", pool="p")}
+    deciding = Deferred.fromCoroutine(remediation.after_sweep(ON, {"bld-1": _down("bld-1", "p")}, listed))
+    assert processor.submitted == [("bld-1", "reboot", HEALTH_CLIENT)]
+    deciding.cancel()
+    assert isinstance(deciding.result, Failure) and deciding.result.check(CancelledError)
+    deciding.addErrback(lambda _: None)
+    assert store.reboots == {"bld-1": NOW}
+
+
+def test_a_refused_submission_restores_the_previous_reboot_time() -> None:
+    store = MemoryHealthStore()
+    store.reboots["bld-1"] = NOW - 7200
+    processor = _Processor()
+    processor.full = True
+    rebooted, _, _ = _remediate([_down("bld-1", "p")], processor=processor, store=store)
+    assert rebooted == [] and store.reboots == {"bld-1": NOW - 7200}
+
+
+class _FailingWrites(MemoryHealthStore):
+    """Remembers reboots in memory, but writing them to disk fails."""
+
+    def record_reboot(self, name: str, at: float) -> Deferred[None]:
+        self.reboots[name] = at
+        return fail(OSError("disk full"))
+
+
+def test_a_reboot_that_cannot_be_stored_does_not_stop_the_others() -> None:
+    store = _FailingWrites()
+    rebooted, processor, _ = _remediate([_down("bld-1", "p", 2000), _down("bld-2", "q")], store=store)
+    assert rebooted == ["bld-1", "bld-2"]
+    assert len(processor.submitted) == 2

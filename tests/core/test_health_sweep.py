@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from slaveapi.clients.http import RemoteError
@@ -46,6 +47,9 @@ class MemoryHealthStore:
     def open(self) -> None:
         self.opened = True
 
+    def unavailable(self) -> str | None:
+        return None if self.opened and not self.closed else "not open"
+
     def close(self) -> Deferred[None]:
         self.closed = True
         return succeed(None)
@@ -59,8 +63,12 @@ class MemoryHealthStore:
     def last_sweep(self) -> float | None:
         return self.finished
 
-    def save_sweep(self, records: Iterable[HealthRecord], finished_at: float) -> Deferred[None]:
+    def save_sweep(
+        self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
+    ) -> Deferred[None]:
         self.stored.update({record.name: record for record in records})
+        for name in forget:
+            self.stored.pop(name, None)
         self.finished = finished_at
         self.saves += 1
         return succeed(None)
@@ -70,6 +78,13 @@ class MemoryHealthStore:
 
     def record_reboot(self, name: str, at: float) -> Deferred[None]:
         self.reboots[name] = at
+        return succeed(None)
+
+    def forget_reboot(self, name: str, previous: float | None) -> Deferred[None]:
+        if previous is None:
+            self.reboots.pop(name, None)
+        else:
+            self.reboots[name] = previous
         return succeed(None)
 
 
@@ -244,3 +259,248 @@ async def test_the_sqlite_store_keeps_verdicts_reboots_and_the_last_sweep(tmp_pa
         assert oct((tmp_path / "health.sqlite").stat().st_mode & 0o777) == "0o600"
     finally:
         await again.close()
+
+
+class _Remediation:
+    """Records the sweeps it is asked to act on."""
+
+    def __init__(self) -> None:
+        self.asked: list[set[str]] = []
+
+    async def after_sweep(self, limits: HealthConfig, records: Any, listed: Any) -> list[str]:
+        self.asked.append(set(records))
+        return []
+
+
+class _HeldStore(MemoryHealthStore):
+    """Its C{save_sweep} waits until the test says, as a slow disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[None]] = []
+
+    def save_sweep(
+        self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
+    ) -> Deferred[None]:
+        super().save_sweep(records, finished_at, forget)
+        held: Deferred[None] = Deferred()
+        self.held.append(held)
+        return held
+
+
+def test_a_stop_while_the_verdicts_are_stored_submits_nothing() -> None:
+    fakes = _fleet(count=2)
+    store = _HeldStore()
+    remediation = _Remediation()
+    service = HealthService(store, fakes.context, fakes.clock, remediation=remediation)  # type: ignore[arg-type]
+    service.startService()
+    fakes.clock.advance(0)
+    assert len(store.held) == 1 and remediation.asked == []
+
+    stopped = service.stopService()
+
+    assert store.held[0].called  # cancelled
+    assert remediation.asked == []
+    assert stopped.called and store.closed
+    fakes.clock.advance(INTERVAL * 3)
+    assert remediation.asked == [] and len(store.held) == 1
+
+
+def test_a_sweep_that_ends_normally_goes_on_to_remediation() -> None:
+    fakes = _fleet(count=2)
+    store = MemoryHealthStore()
+    remediation = _Remediation()
+    service = HealthService(store, fakes.context, fakes.clock, remediation=remediation)  # type: ignore[arg-type]
+    service.startService()
+    fakes.clock.advance(0)
+    assert remediation.asked == [{"bld-1", "bld-2"}]
+    service.stopService()
+
+
+def test_a_sweep_that_raises_is_logged_and_the_next_one_still_runs() -> None:
+    fakes = _fleet(count=1)
+    usual = fakes.slavealloc.list_slaves
+
+    async def broken() -> list[Any]:
+        raise RuntimeError("a bug of ours")
+
+    fakes.slavealloc.list_slaves = broken  # type: ignore[method-assign]
+    store = MemoryHealthStore()
+    service, _ = _service(fakes, store)
+    fakes.clock.advance(0)
+    assert store.saves == 0
+    fakes.slavealloc.list_slaves = usual  # type: ignore[method-assign]
+    fakes.clock.advance(INTERVAL)
+    assert store.saves == 1 and _verdicts(store) == {"bld-1": OK}
+    service.stopService()
+
+
+def test_the_sweep_under_way_keeps_its_context_in_use_across_a_reload() -> None:
+    fakes = _fleet(count=1)
+    waiting: list[Deferred[bool]] = []
+
+    async def alive(host: str) -> bool:
+        answer: Deferred[bool] = Deferred()
+        waiting.append(answer)
+        return await answer
+
+    fakes.prober.alive = alive  # type: ignore[method-assign]
+    store = MemoryHealthStore()
+    service, box = _service(fakes, store)
+    old = box.ctx
+    assert not service.uses(old)
+    fakes.clock.advance(0)
+    assert len(waiting) == 1
+
+    box.ctx = dataclasses.replace(old, config=dataclasses.replace(old.config))
+    service.reloaded()
+    assert service.uses(old) and not service.uses(box.ctx)
+    waiting[0].callback(True)
+    assert store.saves == 1
+    assert not service.uses(old)
+    service.stopService()
+
+
+def test_the_context_holder_keeps_a_context_any_watcher_uses(tmp_path: Any) -> None:
+    from twisted.internet import reactor
+
+    from slaveapi.config import load_config
+    from slaveapi.service import ContextHolder
+    from tests.core.test_reload_release import _write
+
+    holder = ContextHolder(load_config(_write(tmp_path, 10)), reactor, str(tmp_path))
+    sweeping: set[int] = set()
+    holder.watch(lambda ctx: False)  # no action uses it
+    holder.watch(lambda ctx: id(ctx) in sweeping)  # a health sweep does
+    old = holder.context()
+    sweeping.add(id(old))
+    _write(tmp_path, 20)
+    assert holder.reload() is True
+    try:
+        assert holder._release_idle() is None
+        sweeping.clear()
+        assert holder._release_idle() is not None
+    finally:
+        holder._sweeper.stop() if holder._sweeper.running else None
+
+
+def test_since_starts_afresh_after_a_gap_in_the_sweeps() -> None:
+    fakes = _fleet(count=1)
+    dead = fakes.hosts.find("bld-1")
+    assert dead is not None
+    fakes.hosts.power_off(dead)
+    store = MemoryHealthStore()
+    service, _ = _service(fakes, store)
+    fakes.clock.advance(0)
+    first = fakes.clock.seconds()
+    fakes.clock.advance(INTERVAL)
+    assert store.stored["bld-1"].since == first
+    service.stopService()
+
+    # SlaveAPI stopped for a week: nobody knows since when it is down.
+    fakes.clock.advance(7 * 86400)
+    store.closed = False
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    assert (store.stored["bld-1"].verdict, store.stored["bld-1"].since) == (DOWN, fakes.clock.seconds())
+
+
+def test_a_sweep_longer_than_two_intervals_is_no_gap() -> None:
+    fakes = _fleet(count=1, probe_timeout=INTERVAL * 10, machine_timeout=INTERVAL * 10)
+    waiting: list[Deferred[bool]] = []
+
+    async def alive(host: str) -> bool:
+        answer: Deferred[bool] = Deferred()
+        waiting.append(answer)
+        return await answer
+
+    fakes.prober.alive = alive  # type: ignore[method-assign]
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    first = fakes.clock.seconds()
+    waiting[0].callback(False)
+    fakes.clock.advance(INTERVAL)
+    fakes.clock.advance(INTERVAL * 3)
+    waiting[1].callback(False)
+    assert store.stored["bld-1"].since == first
+
+
+def test_a_bmc_saying_off_while_the_machine_answers_is_degraded_not_down() -> None:
+    from slaveapi.health import DEGRADED, verdict_of
+
+    answers = Evidence("probe", "ok", "127.0.9.1 answers")
+    off = Evidence("power", "bad", "off (IPMI, bld-1-mgmt)")
+    assert verdict_of([answers, off]) == DEGRADED
+    assert verdict_of([Evidence("probe", "bad", "does not answer"), off]) == DOWN
+
+
+def test_an_unreachable_slavealloc_keeps_when_each_machine_was_last_checked() -> None:
+    fakes = _fleet(count=1)
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    checked = store.stored["bld-1"].checked_at
+
+    async def fail() -> list[Any]:
+        raise RemoteError("slavealloc", "GET", "http://127.0.0.1:1/slavealloc/slaves", "connection refused")
+
+    fakes.slavealloc.list_slaves = fail  # type: ignore[method-assign]
+    fakes.clock.advance(INTERVAL)
+    record = store.stored["bld-1"]
+    assert (record.verdict, record.checked_at, record.since) == (UNKNOWN, checked, checked + INTERVAL)
+    fakes.clock.advance(INTERVAL)
+    assert store.stored["bld-1"].since == checked + INTERVAL
+
+
+def test_a_disabled_machine_turns_unknown_and_an_unlisted_one_is_forgotten() -> None:
+    from slaveapi.health._sweep import FORGET_AFTER
+
+    fakes = _fleet(count=3)
+    dead = fakes.hosts.find("bld-2")
+    assert dead is not None
+    fakes.hosts.power_off(dead)
+    store = MemoryHealthStore()
+    _service(fakes, store)
+    fakes.clock.advance(0)
+    assert _verdicts(store)["bld-2"] == DOWN
+    checked = store.stored["bld-2"].checked_at
+
+    records = fakes.slavealloc.records
+    records["bld-2"] = dataclasses.replace(records["bld-2"], enabled=False)
+    del records["bld-3"]
+    fakes.clock.advance(INTERVAL)
+    disabled = store.stored["bld-2"]
+    assert (disabled.verdict, disabled.checked_at) == (UNKNOWN, checked)
+    assert disabled.evidence[0].detail == "not enabled in slavealloc: not checked"
+    assert store.stored["bld-3"].evidence[0].detail == "not listed in slavealloc"
+
+    # Re-enabled weeks later, still down: down since now, not since weeks ago.
+    fakes.clock.advance(FORGET_AFTER)
+    records["bld-2"] = dataclasses.replace(records["bld-2"], enabled=True)
+    fakes.clock.advance(INTERVAL)
+    assert "bld-3" not in store.stored
+    assert (store.stored["bld-2"].verdict, store.stored["bld-2"].since) == (DOWN, fakes.clock.seconds())
+
+
+def test_a_health_database_that_cannot_be_read_leaves_the_store_unavailable(tmp_path: Any) -> None:
+    from slaveapi.health import HealthStoreError
+
+    path = tmp_path / "health.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    store = SQLiteHealthStore(str(path), Clock())
+    assert store.unavailable() is not None
+    try:
+        store.open()
+    except HealthStoreError as error:
+        assert "not a readable health database" in str(error)
+    else:
+        raise AssertionError("a corrupt database opened")
+    assert "not a readable health database" in (store.unavailable() or "")
+
+    fakes = _fleet(count=1)
+    service = HealthService(store, fakes.context, fakes.clock)
+    service.startService()
+    fakes.clock.advance(INTERVAL)
+    assert fakes.prober.asked == []
+    service.stopService()

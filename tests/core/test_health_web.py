@@ -10,10 +10,14 @@ import json
 from typing import Any, cast
 
 import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from slaveapi.health import BAD, DOWN, OK, Evidence, HealthRecord
+from slaveapi.config import ApiToken, AuthConfig, Credentials, Secret
+from slaveapi.health import BAD, DOWN, OK, Evidence, HealthRecord, HealthStoreError, SQLiteHealthStore
 from slaveapi.testing import FakeHost, make_fakes, run_on_clock, slave_record
 from slaveapi.web.errors import HTTPProblem
 from slaveapi.web.health import fleet_health, machine_health
@@ -33,6 +37,7 @@ def _setup() -> tuple[Any, MemoryHealthStore]:
     records["bld-3"] = dataclasses.replace(records["bld-3"], pool="other")
     records["bld-4"] = slave_record("bld-4", slaveid=4, enabled=False)
     store = MemoryHealthStore()
+    store.open()
     store.finished = 123.0
     down = (Evidence("probe", BAD, "127.0.9.2 does not answer"),)
     store.stored = {
@@ -78,9 +83,54 @@ def test_one_machine_and_one_never_checked() -> None:
     assert problem.value.status == 404
 
 
-def test_without_a_health_loop_the_routes_answer_503() -> None:
+_TOKEN = "a-dashboard-token-long-enough"
+
+
+async def _get(web: SlaveAPIWeb, path: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    stub = StubTreq(web.resource())
+    headers = {b"Authorization": [b"Bearer " + token.encode()]} if token else {}
+    response = await stub.get(  # type: ignore[attr-defined]  # StubTreq builds its methods at run time
+        "http://127.0.0.1" + path, headers=headers
+    )
+    raw = await stub.content(response)  # type: ignore[attr-defined]  # as above
+    return response.code, json.loads(raw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routes_answer_503_without_a_loop_or_with_a_store_that_did_not_open(tmp_path: Any) -> None:
     fakes, _ = _setup()
-    web = SlaveAPIWeb(cast(Any, None), cast(Any, None), fakes.context)
-    with pytest.raises(HTTPProblem) as problem:
-        web._health_store()
-    assert problem.value.status == 503
+    for path in ("/health", "/slaves/bld-1/health"):
+        status, body = await _get(SlaveAPIWeb(cast(Any, None), cast(Any, None), fakes.context), path)
+        assert (status, body["error"]) == (503, "unavailable")
+        assert body["msg"] == "health: the health loop is not running in this service"
+
+    corrupt = tmp_path / "health.sqlite"
+    corrupt.write_bytes(b"not a database at all" * 100)
+    store = SQLiteHealthStore(str(corrupt), Clock())
+    with pytest.raises(HealthStoreError):
+        store.open()
+    web = SlaveAPIWeb(cast(Any, None), cast(Any, None), fakes.context, health=store)
+    for path in ("/health", "/slaves/bld-1/health"):
+        status, body = await _get(web, path)
+        assert (status, body["error"]) == (503, "unavailable")
+        assert body["msg"].startswith(f"health: {corrupt}: not a readable health database")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routes_need_a_token_under_protect_reads() -> None:
+    fakes, store = _setup()
+    config = dataclasses.replace(
+        fakes.config,
+        credentials=Credentials(ssh={}, api_tokens={"dashboard": ApiToken(Secret(_TOKEN))}),
+        auth=AuthConfig(protect_reads=True),
+    )
+    ctx = dataclasses.replace(fakes.context(), config=config)
+    web = SlaveAPIWeb(cast(Any, None), cast(Any, None), lambda: ctx, health=store)
+    for path in ("/health", "/slaves/bld-2/health"):
+        status, body = await _get(web, path)
+        assert (status, body["error"]) == (401, "unauthorized")
+        status, body = await _get(web, path, token="not-the-right-token-at-all")
+        assert status == 401
+        status, body = await _get(web, path, token=_TOKEN)
+        assert status == 200
+    assert body["verdict"] == "down"

@@ -1,37 +1,50 @@
 """
 The fleet health loop end to end: SlaveAPI serving its lab in this process,
 its verdicts read over HTTP (C{GET /health}, C{GET /slaves/<slave>/health}),
-and, with remediation switched on by a configuration reload, a machine
-whose power the lab cut rebooted once, by the client C{health}.
+and, with remediation switched on by a configuration reload, a machine the
+lab hung (powered, not answering) rebooted once by the client C{health},
+and several hung machines of one pool rebooted no more at once than
+C{max_rebooting_per_pool} allows.
 
 Conditions are awaited by polling the API with a bound, never by a fixed sleep.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from functools import partial
 from typing import Any
 
 import pytest_twisted
 from twisted.internet.task import deferLater
 
 from slaveapi.health import HEALTH_CLIENT
+from slaveapi.results import SUCCESS, ActionResult
 from slaveapi.service import ContextHolder, StoreService
+from slaveapi.store import IResultStore
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 
 #: The lab's C{[health] interval} in these tests.
 LAB_INTERVAL = 10.0
+#: C{[health] interval}, C{down_after} and C{min_reboot_interval} once remediation is on.
+REMEDIATION_INTERVAL = 3.0
+DOWN_AFTER = 2.0
+MIN_REBOOT_INTERVAL = 600.0
 DEAD = "t-linux64-lab-007"
 HEALTHY = "bld-linux64-lab-001"
 REFUSES_SSH = "bld-linux64-lab-006"
+#: Machines of one pool hung together under C{max_rebooting_per_pool = 1}, all with IPMI BMCs.
+CAPPED_POOL = "build-scl3"
+CAPPED = ("bld-linux64-lab-006", "bld-linux64-lab-015", "bld-linux64-lab-016")
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def lab_service(tmp_path_factory: Any) -> AsyncIterator[RunningService]:
     running = await start_in_process(
-        str(tmp_path_factory.mktemp("health")), slaves=12, boot_time=1.0, health_interval=LAB_INTERVAL
+        str(tmp_path_factory.mktemp("health")), slaves=16, boot_time=1.0, health_interval=LAB_INTERVAL
     )
     yield running
     await running.stop()
@@ -98,15 +111,16 @@ async def test_filters_unknown_machines_and_bad_values(lab_service: RunningServi
     assert code == 404 and body["error"] == "not_found"
 
 
-def _switch_on_remediation(service: RunningService) -> None:
+def _switch_on_remediation(service: RunningService, max_rebooting_per_pool: int) -> None:
     """Rewrite the ini's [health] with remediation on and short bounds, and reload it."""
     holder = next(child for child in service.service if isinstance(child, ContextHolder))
     path = holder.context().config.path
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     health = (
-        "[health]\ninterval = 3\nprobe_timeout = 5\nssh_timeout = 20\nremote_timeout = 10\nmachine_timeout = 60\n"
-        "remediate = true\ndown_after = 2\nmax_rebooting_per_pool = 5\nmin_reboot_interval = 3600\n\n"
+        f"[health]\ninterval = {REMEDIATION_INTERVAL:g}\nprobe_timeout = 5\nssh_timeout = 20\nremote_timeout = 10\n"
+        f"machine_timeout = 60\nremediate = true\ndown_after = {DOWN_AFTER:g}\n"
+        f"max_rebooting_per_pool = {max_rebooting_per_pool}\nmin_reboot_interval = {MIN_REBOOT_INTERVAL:g}\n\n"
     )
     text, replaced = re.subn(r"(?ms)^\[health\]\n.*?\n\n", health, text)
     assert replaced == 1
@@ -115,32 +129,102 @@ def _switch_on_remediation(service: RunningService) -> None:
     assert holder.reload()
 
 
+def _results(service: RunningService) -> IResultStore:
+    return next(child for child in service.service if isinstance(child, StoreService)).store
+
+
+def _health_reboots(store: IResultStore, machines: Collection[str], before: Collection[int]) -> list[ActionResult]:
+    """The reboots of C{machines} the health loop asked for, other than those in C{before}, in request order."""
+    return [
+        result
+        for result in store.find(action="reboot")
+        if result.slave in machines and result.client == HEALTH_CLIENT and result.requestid not in before
+    ]
+
+
+async def _sweeps(service: RunningService, count: int) -> None:
+    """Wait until C{count} sweeps have finished after this call (C{checked_at} changed C{count} times)."""
+    seen = [(await _health(service))["checked_at"]]
+
+    async def another() -> bool:
+        checked_at = (await _health(service))["checked_at"]
+        if checked_at != seen[-1]:
+            seen.append(checked_at)
+        return len(seen) > count
+
+    await _until(f"{count} more sweeps", (count + 2) * REMEDIATION_INTERVAL + 30, another)
+
+
 @pytest_twisted.ensureDeferred
-async def test_with_remediation_a_machine_made_unreachable_is_rebooted_once(lab_service: RunningService) -> None:
+async def test_with_remediation_a_hung_machine_is_rebooted_once(lab_service: RunningService) -> None:
     machine = lab_service.lab.machine(HEALTHY)
-    store = next(child for child in lab_service.service if isinstance(child, StoreService)).store
-    before = {result.requestid for result in store.find(slave=HEALTHY, action="reboot")}
-    lab_service.lab.power_off(HEALTHY)
-    _switch_on_remediation(lab_service)
+    store = _results(lab_service)
+    before = {result.requestid for result in store.find(action="reboot")}
+    # Hung, not powered off: its power stays on, so remediation may reboot it.
+    lab_service.lab.hang(HEALTHY)
+    _switch_on_remediation(lab_service, max_rebooting_per_pool=5)
 
     async def rebooted_by_health() -> Any:
-        found = [
-            result
-            for result in store.find(slave=HEALTHY, action="reboot")
-            if result.requestid not in before and result.client == HEALTH_CLIENT and result.is_done()
-        ]
+        found = [result for result in _health_reboots(store, {HEALTHY}, before) if result.is_done()]
         return found if found and (await _machine(lab_service, HEALTHY))["verdict"] == "ok" else None
 
     [result] = await _until("a reboot by health that brought it back", 120, rebooted_by_health)
-    assert result.state == 2, result.text
+    assert result.state == SUCCESS, result.text
     assert machine.up
-    # Later sweeps see it up again; no second reboot (min_reboot_interval).
-    sweeps = (await _health(lab_service))["checked_at"]
-    await _until("two more sweeps", 30, lambda: _later_sweeps(lab_service, sweeps))
-    again = [r for r in store.find(slave=HEALTHY, action="reboot") if r.requestid not in before]
-    assert [r.requestid for r in again] == [result.requestid]
+
+    # It hangs again at once: down past down_after for two sweeps, yet not rebooted
+    # a second time, because the first was less than min_reboot_interval ago.
+    lab_service.lab.hang(HEALTHY)
+
+    async def down_again() -> bool:
+        record = await _machine(lab_service, HEALTHY)
+        return bool(record["verdict"] == "down" and record["since"] >= result.finish_timestamp - 1)
+
+    await _until("the machine down again", 3 * REMEDIATION_INTERVAL + 30, down_again)
+    await _sweeps(lab_service, 2)
+    record = await _machine(lab_service, HEALTHY)
+    assert record["verdict"] == "down" and record["checked_at"] - record["since"] >= DOWN_AFTER
+    assert [r.requestid for r in _health_reboots(store, {HEALTHY}, before)] == [result.requestid]
+    assert not machine.up
+
+    lab_service.lab.reboot(HEALTHY)
+    await _until("the machine back", 60, lambda: _verdict_is(lab_service, HEALTHY, "ok"))
 
 
-async def _later_sweeps(service: RunningService, after: float) -> bool:
-    body = await _health(service)
-    return bool(body["checked_at"] is not None and body["checked_at"] >= after + 3)
+async def _verdict_is(service: RunningService, name: str, verdict: str) -> bool:
+    return bool((await _machine(service, name))["verdict"] == verdict)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_per_pool_cap_holds_when_several_machines_hang_together(lab_service: RunningService) -> None:
+    lab = lab_service.lab
+    store = _results(lab_service)
+    assert {lab.machine(name).pool for name in CAPPED} == {CAPPED_POOL}
+    before = {result.requestid for result in store.find(action="reboot")}
+    _switch_on_remediation(lab_service, max_rebooting_per_pool=1)
+    for name in CAPPED:
+        lab.hang(name)
+    pool = {machine.name for machine in lab.fleet.machines if machine.pool == CAPPED_POOL}
+    most = 0
+
+    async def all_rebooted() -> bool:
+        nonlocal most
+        # Anyone's reboots count against the cap; in this test only health's run in the pool.
+        reboots = [r for r in store.find(action="reboot") if r.slave in pool and r.requestid not in before]
+        most = max(most, sum(1 for r in reboots if not r.is_done()))
+        done = {r.slave for r in reboots if r.client == HEALTH_CLIENT and r.state == SUCCESS}
+        return done >= set(CAPPED) and all(lab.machine(name).up for name in CAPPED)
+
+    await _until("every hung machine rebooted by health", 90 * len(CAPPED), all_rebooted)
+    assert most == 1
+    reboots = _health_reboots(store, pool, before)
+    assert sorted(r.slave for r in reboots) == sorted(CAPPED), [r.to_dict(True) for r in reboots]
+    # One at a time: each was asked for once the one before it had finished (to the second).
+    for earlier, later in itertools.pairwise(reboots):
+        assert later.request_timestamp >= earlier.finish_timestamp, (earlier.to_dict(True), later.to_dict(True))
+    for name in CAPPED:
+        await _until(f"{name} not down any more", 3 * REMEDIATION_INTERVAL + 30, partial(_answering, lab_service, name))
+
+
+async def _answering(service: RunningService, name: str) -> bool:
+    return bool((await _machine(service, name))["verdict"] != "down")

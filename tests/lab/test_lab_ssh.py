@@ -268,6 +268,22 @@ async def test_power_off_and_on(lab: Lab) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_hung_machine_stops_answering_powered_until_rebooted(lab: Lab) -> None:
+    machine = lab.machine("bld-linux64-lab-001")
+    events = _PowerEvents(lab, machine)
+    lab.hang(machine.name)
+    await _bounded(events.down)
+    assert not await _port_open(machine, lab.ssh_port)
+    # Powered all along: a power-on changes nothing, a reset (or power cycle) boots it.
+    lab.power_on(machine.name)
+    assert (machine.up, machine.powered, lab.power.booting(machine)) == (False, True, False)
+    lab.reboot(machine.name)
+    await _bounded(events.up)
+    assert events.seen == [("down", False, True, False), ("up", True, True, True)]
+    assert await _port_open(machine, lab.ssh_port)
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_closes_every_listener_and_cancels_pending_boots(tmp_path) -> None:
     lab = Lab.start(_reactor(), slaves=4, workdir=str(tmp_path), boot_time=BOOT_TIME)
     machine = lab.machine("bld-linux64-lab-001")

@@ -40,8 +40,10 @@ class Options(usage.Options):
             raise usage.UsageError("--lab and --config exclude each other: the lab writes its own config")
         if self["lab"] is None and self["config"] is None:
             raise usage.UsageError("give --config PATH, or --lab N for the simulated fleet")
-        if self["lab-health-interval"] < 0:
-            raise usage.UsageError("--lab-health-interval must be >= 0 (0: no health loop)")
+        interval = self["lab-health-interval"]
+        # [health] interval takes at least 1 s; 0 writes no health loop into the lab's ini.
+        if interval != 0 and not interval >= 1:
+            raise usage.UsageError(f"--lab-health-interval must be 0 (no health loop) or at least 1, got {interval:g}")
 
 
 @implementer(IServiceMaker, IPlugin)

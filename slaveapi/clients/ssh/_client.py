@@ -217,14 +217,18 @@ class SSHClient:
         """
         return self._host_keys.forget(host, port or self._config.port)
 
-    async def session(self, host: str, *, port: int | None = None) -> SSHSession:
+    async def session(self, host: str, *, port: int | None = None, wait: bool = True) -> SSHSession:
         """
         Connect to C{host} and log in: one connection for several commands.
 
         At most C{[ssh] per_host} sessions to one host are open at once; a
         session holds its place until its connection is closed.
 
-        @raise SSHBusy: no place came free within C{connect_timeout}.
+        @param wait: C{False}: only if a place to the host is free now; the
+            caller never waits in the host's line (the health checks, which
+            must not hold up actions).
+        @raise SSHBusy: no place came free within C{connect_timeout} (without
+            C{wait}: none was free at once).
         @raise SSHConnectionRefused: nothing listens on the port.
         @raise SSHUnreachable: the name does not resolve or the host does not answer.
         @raise SSHHostKeyMismatch: the host key fails the configured policy;
@@ -238,7 +242,7 @@ class SSHClient:
         plan = self._plan(host, port)
         if not plan:
             raise SSHAuthenticationFailed(f"{label}: no SSH logins configured")
-        release = await self._slots.acquire(host, self._config.connect_timeout, label)
+        release = await self._slots.acquire(host, self._config.connect_timeout, label, wait=wait)
         try:
             link = await self._log_in(host, port, label, plan)
         except BaseException:

@@ -29,14 +29,26 @@ class SessionSlots:
         self.per_host = per_host
         self._slots: TargetSlots[str] = TargetSlots(per_host)
 
-    async def acquire(self, host: str, timeout: float, label: str) -> Callable[[], None]:
+    async def acquire(self, host: str, timeout: float, label: str, *, wait: bool = True) -> Callable[[], None]:
         """
         Wait, at most C{timeout} seconds, for a place among C{host}'s sessions.
 
+        @param wait: C{False}: take a place only if one is free now, else
+            fail at once (for SlaveAPI's own background checks, which must
+            never make an action wait behind them).
         @return: the function that gives the place back (calling it again does nothing).
-        @raise SSHBusy: none came free in time.
+        @raise SSHBusy: none came free in time (or, without C{wait}, none was free).
         """
-        waiting = self._slots.acquire(host.lower().rstrip("."))
+        key = host.lower().rstrip(".")
+        if not wait:
+            release = self._slots.try_acquire(key)
+            if release is None:
+                raise SSHBusy(
+                    f"{label}: no SSH session free now"
+                    f" ({self.per_host} already open to this host, the [ssh] per_host limit)"
+                )
+            return release
+        waiting = self._slots.acquire(key)
         waiting.addTimeout(timeout, self._reactor)
         try:
             return await waiting
