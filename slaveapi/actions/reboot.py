@@ -18,10 +18,12 @@ Redfish and IPMI share the BMC's name and its one DNS lookup. Whether the
 BMC speaks Redfish is discovered once per BMC and remembered by the Redfish
 client (L{slaveapi.clients.redfish.BMCDiscovery}); a failed Redfish or IPMI
 step makes it forget, so the next reboot asks the BMC again. The Redfish
-step resets with C{GracefulRestart} when the BMC advertises it: that
-returns as soon as the BMC accepted it, while the machine may still be up,
-so the wait after it is the one after SSH and Mozpool (down, then up).
-Otherwise it is the Redfish client's power cycle
+step resets with C{GracefulRestart} when the BMC advertises it and the
+machine answered the probe (the request goes to its OS): that returns as
+soon as the BMC accepted it, while the machine may still be up, so the
+wait after it is the one after SSH and Mozpool (down, then up). A machine
+that never went down after it (a hung OS ignores the request) gets the
+power cycle next, in the same step. Otherwise it is the Redfish client's power cycle
 (L{slaveapi.clients.redfish.RedfishClient.powercycle}: C{ForceOff}, power
 read off, C{On}, power read on, finished even if the action is cancelled
 halfway), after which the wait is IPMI's (up). When the Redfish step was tried,
@@ -129,6 +131,8 @@ class _Escalation(StatusLines):
         self.slave = slave
         #: The Redfish step reset the BMC (whatever came of it): the IPMI step is skipped.
         self.redfish_tried = False
+        #: Whether the machine answered the probe before the SSH step (None: not known).
+        self.answered: bool | None = None
         self._bmc: tuple[str | None, str | None] | None = None
 
     async def bmc(self, method: str) -> str | None:
@@ -251,6 +255,7 @@ async def _ssh(escalation: _Escalation) -> bool:
     except ClientError as error:
         escalation.skip("SSH", f"cannot probe the machine: {_one_line(error)}")
         return False
+    escalation.answered = answers
     if not answers:
         escalation.skip("SSH", "the machine does not answer")
         return False
@@ -332,7 +337,8 @@ async def _redfish(escalation: _Escalation) -> bool:
 
     async def start() -> None:
         nonlocal cycled
-        if REDFISH_RESTART in await redfish.reset_types(bmc):
+        # A graceful restart asks the OS: only worth it while the machine answers.
+        if escalation.answered and REDFISH_RESTART in await redfish.reset_types(bmc):
             run.log.info("Redfish reset {kind} of {bmc}", kind=REDFISH_RESTART, bmc=bmc)
             await redfish.reset(bmc, REDFISH_RESTART)
             return
@@ -341,7 +347,21 @@ async def _redfish(escalation: _Escalation) -> bool:
         cycled = True
 
     async def wait() -> str | None:
-        return await (_wait_for_up(escalation) if cycled else _wait_for_reboot(escalation))
+        if cycled:
+            return await _wait_for_up(escalation)
+        problem = await _wait_for_reboot(escalation)
+        if problem != NEVER_WENT_DOWN:
+            return problem
+        # An OS that hangs ignores the restart request as it would the SSH command: cut the power.
+        run.log.info(
+            "{kind} did not take the machine down; Redfish power cycle of {bmc}", kind=REDFISH_RESTART, bmc=bmc
+        )
+        escalation.outcome(f"{REDFISH_RESTART} ignored, power cycling...")
+        try:
+            await redfish.powercycle(bmc)
+        except ClientError as error:
+            return f"{REDFISH_RESTART} ignored, then the power cycle failed: {_one_line(error)}"
+        return await _wait_for_up(escalation)
 
     rebooted = await escalation.attempt("Redfish", start, wait)
     if not rebooted:

@@ -192,6 +192,8 @@ class FakeRedfish(_PowerControl):
     @ivar boot_once: by address, the last one-time boot target set.
     @ivar continuous: addresses of BMCs that keep a one-time boot override
         for every boot (C{Continuous}), as sushy-emulator does.
+    @ivar hung: addresses of BMCs whose machine's OS hangs: C{GracefulRestart}
+        is accepted and does nothing.
     """
 
     def __init__(self, reactor: Any, hosts: FakeHosts | None = None) -> None:
@@ -200,6 +202,7 @@ class FakeRedfish(_PowerControl):
         self.reset_kinds: dict[str, tuple[str, ...]] = {}
         self.boot_once: dict[str, str] = {}
         self.continuous: set[str] = set()
+        self.hung: set[str] = set()
         self._discovery = BMCDiscovery(self.available)
 
     def _machine(self, host: str) -> FakeHost | None:
@@ -245,7 +248,7 @@ class FakeRedfish(_PowerControl):
             raise RedfishError(host, f"reset {reset_type}", f"not offered; the BMC allows {', '.join(allowed)}")
         await self._scripted(host)
         machine = self._machine(host)
-        if machine is None or self._hosts is None:
+        if machine is None or self._hosts is None or (reset_type == "GracefulRestart" and host in self.hung):
             return
         if reset_type in ("GracefulRestart", "ForceRestart", "PowerCycle"):
             self._hosts.go_down(machine)

@@ -167,3 +167,31 @@ def test_a_bmc_found_not_to_speak_redfish_is_not_asked_again_while_ipmi_works() 
 
     assert fakes.redfish.calls == [("available", BMC)]
     assert [call for call, _ in fakes.ipmi.calls].count("powercycle") == 2
+
+
+def test_a_machine_that_does_not_answer_gets_the_power_cycle_not_a_graceful_restart() -> None:
+    # A graceful restart asks the OS; a machine that does not answer the probe has none to ask.
+    fakes = _fakes(bmc_ip=BMC, redfish=True, up=False)
+
+    text, _shown = run_reboot(fakes)
+
+    assert text.split("\n")[-1] == "Attempting Redfish reboot...Success!"
+    assert _resets(fakes) == []
+    assert ("powercycle", BMC) in fakes.redfish.calls
+    host = fakes.hosts.find("bld-1")
+    assert host is not None and host.up
+
+
+def test_a_graceful_restart_the_os_ignores_is_followed_by_the_power_cycle_in_the_same_step() -> None:
+    fakes = _fakes(bmc_ip=BMC, redfish=True, outlet=OUTLET)
+    fakes.redfish.hung.add(BMC)
+
+    text, shown = run_reboot(fakes)
+
+    assert text.split("\n") == [REFUSED, NO_MOZPOOL, "Attempting Redfish reboot...Success!"]
+    assert any(line.endswith("Attempting Redfish reboot...GracefulRestart ignored, power cycling...") for line in shown)
+    assert _resets(fakes) == ["reset GracefulRestart"]
+    assert ("powercycle", BMC) in fakes.redfish.calls
+    assert fakes.pdu.calls == []
+    host = fakes.hosts.find("bld-1")
+    assert host is not None and host.up and host.reboots == 1
