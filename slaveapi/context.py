@@ -7,6 +7,7 @@ actions already running keep the one they started with.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from slaveapi.interfaces import (
     SlaveallocSpec,
     SSHClientSpec,
 )
+from slaveapi.metrics import ServiceMetrics, unwrapped
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,12 @@ class Context:
 
 
 def build_context(
-    config: Config, reactor: Any, pool: HTTPConnectionPool, data_dir: str, previous: Context | None = None
+    config: Config,
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    data_dir: str,
+    previous: Context | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> Context:
     """
     Make the clients for C{config}.
@@ -93,6 +100,8 @@ def build_context(
         worker processes, Redfish client (its connections and what it found
         out about BMCs) and SNMP engine are kept when their settings did
         not change, and its SSH sessions count against the same per-host limit.
+    @param metrics: when given, every client is measured (L{ServiceMetrics.measure}),
+        under the name of its field of L{Clients}.
     """
     http = make_http_client(reactor, pool)
     timeout = config.http.timeout
@@ -134,14 +143,24 @@ def build_context(
         master=MasterClient(config.buildbot, credentials.buildbot_master, http, dns, timeout, reactor),
         aws=_aws_client(config, reactor, previous),
     )
+    if metrics is not None:
+        clients = measured_clients(clients, metrics, reactor)
     return Context(config=config, clients=clients, reactor=reactor)
+
+
+def measured_clients(clients: Clients, metrics: ServiceMetrics, clock: Any) -> Clients:
+    """C{clients}, each measured by C{metrics} under the name of its field, timed on C{clock}."""
+    measured = {
+        field.name: metrics.measure(field.name, getattr(clients, field.name), clock)
+        for field in dataclasses.fields(clients)
+    }
+    return Clients(**measured)
 
 
 def _previous_ssh(previous: Context | None) -> SSHClient | None:
     """The SSH client a reload shares the per-host session places with (a real one only)."""
-    if previous is not None and isinstance(previous.clients.ssh, SSHClient):
-        return previous.clients.ssh
-    return None
+    ssh = unwrapped(previous.clients.ssh) if previous is not None else None
+    return ssh if isinstance(ssh, SSHClient) else None
 
 
 def _prober(config: Config, reactor: Any, previous: Context | None) -> ProberSpec:

@@ -20,12 +20,18 @@ result's write fails, it is retried with a growing delay for at most
 C{FINAL_WRITE_PATIENCE} seconds while readers go on seeing the last state
 written; if it never succeeds, the row stays pending or running and the next
 start records it as interrupted.
+
+For the machine's history the processor hands the store, with each new
+request, the action's declared form fields that are not secret, and records
+each step an action reports (L{slaveapi.actions.StatusLines.step}) as it
+starts and ends, timed by the reactor's clock; the action never waits for
+those writes, and one that fails is only logged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -34,10 +40,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from slaveapi.actions import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.actions._base import StepChange
 from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.clients import within
+from slaveapi.events import FINISHED, PROGRESS, REQUESTED, STARTED, ResultEvents
 from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import IResultStore, StoreUnavailable, interrupted_text
+from slaveapi.store import IResultStore, StepRecord, StoreUnavailable, interrupted_text
 from slaveapi.work import WorkSlot, working_as
 
 if TYPE_CHECKING:
@@ -89,6 +97,8 @@ class ActionProcessor(Service):
     @param limits: the current slot and queue limits (see
         L{slaveapi.admission}); by default C{concurrency} slots and the
         default read share and queue bound.
+    @param events: where result changes are published (L{slaveapi.events});
+        C{None} publishes nothing.
     """
 
     _log = Logger()
@@ -101,8 +111,10 @@ class ActionProcessor(Service):
         reactor: Any,
         timeouts: Callable[[], dict[str, float]] = dict,
         limits: Callable[[], Limits] | None = None,
+        events: ResultEvents | None = None,
     ) -> None:
         self._store = store
+        self._events = events
         self._context = context
         if limits is None:
             fixed = Limits.of(concurrency)
@@ -113,6 +125,8 @@ class ActionProcessor(Service):
         self._read_slots = Slots(lambda: 0 if self._stopping else self._limits().read_concurrency)
         self._work_slots: set[WorkSlot] = set()
         self._pending = {READS: 0, CHANGES: 0}
+        # Actions between taking their work slot and finishing (L{in_flight}).
+        self._active = 0
         self._reactor = reactor
         self._timeouts = timeouts
         self._slave_locks: dict[str, DeferredLock] = {}
@@ -153,7 +167,12 @@ class ActionProcessor(Service):
         return finished.addBoth(stopped)
 
     async def submit(
-        self, slave: str, action: Action, arguments: dict[str, Any] | None = None, client: str | None = None
+        self,
+        slave: str,
+        action: Action,
+        arguments: dict[str, Any] | None = None,
+        client: str | None = None,
+        form: Mapping[str, str] | None = None,
     ) -> ActionResult:
         """
         Queue C{action} for C{slave} and return its (PENDING) result.
@@ -164,6 +183,9 @@ class ActionProcessor(Service):
         recorded always runs.
 
         @param slave: the machine's canonical identity.
+        @param form: the request's form fields, as given: the action's
+            declared, non-secret ones (L{Action.fields}) are kept for the
+            machine's history.
         @raise QueueFull: C{[server] max_queued} requests of the action's kind
             are pending already (joining a request in flight is always possible).
         """
@@ -183,7 +205,7 @@ class ActionProcessor(Service):
         self._pending[kind] += 1
         if action.single_flight:
             self._joining[key] = []
-        created = self._store.create(slave, action.name, client)
+        created = self._store.create(slave, action.name, client, _history_fields(action, form or {}))
         created.addCallbacks(
             self._start, self._not_recorded, callbackArgs=(action, arguments or {}), errbackArgs=(action, key)
         )
@@ -198,6 +220,7 @@ class ActionProcessor(Service):
             self._in_flight[key] = result
             for joined in self._joining.pop(key, []):
                 joined.callback(result)
+        self._publish(REQUESTED, result)
         running = Deferred.fromCoroutine(self._execute(result, action, arguments))
         self._running.add(running)
         running.addBoth(lambda _: self._running.discard(running))
@@ -282,7 +305,11 @@ class ActionProcessor(Service):
             if self._stopping:
                 raise CancelledError()
             with working_as(slot):
-                await self._run(result, action, arguments, ctx, log)
+                self._active += 1
+                try:
+                    await self._run(result, action, arguments, ctx, log)
+                finally:
+                    self._active -= 1
         except CancelledError:
             progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
             self._finish(result, FAILURE, interrupted_text(progress), log)
@@ -318,6 +345,10 @@ class ActionProcessor(Service):
         """Pending requests by kind (read-only, changing), for operators and tests."""
         return dict(self._pending)
 
+    def in_flight(self) -> int:
+        """How many actions are running now (their work slot taken, not yet finished), for operators."""
+        return self._active
+
     async def _run(
         self, result: ActionResult, action: Action, arguments: dict[str, Any], ctx: Context, log: ActionLog
     ) -> None:
@@ -329,6 +360,7 @@ class ActionProcessor(Service):
             log.error("Not starting: its start could not be recorded ({reason})", reason=str(error))
             self._finish(result, FAILURE, f"Not started: its start could not be recorded ({error}).", log)
             return
+        self._publish(STARTED, result)
         timeout = self._timeouts().get(action.name, action.timeout)
         run = ActionRun(
             ctx,
@@ -339,6 +371,7 @@ class ActionProcessor(Service):
             lambda text: self._report(result, text, log),
             client=result.client,
             deadline=self._reactor.seconds() + timeout,
+            steps=_StepRecorder(self._store, result.requestid, self._reactor, log),
         )
         log.info("Starting (timeout {timeout}s)", timeout=timeout)
         try:
@@ -370,6 +403,7 @@ class ActionProcessor(Service):
             return
         result.text = text
         self._save_progress(result, log)
+        self._publish(PROGRESS, result)
 
     def _save_progress(self, result: ActionResult, log: ActionLog) -> None:
         def failed(failure: Any) -> None:
@@ -387,9 +421,14 @@ class ActionProcessor(Service):
         await view
 
     def _notify(self, result: ActionResult) -> None:
+        self._publish(FINISHED, result)
         for waiter in self._waiters.pop(result.requestid, []):
             if not waiter.called:
                 waiter.callback(None)
+
+    def _publish(self, kind: str, result: ActionResult) -> None:
+        if self._events is not None:
+            self._events.publish(kind, result)
 
     async def _record_final(self, result: ActionResult, log: ActionLog) -> None:
         """
@@ -442,6 +481,43 @@ async def _take_all(pools: list[Slots], resuming: bool) -> None:
         for pool in reversed(held):
             pool.release()
         raise
+
+
+def _history_fields(action: Action, form: Mapping[str, str]) -> dict[str, str]:
+    """The form fields C{action} declares and are not secret, as C{form} gives them: what history keeps."""
+    return {field.name: form[field.name] for field in action.fields if not field.secret and field.name in form}
+
+
+class _StepRecorder:
+    """
+    Records an action's steps in the store as they start and end, timed by
+    the reactor's clock. The action never waits for these writes (the
+    store's writer keeps them in order); one that fails is logged, and the
+    action goes on.
+    """
+
+    def __init__(self, store: IResultStore, requestid: int, reactor: Any, log: ActionLog) -> None:
+        self._store = store
+        self._requestid = requestid
+        self._reactor = reactor
+        self._log = log
+        self._started: dict[int, float] = {}
+
+    def __call__(self, change: StepChange) -> None:
+        now = self._reactor.seconds()
+        started = self._started.setdefault(change.n, now)
+        if change.finished:
+            del self._started[change.n]
+        step = StepRecord(change.heading, started, now if change.finished else None, change.outcome)
+        saving = self._store.save_step(self._requestid, change.n, step)
+        saving.addErrback(
+            lambda failure: self._log.error(
+                "Could not record step {n} ({step}) for the history: {reason}",
+                n=change.n,
+                step=change.heading,
+                reason=failure.getErrorMessage(),
+            )
+        )
 
 
 def _kind(action: Action) -> str:

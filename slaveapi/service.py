@@ -43,7 +43,9 @@ from slaveapi.config import (
 )
 from slaveapi.context import Context, build_context, close_contexts
 from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
-from slaveapi.health import HealthService, Remediation, SQLiteHealthStore, default_health_path
+from slaveapi.events import ResultEvents
+from slaveapi.health import VERDICTS, HealthService, Remediation, SQLiteHealthStore, default_health_path
+from slaveapi.metrics import ServiceMetrics
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import (
     SQLiteResultStore,
@@ -55,6 +57,7 @@ from slaveapi.store import (
 from slaveapi.web.gate import GatedSite
 from slaveapi.web.listening import check_anonymous_exposure, with_backlog
 from slaveapi.web.routes import SlaveAPIWeb
+from slaveapi.webhooks import WebhookSender
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -184,6 +187,7 @@ class ContextHolder(Service):
         may turn host key checks off).
     @param check: refuses a reloaded configuration the running service
         cannot take (raising L{ConfigError}).
+    @param metrics: where the clients' calls are counted, if anywhere.
     """
 
     _log = Logger()
@@ -196,14 +200,16 @@ class ContextHolder(Service):
         *,
         lab: bool = False,
         check: Callable[[Config], None] = lambda config: None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._reactor = reactor
+        self._metrics = metrics
         self._check = check
         self._data_dir = data_dir
         self._lab = lab
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 10
-        self._current = build_context(config, reactor, self._pool, data_dir)
+        self._current = build_context(config, reactor, self._pool, data_dir, metrics=metrics)
         # Contexts replaced by reloads: their clients are released once no
         # queued or running action, nor a health sweep, uses them any more.
         self._retired: list[Context] = []
@@ -240,7 +246,9 @@ class ContextHolder(Service):
             return False
         warn_plain_http(config)
         previous = self._current
-        self._current = build_context(config, self._reactor, self._pool, self._data_dir, previous)
+        self._current = build_context(
+            config, self._reactor, self._pool, self._data_dir, previous, metrics=self._metrics
+        )
         self._retired.append(previous)
         self._log.info("Configuration reloaded from {path}", path=path)
         for listener in self._on_reload:
@@ -435,10 +443,20 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
     LogFileService(config.logging).setServiceParent(top)
     store = SQLiteResultStore(store_path, reactor)
     StoreService(store, reactor, config.store.keep_days).setServiceParent(top)
+    metrics = ServiceMetrics()
     holder = ContextHolder(
-        config, reactor, data_dir, lab=options.lab is not None, check=lambda new: check_anonymous_exposure(new, listen)
+        config,
+        reactor,
+        data_dir,
+        lab=options.lab is not None,
+        check=lambda new: check_anonymous_exposure(new, listen),
+        metrics=metrics,
     )
     holder.setServiceParent(top)
+    events = ResultEvents()
+    metrics.follow(events)
+    # Before the processor, so it stops after it: it hears every action finish, those cancelled at stop too.
+    WebhookSender(events, lambda: holder.context().config, reactor).setServiceParent(top)
     processor = ActionProcessor(
         store,
         holder.context,
@@ -446,18 +464,25 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
         reactor,
         timeouts=lambda: dict(holder.context().config.timeouts),
         limits=lambda: server_limits(holder.context().config.server),
+        events=events,
     )
     processor.setServiceParent(top)
     holder.watch(processor.uses)
+    metrics.watch_processor(processor.queued, processor.in_flight)
     health_store = SQLiteHealthStore(default_health_path(data_dir), reactor)
     # After the processor: it stops before it, so no reboot is submitted to a stopped processor.
     health = HealthService(
         health_store, holder.context, reactor, Remediation(processor, store, health_store, reactor), ready=ready
     )
     health.setServiceParent(top)
+    metrics.watch_health(health_store, VERDICTS)
     holder.watch(health.uses)
     holder.on_reload(health.reloaded)
-    web = SlaveAPIWeb(processor, store, holder.context, health=health_store)
+    web = SlaveAPIWeb(
+        processor, store, holder.context, health=health_store, events=events, clock=reactor, metrics=metrics
+    )
+    # Stopped right after the port closes: open event streams end.
+    web.streams.setServiceParent(top)
     site = GatedSite(web.resource(), lambda: holder.context().config, reactor)
     ListenWhenReady(endpoint, site, ready, reactor).setServiceParent(top)
     return top

@@ -71,6 +71,22 @@ database file is created 0600 before SQLite opens it, and SQLite gives its
 C{-wal} and C{-shm} files the database file's permissions. The reader opens
 the file read-only and creates nothing.
 
+Each result also keeps, for its machine's history (C{GET
+/slaves/<slave>/history}), the form fields it was asked with (only the
+action's declared, non-secret ones: see L{slaveapi.actions.FormField}) as a
+JSON object in the C{result_fields} table (its C{fields} column, keyed by
+request id, written in the transaction that creates the result), and the
+steps it went through in the C{steps} table, one row per step (C{(requestid,
+n)}: its start, end and outcome), written through the same writer as the
+result, so that a step is on disk before the result state that follows it.
+The fields live beside C{results} rather than in a column of it so that the
+C{results} row keeps its shape (tools and older releases insert whole rows).
+A machine's history is read newest first through the C{(slave)} index (in
+effect C{(slave, requestid)}), backwards, so a page is a range scan without a
+sort; its fields and steps by their tables' primary keys. A database made by
+an older release gets both tables when opened (its results then have no
+fields and no steps). Pruning a result prunes its fields and steps.
+
 L{IResultStore} is the small surface the rest of the service uses, so that a
 PostgreSQL store for several instances can be dropped in later.
 """
@@ -83,7 +99,7 @@ import json
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +187,19 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS result_fields (
+    requestid INTEGER PRIMARY KEY,
+    fields TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    requestid INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    heading TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    outcome TEXT,
+    PRIMARY KEY (requestid, n)
+) WITHOUT ROWID;
 """
 
 #: The C{meta} key of the highest request id ever written.
@@ -216,6 +245,66 @@ ON CONFLICT (requestid) DO UPDATE SET
 """
 
 _DELETE_EXPIRED = f"DELETE FROM results WHERE state IN ({SUCCESS}, {FAILURE}) AND finish_timestamp < ?"  # noqa: S608  # constants
+# Run before the results go, in the same transaction: what belongs to them.
+_DELETE_EXPIRED_EXTRAS = tuple(
+    f"""
+DELETE FROM {table} WHERE requestid IN (
+    SELECT requestid FROM results WHERE state IN ({SUCCESS}, {FAILURE}) AND finish_timestamp < ?
+)
+"""  # noqa: S608  # constants
+    for table in ("result_fields", "steps")
+)
+
+_INSERT_FIELDS = "INSERT OR REPLACE INTO result_fields (requestid, fields) VALUES (?, ?)"
+
+_UPSERT_STEP = """
+INSERT INTO steps (requestid, n, heading, started, finished, outcome) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (requestid, n) DO UPDATE SET
+    heading = excluded.heading, started = excluded.started,
+    finished = excluded.finished, outcome = excluded.outcome
+"""
+
+# A machine's results newest first: the (slave) index, which is in effect
+# (slave, requestid), read backwards from the bound (never the (slave, action)
+# one, whose order would need a sort).
+_HISTORY_SQL = (
+    f"{_SELECT} INDEXED BY results_by_slave WHERE slave = ? AND requestid < ? ORDER BY requestid DESC LIMIT ?"
+)
+_HISTORY_FIELDS_SQL = "SELECT requestid, fields FROM result_fields WHERE requestid IN ({marks})"
+_HISTORY_STEPS_SQL = (
+    "SELECT requestid, n, heading, started, finished, outcome FROM steps WHERE requestid IN ({marks})"
+    " ORDER BY requestid, n"
+)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """
+    One step of an action, for its machine's history.
+
+    @ivar started: when it started (Unix seconds, from the reactor's clock).
+    @ivar finished: when it ended; C{None} while it runs (or when it was
+        cut short by a stop).
+    @ivar outcome: what its status line said at its end (C{Success!},
+        C{Failed: ...}); C{None} while it runs.
+    """
+
+    heading: str
+    started: float
+    finished: float | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """
+    One result in a machine's history: the result, the declared non-secret
+    form fields it was asked with, and its steps in order.
+    """
+
+    result: ActionResult
+    fields: dict[str, str]
+    steps: tuple[StepRecord, ...]
 
 
 class IResultStore(Interface):
@@ -227,12 +316,17 @@ class IResultStore(Interface):
     def close() -> Deferred[None]:
         """Finish pending writes and release the database."""
 
-    def create(slave: str, action: str, client: str | None) -> Deferred[ActionResult]:
+    def create(
+        slave: str, action: str, client: str | None, fields: Mapping[str, str] | None = None
+    ) -> Deferred[ActionResult]:
         """
         Record a new PENDING result with a fresh request id, higher than any
         handed out before (pruned ones included); it exists for readers once
         written, before the Deferred fires. Fails with L{StoreUnavailable} if
         it could not be.
+
+        @param fields: the form fields to keep for the history (the caller
+            leaves out secret ones).
 
         @return: the caller's own object: changes to it reach readers only
             through C{save}, once written.
@@ -266,7 +360,20 @@ class IResultStore(Interface):
     def prune(older_than: float) -> Deferred[int]:
         """
         Forget finished results that finished before C{older_than} (Unix
-        seconds); their request ids stay used.
+        seconds), and their steps; their request ids stay used.
+        """
+
+    def save_step(requestid: int, n: int, step: StepRecord) -> Deferred[None]:
+        """
+        Persist step C{n} (from 0) of request C{requestid} as it is now,
+        after every write asked for before. Fails with L{StoreUnavailable}
+        if it could not be.
+        """
+
+    def history(slave: str, before: int | None, limit: int) -> list[HistoryEntry]:
+        """
+        Up to C{limit} results of C{slave} with a request id below C{before}
+        (all when C{None}), newest first, each with its fields and steps.
         """
 
 
@@ -563,12 +670,17 @@ class SQLiteResultStore:
     def _upsert(self, row: tuple[Any, ...]) -> None:
         self._open_db().execute(_UPSERT, row)
 
-    def _insert(self, row: tuple[Any, ...]) -> None:
-        """Write a new result and raise the high-water mark to its id, in one transaction."""
+    def _insert(self, row: tuple[Any, ...], fields: str | None = None) -> None:
+        """
+        Write a new result (with its form fields, as JSON, if any) and raise
+        the high-water mark to its id, in one transaction.
+        """
         db = self._open_db()
 
         def statements() -> None:
             db.execute(_UPSERT, row)
+            if fields is not None:
+                db.execute(_INSERT_FIELDS, (row[0], fields))
             db.execute(_RAISE_HIGH_WATER)
 
         _in_transaction(db, statements)
@@ -581,24 +693,30 @@ class SQLiteResultStore:
         L{StoreUnavailable}, logged once here.
         """
 
-        def failed(failure: Failure) -> Failure:
-            if not failure.check(sqlite3.Error):
-                return failure
-            reason = str(failure.value) or type(failure.value).__name__
-            self._log.error(
-                "[{slave} #{requestid} {action}] Could not write {what} to {path}: {reason}",
-                slave=row[1],
-                requestid=row[0],
-                action=row[2],
-                what=what,
-                path=self.path,
-                reason=reason,
-            )
-            return Failure(StoreUnavailable(reason))
+        return self._write(write or self._upsert, row).addErrback(
+            self._unavailable,
+            "[{slave} #{requestid} {action}] Could not write {what} to {path}: {reason}",
+            slave=row[1],
+            requestid=row[0],
+            action=row[2],
+            what=what,
+        )
 
-        return self._write(write or self._upsert, row).addErrback(failed)
+    def _unavailable(self, failure: Failure, /, format: str, **fields: Any) -> Failure:
+        """
+        A write's C{sqlite3.Error} as L{StoreUnavailable}, logged once with
+        C{format} (given C{path}, C{reason} and C{fields}); other failures
+        unchanged.
+        """
+        if not failure.check(sqlite3.Error):
+            return failure
+        reason = str(failure.value) or type(failure.value).__name__
+        self._log.error(format, path=self.path, reason=reason, **fields)
+        return Failure(StoreUnavailable(reason))
 
-    def create(self, slave: str, action: str, client: str | None) -> Deferred[ActionResult]:
+    def create(
+        self, slave: str, action: str, client: str | None, fields: Mapping[str, str] | None = None
+    ) -> Deferred[ActionResult]:
         requestid = self._next_id
         self._next_id += 1
         result = ActionResult(
@@ -608,8 +726,14 @@ class SQLiteResultStore:
             request_timestamp=int(self._reactor.seconds()),
             client=client,
         )
+        row = _row(result)
+        kept = json.dumps(dict(fields)) if fields else None
+
+        def insert(row: tuple[Any, ...]) -> None:
+            self._insert(row, kept)
+
         # Fires on the reactor once the row is committed: a read then finds it.
-        return self._write_row(_row(result), "the new request", self._insert).addCallback(lambda _: result)
+        return self._write_row(row, "the new request", insert).addCallback(lambda _: result)
 
     def save(self, result: ActionResult) -> Deferred[None]:
         return self._write_row(_row(result), "the result")
@@ -652,26 +776,34 @@ class SQLiteResultStore:
 
     # -- reads: on the reactor thread, from what is committed -----------------------------------
 
-    def _query(self, sql: str, values: tuple[Any, ...] | list[Any] = ()) -> list[ActionResult]:
+    def _rows(self, sql: str, values: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         """
         Every row C{sql} selects, read to the end and the cursor closed
         whatever happens (which ends the read transaction at once, so that
         no snapshot outlives the call).
 
         @raise StoreUnavailable: if the database cannot be read (busy, I/O
-            error, corrupt, closed), or a row cannot be decoded (named by
-            its request id).
+            error, corrupt, closed).
         """
         try:
             if self._reader is None:
                 raise sqlite3.ProgrammingError("the results store is closed")
             cursor = self._reader.execute(sql, values)
             try:
-                rows = cursor.fetchall()
+                return cursor.fetchall()
             finally:
                 cursor.close()
         except sqlite3.Error as error:
             raise StoreUnavailable(str(error) or type(error).__name__) from None
+
+    def _query(self, sql: str, values: tuple[Any, ...] | list[Any] = ()) -> list[ActionResult]:
+        """
+        Every result C{sql} selects (see L{_rows}).
+
+        @raise StoreUnavailable: if the database cannot be read, or a row
+            cannot be decoded (named by its request id).
+        """
+        rows = self._rows(sql, values)
         results: list[ActionResult] = []
         for row in rows:
             try:
@@ -698,6 +830,43 @@ class SQLiteResultStore:
     def page(self, query: ResultQuery) -> list[ActionResult]:
         sql, values = _page_sql(query)
         return self._query(sql, values)
+
+    def history(self, slave: str, before: int | None, limit: int) -> list[HistoryEntry]:
+        """
+        Three reads, each of its own snapshot: a result written in between
+        shows its fields and steps as they are at the later reads.
+        """
+        bound = MAX_REQUESTID if before is None else min(before, MAX_REQUESTID)
+        results = self._query(_HISTORY_SQL, (slave, bound, limit)) if bound > 0 and limit > 0 else []
+        if not results:
+            return []
+        ids = [result.requestid for result in results]
+        marks = ", ".join("?" * len(ids))
+        fields: dict[int, dict[str, str]] = {}
+        for requestid, raw in self._rows(_HISTORY_FIELDS_SQL.format(marks=marks), ids):
+            try:
+                fields[requestid] = json.loads(raw)
+            except ValueError as error:
+                raise StoreUnavailable(f"stored result {requestid} has malformed fields: {error}") from None
+        steps: dict[int, list[StepRecord]] = {}
+        for requestid, _n, heading, started, finished, outcome in self._rows(
+            _HISTORY_STEPS_SQL.format(marks=marks), ids
+        ):
+            steps.setdefault(requestid, []).append(StepRecord(heading, started, finished, outcome))
+        return [
+            HistoryEntry(result, fields.get(result.requestid, {}), tuple(steps.get(result.requestid, ())))
+            for result in results
+        ]
+
+    def save_step(self, requestid: int, n: int, step: StepRecord) -> Deferred[None]:
+        row = (requestid, n, step.heading, step.started, step.finished, step.outcome)
+
+        def upsert() -> None:
+            self._open_db().execute(_UPSERT_STEP, row)
+
+        return self._write(upsert).addErrback(
+            self._unavailable, "[#{requestid}] Could not write step {n} to {path}: {reason}", requestid=requestid, n=n
+        )
 
     def each(self) -> Iterator[ActionResult]:
         """
@@ -731,6 +900,8 @@ class SQLiteResultStore:
                 nonlocal deleted
                 # Before the rows go: their ids must stay used.
                 db.execute(_RAISE_HIGH_WATER)
+                for statement in _DELETE_EXPIRED_EXTRAS:
+                    db.execute(statement, (older_than,))
                 deleted = db.execute(_DELETE_EXPIRED, (older_than,)).rowcount
 
             _in_transaction(db, statements)

@@ -190,6 +190,29 @@ class ActionLog:
         self._logger.failure("[{slave} #{requestid} {action}] " + format, **self._fields, **fields)
 
 
+#: The outcome a step's history shows when something other than its
+#: declared failures (a cancellation: a stop, the action's time limit) ends it.
+INTERRUPTED_STEP = "Interrupted"
+
+
+@dataclass(frozen=True)
+class StepChange:
+    """
+    A step of an action starting or ending, as L{StatusLines.step} reports it
+    through L{ActionRun} (the processor records it in the machine's history,
+    timing it by the reactor's clock).
+
+    @ivar n: the step's number in its action, from 0.
+    @ivar outcome: C{None} when it starts; its status line's outcome
+        (C{Success!}, C{Failed: ...}) when it ends.
+    """
+
+    n: int
+    heading: str
+    finished: bool = False
+    outcome: str | None = None
+
+
 class ActionRun:
     """
     One running action: the context it runs in and the means to report.
@@ -201,6 +224,8 @@ class ActionRun:
     @ivar deadline: when (on C{ctx.reactor}'s clock) the action's time limit
         cancels it; C{None} when it has none. A wait that must end with the
         action's own words ends before then.
+    @param steps: told of each step starting and ending (L{StepChange});
+        by default nobody is.
     """
 
     def __init__(
@@ -213,6 +238,7 @@ class ActionRun:
         report: Callable[[str], None],
         client: str | None = None,
         deadline: float | None = None,
+        steps: Callable[[StepChange], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.client = client
@@ -222,12 +248,27 @@ class ActionRun:
         self.action = action
         self.log = log
         self._report = report
+        self._steps = steps
+        self._steps_begun = 0
         self.status = ""
 
     def progress(self, text: str) -> None:
         """Show C{text} as the result's text while the action runs."""
         self.status = text
         self._report(text)
+
+    def step_started(self, heading: str) -> int:
+        """Report that a step called C{heading} starts; return its number."""
+        n = self._steps_begun
+        self._steps_begun += 1
+        if self._steps is not None:
+            self._steps(StepChange(n, heading))
+        return n
+
+    def step_ended(self, n: int, heading: str, outcome: str) -> None:
+        """Report that step C{n} ended with C{outcome}."""
+        if self._steps is not None:
+            self._steps(StepChange(n, heading, finished=True, outcome=outcome))
 
 
 class StepFailed(ActionFailure):
@@ -316,20 +357,33 @@ class StatusLines:
           - Anything else propagates unchanged, the line showing what it
             showed last: the heading, or what C{work} gave L{outcome}.
 
+        The run is told when the step starts and ends, with the outcome its
+        line shows (L{ActionRun.step_started}, L{ActionRun.step_ended}), for
+        the machine's history; a step ended by anything else ends there as
+        L{INTERRUPTED_STEP}.
+
         @param heading: the step, without the trailing C{...}.
         """
         self._heading = heading
         self.add(f"{heading}...")
+        n = self._run.step_started(heading)
         try:
             text = await work()
         except failures as error:
             reason = failure_reason(error)
             self._run.log.warn("{step} failed: {reason}", step=heading, reason=reason)
-            self.outcome(failed(error))
+            said = failed(error)
+            self.outcome(said)
+            self._run.step_ended(n, heading, said)
             if fatal:
                 raise StepFailed(self.text, heading, reason) from None
             return False
-        self.replace_last(f"{heading}...{'Success!' if text is None else text}")
+        except BaseException:
+            self._run.step_ended(n, heading, INTERRUPTED_STEP)
+            raise
+        said = "Success!" if text is None else text
+        self.replace_last(f"{heading}...{said}")
+        self._run.step_ended(n, heading, said)
         return True
 
     def outcome(self, text: str) -> None:

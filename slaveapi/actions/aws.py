@@ -47,6 +47,7 @@ from slaveapi.actions._base import (
     ActionFailure,
     ActionRun,
     ArgumentError,
+    FormField,
     MissingArguments,
     StatusLines,
     StepFailed,
@@ -66,6 +67,16 @@ CREATE_FIELDS = ("email", "bug", "instance_type", "arch", "disambig")
 REQUIRED_FIELDS = ("email", "bug", "instance_type")
 INSTANCE_TYPES = ("build", "test")
 ARCHES = (32, 64)
+#: The same fields, declared (L{FormField}) for the OpenAPI document and the history.
+CREATE_FORM = (
+    FormField("email", description="the loaner's owner, user@domain; the part before '@' names the loaner",
+              required=True),
+    FormField("bug", "integer", "the bug number the loaner is for, >= 1", required=True),
+    FormField("instance_type", description="what the loaner is for", required=True, choices=INSTANCE_TYPES),
+    FormField("arch", "integer", "64 (default) or 32; 32 only for test instances",
+              choices=tuple(str(arch) for arch in ARCHES)),
+    FormField("disambig", "integer", "a number >= 0 appended to a default name (slave 'default')"),
+)
 
 #: The slave name that asks for a name made from the email address.
 DEFAULT_SLAVE = "default"
@@ -550,6 +561,7 @@ ACTIONS = (
         scope="aws",
         arguments=create_arguments,
         names=LOANERS,
+        fields=CREATE_FORM,
     ),
     Action(
         name="aws_start_instance",

@@ -30,7 +30,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun, ArgumentError, StatusLines, yes_no
+from slaveapi.actions._base import (
+    Action,
+    ActionFailure,
+    ActionRun,
+    ArgumentError,
+    FormField,
+    StatusLines,
+    yes_no,
+)
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, requester
 from slaveapi.actions._remote import locate
 from slaveapi.actions.reboot import reboot
@@ -61,6 +69,18 @@ def check_reason(raw: str) -> str:
             "reason", "expected one line of printable characters (no newlines, tabs or control characters)"
         )
     return reason
+
+
+#: A reason: the field C{disable} and C{pause_buildslave} take.
+REASON_FIELD = FormField(
+    "reason", description=f"why, one line of at most {MAX_REASON_LENGTH} printable characters, quoted on the "
+    "machine's problem-tracking bug as the requester's words"
+)
+#: C{disable}'s form fields, declared.
+DISABLE_FIELDS = (
+    REASON_FIELD,
+    FormField("force", "boolean", "stop the buildbot by a reboot rather than a graceful shutdown; default no"),
+)
 
 
 def disable_arguments(form: Mapping[str, str]) -> dict[str, Any]:
@@ -177,4 +197,5 @@ ACTION = Action(
     timeout=ACTION_TIMEOUT,
     scope="disable",
     arguments=disable_arguments,
+    fields=DISABLE_FIELDS,
 )

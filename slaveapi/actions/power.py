@@ -48,7 +48,7 @@ from functools import partial
 from typing import Any
 
 from slaveapi._text import error_line
-from slaveapi.actions._base import Action, ActionRun, ArgumentError, StatusLines, yes_no
+from slaveapi.actions._base import Action, ActionRun, ArgumentError, FormField, StatusLines, yes_no
 from slaveapi.actions._channels import (
     BOOT_DEVICES,
     CannotDo,
@@ -298,7 +298,18 @@ def _action(name: str, run: Callable[..., Awaitable[Any]], **options: Any) -> Ac
 ACTIONS = (
     _action("power_status", power_status),
     _action("power_on", power_on),
-    _action("power_off", power_off, arguments=_power_off_arguments),
+    _action(
+        "power_off",
+        power_off,
+        arguments=_power_off_arguments,
+        fields=(FormField("soft", "boolean", "ask the operating system to shut down first; default no"),),
+    ),
     _action("power_cycle", power_cycle),
-    _action("boot_device", boot_device, arguments=_boot_device_arguments),
+    _action(
+        "boot_device",
+        boot_device,
+        arguments=_boot_device_arguments,
+        fields=(FormField("device", description="the device to boot from next", required=True,
+                          choices=BOOT_DEVICES),),
+    ),
 )

@@ -29,12 +29,13 @@ paused it, as the worker's C{pause_reason}.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from slaveapi.actions._base import Action, ActionRun, ArgumentError, StatusLines
 from slaveapi.actions._bugs import requester
 from slaveapi.actions._remote import locate
-from slaveapi.actions.disable import check_reason
+from slaveapi.actions.disable import REASON_FIELD, check_reason
 from slaveapi.actions.shutdown_buildslave import find_master
 from slaveapi.clients.master import MasterError
 from slaveapi.clients.slavealloc import MasterRecord
@@ -108,6 +109,7 @@ PAUSE = Action(
     timeout=ACTION_TIMEOUT,
     scope="disable",
     arguments=pause_arguments,
+    fields=(replace(REASON_FIELD, required=True),),
 )
 
 UNPAUSE = Action(

@@ -40,7 +40,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
-from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
+from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines, failure_reason
 from slaveapi.actions._remote import Busy, Offline, buildbot_address, connect, locate, log_paths, now
 from slaveapi.clients import poll_until
 from slaveapi.clients.http import RemoteError
@@ -174,40 +174,43 @@ async def _wait_for_shutdown(
         # The steps before this one took some of the action's time: keep the
         # margin before its time limit, so the action still ends in its own words.
         deadline = min(deadline, run.deadline - _margin(run))
-    heading = "Waiting for the buildbot to shut down..."
-    status.add(heading)
+    heading = "Waiting for the buildbot to shut down"
+    found: list[ShutdownOutcome] = []
 
     async def shut_down() -> ShutdownOutcome | None:
         try:
             lines = await reader.tail(basedir)
         except ActionFailure as failure:
-            status.replace_last(f"{heading}Failed: {failure.payload}")
-            raise ActionFailure(status.text) from None
+            raise ActionFailure(f"Failed: {failure.payload}") from None
         if lines is None:
             return None
         outcome = _shutdown_since(_events(lines), since)
         if outcome is None:
             busy = last_activity(lines, now(run), _NO_BOOT_RULE).last_state == RUNNING_COMMAND
-            waiting = heading + ("(it is finishing its running command)" if busy else "")
+            waiting = f"{heading}..." + ("(it is finishing its running command)" if busy else "")
             if status.lines[-1] != waiting:
                 status.replace_last(waiting)
         return outcome
 
     def unconfirmed() -> ActionFailure:
-        status.replace_last(f"{heading}Couldn't confirm shutdown within {max_wait:g} seconds.")
-        return ActionFailure(status.text)
+        return ActionFailure(f"Couldn't confirm shutdown within {max_wait:g} seconds.")
 
-    outcome = await poll_until(
-        reactor,
-        shut_down,
-        settings.poll_interval,
-        deadline - reactor.seconds(),
-        "buildbot shutdown",
-        timeout_error=unconfirmed,
-    )
-    status.replace_last(heading + _describe(outcome))
-    run.log.info("Shutdown confirmed ({kind})", kind=outcome.kind)
-    return outcome
+    async def confirmed() -> str:
+        outcome = await poll_until(
+            reactor,
+            shut_down,
+            settings.poll_interval,
+            deadline - reactor.seconds(),
+            "buildbot shutdown",
+            timeout_error=unconfirmed,
+        )
+        found.append(outcome)
+        return _describe(outcome)
+
+    # A step, so that the history times the wait; its failures say what they are in their own words.
+    await status.step(heading, confirmed, failed=failure_reason)
+    run.log.info("Shutdown confirmed ({kind})", kind=found[0].kind)
+    return found[0]
 
 
 def _max_wait(run: ActionRun) -> float:

@@ -34,6 +34,7 @@ from ._records import (
     BuildbotConfig,
     Config,
     DNSConfig,
+    EventsConfig,
     HealthConfig,
     HTTPConfig,
     InventoryConfig,
@@ -50,6 +51,7 @@ from ._records import (
     SNMPConfig,
     SSHConfig,
     StoreConfig,
+    WebhooksConfig,
 )
 from ._schema import ConfigError, SectionSchema, ini_schema as _ini_schema
 
@@ -70,6 +72,7 @@ __all__ = [
     "ConfigError",
     "Credentials",
     "DNSConfig",
+    "EventsConfig",
     "HTTPConfig",
     "HealthConfig",
     "IPMIConfig",
@@ -89,6 +92,7 @@ __all__ = [
     "ServiceURL",
     "SlavesConfig",
     "StoreConfig",
+    "WebhooksConfig",
     "check_host_key_policy",
     "ini_schema",
     "load_config",

@@ -159,6 +159,8 @@ class Credentials:
     buildbot_master: Secret | None = None
     aws_access_key_id: Secret | None = None
     aws_secret_access_key: Secret | None = None
+    #: The HMAC-SHA256 key webhook bodies are signed with.
+    webhook_secret: Secret | None = None
     api_tokens: Mapping[str, ApiToken] = field(default_factory=dict, metadata=_read(_api_tokens))
 
 

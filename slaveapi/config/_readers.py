@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from slaveapi.hostnames import parse_authority, parse_origin
+from slaveapi.hostnames import is_loopback, parse_authority, parse_origin
 
 from ._credentials import Credentials, load_credentials
 from ._schema import REQUIRED, IniSection, Integer, Path, Text
@@ -112,6 +113,35 @@ def _master_setting(masters: IniSection, key: str) -> tuple[str | None, str | No
         else:
             raise masters.fail(key, expected, raw)
     return flavour, scheme
+
+
+def read_webhook_urls(webhooks: IniSection, key: str, default: Any) -> tuple[str, ...]:
+    """C{[webhooks] urls}: http:// or https:// URLs separated by spaces or commas."""
+    expected = "http:// or https:// URLs with a host, separated by spaces or commas"
+    urls = []
+    for item in _words(webhooks, key):
+        parts = urlsplit(item)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise webhooks.fail(key, expected, item[:200])
+        urls.append(item)
+    return tuple(urls)
+
+
+def check_webhook_urls(webhooks: IniSection, values: dict[str, Any]) -> None:
+    """
+    C{[webhooks] urls}: a plain http:// URL only to this machine, unless
+    C{allow_plain_http}: the signed results would travel in clear text.
+    """
+    if values["allow_plain_http"]:
+        return
+    for url in values["urls"]:
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+            raise webhooks.fail(
+                "urls",
+                "https:// URLs (plain http:// only to this machine, or with allow_plain_http = true)",
+                f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
+            )
 
 
 def check_read_concurrency(server: IniSection, values: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from ._readers import (
     MASTER_FLAVOURS,
     MASTER_SCHEMES,
     check_read_concurrency,
+    check_webhook_urls,
     default_dns_api_url,
     read_credentials_file,
     read_domain,
@@ -27,6 +28,7 @@ from ._readers import (
     read_name_patterns,
     read_origins,
     read_server_names,
+    read_webhook_urls,
 )
 from ._schema import (
     URL,
@@ -443,6 +445,42 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """
+    C{[events]}: the C{GET /events} streams (see C{docs/events.rst}).
+
+    @ivar max_clients: streams open at once; one more is a 503.
+    @ivar max_queued: events waiting for one slow reader; past that its
+        stream is closed (it may resume with C{Last-Event-ID}).
+    """
+
+    max_clients: int = field(default=100, metadata=ini(Integer(1)))
+    max_queued: int = field(default=1000, metadata=ini(Integer(1)))
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """
+    C{[webhooks]}: JSON POSTs, signed with the credentials' C{webhook_secret},
+    to each of C{urls} when an action finishes (see C{docs/events.rst}).
+
+    Each delivery is bounded by C{timeout} seconds and retried C{retries}
+    times, C{backoff} seconds after the first failure and twice as long
+    after each next one. At most C{max_in_flight} deliveries run at once and
+    C{max_queued} wait; more are dropped with a log line. A plain http:// URL
+    is accepted only to this machine unless C{allow_plain_http}.
+    """
+
+    urls: tuple[str, ...] = field(default=(), metadata=ini(Custom(read_webhook_urls)))
+    timeout: float = field(default=10.0, metadata=ini(Number(0.1)))
+    retries: int = field(default=3, metadata=ini(Integer(0)))
+    backoff: float = field(default=2.0, metadata=ini(Number(0)))
+    max_in_flight: int = field(default=4, metadata=ini(Integer(1)))
+    max_queued: int = field(default=1000, metadata=ini(Integer(1)))
+    allow_plain_http: bool = field(default=False, metadata=ini(Boolean()))
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the service is configured with; C{path} is the ini file's absolute path."""
 
@@ -472,5 +510,7 @@ class Config:
     aws: AWSConfig = field(default=AWSConfig(), metadata=part("aws"))
     store: StoreConfig = field(default=StoreConfig(), metadata=part("store"))
     health: HealthConfig = field(default=HealthConfig(), metadata=part("health"))
+    events: EventsConfig = field(default=EventsConfig(), metadata=part("events"))
+    webhooks: WebhooksConfig = field(default=WebhooksConfig(), metadata=part("webhooks", finish=check_webhook_urls))
     devices_url: str | None = field(default=None, metadata=ini(URL(), section="devices", key="url"))
     timeouts: Mapping[str, float] = field(default_factory=dict, metadata=ini(Entries(Number(1)), section="timeouts"))

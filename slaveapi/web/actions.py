@@ -93,13 +93,14 @@ class ActionView:
         result with C{requestid}: 200 if it finished, 202 if it goes on.
         """
         waittime = params.waittime(request)
+        form = _Form(request)
         try:
-            arguments = self.action.arguments(_Form(request))
+            arguments = self.action.arguments(form)
         except ArgumentError as error:
             raise bad_request(str(error)) from None
         machine = await known.machine_name(ctx, slave, self.action.names)
         try:
-            result = await processor.submit(machine, self.action, arguments, client)
+            result = await processor.submit(machine, self.action, arguments, client, form=form)
         except StoreUnavailable as error:
             raise store_unavailable(str(error)) from None
         except QueueFull as full:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from email import message_from_bytes
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -92,7 +93,26 @@ class GatedRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.refusal is not None:
             return
+        if command == b"POST" and not self._readable_multipart():
+            # twisted.web would answer a bare 400 and close, before any resource, with no JSON body.
+            self._refuse(HTTPProblem(400, "bad_request", "body: expected multipart/form-data with at least one part"))
+            return
         super().requestReceived(command, path, version)
+
+    def _readable_multipart(self) -> bool:
+        """False for a multipart/form-data body twisted.web cannot parse (it sees no parts in it)."""
+        ctype = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+        if ctype.split(b";", 1)[0].strip().lower() != b"multipart/form-data" or self.content is None:
+            return True
+        # twisted.web takes the body's length from where the content file stands: leave it there.
+        end = self.content.tell()
+        self.content.seek(0)
+        content = self.content.read()
+        self.content.seek(end)
+        if not content:
+            return True
+        # As twisted.web.http._getMultiPartArgs parses it (the body is at most [server] max_body).
+        return message_from_bytes(b"MIME-Version: 1.0\r\nContent-Type: " + ctype + b"\r\n" + content).is_multipart()
 
     def process(self) -> None:
         """Answer a CORS preflight from a trusted origin here; hand anything else to the app."""

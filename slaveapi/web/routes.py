@@ -4,7 +4,8 @@ Every HTTP route of SlaveAPI, in one place.
 The routes only check the request (slave name, authentication) and hand over
 to the views in L{slaveapi.web.actions}, L{slaveapi.web.slaves} and
 L{slaveapi.web.results}. The action routes are those the actions declare
-(L{slaveapi.actions.registry.ACTIONS}). Every answer, errors included, is JSON.
+(L{slaveapi.actions.registry.ACTIONS}). Every answer, errors included, is JSON,
+but for the fleet page at C{/} and its files under C{/static/} (L{slaveapi.web.page}).
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from slaveapi import __version__
 from slaveapi.actions import Action
 from slaveapi.actions.registry import ACTIONS
 from slaveapi.context import Context
+from slaveapi.events import ResultEvents
 from slaveapi.health import IHealthStore
+from slaveapi.metrics import ServiceMetrics
 from slaveapi.processor import ActionProcessor
 from slaveapi.store import IResultStore
 from slaveapi.web import known, params
 from slaveapi.web.actions import ActionView, route_table
 from slaveapi.web.auth import Client, authenticate, authorize
 from slaveapi.web.errors import HTTPProblem, json_body, not_found, problem_body
+from slaveapi.web.events import EventStreams
 from slaveapi.web.health import fleet_health, machine_health
+from slaveapi.web.history import machine_history
+from slaveapi.web.metrics import scrape
+from slaveapi.web.openapi import build_document
+from slaveapi.web.page import serve_static
 from slaveapi.web.results import all_results
 from slaveapi.web.slaves import list_slaves, show_slave
 
@@ -43,6 +52,11 @@ class SlaveAPIWeb:
     @param actions: the actions served, each under its routes.
     @param health: the health loop's verdicts (L{slaveapi.health}); without
         it C{/health} and C{/slaves/<slave>/health} answer 503.
+    @param events: the result events C{/events} streams (L{slaveapi.events});
+        without them it answers 503.
+    @param clock: the reactor the event streams' keepalives run on.
+    @param metrics: what C{/metrics} serves (L{slaveapi.metrics}); without
+        them it answers 503.
     """
 
     app = Klein()
@@ -55,12 +69,20 @@ class SlaveAPIWeb:
         context: Callable[[], Context],
         actions: Iterable[Action] = ACTIONS.values(),
         health: IHealthStore | None = None,
+        events: ResultEvents | None = None,
+        clock: Any = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._processor = processor
+        self._metrics = metrics
         self._store = store
         self._context = context
         self._health = health
         self._action_views = route_table(actions)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: The open C{/events} streams; a service, so that stopping closes them.
+        self.streams = EventStreams(events, clock, lambda: self._context().config)
 
     def resource(self) -> Any:
         """The twisted.web resource serving this application."""
@@ -111,6 +133,27 @@ class SlaveAPIWeb:
         self._client(request, write=False)
         return await machine_health(self._health_store(), self._context(), request, params.slave_name(slave))
 
+    @app.route("/slaves/<string:slave>/history", methods=["GET"])
+    async def slave_history(self, request: IRequest, slave: str) -> bytes:
+        self._client(request, write=False)
+        return await machine_history(self._store, self._context(), request, params.slave_name(slave))
+
+    @app.route("/events", methods=["GET"])
+    def events(self, request: IRequest) -> Deferred[None]:
+        self._client(request, write=False)
+        return self.streams.serve(request, {view.action.name for view in self._action_views.values()})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        self._client(request, write=False)
+        return scrape(self._metrics, request)
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        self._client(request, write=False)
+        actions = [view.action for view in self._action_views.values()]
+        return json_body(request, build_document(self.app.url_map, actions, __version__))
+
     @app.route("/slaves/<string:slave>/actions/<string:action>", methods=["GET", "POST"])
     async def action(self, request: IRequest, slave: str, action: str) -> bytes:
         # Authentication first: a stranger learns nothing, not even which names are valid.
@@ -123,6 +166,15 @@ class SlaveAPIWeb:
             who = client.name if client is not None else None
             return await view.post(self._processor, request, name, who, self._context())
         return view.get(self._store, request, known.read_name(self._context(), name))
+
+    @app.route("/", methods=["GET"])
+    def page(self, request: IRequest) -> bytes:
+        # The page holds no data (it asks the API, with a token where needed), so it needs no token itself.
+        return serve_static(request, ["index.html"])
+
+    @app.route("/static/<path:path>", methods=["GET"])
+    def static(self, request: IRequest, path: str) -> bytes:
+        return serve_static(request, path.split("/"))
 
     @app.handle_errors(HTTPProblem)
     def _problem(self, request: IRequest, failure: Failure) -> bytes:

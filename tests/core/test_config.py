@@ -435,11 +435,11 @@ def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> 
         ("[Probes]\nmethod = tcp\n", "[Probes]: unknown section; did you mean 'probes'?"),
         ("[cluster]\nnodes = 3\n", "[cluster]: unknown section; expected one of server, slavealloc, inventory, "
          "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
-         "mozpool, reboot, power, buildbot, masters, aws, store, health, devices, timeouts"),
+         "mozpool, reboot, power, buildbot, masters, aws, store, health, events, webhooks, devices, timeouts"),
         ("[mozpool]\nhost = imaging\n", "[mozpool] host: unknown key; expected one of scheme, port"),
         ("[DEFAULT]\ntimeout = 3\n", "[DEFAULT]: unknown section; expected one of server, slavealloc, inventory, "
          "bugzilla, buildapi, slaves, secrets, logging, dns, ssh, http, auth, probes, ipmi, redfish, snmp, pdus, "
-         "mozpool, reboot, power, buildbot, masters, aws, store, health, devices, timeouts"),
+         "mozpool, reboot, power, buildbot, masters, aws, store, health, events, webhooks, devices, timeouts"),
     ],
 )
 def test_unknown_sections_and_keys_stop_loading(tmp_path: Path, text: str, expected: str) -> None:

@@ -163,7 +163,7 @@ def test_no_example_secret_shows_in_the_config_repr() -> None:
     secrets = [value for value in raw.values() if isinstance(value, str)]
     secrets += [p for passwords in raw["ssh"].values() for p in passwords]
     secrets += [entry if isinstance(entry, str) else entry["token"] for entry in raw["api_tokens"].values()]
-    assert len(secrets) == 16
+    assert len(secrets) == 17
     assert [secret for secret in secrets if secret in shown] == []
 
 

@@ -322,3 +322,39 @@ async def test_a_token_without_the_scope_is_forbidden(gate: _Gate) -> None:
         "msg": "scope: the token of 'reader' lacks the 'inspect' scope needed for echo_action",
     }
     assert gate.store.find() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_multipart_body_without_parts_is_a_json_400(gate: _Gate) -> None:
+    # twisted.web alone answers it with a bare 400 and no body, before any resource.
+    body = b"--c637e12e2b1a998d80d1b087531af51c--\r\n"
+    request = gate.head(
+        "POST",
+        "/slaves/bld-1/actions/echo",
+        "Content-Type: multipart/form-data; boundary=c637e12e2b1a998d80d1b087531af51c",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    )
+    answer = await gate.exchange(request + body)
+    assert _assert_problem(answer, 400, "bad_request") == "body: expected multipart/form-data with at least one part"
+    assert gate.store.find() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_multipart_body_with_parts_is_parsed(gate: _Gate) -> None:
+    gate.configure(tokens={"dashboard": _TOKEN})
+    body = (
+        b"--b0\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+        b"--b0\r\nContent-Disposition: form-data; name=\"waittime\"\r\n\r\n5\r\n--b0--\r\n"
+    )
+    request = gate.head(
+        "POST",
+        "/slaves/bld-1/actions/echo",
+        f"Authorization: Bearer {_TOKEN}",
+        "Content-Type: multipart/form-data; boundary=b0",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    )
+    answer = await gate.exchange(request + body)
+    assert (answer.status, answer.json["state"]) == (200, 2)
+    assert answer.json["text"] == {"slave": "bld-1", "arguments": {"note_length": 5}}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +24,7 @@ from twisted.internet.task import Clock
 from slaveapi.actions import Action, ActionFailure, ActionRun
 from slaveapi.processor import ActionProcessor, one_line_reason
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import INTERRUPTED_TEXT, SQLiteResultStore
+from slaveapi.store import INTERRUPTED_TEXT, SQLiteResultStore, StepRecord
 
 
 @dataclass
@@ -130,12 +130,17 @@ class _SnapshotStore:
             (result.requestid, result.state, result.text, result.start_timestamp, result.finish_timestamp)
         )
 
-    def create(self, slave: str, action: str, client: str | None) -> Deferred[ActionResult]:
+    def create(
+        self, slave: str, action: str, client: str | None, fields: Mapping[str, str] | None = None
+    ) -> Deferred[ActionResult]:
         def snap(result: ActionResult) -> ActionResult:
             self._snap(result)
             return result
 
-        return self._inner.create(slave, action, client).addCallback(snap)
+        return self._inner.create(slave, action, client, fields).addCallback(snap)
+
+    def save_step(self, requestid: int, n: int, step: StepRecord) -> Deferred[None]:
+        return self._inner.save_step(requestid, n, step)
 
     def save(self, result: ActionResult) -> Deferred[None]:
         self._snap(result)

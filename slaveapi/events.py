@@ -1,0 +1,155 @@
+"""
+Result events: what the processor tells the rest of the service as results change.
+
+The processor publishes a L{ResultEvent} whenever a result is created
+(C{requested}), starts (C{started}), reports progress (C{progress}) or
+finishes (C{finished}). Subscribers (the C{GET /events} streams, webhooks,
+metrics) are called synchronously, in the processor's own call: they must
+be quick, and none of them may break an action, so whatever one raises is
+logged and forgotten. The last L{DEFAULT_BUFFER} events are kept in memory so
+that a stream that reconnects can resume after the last event it saw
+(L{ResultEvents.since}); ids increase for the life of the process and start
+again at 1 when it restarts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from twisted.logger import Logger
+
+from slaveapi.results import ActionResult
+
+REQUESTED: Final = "requested"
+STARTED: Final = "started"
+PROGRESS: Final = "progress"
+FINISHED: Final = "finished"
+
+#: Every kind of event, in the order a result goes through them.
+KINDS: Final = (REQUESTED, STARTED, PROGRESS, FINISHED)
+
+#: How many events are kept for streams that resume.
+DEFAULT_BUFFER: Final = 10_000
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """
+    One change of one result, as it stood at that moment.
+
+    @ivar id: increasing within one process.
+    @ivar kind: one of L{KINDS}.
+    @ivar client: the API client that asked for the action, if known.
+    """
+
+    id: int
+    kind: str
+    requestid: int
+    slave: str
+    action: str
+    state: int
+    text: Any
+    client: str | None
+    request_timestamp: int
+    start_timestamp: int
+    finish_timestamp: int
+
+    def to_json(self) -> dict[str, Any]:
+        """What C{GET /events} sends of it (the client who asked stays out of the public stream)."""
+        return {
+            "requestid": self.requestid,
+            "slave": self.slave,
+            "action": self.action,
+            "state": self.state,
+            "text": self.text,
+            "kind": self.kind,
+            "request_timestamp": self.request_timestamp,
+            "start_timestamp": self.start_timestamp,
+            "finish_timestamp": self.finish_timestamp,
+        }
+
+
+Subscriber = Callable[[ResultEvent], None]
+
+
+class ResultEvents:
+    """
+    The hub result events go through: published by the processor, delivered
+    to every subscriber at once, and kept in a bounded buffer.
+
+    @param buffer: how many of the latest events L{since} can give back.
+    """
+
+    _log = Logger()
+
+    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+        self._buffer: deque[ResultEvent] = deque(maxlen=buffer)
+        self._subscribers: list[Subscriber] = []
+        self._last_id = 0
+
+    @property
+    def last_id(self) -> int:
+        """The id of the latest event published, 0 before the first."""
+        return self._last_id
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """
+        Call C{callback} with every event published from now on.
+
+        @return: a function that unsubscribes it (calling it twice is harmless).
+        """
+        entry = _Subscription(callback)
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    def publish(self, kind: str, result: ActionResult) -> ResultEvent:
+        """Record C{result} as it is now as an event of C{kind}, and tell every subscriber."""
+        self._last_id += 1
+        event = ResultEvent(
+            id=self._last_id,
+            kind=kind,
+            requestid=result.requestid,
+            slave=result.slave,
+            action=result.action,
+            state=result.state,
+            text=result.text,
+            client=result.client,
+            request_timestamp=result.request_timestamp,
+            start_timestamp=result.start_timestamp,
+            finish_timestamp=result.finish_timestamp,
+        )
+        self._buffer.append(event)
+        # A copy: a subscriber may unsubscribe (or subscribe another) while being told.
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                self._log.failure(
+                    "A result event subscriber failed on event {event_id} ({kind} of request {requestid})",
+                    event_id=event.id,
+                    kind=event.kind,
+                    requestid=event.requestid,
+                )
+        return event
+
+    def since(self, event_id: int) -> list[ResultEvent]:
+        """The buffered events after C{event_id}, oldest first (older ones than the buffer holds are gone)."""
+        return [event for event in self._buffer if event.id > event_id]
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """One subscriber; compared by identity, so one callback may subscribe twice."""
+
+    callback: Subscriber
+
+    def __call__(self, event: ResultEvent) -> None:
+        self.callback(event)
