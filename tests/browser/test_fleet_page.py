@@ -232,11 +232,34 @@ def test_the_page_asks_for_a_token_and_sends_it(protected_service: ServiceProces
         browser, expected_conditions.visibility_of_element_located((By.ID, "token-dialog")), "the token dialog"
     )
     assert "Bearer" in dialog.find_element(By.ID, "token-reason").text
+    # Declined at first: nothing is listed, and the event stream, refused too, gives way to polling.
+    dialog.find_element(By.ID, "token-cancel").click()
+    wait_for(
+        browser,
+        expected_conditions.text_to_be_present_in_element((By.ID, "list-status"), "Could not list"),
+        "that the machines could not be listed",
+    )
+    wait_for(
+        browser,
+        expected_conditions.text_to_be_present_in_element((By.ID, "live-mode"), "No event stream"),
+        "polling, the stream refused",
+    )
+
+    click(browser, By.ID, "token-set")
+    dialog = wait_for(
+        browser, expected_conditions.visibility_of_element_located((By.ID, "token-dialog")), "the token dialog again"
+    )
     dialog.find_element(By.ID, "token-input").send_keys(TOKEN)
     dialog.find_element(By.ID, "token-save").click()
     slaves = get_json(f"{service.url}/slaves", TOKEN)["slaves"]
     wait_for(browser, lambda d: len(row_names(d)) == len(slaves), "every machine, read with the token")
     assert browser.find_element(By.ID, "token-state").text == "token set"
+    # The stored token brings the event stream back.
+    wait_for(
+        browser,
+        expected_conditions.text_to_be_present_in_element((By.ID, "live-mode"), "Following the service's event stream"),
+        "the event stream, with the token",
+    )
 
     name = "tst-linux64-lab-002"
     click(browser, By.LINK_TEXT, name)
@@ -253,6 +276,51 @@ def test_the_page_asks_for_a_token_and_sends_it(protected_service: ServiceProces
     assert result["state"] == 2
     # Without the token the page's reads are refused: it did send it.
     assert _refused(f"{service.url}/slaves/{name}/actions/buildslave_uptime?requestid={requestid}")
+
+
+#: Drives a L{Follower} of the page's C{live.js} with a fake C{fetch}: C{answered} streams that end
+#: at once (after one event), then answers of status C{status}; calls back with what it saw once it polls.
+_RECONNECTING = """
+const [answered, status, done] = arguments;
+import("/static/live.js").then(({ Follower }) => {
+  const lastIds = [];
+  const modes = [];
+  const fetchStub = async (path, init) => {
+    lastIds.push(init.headers["Last-Event-ID"] || null);
+    if (lastIds.length > answered) {
+      return new Response("", { status });
+    }
+    const frames = `: connected\n\nid: ${lastIds.length}\nevent: result\ndata: {"requestid": 0, "state": 1}\n\n`;
+    return new Response(frames, { headers: { "content-type": "text/event-stream" } });
+  };
+  const onMode = (mode) => {
+    modes.push(mode);
+    if (mode === "polling") {
+      done({ lastIds, modes });
+    }
+  };
+  new Follower(null, () => {}, onMode, { fetch: fetchStub, reconnectDelayMs: 1 }).start();
+}, (error) => done({ error: String(error) }));
+"""
+
+
+@pytest.mark.parametrize(("answered", "status", "calls"), [(8, 404, 9), (0, 503, 6), (2, 503, 7)])
+def test_the_page_connects_again_while_the_stream_keeps_being_answered(
+    service: ServiceProcess, browser: WebDriver, answered: int, status: int, calls: int
+) -> None:
+    """
+    Failed connections in a row are bounded (6 in all); a stream that was answered, then
+    lost, starts the count again (as the first failure), however many were lost over the
+    page's life; a 404 stops it at once.
+    """
+    browser.get(f"{service.url}/")
+    browser.set_script_timeout(WAIT)
+    seen = browser.execute_async_script(_RECONNECTING, answered, status)
+    assert "error" not in seen, seen
+    # Each connection after the first resumes after the last event it had.
+    ids = [None, *(str(n) for n in range(1, answered + 1))]
+    assert seen["lastIds"] == ids + ids[-1:] * (calls - len(ids))
+    assert seen["modes"] == ["stream", "connecting"] * answered + ["polling"]
 
 
 def test_without_an_event_stream_the_page_follows_by_polling(service: ServiceProcess, browser: WebDriver) -> None:

@@ -104,3 +104,27 @@ def test_every_file_shipped_is_served_and_every_file_referenced_is_shipped() -> 
     # Nothing is fetched from elsewhere at run time.
     for name in shipped:
         assert not re.search(r"https?://", STATIC_DIR.child(name).getContent().decode("utf-8")), name
+
+
+#: What would parse text as HTML or script: the page sets every value as text instead.
+_HTML_SINKS = re.compile(
+    r"\b(?:innerHTML|outerHTML|insertAdjacentHTML|document\.write(?:ln)?|DOMParser|createContextualFragment"
+    r"|srcdoc)\b|\beval\s*\(|\bnew\s+Function\b"
+)
+
+
+def test_no_script_of_the_page_parses_text_as_html() -> None:
+    """
+    Machine names, notes and action texts come from the service (and from the
+    inventory behind it): shown through C{textContent} and text nodes only, a
+    name like C{<img src=x onerror=...>} stays text.
+    """
+    scripts = [path for path in STATIC_DIR.children() if path.basename().endswith(".js")]
+    assert scripts
+    for path in scripts:
+        text = path.getContent().decode("utf-8")
+        assert _HTML_SINKS.findall(text) == [], path.basename()
+    # Nor does the page itself run code given in the page: its scripts are files.
+    index = STATIC_DIR.child("index.html").getContent().decode("utf-8")
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", index) == []
+    assert re.findall(r"\son[a-z]+\s*=", index) == []

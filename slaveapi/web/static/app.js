@@ -121,6 +121,8 @@ class FleetPage {
             const token = dialog.returnValue === "save" ? byId("token-input").value.trim() : "";
             if (token) {
               storeToken(token);
+              // An event stream refused without a token is tried again with this one.
+              this.follower.tokenStored();
             }
             this.tokenAsk = null;
             this.showToken();

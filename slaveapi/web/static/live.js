@@ -13,7 +13,11 @@ const CHECK_INTERVAL_MS = 10000;
 const MAX_CHECKS = 3600;
 // The service sends a keepalive every 15 s: this long without a byte, the stream is dead.
 const STREAM_SILENCE_MS = 45000;
+// Connections in a row that may fail (no stream answered) before the page polls
+// instead; a stream that was answered starts the count again.
 const MAX_RECONNECTS = 5;
+// The wait before the n-th reconnection in a row is n times this.
+const RECONNECT_DELAY_MS = 1000;
 // Events of requests not (yet) followed that are remembered, for a request
 // whose events arrive before the answer that names it.
 const SEEN_LIMIT = 500;
@@ -56,18 +60,32 @@ export class Follower {
   // onChange(requestid, change) is called with {state, text} as a followed
   // request changes, {error} when reading it failed, {gaveUp: true} when the
   // page stops following it; onMode(mode) with "stream", "polling" or "connecting".
-  constructor(api, onChange, onMode) {
+  // `options` are for tests: `fetch` to read the stream with, `reconnectDelayMs`.
+  constructor(api, onChange, onMode, options = {}) {
     this.api = api;
     this.onChange = onChange;
     this.onMode = onMode;
+    this.fetch = options.fetch || ((...args) => fetch(...args));
+    this.reconnectDelayMs = options.reconnectDelayMs ?? RECONNECT_DELAY_MS;
     this.followed = new Map();
     this.seen = new Map();
     this.mode = "connecting";
     this.lastEventId = null;
+    this.started = false;
+    this.streaming = false;
   }
 
   start() {
+    this.started = true;
     this.streamWhileServed();
+  }
+
+  // A token was stored: a stream refused for want of one (or given up on) is
+  // tried again with it. Nothing to do while the stream is up or being tried.
+  tokenStored() {
+    if (this.started && !this.streaming) {
+      this.streamWhileServed();
+    }
   }
 
   // Follow the request of `result` (a POST's answer) until it finishes.
@@ -137,31 +155,42 @@ export class Follower {
   }
 
   async streamWhileServed() {
-    for (let attempt = 0; attempt <= MAX_RECONNECTS; attempt++) {
-      if (attempt) {
-        await delay(1000 * attempt);
-      }
-      if ((await this.readStream()) === "unsupported") {
+    this.streaming = true;
+    // Failures in a row: a stream that was answered (and lost later) starts the count again.
+    let failures = 0;
+    while (failures <= MAX_RECONNECTS) {
+      const outcome = await this.readStream();
+      if (outcome === "unsupported") {
         break;
       }
+      failures = outcome === "connected" ? 1 : failures + 1;
+      if (failures <= MAX_RECONNECTS) {
+        await delay(this.reconnectDelayMs * failures);
+      }
     }
+    this.streaming = false;
     this.setMode("polling");
   }
 
+  // Reads the stream until it ends: "connected" when it was answered (and
+  // then lost), "lost" when it could not be had, "unsupported" when the
+  // service has none for this page (or refused it: a token may help later).
   async readStream() {
     const controller = new AbortController();
+    let connected = false;
     let silence = setTimeout(() => controller.abort(), STREAM_SILENCE_MS);
     const headers = { Accept: "text/event-stream", ...authHeaders() };
     if (this.lastEventId !== null) {
       headers["Last-Event-ID"] = this.lastEventId;
     }
     try {
-      const response = await fetch("/events", { headers, signal: controller.signal, cache: "no-store" });
+      const response = await this.fetch("/events", { headers, signal: controller.signal, cache: "no-store" });
       const type = response.headers.get("content-type") || "";
       if (!response.ok || !type.startsWith("text/event-stream")) {
         controller.abort();
         return NO_STREAM.has(response.status) || response.ok ? "unsupported" : "lost";
       }
+      connected = true;
       this.setMode("stream");
       // Catch up on whatever changed while the stream was not up.
       for (const id of [...this.followed.keys()]) {
@@ -195,7 +224,7 @@ export class Follower {
       clearTimeout(silence);
     }
     this.setMode("connecting");
-    return "lost";
+    return connected ? "connected" : "lost";
   }
 
   handleFrame(frame) {
