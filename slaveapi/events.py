@@ -6,17 +6,28 @@ The processor publishes a L{ResultEvent} whenever a result is created
 finishes (C{finished}). Subscribers (the C{GET /events} streams, webhooks,
 metrics) are called synchronously, in the processor's own call: they must
 be quick, and none of them may break an action, so whatever one raises is
-logged and forgotten. The last L{DEFAULT_BUFFER} events are kept in memory so
+logged and forgotten. The latest events are kept in memory, at most
+L{DEFAULT_BUFFER} of them and at most C{max_bytes} of their JSON (a progress
+event carries the whole text so far, so a count alone bounds nothing), so
 that a stream that reconnects can resume after the last event it saw
-(L{ResultEvents.since}); ids increase for the life of the process and start
-again at 1 when it restarts.
+(L{ResultEvents.since}).
+
+Ids are increasing integers that keep increasing across restarts: each
+process starts them above a base taken from the time it starts
+(milliseconds since the epoch, times 1000), so a client that resumes with
+an id from the previous process misses none of the new one's events,
+unless that process published more than a thousand events per millisecond
+of its life.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from twisted.logger import Logger
@@ -31,8 +42,14 @@ FINISHED: Final = "finished"
 #: Every kind of event, in the order a result goes through them.
 KINDS: Final = (REQUESTED, STARTED, PROGRESS, FINISHED)
 
-#: How many events are kept for streams that resume.
+#: How many events are kept for streams that resume, at most.
 DEFAULT_BUFFER: Final = 10_000
+
+#: How many bytes of events' JSON are kept for streams that resume, at most.
+DEFAULT_BUFFER_BYTES: Final = 8 * 1024 * 1024
+
+#: Ids a process may use per millisecond between its start and the next one's.
+_IDS_PER_MILLISECOND: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,7 @@ class ResultEvent:
     """
     One change of one result, as it stood at that moment.
 
-    @ivar id: increasing within one process.
+    @ivar id: increasing, within one process and across restarts.
     @ivar kind: one of L{KINDS}.
     @ivar client: the API client that asked for the action, if known.
     """
@@ -71,6 +88,11 @@ class ResultEvent:
             "finish_timestamp": self.finish_timestamp,
         }
 
+    @cached_property
+    def data(self) -> str:
+        """L{to_json} as one line of JSON (ASCII only: its length is its size in bytes), made once."""
+        return json.dumps(self.to_json(), sort_keys=True, default=str)
+
 
 Subscriber = Callable[[ResultEvent], None]
 
@@ -80,19 +102,28 @@ class ResultEvents:
     The hub result events go through: published by the processor, delivered
     to every subscriber at once, and kept in a bounded buffer.
 
-    @param buffer: how many of the latest events L{since} can give back.
+    @param buffer: how many of the latest events L{since} can give back, at most.
+    @param max_bytes: how many bytes of their JSON (L{ResultEvent.data}) it
+        keeps, at most (the latest event is always kept).
+    @param id_base: the first event's id is one more; by default, from the
+        time (see the module's docstring).
     """
 
     _log = Logger()
 
-    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
-        self._buffer: deque[ResultEvent] = deque(maxlen=buffer)
+    def __init__(
+        self, buffer: int = DEFAULT_BUFFER, max_bytes: int = DEFAULT_BUFFER_BYTES, id_base: int | None = None
+    ) -> None:
+        self._buffer: deque[ResultEvent] = deque()
+        self._max_events = buffer
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._subscribers: list[Subscriber] = []
-        self._last_id = 0
+        self._last_id = int(time.time() * 1000) * _IDS_PER_MILLISECOND if id_base is None else id_base
 
     @property
     def last_id(self) -> int:
-        """The id of the latest event published, 0 before the first."""
+        """The id of the latest event published; the id base before the first."""
         return self._last_id
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -126,7 +157,7 @@ class ResultEvents:
             start_timestamp=result.start_timestamp,
             finish_timestamp=result.finish_timestamp,
         )
-        self._buffer.append(event)
+        self._keep(event)
         # A copy: a subscriber may unsubscribe (or subscribe another) while being told.
         for subscriber in list(self._subscribers):
             try:
@@ -139,6 +170,13 @@ class ResultEvents:
                     requestid=event.requestid,
                 )
         return event
+
+    def _keep(self, event: ResultEvent) -> None:
+        """Buffer C{event}, forgetting the oldest ones past either bound."""
+        self._buffer.append(event)
+        self._bytes += len(event.data)
+        while len(self._buffer) > 1 and (len(self._buffer) > self._max_events or self._bytes > self._max_bytes):
+            self._bytes -= len(self._buffer.popleft().data)
 
     def since(self, event_id: int) -> list[ResultEvent]:
         """The buffered events after C{event_id}, oldest first (older ones than the buffer holds are gone)."""

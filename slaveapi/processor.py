@@ -172,7 +172,7 @@ class ActionProcessor(Service):
         action: Action,
         arguments: dict[str, Any] | None = None,
         client: str | None = None,
-        form: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> ActionResult:
         """
         Queue C{action} for C{slave} and return its (PENDING) result.
@@ -183,9 +183,9 @@ class ActionProcessor(Service):
         recorded always runs.
 
         @param slave: the machine's canonical identity.
-        @param form: the request's form fields, as given: the action's
-            declared, non-secret ones (L{Action.fields}) are kept for the
-            machine's history.
+        @param fields: the form fields the machine's history keeps: the
+            action's declared, non-secret ones (L{Action.fields}), read from
+            the request by the caller before anything is counted here.
         @raise QueueFull: C{[server] max_queued} requests of the action's kind
             are pending already (joining a request in flight is always possible).
         """
@@ -205,7 +205,7 @@ class ActionProcessor(Service):
         self._pending[kind] += 1
         if action.single_flight:
             self._joining[key] = []
-        created = self._store.create(slave, action.name, client, _history_fields(action, form or {}))
+        created = self._store.create(slave, action.name, client, dict(fields or {}))
         created.addCallbacks(
             self._start, self._not_recorded, callbackArgs=(action, arguments or {}), errbackArgs=(action, key)
         )
@@ -481,11 +481,6 @@ async def _take_all(pools: list[Slots], resuming: bool) -> None:
         for pool in reversed(held):
             pool.release()
         raise
-
-
-def _history_fields(action: Action, form: Mapping[str, str]) -> dict[str, str]:
-    """The form fields C{action} declares and are not secret, as C{form} gives them: what history keeps."""
-    return {field.name: form[field.name] for field in action.fields if not field.secret and field.name in form}
 
 
 class _StepRecorder:

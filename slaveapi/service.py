@@ -453,9 +453,10 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
         metrics=metrics,
     )
     holder.setServiceParent(top)
-    events = ResultEvents()
+    events = ResultEvents(max_bytes=config.events.buffer_bytes)
     metrics.follow(events)
-    # Before the processor, so it stops after it: it hears every action finish, those cancelled at stop too.
+    # Stopping, it gives what is unsent one last attempt within [webhooks] timeout, listening
+    # meanwhile: the finish of actions the processor cancels as it stops is delivered that way.
     WebhookSender(events, lambda: holder.context().config, reactor).setServiceParent(top)
     processor = ActionProcessor(
         store,

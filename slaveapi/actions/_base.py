@@ -10,10 +10,12 @@ a one-line reason, its traceback going to the log only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from slaveapi._yesno import NO, YES, parse_yes_no
@@ -190,9 +192,13 @@ class ActionLog:
         self._logger.failure("[{slave} #{requestid} {action}] " + format, **self._fields, **fields)
 
 
-#: The outcome a step's history shows when something other than its
-#: declared failures (a cancellation: a stop, the action's time limit) ends it.
+#: The outcome a step's history shows when a cancellation (a stop, the
+#: action's time limit) ends it.
 INTERRUPTED_STEP = "Interrupted"
+
+#: The outcome a step's history shows when an error that is neither one of
+#: its declared failures nor an L{ActionFailure} (a bug) ends it.
+UNEXPECTED_STEP = "Failed: unexpected error"
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,8 @@ class StatusLines:
         The run is told when the step starts and ends, with the outcome its
         line shows (L{ActionRun.step_started}, L{ActionRun.step_ended}), for
         the machine's history; a step ended by anything else ends there as
-        L{INTERRUPTED_STEP}.
+        L{INTERRUPTED_STEP} when it was cancelled, as C{failed(error)} for
+        another L{ActionFailure}, and as L{UNEXPECTED_STEP} otherwise.
 
         @param heading: the step, without the trailing C{...}.
         """
@@ -378,8 +385,8 @@ class StatusLines:
             if fatal:
                 raise StepFailed(self.text, heading, reason) from None
             return False
-        except BaseException:
-            self._run.step_ended(n, heading, INTERRUPTED_STEP)
+        except BaseException as error:
+            self._run.step_ended(n, heading, _ended_by(error, failed))
             raise
         said = "Success!" if text is None else text
         self.replace_last(f"{heading}...{said}")
@@ -394,3 +401,12 @@ class StatusLines:
         if self._heading is None:
             raise RuntimeError("no step is running")
         self.replace_last(f"{self._heading}...{text}")
+
+
+def _ended_by(error: BaseException, failed: Callable[[BaseException], str]) -> str:
+    """The history outcome of a step that C{error}, not one of its declared failures, ended."""
+    if isinstance(error, (CancelledError, asyncio.CancelledError)):
+        return INTERRUPTED_STEP
+    if isinstance(error, ActionFailure):
+        return failed(error)
+    return UNEXPECTED_STEP

@@ -5,6 +5,11 @@ JSON API, on the standard library so the CLI needs no event loop.
 Every request has a timeout. Errors become L{APIError} carrying the
 server's own C{msg} (SlaveAPI's error bodies name the field and what was
 expected), or L{Unreachable} saying why the server could not be asked.
+
+Redirects are refused, not followed: following one would send the bearer
+token to wherever the answer points (another host, plain C{http}), and
+turn a C{POST} into a C{GET}. The error names where it pointed, so the
+operator can fix C{--url}.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
-from http.client import HTTPResponse
+from http.client import HTTPException, HTTPMessage, HTTPResponse
 from typing import Any
 
+from slaveapi._text import shown_url
 from slaveapi.cli._config import Settings
 
 #: Seconds any one request may take.
@@ -47,6 +53,15 @@ class Unreachable(Exception):
     """The server could not be asked (refused, timed out, not HTTP)."""
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect handler that follows nothing: a 3xx then stays an C{HTTPError}."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: HTTPMessage, newurl: str
+    ) -> None:
+        return None
+
+
 class SlaveAPIClient:
     """
     Requests to one SlaveAPI server, with its token when there is one.
@@ -57,6 +72,7 @@ class SlaveAPIClient:
     def __init__(self, settings: Settings, timeout: float = REQUEST_TIMEOUT) -> None:
         self._settings = settings
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     @property
     def url(self) -> str:
@@ -81,12 +97,10 @@ class SlaveAPIClient:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            response: HTTPResponse = urllib.request.urlopen(  # noqa: S310  # http(s) only, checked in _config
-                request, timeout=self._timeout if timeout is None else timeout
-            )
+            response: HTTPResponse = self._opener.open(request, timeout=self._timeout if timeout is None else timeout)
         except urllib.error.HTTPError as error:
             raise _api_error(error) from None
-        except (urllib.error.URLError, OSError) as error:
+        except (urllib.error.URLError, OSError, HTTPException) as error:
             reason = getattr(error, "reason", error)
             raise Unreachable(f"{method} {url.split('?')[0]} failed: {_describe(reason)}") from None
         return response
@@ -95,7 +109,7 @@ class SlaveAPIClient:
         try:
             with response:
                 return json.loads(response.read())
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, HTTPException) as error:
             raise Unreachable(f"{method} {path}: the answer is not JSON ({_describe(error)})") from None
 
     def get(self, path: str, query: Query = ()) -> Any:
@@ -124,6 +138,14 @@ def _describe(reason: object) -> str:
 
 def _api_error(error: urllib.error.HTTPError) -> APIError:
     """The error SlaveAPI answered, from its JSON body when it has one."""
+    if 300 <= error.code < 400:
+        error.close()
+        location = error.headers.get("Location") if error.headers is not None else None
+        where = f" to {shown_url(urllib.parse.urljoin(error.url, location), whole=False)}" if location else ""
+        return APIError(
+            error.code, "redirect",
+            f"the server redirected{where}; redirects are not followed: set --url to the server's own URL",
+        )
     try:
         body = json.loads(error.read())
     except (OSError, ValueError):

@@ -5,7 +5,9 @@ follow it to its end, page through results, read the fleet's health.
 Exit codes say how it went, for scripts: 0 success (for C{run}: the action
 succeeded), 1 the action failed (state 3), 2 a usage error or an error
 answered by the server (its C{msg} is printed), 3 the action had not
-finished within C{run --timeout}.
+finished within C{run --timeout}. Anything unexpected (a bug, an
+interruption) is 2 as well, never 1: a script must not read it as the
+action's failure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
+from slaveapi._text import one_line
 from slaveapi.cli import _display
 from slaveapi.cli._client import REQUEST_TIMEOUT, APIError, SlaveAPIClient, Unreachable
 from slaveapi.cli._config import ConfigError, resolve
@@ -337,6 +340,23 @@ def health(
     session.out.print("down: " + (", ".join(down) if down else "none"), markup=False, highlight=False)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """The console script's entry point."""
-    cli.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="slaveapi-cli")
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """
+    The console script's entry point. Click's own handling would exit 1 on
+    an interruption or some usage errors, and a bug would end in a traceback
+    with 1: both would read as "the action failed", so they exit 2 here.
+    """
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else sys.argv[1:], prog_name="slaveapi-cli", standalone_mode=False
+        )
+    except click.exceptions.Abort:
+        click.echo("slaveapi-cli: interrupted", err=True)
+        code = EXIT_ERROR
+    except click.ClickException as error:
+        error.show()
+        code = EXIT_ERROR
+    except Exception as error:  # the last resort: a message and exit 2, not a traceback and 1
+        click.echo(f"slaveapi-cli: unexpected error: {type(error).__name__}: {one_line(str(error))}", err=True)
+        code = EXIT_ERROR
+    raise SystemExit(code if isinstance(code, int) else EXIT_SUCCESS)

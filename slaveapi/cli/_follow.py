@@ -9,7 +9,12 @@ way the whole follow is bounded by the caller's timeout.
 
 The stream is read line by line with a bounded read: the server sends a
 keepalive comment every 15 seconds, so a read that waits much longer than
-that means a dead connection, not a quiet action.
+that means a dead connection, not a quiet action. Keepalives keep reads
+alive for ever, so the follow's deadline is checked on every line too.
+
+A stream that drops (closed, timed out, cut inside a chunk) is reopened
+after the last event seen; an event replayed with an id not above it is
+ignored. A stream that cannot be opened at all gives way to polling.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPResponse
+from http.client import HTTPException, HTTPResponse
 from typing import Any
 
 from slaveapi.cli._client import APIError, SlaveAPIClient, Unreachable
@@ -59,6 +64,25 @@ class Target:
 
 def is_done(result: Result) -> bool:
     return result.get("state") in DONE_STATES
+
+
+@dataclass
+class _Position:
+    """
+    How far the stream has been read: the last event id seen, kept here so
+    that a read cut by an error still resumes after it.
+    """
+
+    last_id: str | None = None
+
+    def is_new(self, event_id: str) -> bool:
+        """Whether C{event_id} comes after the last one seen (ids are increasing integers)."""
+        if self.last_id is None:
+            return True
+        try:
+            return int(event_id) > int(self.last_id)
+        except ValueError:
+            return event_id != self.last_id
 
 
 @dataclass
@@ -138,13 +162,17 @@ class Follower:
         return [("slave", str(entries[0]["slave"])), ("action", str(entries[0]["action"]))]
 
     def _by_events(self, target: Target, deadline: float) -> Result | None:
-        """The finished result from the event stream; C{None} when the server has no C{/events}."""
+        """
+        The finished result from the event stream; C{None} (poll instead) when
+        the server has no C{/events}, the stream cannot be opened, or it kept
+        dropping.
+        """
         filters = self._filters(target)
-        last_id: str | None = None
+        position = _Position()
         for _attempt in range(RECONNECT_LIMIT + 1):
             headers = {"Accept": "text/event-stream"}
-            if last_id is not None:
-                headers["Last-Event-ID"] = last_id
+            if position.last_id is not None:
+                headers["Last-Event-ID"] = position.last_id
             read_limit = min(STREAM_READ_LIMIT, self._remaining(deadline))
             try:
                 stream = self.client.stream("/events", filters, headers, timeout=read_limit)
@@ -153,43 +181,52 @@ class Follower:
                 if error.status in (404, 503):
                     return None
                 raise
+            except Unreachable:
+                # Polling then says whether the server itself is gone.
+                return None
             with stream:
                 # Anything that happened before the stream opened is in the result now.
-                if last_id is None:
+                if position.last_id is None:
                     current = self._poll_once(target)
                     if is_done(current):
                         return current
                 try:
-                    finished, last_id = self._read(stream, target, last_id)
-                except (TimeoutError, OSError):
+                    finished = self._read(stream, target, position, deadline)
+                except (TimeoutError, OSError, HTTPException):
                     finished = None
             if finished is not None:
                 return finished
             self._remaining(deadline)
         return None
 
-    def _read(self, stream: HTTPResponse, target: Target, last_id: str | None) -> tuple[Result | None, str | None]:
+    def _read(self, stream: HTTPResponse, target: Target, position: _Position, deadline: float) -> Result | None:
         """
         Read events until this request's result finishes (returned) or the
-        stream ends (C{None}); with the last event id seen, to resume from.
+        stream ends (C{None}), moving C{position} past each event read.
+
+        @raise FollowTimeout: the deadline passed (checked on every line:
+            keepalives alone would keep the stream going for ever).
         """
         event_id: str | None = None
         data: list[str] = []
         while True:
+            _bound_next_read(stream, min(STREAM_READ_LIMIT, self._remaining(deadline)))
             raw = stream.readline()
+            self._remaining(deadline)
             if not raw:
-                return None, last_id
+                return None
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             if line == "":
-                if event_id is not None:
-                    last_id = event_id
-                result = _event_result(data, target.requestid)
+                fresh = event_id is None or position.is_new(event_id)
+                if event_id is not None and fresh:
+                    position.last_id = event_id
+                result = _event_result(data, target.requestid) if fresh else None
                 event_id, data = None, []
                 if result is not None:
                     self.received += 1
                     self.on_update(result)
                     if is_done(result):
-                        return result, last_id
+                        return result
             elif line.startswith(":"):
                 continue
             else:
@@ -199,6 +236,18 @@ class Follower:
                     event_id = value
                 elif name == "data":
                     data.append(value)
+
+
+def _bound_next_read(stream: HTTPResponse, seconds: float) -> None:
+    """
+    Bound the stream's next read by C{seconds}, so that it cannot outlast
+    the follow's deadline. The standard library sets a socket's timeout only
+    when connecting; its socket is reached through the response's file. A
+    response without one (not from a socket) keeps the timeout it opened with.
+    """
+    sock = getattr(getattr(stream.fp, "raw", None), "_sock", None)
+    if sock is not None and hasattr(sock, "settimeout"):
+        sock.settimeout(max(seconds, 0.001))
 
 
 def _event_result(data: list[str], requestid: int) -> Result | None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -42,6 +42,7 @@ from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from slaveapi._text import shown_url
 from slaveapi.clients._bounded import within
 from slaveapi.clients._errors import ClientError, ClientTimeout
 
@@ -86,7 +87,7 @@ class RemoteError(ClientError):
     ) -> None:
         self.service = service
         self.method = method
-        self.url = _without_userinfo(url)
+        self.url = shown_url(url)
         self.reason = " ".join(reason.split())
         self.status = status
         self.body = body
@@ -207,7 +208,7 @@ class JSONClient:
                 "{service}: {method} {url} timed out after {timeout}s",
                 service=self.service,
                 method=method,
-                url=_without_userinfo(url),
+                url=shown_url(url),
                 timeout=self._timeout,
             )
             raise
@@ -226,7 +227,7 @@ class JSONClient:
             "{service}: {method} {url} answered in {elapsed:.3f}s",
             service=self.service,
             method=method,
-            url=_without_userinfo(url),
+            url=shown_url(url),
             elapsed=time.monotonic() - started,
         )
         return result
@@ -486,11 +487,3 @@ def url_with_params(url: str, params: Mapping[str, ParamValue] | None) -> str:
             pairs.append((key, str(item)))
     query = urlencode(pairs)
     return f"{url}&{query}" if "?" in url else f"{url}?{query}"
-
-
-def _without_userinfo(url: str) -> str:
-    """C{url} without any C{user:password@} part, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+
+from slaveapi._text import shown_url
 
 from ._schema import ConfigError
 
@@ -50,13 +51,13 @@ def plain_http_credentials(config: Config) -> tuple[PlainHTTPCredentials, ...]:
             if url is not None and _is_plain_http(url):
                 credential = "inventory's basic-auth password"
                 allowed = inventory.allow_plain_http
-                found.append(PlainHTTPCredentials("inventory", key, _shown(url), credential, allowed))
+                found.append(PlainHTTPCredentials("inventory", key, shown_url(url), credential, allowed))
                 break
     bugzilla = config.bugzilla
     if credentials.bugzilla is not None and _is_plain_http(bugzilla.api_url):
         found.append(
             PlainHTTPCredentials(
-                "bugzilla", "api_url", _shown(bugzilla.api_url), "the Bugzilla API key", bugzilla.allow_plain_http
+                "bugzilla", "api_url", shown_url(bugzilla.api_url), "the Bugzilla API key", bugzilla.allow_plain_http
             )
         )
     buildbot = config.buildbot
@@ -100,13 +101,6 @@ def check_redfish_ca_bundle(config: Config) -> None:
 
 def _is_plain_http(url: str) -> bool:
     return url.lower().startswith("http://")
-
-
-def _shown(url: str) -> str:
-    """C{url} without any user info (a password may hide there)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def check_host_key_policy(config: Config, *, lab: bool) -> None:

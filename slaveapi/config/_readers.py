@@ -10,6 +10,7 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from slaveapi._text import shown_url
 from slaveapi.hostnames import is_loopback, parse_authority, parse_origin
 
 from ._credentials import Credentials, load_credentials
@@ -122,7 +123,7 @@ def read_webhook_urls(webhooks: IniSection, key: str, default: Any) -> tuple[str
     for item in _words(webhooks, key):
         parts = urlsplit(item)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise webhooks.fail(key, expected, item[:200])
+            raise webhooks.fail(key, expected, shown_url(item[:200], whole=False))
         urls.append(item)
     return tuple(urls)
 
@@ -140,7 +141,7 @@ def check_webhook_urls(webhooks: IniSection, values: dict[str, Any]) -> None:
             raise webhooks.fail(
                 "urls",
                 "https:// URLs (plain http:// only to this machine, or with allow_plain_http = true)",
-                f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
+                shown_url(url, whole=False),
             )
 
 

@@ -452,10 +452,15 @@ class EventsConfig:
     @ivar max_clients: streams open at once; one more is a 503.
     @ivar max_queued: events waiting for one slow reader; past that its
         stream is closed (it may resume with C{Last-Event-ID}).
+    @ivar max_queued_bytes: the same bound in bytes of those events.
+    @ivar buffer_bytes: bytes of the latest events kept for streams that
+        resume (read at start-up only).
     """
 
     max_clients: int = field(default=100, metadata=ini(Integer(1)))
     max_queued: int = field(default=1000, metadata=ini(Integer(1)))
+    max_queued_bytes: int = field(default=256 * 1024, metadata=ini(Integer(1024)))
+    buffer_bytes: int = field(default=8 * 1024 * 1024, metadata=ini(Integer(1024)))
 
 
 @dataclass(frozen=True)
@@ -466,8 +471,9 @@ class WebhooksConfig:
 
     Each delivery is bounded by C{timeout} seconds and retried C{retries}
     times, C{backoff} seconds after the first failure and twice as long
-    after each next one. At most C{max_in_flight} deliveries run at once and
-    C{max_queued} wait; more are dropped with a log line. A plain http:// URL
+    after each next one, holding no slot while it waits. At most
+    C{max_in_flight} attempts run at once (each URL at most its share of
+    them) and C{max_queued} deliveries wait; more are dropped with a log line. A plain http:// URL
     is accepted only to this machine unless C{allow_plain_http}.
     """
 

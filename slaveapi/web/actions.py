@@ -59,6 +59,11 @@ class _Form(Mapping[str, str]):
         return len(self._names)
 
 
+def history_fields(action: Action, form: Mapping[str, str]) -> dict[str, str]:
+    """The form fields C{action} declares and are not secret, as C{form} gives them: what history keeps."""
+    return {field.name: form[field.name] for field in action.fields if not field.secret and field.name in form}
+
+
 @dataclass(frozen=True)
 class ActionView:
     """GET and POST for C{/slaves/<slave>/actions/<route>}, for each route of C{action}."""
@@ -98,9 +103,11 @@ class ActionView:
             arguments = self.action.arguments(form)
         except ArgumentError as error:
             raise bad_request(str(error)) from None
+        # Read here, where a value that is not UTF-8 is a plain 400, not once the request is counted.
+        fields = history_fields(self.action, form)
         machine = await known.machine_name(ctx, slave, self.action.names)
         try:
-            result = await processor.submit(machine, self.action, arguments, client, form=form)
+            result = await processor.submit(machine, self.action, arguments, client, fields=fields)
         except StoreUnavailable as error:
             raise store_unavailable(str(error)) from None
         except QueueFull as full:

@@ -14,17 +14,19 @@ seconds so that proxies and clients can tell a quiet stream from a dead
 one. A client that reconnects with C{Last-Event-ID} (or C{last_event_id})
 first gets the buffered events after that id. Nothing is buffered for ever:
 the stream is a push producer on its connection, and while the connection
-cannot take more, events wait in a queue of at most C{[events] max_queued};
-a reader slower than that is disconnected (it may reconnect and resume). At
+cannot take more, events wait in a queue of at most C{[events] max_queued}
+events and C{max_queued_bytes} bytes (a progress event carries the whole
+text so far: a count alone bounds nothing); a reader slower than that is
+disconnected (it may reconnect and resume). At
 most C{[events] max_clients} streams are open at once; the service closes
 them all when it stops.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from twisted.application.service import Service
@@ -99,7 +101,8 @@ class EventStreams(Service):
                 f"events: {limit} streams are open already ([events] max_clients); retry later",
                 {b"Retry-After": _RETRY_AFTER},
             )
-        stream = _Stream(request, self._clock, self._keepalive, config.events.max_queued, wanted, self._streams.discard)
+        bounds = _Bounds(config.events.max_queued, config.events.max_queued_bytes)
+        stream = _Stream(request, self._clock, self._keepalive, bounds, wanted, self._streams.discard)
         self._streams.add(stream)
         stream.start(self._events, after)
         return stream.done
@@ -109,6 +112,14 @@ class EventStreams(Service):
         super().stopService()
         for stream in list(self._streams):
             stream.end()
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """How much may wait for one reader: events, and bytes of them."""
+
+    events: int
+    bytes: int
 
 
 @implementer(IPushProducer)
@@ -128,12 +139,13 @@ class _Stream:
         request: IRequest,
         clock: Any,
         keepalive: float,
-        max_queued: int,
+        bounds: _Bounds,
         wanted: Callable[[ResultEvent], bool],
         ended: Callable[[_Stream], None],
     ) -> None:
         self._request = request
-        self._max_queued = max_queued
+        self._bounds = bounds
+        self._queued_bytes = 0
         self._wanted = wanted
         self._ended = ended
         self._paused = False
@@ -174,14 +186,15 @@ class _Stream:
             self._request.write(data)
             return
         self._queued.append(data)
-        if len(self._queued) > self._max_queued:
+        self._queued_bytes += len(data)
+        bounds = self._bounds
+        if len(self._queued) > bounds.events or self._queued_bytes > bounds.bytes:
             self._log.info(
-                "Dropping a slow /events reader: more than {limit} events waiting for it", limit=self._max_queued
+                "Dropping a slow /events reader: more than {limit} events or {limit_bytes} bytes waiting for it",
+                limit=bounds.events,
+                limit_bytes=bounds.bytes,
             )
-            transport = getattr(self._request, "transport", None)
-            self._close()
-            if transport is not None:
-                transport.abortConnection()
+            self._drop()
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -189,7 +202,9 @@ class _Stream:
     def resumeProducing(self) -> None:
         self._paused = False
         while self._queued and not self._paused and not self.done.called:
-            self._request.write(self._queued.popleft())
+            data = self._queued.popleft()
+            self._queued_bytes -= len(data)
+            self._request.write(data)
 
     def stopProducing(self) -> None:
         self._close()
@@ -201,6 +216,20 @@ class _Stream:
             self._release()
             self.done.callback(None)
 
+    def _drop(self) -> None:
+        """
+        Disconnect a reader too slow: no longer its request's producer, the
+        connection aborted (nothing more, not even the end of the response,
+        is sent), and only then C{done} fired.
+        """
+        if self.done.called:
+            return
+        cast(IConsumer, self._request).unregisterProducer()
+        transport = getattr(self._request, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        self._close()
+
     def _close(self) -> None:
         """The client is gone (or is being dropped): stop everything, fire C{done} if nobody did."""
         self._release()
@@ -210,6 +239,7 @@ class _Stream:
     def _release(self) -> None:
         self._unsubscribe()
         self._queued.clear()
+        self._queued_bytes = 0
         if self._keepalive.running:
             self._keepalive.stop()
         self._ended(self)
@@ -217,8 +247,7 @@ class _Stream:
 
 def _frame(event: ResultEvent) -> bytes:
     """One event in the SSE format; JSON puts no raw newline in C{data}."""
-    data = json.dumps(event.to_json(), sort_keys=True, default=str)
-    return f"id: {event.id}\nevent: result\ndata: {data}\n\n".encode()
+    return f"id: {event.id}\nevent: result\ndata: {event.data}\n\n".encode()
 
 
 def _filter(request: IRequest, config: Config, actions: Collection[str]) -> Callable[[ResultEvent], bool]:

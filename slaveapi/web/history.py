@@ -24,23 +24,11 @@ from twisted.web.iweb import IRequest
 from slaveapi.context import Context
 from slaveapi.store import MAX_REQUESTID, HistoryEntry, IResultStore, StoreUnavailable
 from slaveapi.web import known, params
-from slaveapi.web.errors import bad_request, json_body, store_unreadable
+from slaveapi.web.errors import json_body, store_unreadable
 
 #: Entries in a page unless C{limit} says otherwise, and the most it may say.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-
-
-def _bounded_integer(request: IRequest, name: str, low: int, high: int) -> int | None:
-    """The parameter C{name} as a whole number from C{low} to C{high}; C{None} when absent."""
-    raw = params.value(request, name)
-    if raw is None:
-        return None
-    text = raw.strip()
-    # Length first: Python refuses to convert very long digit strings.
-    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high))) or not low <= int(text) <= high:
-        raise bad_request(f"{name}: expected a whole number from {low} to {high}, got {raw[:40]!r}")
-    return int(text)
 
 
 def history_entry(entry: HistoryEntry) -> dict[str, Any]:
@@ -72,17 +60,17 @@ async def machine_history(store: IResultStore, ctx: Context, request: IRequest, 
         unknown machine; 502 when it could not be identified; 503 when the
         store cannot be read.
     """
-    limit = _bounded_integer(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
-    before = _bounded_integer(request, "before", 0, MAX_REQUESTID)
+    limit = params.limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    before = params.whole_number(request, "before", 0, MAX_REQUESTID)
     machine = await known.machine_name(ctx, name)
     try:
         # One more than the page: whether another page follows.
         found = store.history(machine, before, limit + 1)
     except StoreUnavailable as error:
         raise store_unreadable(str(error)) from None
-    page = found[:limit]
+    page, more = params.page(found, limit)
     following = None
-    if len(found) > limit:
+    if more:
         query = urllib.parse.urlencode({"limit": limit, "before": page[-1].result.requestid})
         following = f"/slaves/{urllib.parse.quote(name)}/history?{query}"
     return json_body(

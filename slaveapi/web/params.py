@@ -7,6 +7,8 @@ Every check that fails raises a 400 naming the field and what was expected.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TypeVar
 
 from twisted.web.iweb import IRequest
 
@@ -16,6 +18,12 @@ from slaveapi.web.errors import bad_request
 
 #: The longest a POST may hold its HTTP request open waiting for the action.
 MAX_WAITTIME = 3600.0
+
+#: Longer digit strings are refused before conversion (Python refuses to
+#: convert more than 4300 digits; nothing valid here has more than 19).
+MAX_DIGITS = 20
+
+_T = TypeVar("_T")
 
 
 def values(request: IRequest, name: str) -> list[str]:
@@ -84,3 +92,33 @@ def boolean(request: IRequest, name: str, default: bool | None = None) -> bool |
     if answer is None:
         raise bad_request(f"{name}: expected one of {', '.join(YES + NO)} (any case), got {raw[:40]!r}")
     return answer
+
+
+def is_number(text: str) -> bool:
+    """Digits only, and few enough to convert (see L{MAX_DIGITS})."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
+
+
+def whole_number(request: IRequest, name: str, low: int, high: int) -> int | None:
+    """The parameter C{name} as a whole number from C{low} to C{high}; C{None} when absent."""
+    raw = value(request, name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not is_number(text) or not low <= int(text) <= high:
+        raise bad_request(f"{name}: expected a whole number from {low} to {high}, got {raw[:40]!r}")
+    return int(text)
+
+
+def limit(request: IRequest, default: int, maximum: int) -> int:
+    """The C{limit} of a page: from 1 to C{maximum}, C{default} when absent."""
+    given = whole_number(request, "limit", 1, maximum)
+    return default if given is None else given
+
+
+def page(found: Sequence[_T], size: int) -> tuple[Sequence[_T], bool]:
+    """
+    A page of C{size} out of C{found}, read with one more than C{size}; and
+    whether another page follows (that one more was there).
+    """
+    return found[:size], len(found) > size

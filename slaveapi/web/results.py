@@ -48,10 +48,6 @@ from slaveapi.web.errors import bad_request, json_body, store_unreadable
 #: The parameters that ask for a page rather than every result.
 PAGE_PARAMETERS = ("slave", "action", "state", "since", "after", "limit")
 
-#: Longer digit strings are refused before conversion (Python refuses to
-#: convert more than 4300 digits; nothing valid here has more than 19).
-MAX_DIGITS = 20
-
 #: Results in a page unless C{limit} says otherwise, and the most it may say.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -121,11 +117,6 @@ def _asked_for_page(request: IRequest) -> bool:
     return any(name.encode("ascii") in given for name in PAGE_PARAMETERS)
 
 
-def _is_number(text: str) -> bool:
-    """Digits only, and few enough to convert (see L{MAX_DIGITS})."""
-    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
-
-
 def _slave(request: IRequest, ctx: Context) -> str | None:
     raw = params.value(request, "slave")
     if raw is None:
@@ -155,7 +146,7 @@ def _state(request: IRequest) -> int | None:
     if raw is None:
         return None
     text = raw.strip()
-    if _is_number(text) and int(text) in _STATES.values():
+    if params.is_number(text) and int(text) in _STATES.values():
         return int(text)
     if text.upper() in _STATES:
         return _STATES[text.upper()]
@@ -178,7 +169,7 @@ def _since(request: IRequest) -> tuple[int | None, int | None]:
         "since: expected a requestid (digits only), or a time: @<unix seconds>, "
         "unix seconds with a decimal point, or ISO-8601 with a UTC offset (2026-11-29T10:00:00Z)"
     )
-    if _is_number(text):
+    if params.is_number(text):
         number = int(text)
         if number > MAX_REQUESTID:
             raise bad_request(f"since: expected a requestid of at most {MAX_REQUESTID}, got {raw[:40]!r}")
@@ -217,18 +208,8 @@ def _after(request: IRequest) -> int | None:
     if raw is None:
         return None
     text = raw.strip()
-    if not _is_number(text) or int(text) > MAX_REQUESTID:
+    if not params.is_number(text) or int(text) > MAX_REQUESTID:
         raise bad_request(f"after: expected a requestid (digits only, at most {MAX_REQUESTID}), got {raw[:40]!r}")
-    return int(text)
-
-
-def _limit(request: IRequest) -> int:
-    raw = params.value(request, "limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    text = raw.strip()
-    if not _is_number(text) or not 1 <= int(text) <= MAX_LIMIT:
-        raise bad_request(f"limit: expected a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}")
     return int(text)
 
 
@@ -243,7 +224,7 @@ def page_request(request: IRequest, ctx: Context, actions: Iterable[Action]) -> 
         since_requestid=since_requestid,
         since_time=since_time,
         after=_after(request),
-        limit=_limit(request),
+        limit=params.limit(request, DEFAULT_LIMIT, MAX_LIMIT),
     )
 
 
@@ -257,9 +238,7 @@ def page_entry(result: ActionResult) -> dict[str, Any]:
 
 def results_page(store: IResultStore, page: PageRequest) -> dict[str, Any]:
     """C{{"results": [...], "next": "/results?..." or None}}."""
-    found = store.page(page.query())
-    shown = found[: page.limit]
-    more = len(found) > page.limit
+    shown, more = params.page(store.page(page.query()), page.limit)
     return {
         "results": [page_entry(result) for result in shown],
         "next": page.next_path(shown[-1].requestid) if more else None,

@@ -26,16 +26,30 @@ class Seen:
     form: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Cut:
+    """An C{/events} batch sent chunked and cut inside its chunk: the chunk announces more than is sent."""
+
+    frames: str
+
+
+#: An C{/events} "batch" closing the connection before any answer.
+HANG_UP = "<hang up>"
+
+
 @dataclass
 class FakeSlaveAPI:
     """
     Canned answers by method and path (each a queue: the last answer
     repeats), and for C{/events} one batch of SSE text per connection (the
-    connection closes after its batch); C{events=None} answers 404.
+    connection closes after its batch; see also L{Cut} and L{HANG_UP});
+    C{events=None} answers 404. C{redirects} answers GETs of a path with a
+    302 to a URL.
     """
 
     answers: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
-    events: list[str] | None = None
+    events: list[str | Cut] | None = None
+    redirects: dict[str, str] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -50,7 +64,7 @@ class FakeSlaveAPI:
                 return 404, {"error": "not_found", "msg": f"no such endpoint: {path}"}
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
-    def next_events(self) -> str | None:
+    def next_events(self) -> str | Cut | None:
         with self._lock:
             if self.events is None:
                 return None
@@ -94,17 +108,35 @@ def _handler(fake: FakeSlaveAPI) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _events(self) -> None:
+            frames = fake.next_events()
+            if frames is None:
+                self._json(404, {"error": "not_found", "msg": "no such endpoint: /events"})
+                return
+            if frames == HANG_UP:
+                self.close_connection = True
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            if isinstance(frames, Cut):
+                data = frames.frames.encode()
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n" % (len(data) + 100) + data)
+                return
+            self.end_headers()
+            self.wfile.write(frames.encode())
+
         def do_GET(self) -> None:
             seen = self._record()
-            if seen.path == "/events":
-                frames = fake.next_events()
-                if frames is None:
-                    self._json(404, {"error": "not_found", "msg": "no such endpoint: /events"})
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
+            if seen.path in fake.redirects:
+                self.send_response(302)
+                self.send_header("Location", fake.redirects[seen.path])
+                self.send_header("Content-Length", "0")
                 self.end_headers()
-                self.wfile.write(frames.encode())
+                return
+            if seen.path == "/events":
+                self._events()
                 return
             self._json(*fake.next_answer("GET", seen.path))
 

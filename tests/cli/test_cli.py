@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from slaveapi.cli import cli
+from slaveapi.cli import cli, main
 from slaveapi.cli._client import SlaveAPIClient
 from slaveapi.cli._config import ConfigError, Settings, resolve
 from slaveapi.cli._follow import Follower, FollowTimeout, Target
-from tests.cli.fake_server import FakeSlaveAPI, event, serve
+from tests.cli.fake_server import HANG_UP, Cut, FakeSlaveAPI, event, serve
 
 REBOOT = "/slaves/bld-1/actions/reboot"
 RUNNING_SSH = {"state": 1, "text": "Attempting SSH reboot..."}
@@ -332,3 +332,108 @@ def test_declared_fields_are_posted(fake: FakeSlaveAPI) -> None:
     result = invoke(fake, "run", "disable", "bld-1", "--field", "reason=disk full")
     assert result.exit_code == 0, result.output
     assert fake.requests_to("POST", "/slaves/bld-1/actions/disable")[0].form == {"reason": "disk full"}
+
+
+class _TickingClock:
+    """Time that moves on a second each time it is read: the stream's lines then take time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_keepalives_do_not_keep_a_follow_by_events_past_its_timeout(fake: FakeSlaveAPI) -> None:
+    requested_reboot(fake)
+    fake.answer("GET", REBOOT, (200, RUNNING_SSH))
+    # Far more keepalives than the timeout has seconds, then the result: too late.
+    fake.events = [": keepalive\n\n" * 500 + event(42, requestid=7, slave="bld-1", action="reboot", **DONE)]
+    clock, updates = _TickingClock(), list[dict[str, Any]]()
+    follower = Follower(SlaveAPIClient(Settings(fake.url)), updates.append, 1.0, True, clock, clock.sleep)
+    with pytest.raises(FollowTimeout):
+        follower.follow(Target("bld-1", "reboot", 7), timeout=30)
+    assert updates == [RUNNING_SSH]
+    assert clock.now < 40
+    assert len(fake.requests_to("GET", "/events")) == 1
+
+
+def test_a_stream_cut_inside_a_chunk_resumes_after_the_last_event_seen(fake: FakeSlaveAPI) -> None:
+    requested_reboot(fake)
+    fake.answer("GET", REBOOT, (200, {"state": 0, "text": ""}))
+    fake.events = [
+        Cut(event(41, requestid=7, slave="bld-1", action="reboot", **RUNNING_SSH) + "id: 42\nevent: res"),
+        event(42, requestid=7, slave="bld-1", action="reboot", **DONE),
+    ]
+    result = invoke(fake, "run", "reboot", "bld-1", "-v")
+    assert result.exit_code == 0, result.output
+    streams = fake.requests_to("GET", "/events")
+    assert len(streams) == 2 and streams[1].headers["last-event-id"] == "41"
+    assert result.stdout.splitlines()[-1] == "SUCCESS reboot bld-1 (request 7)"
+    assert "followed by events (2 received)" in result.stderr
+
+
+def test_events_replayed_on_resuming_are_ignored(fake: FakeSlaveAPI) -> None:
+    requested_reboot(fake)
+    fake.answer("GET", REBOOT, (200, {"state": 0, "text": ""}))
+    fake.events = [
+        event(41, requestid=7, slave="bld-1", action="reboot", **RUNNING_SSH)
+        + event(42, requestid=7, slave="bld-1", action="reboot", **WAITING),
+        # A server resuming from too far back: 41 and 42 again, then the end.
+        event(41, requestid=7, slave="bld-1", action="reboot", **RUNNING_SSH)
+        + event(42, requestid=7, slave="bld-1", action="reboot", **WAITING)
+        + event(43, requestid=7, slave="bld-1", action="reboot", **DONE),
+    ]
+    result = invoke(fake, "run", "reboot", "bld-1", "-v")
+    assert result.exit_code == 0, result.output
+    assert fake.requests_to("GET", "/events")[1].headers["last-event-id"] == "42"
+    assert "followed by events (3 received)" in result.stderr
+    assert result.stdout.splitlines() == [
+        "[PENDING]",
+        "[RUNNING]",
+        "Attempting SSH reboot...",
+        "Attempting SSH reboot...initiated, waiting for it to come back...",
+        "Attempting SSH reboot...Success!",
+        "SUCCESS reboot bld-1 (request 7)",
+    ]
+
+
+def test_a_stream_that_cannot_be_opened_gives_way_to_polling(fake: FakeSlaveAPI) -> None:
+    requested_reboot(fake)
+    fake.answer("GET", REBOOT, (200, DONE))
+    fake.events = [HANG_UP]
+    result = invoke(fake, "run", "reboot", "bld-1", "-v")
+    assert result.exit_code == 0, result.output
+    assert len(fake.requests_to("GET", "/events")) == 1
+    assert "followed by polling" in result.stderr
+
+
+def test_a_redirect_is_refused_and_the_token_stays_home(fake: FakeSlaveAPI) -> None:
+    for elsewhere in serve(FakeSlaveAPI()):
+        elsewhere.answer("GET", "/slaves", (200, {"slaves": []}))
+        fake.redirects["/slaves"] = f"{elsewhere.url}/slaves?secret=1"
+        result = invoke(fake, "--token", "tok-1", "slaves")
+        assert result.exit_code == 2
+        assert elsewhere.seen == []
+        message = " ".join(result.stderr.split())
+        assert f"the server redirected to {elsewhere.url}; redirects are not followed" in message
+        assert "secret" not in message and "tok-1" not in result.output
+
+
+def test_an_unexpected_error_exits_2_not_1(fake: FakeSlaveAPI, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.answer("GET", "/slaves", (200, {"slaves": 5}))
+    with pytest.raises(SystemExit) as exited:
+        main(["--url", fake.url, "slaves"])
+    assert exited.value.code == 2
+    assert "slaveapi-cli: unexpected error: TypeError" in capsys.readouterr().err
+
+
+def test_a_usage_error_through_the_entry_point_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "reboot"])
+    assert exited.value.code == 2
+    assert "Missing argument 'NAME'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
@@ -26,6 +26,7 @@ from slaveapi.actions import Action, ActionFailure, ActionRun, FormField, Status
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, SUCCESS, ActionResult
 from slaveapi.store import _HISTORY_SQL, _HISTORY_STEPS_SQL, SQLiteResultStore, StepRecord
+from slaveapi.web.actions import ActionView, history_fields
 from slaveapi.web.errors import HTTPProblem
 from slaveapi.web.history import history_entry, machine_history
 from slaveapi.web.routes import SlaveAPIWeb
@@ -213,7 +214,8 @@ async def test_steps_are_recorded_with_times_from_the_reactor_clock(
     processor = make_processor()
     action = _action(clock)
     form = {"mode": "fail", "password": _SECRET, "waittime": "10", "undeclared": "x"}
-    result = await processor.submit("bld-1", action, action.arguments(form), "dashboard", form=form)
+    fields = history_fields(action, form)
+    result = await processor.submit("bld-1", action, action.arguments(form), "dashboard", fields=fields)
     await _within(processor.wait(result, 3600))
     await store.flushed()
 
@@ -235,6 +237,29 @@ async def test_steps_are_recorded_with_times_from_the_reactor_clock(
     }
 
 
+class _CountingProcessor:
+    """Records whether anything was submitted: a bad request must be refused before."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    async def submit(self, *args: Any, **kwargs: Any) -> ActionResult:
+        self.submitted += 1
+        raise AssertionError("a bad request reached the processor")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_field_that_is_not_utf8_is_a_400_before_the_processor(clock: Clock) -> None:
+    request = DummyRequest([])
+    request.method = b"POST"
+    request.args = {b"mode": [b"ok"], b"unused": [b"\xff\xfe"]}
+    processor = _CountingProcessor()
+    with pytest.raises(HTTPProblem) as raised:
+        await ActionView(_action(clock)).post(cast(Any, processor), cast(Any, request), "bld-1", None, cast(Any, None))
+    assert raised.value.status == 400 and raised.value.msg == "unused: expected UTF-8 text"
+    assert processor.submitted == 0
+
+
 @pytest_twisted.ensureDeferred
 async def test_secret_fields_are_never_written_to_the_database(
     store: SQLiteResultStore, make_processor: Callable[..., ActionProcessor], clock: Clock
@@ -242,7 +267,7 @@ async def test_secret_fields_are_never_written_to_the_database(
     processor = make_processor()
     action = _action(clock)
     form = {"mode": "ok", "password": _SECRET}
-    result = await processor.submit("bld-1", action, action.arguments(form), None, form=form)
+    result = await processor.submit("bld-1", action, action.arguments(form), None, fields=history_fields(action, form))
     await _within(processor.wait(result, 3600))
     await store.flushed()
 
@@ -257,16 +282,32 @@ async def test_secret_fields_are_never_written_to_the_database(
     assert _SECRET not in dumped
 
 
+class _OtherFailure(ActionFailure):
+    """A failure the step does not declare."""
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (ValueError("bug"), "Failed: unexpected error"),
+        (_OtherFailure("the master said no"), "Failed: the master said no"),
+        (CancelledError(), "Interrupted"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_step_cut_short_by_an_unexpected_error_ends_interrupted(
-    store: SQLiteResultStore, make_processor: Callable[..., ActionProcessor], clock: Clock
+async def test_a_step_ended_by_an_undeclared_error_says_how_it_ended(
+    store: SQLiteResultStore,
+    make_processor: Callable[..., ActionProcessor],
+    clock: Clock,
+    error: BaseException,
+    outcome: str,
 ) -> None:
     async def crashes(run: ActionRun) -> str:
         async def work() -> None:
             clock.advance(2)
-            raise ValueError("bug")
+            raise error
 
-        await StatusLines(run).step("Asking the master", work)
+        await StatusLines(run).step("Asking the master", work, failures=(KeyError,))
         return "unreachable"
 
     processor = make_processor()
@@ -277,7 +318,7 @@ async def test_a_step_cut_short_by_an_unexpected_error_ends_interrupted(
     (entry,) = store.history("bld-1", None, 10)
     assert entry.result.state == FAILURE
     (step,) = entry.steps
-    assert (step.heading, step.finished, step.outcome) == ("Asking the master", step.started + 2, "Interrupted")
+    assert (step.heading, step.finished, step.outcome) == ("Asking the master", step.started + 2, outcome)
 
 
 @pytest_twisted.ensureDeferred

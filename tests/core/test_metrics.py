@@ -270,6 +270,17 @@ async def test_the_processor_gauges_show_a_running_action(store: Any, context_bo
             began.callback(None)
         return await gate
 
+    both_finished: Deferred[None] = Deferred()
+    finished: list[int] = []
+
+    def heard(event: Any) -> None:
+        # "finished" is published once the final row is written, after wait() fires.
+        if event.kind == "finished":
+            finished.append(event.requestid)
+            if len(finished) == 2:
+                both_finished.callback(None)
+
+    hub.subscribe(heard)
     action = Action(name="fake_action", run=body, exclusive=True)
     result = await processor.submit("bld-1", action)
     second = await processor.submit("bld-2", action)
@@ -283,6 +294,7 @@ async def test_the_processor_gauges_show_a_running_action(store: Any, context_bo
     gate.callback("done")
     await processor.wait(result, 3600)
     await processor.wait(second, 3600)
+    await both_finished
     samples = _samples(metrics)
     assert _value(samples, "slaveapi_actions_in_flight") == 0
     assert _value(samples, "slaveapi_actions_queued", kind="changing") == 0

@@ -21,7 +21,8 @@ from twisted.web.http_headers import Headers
 from slaveapi.config import Config, ConfigError, Credentials, Secret, WebhooksConfig
 from slaveapi.config._readers import check_webhook_urls
 from slaveapi.config._schema import IniSection
-from slaveapi.events import FINISHED, PROGRESS, ResultEvents
+from slaveapi.events import FINISHED, PROGRESS, STARTED, ResultEvents
+from slaveapi.processor import STOP_GRACE
 from slaveapi.results import SUCCESS, ActionResult
 from slaveapi.webhooks import EVENT_NAME, WebhookSender, signature
 from tests.core.conftest import make_config
@@ -64,7 +65,7 @@ def _config(secret: str | None = SECRET, **webhooks: Any) -> Config:
     return dataclasses.replace(base, credentials=credentials, webhooks=WebhooksConfig(**settings))
 
 
-def _sender(http: _HTTP, clock: Clock, config: Config) -> tuple[ResultEvents, WebhookSender]:
+def _sender(http: Any, clock: Clock, config: Config) -> tuple[ResultEvents, WebhookSender]:
     hub = ResultEvents()
     sender = WebhookSender(hub, lambda: config, clock, http=http)
     sender.startService()
@@ -84,6 +85,7 @@ def _header(kwargs: dict[str, Any], name: bytes) -> str:
 
 def test_a_finished_action_is_posted_signed_with_its_headers() -> None:
     http, clock = _HTTP(200), Clock()
+    clock.advance(1000)
     hub, sender = _sender(http, clock, _config())
     hub.publish(PROGRESS, ActionResult("bld-1", "reboot", 5, text="Attempting..."))
     assert http.posts == []  # only finished events are delivered
@@ -102,8 +104,11 @@ def test_a_finished_action_is_posted_signed_with_its_headers() -> None:
         "start_timestamp": 11,
         "finish_timestamp": 12,
     }
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert _header(kwargs, b"X-SlaveAPI-Signature") == expected == signature(SECRET, body)
+    timestamp = _header(kwargs, b"X-SlaveAPI-Timestamp")
+    assert timestamp == "1000"  # the clock's time when it was sent
+    expected = "sha256=" + hmac.new(SECRET.encode(), b"1000." + body, hashlib.sha256).hexdigest()
+    assert _header(kwargs, b"X-SlaveAPI-Signature") == expected == signature(SECRET, 1000, body)
+    assert signature(SECRET, 1001, body) != expected  # the time is signed: an old request cannot be replayed
     assert _header(kwargs, b"X-SlaveAPI-Event") == EVENT_NAME == "action.finished"
     assert len(_header(kwargs, b"X-SlaveAPI-Delivery")) == 32
     assert _header(kwargs, b"Content-Type") == "application/json"
@@ -175,16 +180,84 @@ def test_without_a_secret_nothing_is_sent() -> None:
     assert any("no webhook_secret" in entry["log_format"] for entry in logs)
 
 
-def test_stopping_cancels_deliveries_and_forgets_the_queue() -> None:
-    http, clock = _HTTP(None), Clock()
-    hub, sender = _sender(http, clock, _config(max_in_flight=1))
+def test_stopping_gives_what_is_unsent_one_attempt_within_a_bound() -> None:
+    http, clock = _HTTP(None, None, None, None), Clock()
+    hub, sender = _sender(http, clock, _config(max_in_flight=1, timeout=100.0))
+    with capturedLogs() as logs:
+        _finish(hub, 1)
+        _finish(hub, 2)
+        stopped = sender.stopService()
+        assert not stopped.called and (len(http.posts), sender.queued()) == (1, 1)
+        _finish(hub, 3)  # still heard while stopping
+        assert sender.queued() == 2
+        clock.advance(100)  # the first attempt times out; no retry, the next delivery goes
+        assert (len(http.posts), sender.queued(), stopped.called) == (2, 1, False)
+        clock.advance(STOP_GRACE)
+    assert stopped.called and http.hanging[1].called
+    assert (sender.in_flight(), sender.queued()) == (0, 0)
+    assert any(entry.get("count") == 1 and "not sent" in entry["log_format"] for entry in logs)
+    _finish(hub, 4)
+    assert len(http.posts) == 2
+
+
+def test_a_stop_waits_for_the_finish_of_actions_still_running() -> None:
+    http, clock = _HTTP(), Clock()
+    hub, sender = _sender(http, clock, _config())
+    hub.publish(STARTED, ActionResult("bld-1", "reboot", 9))
+    stopped = sender.stopService()
+    assert not stopped.called
+    _finish(hub, 9)  # the processor cancelled it and recorded its end
+    assert stopped.called and len(http.posts) == 1
+
+
+def test_a_delivery_backing_off_is_tried_once_more_at_stop() -> None:
+    http, clock = _HTTP(500, 200), Clock()
+    hub, sender = _sender(http, clock, _config(retries=3, backoff=60.0))
+    _finish(hub)
+    assert (len(http.posts), sender.queued()) == (1, 1)
+    stopped = sender.stopService()
+    assert len(http.posts) == 2 and stopped.called  # the last attempt went at once, and succeeded
+    assert (sender.in_flight(), sender.queued()) == (0, 0)
+    clock.advance(1000)
+    assert len(http.posts) == 2  # no retry left scheduled
+
+
+def test_a_stop_with_nothing_to_send_is_immediate() -> None:
+    _, sender = _sender(_HTTP(), Clock(), _config())
+    assert sender.stopService().called
+
+
+class _ByURL:
+    """Hangs every POST to C{dead}; answers 200 to any other URL."""
+
+    def __init__(self, dead: str) -> None:
+        self.dead = dead
+        self.posts: list[str] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        self.posts.append(url)
+        return Deferred() if url == self.dead else succeed(_Response(200))
+
+
+def test_a_receiver_that_hangs_takes_only_its_share_of_the_slots() -> None:
+    dead, alive = "https://dead.example.test/h", "https://alive.example.test/h"
+    http, clock = _ByURL(dead), Clock()
+    hub, sender = _sender(http, clock, _config(urls=(dead, alive), max_in_flight=2, retries=2))
+    for requestid in range(5):
+        _finish(hub, requestid)
+    assert http.posts.count(alive) == 5  # every delivery to the healthy receiver went through
+    assert http.posts.count(dead) == 1 and sender.in_flight() == 1 and sender.queued() == 4
+
+
+def test_a_delivery_waiting_to_retry_holds_no_slot() -> None:
+    http, clock = _HTTP(500, 200, 200), Clock()
+    hub, sender = _sender(http, clock, _config(max_in_flight=1, retries=1, backoff=30.0))
     _finish(hub, 1)
     _finish(hub, 2)
-    stopped = sender.stopService()
-    assert stopped.called and http.hanging[0].called
-    assert (sender.in_flight(), sender.queued()) == (0, 0)
-    _finish(hub, 3)
-    assert len(http.posts) == 1
+    assert len(http.posts) == 2  # the second went while the first waits to retry
+    assert (sender.in_flight(), sender.queued()) == (0, 1)
+    clock.advance(30)
+    assert len(http.posts) == 3 and sender.queued() == 0
 
 
 def test_configuration_changes_apply_to_the_next_event() -> None:
@@ -211,9 +284,10 @@ def test_plain_http_is_refused_except_to_loopback_or_when_allowed() -> None:
     _check(("https://hooks.example.test/x", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]/x"))
     _check(("http://hooks.example.test/x",), allow=True)
     with pytest.raises(ConfigError) as raised:
-        _check(("http://user:pw@hooks.example.test/x",))
+        _check(("http://user:pw@hooks.example.test:8080/secret-path?token=t0k",))
     assert "[webhooks] urls: expected https:// URLs" in str(raised.value)
-    assert "pw" not in str(raised.value)
+    assert "http://hooks.example.test:8080" in str(raised.value)
+    assert "pw" not in str(raised.value) and "secret-path" not in str(raised.value) and "t0k" not in str(raised.value)
 
 
 def test_the_section_is_read_from_the_ini(tmp_path: Any) -> None:
@@ -233,6 +307,7 @@ def test_the_section_is_read_from_the_ini(tmp_path: Any) -> None:
     assert config.webhooks.retries == 5
     assert config.credentials.webhook_secret == Secret(SECRET)
     assert isinstance(config.credentials, Credentials)
-    ini.write_text(base + "[webhooks]\nurls = ftp://a.test/h\n")
-    with pytest.raises(ConfigError, match=r"\[webhooks\] urls: expected http:// or https:// URLs"):
+    ini.write_text(base + "[webhooks]\nurls = ftp://u:pw@a.test/h?token=t0k\n")
+    with pytest.raises(ConfigError, match=r"\[webhooks\] urls: expected http:// or https:// URLs") as raised:
         load_config(str(ini))
+    assert "ftp://a.test" in str(raised.value) and "pw" not in str(raised.value) and "t0k" not in str(raised.value)

@@ -11,6 +11,7 @@ import hmac
 import itertools
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -197,8 +198,12 @@ async def test_a_webhook_receiver_gets_the_finished_result_signed(lab_service: R
         await port.stopListening()
 
     headers, body = receiver.posts[0]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    # As docs/events.rst tells receivers: the signature covers "<timestamp>.<body>", and the timestamp is recent.
+    timestamp = headers["x-slaveapi-timestamp"]
+    signed = timestamp.encode("ascii") + b"." + body
+    expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["x-slaveapi-signature"], expected)
+    assert abs(time.time() - int(timestamp)) <= 300
     assert headers["x-slaveapi-event"] == "action.finished"
     assert headers["x-slaveapi-delivery"]
     assert headers["content-type"] == "application/json"
