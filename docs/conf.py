@@ -1,15 +1,21 @@
 """
 Sphinx configuration of SlaveAPI's documentation.
 
-Needs nothing but Sphinx itself: no extensions, and the version is read from
-slaveapi/__init__.py as text, so building the docs imports no SlaveAPI code
-(and none of its dependencies). Build with ``make -C docs html``.
+Build with ``make docs`` (warnings are errors) into ``build/docs``. The API
+reference (``reference.rst``) is generated from the OpenAPI document by the
+local extension in ``_ext/slaveapi_docs.py``, which imports SlaveAPI and its
+dependencies: build with the project's virtualenv. The repository root is put
+on ``sys.path`` so that a checkout builds even before ``pip install -e``.
 """
 
 import os
 import re
+import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, "_ext"))
+if os.path.dirname(_HERE) not in sys.path:
+    sys.path.append(os.path.dirname(_HERE))
 
 
 def _version() -> str:
@@ -24,10 +30,10 @@ copyright = "2014-2026, SlaveAPI contributors"
 release = _version()
 version = ".".join(release.split(".")[:2])
 
-extensions: list[str] = []
+extensions = ["slaveapi_docs"]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_ext"]
 highlight_language = "none"
 pygments_style = "sphinx"
 
