@@ -109,6 +109,19 @@ def _service(fakes: Fakes, store: MemoryHealthStore) -> tuple[HealthService, _Bo
     return service, box
 
 
+def _held_probes(fakes: Fakes) -> list[Deferred[bool]]:
+    """Make every probe wait for the test: the Deferreds it fires, one per probe asked, in order."""
+    waiting: list[Deferred[bool]] = []
+
+    async def alive(host: str) -> bool:
+        answer: Deferred[bool] = Deferred()
+        waiting.append(answer)
+        return await answer
+
+    fakes.prober.alive = alive  # type: ignore[method-assign]
+    return waiting
+
+
 def _verdicts(store: MemoryHealthStore) -> dict[str, str]:
     return {name: record.verdict for name, record in store.stored.items()}
 
@@ -152,14 +165,7 @@ def test_disabled_machines_are_not_checked() -> None:
 
 def test_no_more_machines_are_checked_at_once_than_concurrency() -> None:
     fakes = _fleet(count=5, concurrency=2)
-    waiting: list[Deferred[bool]] = []
-
-    async def alive(host: str) -> bool:
-        answer: Deferred[bool] = Deferred()
-        waiting.append(answer)
-        return await answer
-
-    fakes.prober.alive = alive  # type: ignore[method-assign]
+    waiting = _held_probes(fakes)
     store = MemoryHealthStore()
     _service(fakes, store)
     fakes.clock.advance(0)
@@ -192,14 +198,7 @@ def test_an_unreachable_slavealloc_makes_every_known_verdict_unknown() -> None:
 
 def test_a_sweep_longer_than_the_interval_delays_the_next_one() -> None:
     fakes = _fleet(count=1, probe_timeout=INTERVAL * 10, machine_timeout=INTERVAL * 10)
-    waiting: list[Deferred[bool]] = []
-
-    async def alive(host: str) -> bool:
-        answer: Deferred[bool] = Deferred()
-        waiting.append(answer)
-        return await answer
-
-    fakes.prober.alive = alive  # type: ignore[method-assign]
+    waiting = _held_probes(fakes)
     store = MemoryHealthStore()
     _service(fakes, store)
     fakes.clock.advance(0)
@@ -337,14 +336,7 @@ def test_a_sweep_that_raises_is_logged_and_the_next_one_still_runs() -> None:
 
 def test_the_sweep_under_way_keeps_its_context_in_use_across_a_reload() -> None:
     fakes = _fleet(count=1)
-    waiting: list[Deferred[bool]] = []
-
-    async def alive(host: str) -> bool:
-        answer: Deferred[bool] = Deferred()
-        waiting.append(answer)
-        return await answer
-
-    fakes.prober.alive = alive  # type: ignore[method-assign]
+    waiting = _held_probes(fakes)
     store = MemoryHealthStore()
     service, box = _service(fakes, store)
     old = box.ctx
@@ -407,14 +399,7 @@ def test_since_starts_afresh_after_a_gap_in_the_sweeps() -> None:
 
 def test_a_sweep_longer_than_two_intervals_is_no_gap() -> None:
     fakes = _fleet(count=1, probe_timeout=INTERVAL * 10, machine_timeout=INTERVAL * 10)
-    waiting: list[Deferred[bool]] = []
-
-    async def alive(host: str) -> bool:
-        answer: Deferred[bool] = Deferred()
-        waiting.append(answer)
-        return await answer
-
-    fakes.prober.alive = alive  # type: ignore[method-assign]
+    waiting = _held_probes(fakes)
     store = MemoryHealthStore()
     _service(fakes, store)
     fakes.clock.advance(0)
