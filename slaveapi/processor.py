@@ -504,14 +504,19 @@ class _StepRecorder:
         if change.finished:
             del self._started[change.n]
         step = StepRecord(change.heading, started, now if change.finished else None, change.outcome)
-        saving = self._store.save_step(self._requestid, change.n, step)
-        saving.addErrback(
-            lambda failure: self._log.error(
-                "Could not record step {n} ({step}) for the history: {reason}",
-                n=change.n,
-                step=change.heading,
-                reason=failure.getErrorMessage(),
-            )
+        try:
+            saving = self._store.save_step(self._requestid, change.n, step)
+        except Exception as error:  # a closed store's writer refuses at once: the action goes on
+            self._failed(change, str(error))
+            return
+        saving.addErrback(lambda failure: self._failed(change, failure.getErrorMessage()))
+
+    def _failed(self, change: StepChange, reason: str) -> None:
+        self._log.error(
+            "Could not record step {n} ({step}) for the history: {reason}",
+            n=change.n,
+            step=change.heading,
+            reason=reason,
         )
 
 

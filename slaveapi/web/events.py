@@ -74,6 +74,7 @@ class EventStreams(Service):
         self._config = config
         self._keepalive = keepalive
         self._streams: set[_Stream] = set()
+        self._stopped = False
 
     def open_count(self) -> int:
         """How many streams are open."""
@@ -93,6 +94,8 @@ class EventStreams(Service):
         after = _last_event_id(request)
         if self._events is None:
             raise HTTPProblem(503, "unavailable", "events: result events are not published in this service")
+        if self._stopped:
+            raise HTTPProblem(503, "unavailable", "events: the service is stopping", {b"Retry-After": _RETRY_AFTER})
         limit = config.events.max_clients
         if len(self._streams) >= limit:
             raise HTTPProblem(
@@ -110,6 +113,7 @@ class EventStreams(Service):
     def stopService(self) -> None:
         """End every stream: its clients see the stream close and may reconnect elsewhere."""
         super().stopService()
+        self._stopped = True
         for stream in list(self._streams):
             stream.end()
 
@@ -215,6 +219,10 @@ class _Stream:
             cast(IConsumer, self._request).unregisterProducer()
             self._release()
             self.done.callback(None)
+            # The response is finished; its keep-alive connection must not carry a new stream to a stopping service.
+            transport = getattr(self._request, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
 
     def _drop(self) -> None:
         """

@@ -40,9 +40,13 @@ def _result(slave: str = "bld-1", action: str = "reboot", requestid: int = 7, te
 class _Transport:
     def __init__(self) -> None:
         self.aborted = False
+        self.closed = False
 
     def abortConnection(self) -> None:
         self.aborted = True
+
+    def loseConnection(self) -> None:
+        self.closed = True
 
 
 class _Request:
@@ -322,9 +326,17 @@ def test_stopping_ends_every_stream() -> None:
     streams = _streams(ResultEvents(id_base=0), clock)
     streams.startService()
     ends = [streams.serve(_Request(), ACTIONS) for _ in range(2)]  # type: ignore[arg-type]
+    requests = [_Request(), _Request()]
+    ends += [streams.serve(request, ACTIONS) for request in requests]  # type: ignore[arg-type]
     streams.stopService()
     assert all(end.called for end in ends)
     assert streams.open_count() == 0 and clock.getDelayedCalls() == []
+    # Their connections close (a keep-alive one must not bring a new stream), and none opens now.
+    assert all(request.transport.closed and not request.transport.aborted for request in requests)
+    with pytest.raises(HTTPProblem) as refused:
+        streams.serve(_Request(), ACTIONS)  # type: ignore[arg-type]
+    assert (refused.value.status, refused.value.msg) == (503, "events: the service is stopping")
+    assert streams.open_count() == 0
 
 
 def test_without_events_the_route_is_a_503() -> None:

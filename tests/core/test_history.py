@@ -321,17 +321,20 @@ async def test_a_step_ended_by_an_undeclared_error_says_how_it_ended(
     assert (step.heading, step.finished, step.outcome) == ("Asking the master", step.started + 2, outcome)
 
 
+@pytest.mark.parametrize("at_once", [False, True], ids=["write fails", "writer refuses at once"])
 @pytest_twisted.ensureDeferred
 async def test_a_step_that_cannot_be_recorded_does_not_stop_the_action(
-    store: SQLiteResultStore, make_processor: Callable[..., ActionProcessor], clock: Clock
+    store: SQLiteResultStore, make_processor: Callable[..., ActionProcessor], clock: Clock, at_once: bool
 ) -> None:
     class _NoSteps:
-        """The real store, whose step writes fail."""
+        """The real store, whose step writes fail (or raise, as a closed store's writer pool does)."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)
 
         def save_step(self, requestid: int, n: int, step: StepRecord) -> Deferred[None]:
+            if at_once:
+                raise RuntimeError("the writer's thread pool is stopped")
             failed: Deferred[None] = Deferred()
             failed.errback(sqlite3.OperationalError("disk I/O error"))
             return failed
