@@ -2,16 +2,17 @@
 Work a caller may stop waiting for but that must still run to its end.
 
 A power cycle whose caller is cancelled (an action's timeout, a stop)
-between switching a machine off and on must still switch it on: both power
-clients hand that part to L{Unfinished}, await it through a shield, and wait
-for what is left when they close.
+between switching a machine off and on must still switch it on: the IPMI,
+Redfish and PDU clients hand that part to L{Unfinished.finish}, and wait for
+what is left when they close.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -56,3 +57,37 @@ class Unfinished:
 
         work.addBoth(settle)
         return outer
+
+    async def finish(
+        self,
+        work: Callable[[Callable[[str], None]], Coroutine[Any, Any, None]],
+        progress: Callable[[str], None] | None,
+        label: str,
+        **fields: Any,
+    ) -> None:
+        """
+        Run C{work(say)} as its own task and wait for it through L{shield}.
+
+        C{say} logs each line under C{label} and tells C{progress} too, until
+        the caller is cancelled: then C{CancelledError} is raised here at
+        once, the work goes on (silently for C{progress}), and the
+        cancellation is logged.
+        """
+        cancelled = False
+
+        def say(line: str) -> None:
+            self._log.info(label + ": {line}", line=line, **fields)
+            if progress is not None and not cancelled:
+                progress(line)
+
+        tail = Deferred.fromCoroutine(work(say))
+        try:
+            await self.shield(tail, label, **fields)
+        except CancelledError:
+            cancelled = True
+            if not tail.called:
+                self._log.warn(
+                    label + ": power cycle cancelled; finishing it in the background so the power is not left off",
+                    **fields,
+                )
+            raise

@@ -530,23 +530,10 @@ class IPMIClient:
         @param progress: told short human-readable lines as steps happen
             (until the caller is cancelled).
         """
-        cancelled = False
-
-        def say(line: str) -> None:
-            _log.info("ipmi: {host}: {line}", host=host, line=line)
-            if progress is not None and not cancelled:
-                progress(line)
-
         powered = await self.power_state(host)
-        tail = Deferred.fromCoroutine(self._off_then_on(host, powered, say))
-        try:
-            await self._unfinished.shield(tail, "ipmi: {host}", host=host)
-        except defer.CancelledError:
-            cancelled = True
-            if not tail.called:
-                _log.warn("ipmi: {host}: power cycle cancelled; finishing it in the background so the machine "
-                          "is not left off", host=host)
-            raise
+        await self._unfinished.finish(
+            lambda say: self._off_then_on(host, powered, say), progress, "ipmi: {host}", host=host
+        )
 
     async def close(self) -> None:
         """

@@ -278,25 +278,10 @@ class PDUClient:
             (until the caller is cancelled).
         @raise PDUError: any step failed; the outlet may be left off.
         """
-        cancelled = False
-
-        def tell(text: str) -> None:
-            if progress is not None and not cancelled:
-                progress(text)
-
         name = f"{outlet.host}:{outlet.outlet}"
-        tail = Deferred.fromCoroutine(self._off_then_on(outlet, name, tell))
-        try:
-            await self._unfinished.shield(tail, "pdu: {outlet}", outlet=name)
-        except CancelledError:
-            cancelled = True
-            if not tail.called:
-                self._log.warn(
-                    "pdu: {outlet}: power cycle cancelled; finishing it in the background so the outlet is not "
-                    "left off",
-                    outlet=name,
-                )
-            raise
+        await self._unfinished.finish(
+            lambda tell: self._off_then_on(outlet, name, tell), progress, "pdu: {outlet}", outlet=name
+        )
 
     async def close(self) -> None:
         """

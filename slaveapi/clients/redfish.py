@@ -68,7 +68,7 @@ from typing import Any, Final
 
 from OpenSSL import SSL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, DeferredList
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.logger import Logger
@@ -479,27 +479,11 @@ class RedfishClient:
             C{On} (nothing is sent; see L{check_cycle_resets}), a request
             failed, or a power state was not reached in time.
         """
-        cancelled = False
-
-        def say(line: str) -> None:
-            _log.info("Redfish {bmc}: {line}", bmc=host, line=line)
-            if progress is not None and not cancelled:
-                progress(line)
-
         check_cycle_resets(host, await self.reset_types(host))
         powered = await self.power_state(host) == "on"
-        tail = Deferred.fromCoroutine(self._off_then_on(host, powered, say))
-        try:
-            await self._unfinished.shield(tail, "Redfish {bmc}", bmc=host)
-        except CancelledError:
-            cancelled = True
-            if not tail.called:
-                _log.warn(
-                    "Redfish {bmc}: power cycle cancelled; finishing it in the background so the machine "
-                    "is not left off",
-                    bmc=host,
-                )
-            raise
+        await self._unfinished.finish(
+            lambda say: self._off_then_on(host, powered, say), progress, "Redfish {bmc}", bmc=host
+        )
 
     async def close(self) -> None:
         """
