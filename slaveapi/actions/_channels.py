@@ -30,6 +30,7 @@ from slaveapi._text import error_line
 from slaveapi.clients import BootOverride, ClientError, poll_until, within
 from slaveapi.clients.dns import DNSError
 from slaveapi.clients.inventory import PDUOutlet
+from slaveapi.clients.probe import RebootWait
 from slaveapi.clients.redfish import CYCLE_RESETS, RedfishError
 from slaveapi.context import Context
 from slaveapi.machines import Slave
@@ -54,7 +55,7 @@ class NotVerified(Exception):
     """The state read back did not become what was asked in time: why, in one line."""
 
 
-def _word(on: bool) -> str:
+def power_word(on: bool) -> str:
     return "on" if on else "off"
 
 
@@ -97,7 +98,7 @@ class Channel:
 
     async def switch(self, on: bool, soft: bool) -> None:
         """Ask for the power on or off (C{soft}: a graceful shutdown); returns once accepted."""
-        raise self.cannot(f"power {_word(on)}")
+        raise self.cannot(f"power {power_word(on)}")
 
     async def cycle(self, progress: Progress) -> None:
         """Cycle the power (on at the end); returns once the channel did its part."""
@@ -138,8 +139,8 @@ class Channel:
             reached,
             self.ctx.config.power.poll_interval,
             timeout,
-            f"{self.label}: power {_word(on)}",
-            timeout_error=lambda: NotVerified(f"the power was still {_word(not on)} after {timeout:g}s"),
+            f"{self.label}: power {power_word(on)}",
+            timeout_error=lambda: NotVerified(f"the power was still {power_word(not on)} after {timeout:g}s"),
         )
 
 
@@ -292,13 +293,26 @@ class MozpoolChannel(Channel):
         self.address = address
 
     async def check_switch(self, on: bool, soft: bool) -> None:
-        raise self.cannot(f"power {_word(on)} (it can only cycle the power)")
+        raise self.cannot(f"power {power_word(on)} (it can only cycle the power)")
 
     async def cycle(self, progress: Progress) -> None:
         await self.ctx.clients.mozpool.power_cycle(self.server, self.device)
 
     async def confirm_cycle(self) -> str:
         return await _seen_down_and_up(self.ctx, self.address)
+
+
+#: Why a machine did not reboot, when the probe never saw it down.
+NEVER_WENT_DOWN = "it never went down"
+
+
+def reboot_problem(waited: RebootWait) -> str | None:
+    """Why the probe's wait for a reboot says the machine did not reboot, or C{None} when it did."""
+    if not waited.went_down:
+        return NEVER_WENT_DOWN
+    if not waited.came_back:
+        return "it went down but did not come back"
+    return None
 
 
 async def _seen_down_and_up(ctx: Context, address: str) -> str:
@@ -308,11 +322,9 @@ async def _seen_down_and_up(ctx: Context, address: str) -> str:
 
     @raise NotVerified: it never went down, or did not come back.
     """
-    waited = await ctx.clients.prober.wait_for_reboot(address)
-    if not waited.went_down:
-        raise NotVerified("it never went down")
-    if not waited.came_back:
-        raise NotVerified("it went down but did not come back")
+    problem = reboot_problem(await ctx.clients.prober.wait_for_reboot(address))
+    if problem is not None:
+        raise NotVerified(problem)
     return "it went down and came back"
 
 

@@ -57,6 +57,7 @@ from slaveapi.actions._channels import (
     NotVerified,
     PDUChannel,
     discover,
+    power_word,
 )
 from slaveapi.actions._remote import locate
 from slaveapi.clients import BootOverride, ClientError, poll_until
@@ -137,10 +138,6 @@ async def _start(run: ActionRun) -> _PowerSteps:
     return _PowerSteps(run, slave, found)
 
 
-def _state(on: bool) -> str:
-    return "on" if on else "off"
-
-
 async def power_status(run: ActionRun) -> dict[str, str]:
     """The machine's power state, read through its first channel that can: C{{"power": ..., "via": ...}}."""
     steps = await _start(run)
@@ -148,10 +145,10 @@ async def power_status(run: ActionRun) -> dict[str, str]:
 
     async def read(channel: Channel) -> str:
         seen.append(await channel.powered())
-        return f"power is {_state(seen[-1])}"
+        return f"power is {power_word(seen[-1])}"
 
     channel = await steps.first_working("Reading the power state", "read the power state", read)
-    return {"power": _state(seen[-1]), "via": channel.key}
+    return {"power": power_word(seen[-1]), "via": channel.key}
 
 
 async def _switch(run: ActionRun, on: bool, soft: bool = False) -> str:
@@ -169,12 +166,12 @@ async def _switch(run: ActionRun, on: bool, soft: bool = False) -> str:
                     "the outlet is on, but the BMC did not read the machine on, and an outlet that is on"
                     " cannot tell whether the machine is"
                 )
-            return f"power was already {_state(on)}"
+            return f"power was already {power_word(on)}"
         await channel.check_switch(on, soft)
         await channel.switch(on, soft)
-        steps.outcome(f"requested, waiting for the power to read {_state(on)}...")
+        steps.outcome(f"requested, waiting for the power to read {power_word(on)}...")
         await channel.wait_for_power(on, timeout)
-        return f"power is {_state(on)}"
+        return f"power is {power_word(on)}"
 
     if on:
         await steps.first_working("Powering on", "power it on", switch)

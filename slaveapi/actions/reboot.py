@@ -53,7 +53,7 @@ from collections.abc import Awaitable, Callable
 
 from slaveapi.actions._base import Action, ActionFailure, ActionRun, StatusLines
 from slaveapi.actions._bugs import comment_on_tracking_bug, file_tracking_bug, signed
-from slaveapi.actions._channels import look_up_bmc
+from slaveapi.actions._channels import NEVER_WENT_DOWN, look_up_bmc, reboot_problem
 from slaveapi.actions._remote import OFFLINE_ERRORS, locate, read_uptime
 from slaveapi.clients import ClientError
 from slaveapi.clients.bugzilla import Bug
@@ -65,7 +65,6 @@ from slaveapi.work import pause
 #: Tried in order until one is accepted.
 REBOOT_COMMANDS = ("reboot", "sudo reboot", "shutdown -f -t 3 -r")
 
-NEVER_WENT_DOWN = "it never went down"
 
 #: How many times a step tries to get an SSH session to a machine whose places are all taken.
 BUSY_TRIES = 3
@@ -230,13 +229,14 @@ async def _wait_for_reboot(escalation: _Escalation, check_uptime: bool = False) 
         uptime, so whether it rebooted is not known.
     """
     outcome = await escalation.run.ctx.clients.prober.wait_for_reboot(escalation.slave.address)
-    if not outcome.went_down:
-        if check_uptime and await _rebooted_since(escalation.run, escalation.slave, outcome.waited):
-            return None
-        return NEVER_WENT_DOWN
-    if not outcome.came_back:
-        return "it went down but did not come back"
-    return None
+    problem = reboot_problem(outcome)
+    if (
+        problem == NEVER_WENT_DOWN
+        and check_uptime
+        and await _rebooted_since(escalation.run, escalation.slave, outcome.waited)
+    ):
+        return None
+    return problem
 
 
 async def _wait_for_up(escalation: _Escalation) -> str | None:
