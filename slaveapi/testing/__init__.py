@@ -18,6 +18,10 @@ Outcomes a fake cannot work out from the machines are scripted on it: SSH
 logins and command answers (L{FakeSSH.script_logins}, L{FakeSSH.answer}),
 power calls (L{Outcome}; a BMC speaks Redfish to L{FakeRedfish} when its
 machine has C{redfish=True}), a probe or a lookup that fails (C{error}).
+
+The PostgreSQL results store is not faked: L{ThrowawayPostgres} runs a real,
+throwaway server for its tests (the C{postgres_server} and C{postgres_url}
+fixtures of C{tests/conftest.py}).
 """
 
 from slaveapi.clients.dns import host_info
@@ -35,6 +39,7 @@ from slaveapi.testing._clock import run_on_clock
 from slaveapi.testing._context import Fakes, fake_config, fake_context, make_fakes
 from slaveapi.testing._hosts import FakeHost, FakeHosts
 from slaveapi.testing._network import FakeDNS, FakeProber
+from slaveapi.testing._postgres import ThrowawayPostgres, find_postgres_bin
 from slaveapi.testing._power import REDFISH_RESET_TYPES, FakeIPMI, FakeMozpool, FakePDU, FakeRedfish, Outcome
 from slaveapi.testing._ssh import REBOOTING_COMMANDS, FakeSSH, FakeSSHSession
 
@@ -60,8 +65,10 @@ __all__ = [
     "FakeSlavealloc",
     "Fakes",
     "Outcome",
+    "ThrowawayPostgres",
     "fake_config",
     "fake_context",
+    "find_postgres_bin",
     "host_info",
     "make_fakes",
     "run_on_clock",
