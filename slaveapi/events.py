@@ -60,6 +60,10 @@ class ResultEvent:
     @ivar id: increasing, within one process and across restarts.
     @ivar kind: one of L{KINDS}.
     @ivar client: the API client that asked for the action, if known.
+    @ivar local: whether this instance runs the action; with several
+        instances (L{slaveapi.postgres}), the others' changes are published
+        too, for event streams, but only the instance running an action
+        sends its webhooks.
     """
 
     id: int
@@ -73,6 +77,7 @@ class ResultEvent:
     request_timestamp: int
     start_timestamp: int
     finish_timestamp: int
+    local: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """What C{GET /events} sends of it (the client who asked stays out of the public stream)."""
@@ -141,8 +146,11 @@ class ResultEvents:
 
         return unsubscribe
 
-    def publish(self, kind: str, result: ActionResult) -> ResultEvent:
-        """Record C{result} as it is now as an event of C{kind}, and tell every subscriber."""
+    def publish(self, kind: str, result: ActionResult, local: bool = True) -> ResultEvent:
+        """
+        Record C{result} as it is now as an event of C{kind}, and tell every
+        subscriber; C{local} false for a change another instance made.
+        """
         self._last_id += 1
         event = ResultEvent(
             id=self._last_id,
@@ -156,6 +164,7 @@ class ResultEvents:
             request_timestamp=result.request_timestamp,
             start_timestamp=result.start_timestamp,
             finish_timestamp=result.finish_timestamp,
+            local=local,
         )
         self._keep(event)
         # A copy: a subscriber may unsubscribe (or subscribe another) while being told.

@@ -26,6 +26,15 @@ request, the action's declared form fields that are not secret, and records
 each step an action reports (L{slaveapi.actions.StatusLines.step}) as it
 starts and ends, timed by the reactor's clock; the action never waits for
 those writes, and one that fails is only logged.
+
+With several instances on one database (L{slaveapi.coordination.ICluster}),
+the processor also asks the cluster: a new request joins a single-flight
+action pending or running through any instance, an exclusive action holds
+its machine's lock across every instance (after the local one, so that one
+waiter per machine asks the database), and a change another instance makes
+to a result wakes this instance's waiters on it and is published to its
+event streams. The queued requests of an instance that stopped heartbeating
+are handed to a survivor's processor (L{ActionProcessor.adopt}).
 """
 
 from __future__ import annotations
@@ -39,13 +48,14 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from slaveapi.actions import Action, ActionFailure, ActionLog, ActionRun
+from slaveapi.actions import Action, ActionFailure, ActionLog, ActionRun, ArgumentError
 from slaveapi.actions._base import StepChange
 from slaveapi.admission import CHANGES, READS, Limits, QueueFull, Slots
 from slaveapi.clients import within
+from slaveapi.coordination import Created, ICluster, ResultChange
 from slaveapi.events import FINISHED, PROGRESS, REQUESTED, STARTED, ResultEvents
-from slaveapi.results import FAILURE, RUNNING, SUCCESS, ActionResult
-from slaveapi.store import IResultStore, StepRecord, StoreUnavailable, interrupted_text
+from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
+from slaveapi.store import IResultStore, ResultTakenOver, StepRecord, StoreUnavailable, interrupted_text
 from slaveapi.work import WorkSlot, working_as
 
 if TYPE_CHECKING:
@@ -99,6 +109,8 @@ class ActionProcessor(Service):
         default read share and queue bound.
     @param events: where result changes are published (L{slaveapi.events});
         C{None} publishes nothing.
+    @param cluster: the agreements with other instances sharing the
+        database; C{None} for an instance alone.
     """
 
     _log = Logger()
@@ -112,8 +124,14 @@ class ActionProcessor(Service):
         timeouts: Callable[[], dict[str, float]] = dict,
         limits: Callable[[], Limits] | None = None,
         events: ResultEvents | None = None,
+        cluster: ICluster | None = None,
     ) -> None:
         self._store = store
+        self._cluster = cluster
+        # Request ids of other instances' results seen running (their next change is progress).
+        self._remote_running: set[int] = set()
+        if cluster is not None:
+            cluster.follow(self._remote_changed)
         self._events = events
         self._context = context
         if limits is None:
@@ -143,7 +161,10 @@ class ActionProcessor(Service):
     def stopService(self) -> Deferred[None]:
         """
         Cancel running actions and wait, at most C{STOP_GRACE} seconds, for
-        them to clean up and record that they were interrupted.
+        them to clean up and record that they were interrupted. Sharing a
+        database with other instances, queued ones stay queued (their rows
+        PENDING) for an instance that goes on to take over; alone, they are
+        recorded as interrupted too.
         """
         super().stopService()
         # Cancelling frees slots and locks: nothing queued may start because of that.
@@ -205,13 +226,69 @@ class ActionProcessor(Service):
         self._pending[kind] += 1
         if action.single_flight:
             self._joining[key] = []
-        created = self._store.create(slave, action.name, client, dict(fields or {}))
+        created: Deferred[Any]
+        if self._cluster is None:
+            created = self._store.create(slave, action.name, client, dict(fields or {}))
+        else:
+            created = self._cluster.create(slave, action.name, client, dict(fields or {}), action.single_flight)
         created.addCallbacks(
-            self._start, self._not_recorded, callbackArgs=(action, arguments or {}), errbackArgs=(action, key)
+            self._started_or_joined,
+            self._not_recorded,
+            callbackArgs=(action, arguments or {}, key),
+            errbackArgs=(action, key),
         )
-        caller: Deferred[ActionResult] = Deferred()
+        caller: Deferred[Any] = Deferred()
         created.chainDeferred(caller)
-        return await caller
+        result: ActionResult = await caller
+        return result
+
+    def _started_or_joined(
+        self, created: ActionResult | Created, action: Action, arguments: dict[str, Any], key: tuple[str, str]
+    ) -> ActionResult:
+        """
+        Start a result just recorded; but a request the cluster made part of
+        another instance's runs nothing, and its local joiners share that result.
+        """
+        if isinstance(created, Created):
+            if created.joined:
+                self._pending[_kind(action)] -= 1
+                for joined in self._joining.pop(key, []):
+                    joined.callback(created.result)
+                return created.result
+            created = created.result
+        return self._start(created, action, arguments)
+
+    def adopt(self, result: ActionResult, action: Action | None, fields: Mapping[str, str]) -> None:
+        """
+        Run a PENDING C{result} this instance took over from one that
+        stopped (see L{slaveapi.postgres.Membership}), asked with the form
+        C{fields} its history kept. It counts against nothing: it was
+        accepted before. One that cannot run here (an action this release
+        does not know, one with secret fields, which no instance stores) is
+        recorded as failed.
+        """
+        log = ActionLog(self._log, result.slave, result.requestid, result.action)
+        problem = None
+        arguments: dict[str, Any] = {}
+        if action is None:
+            problem = f"this instance knows no action {result.action!r}"
+        elif any(field.secret for field in action.fields):
+            problem = "its secret fields were kept only by the instance that stopped"
+        else:
+            try:
+                arguments = action.arguments(fields)
+            except ArgumentError as error:
+                problem = f"its fields no longer parse ({error})"
+        if action is None or problem is not None:
+            log.error("Not running the request taken over: {reason}", reason=problem)
+            self._written[result.requestid] = dataclasses.replace(result)
+            self._finish(result, FAILURE, f"Not run: taken over from a stopped instance, but {problem}.", log)
+            recording = Deferred.fromCoroutine(self._record_final(result, log))
+            recording.addCallback(lambda _: self._notify(result))
+            return
+        log.info("Taken over from a stopped instance")
+        self._pending[_kind(action)] += 1
+        self._start(result, action, arguments)
 
     def _start(self, result: ActionResult, action: Action, arguments: dict[str, Any]) -> ActionResult:
         self._written[result.requestid] = dataclasses.replace(result)
@@ -234,26 +311,65 @@ class ActionProcessor(Service):
         return failure
 
     def wait(self, result: ActionResult, seconds: float) -> Deferred[None]:
-        """Fire when C{result} is finished and written, or after C{seconds}, whichever is first."""
-        try:
-            done = self.recorded(result).is_done()
-        except StoreUnavailable:
-            done = False  # cannot tell now: wait to be told (or time out)
-        if done or seconds <= 0:
-            return Deferred.fromCoroutine(_nothing())
-        waiter: Deferred[None] = Deferred()
-        self._waiters.setdefault(result.requestid, []).append(waiter)
-        waiter.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda _value, _timeout: None)
-        return waiter
+        """
+        Fire when C{result} is finished and written (by this instance or,
+        sharing a database, another), or after C{seconds}, whichever is first.
+        """
+        return Deferred.fromCoroutine(self._wait(result, seconds))
 
-    def recorded(self, result: ActionResult) -> ActionResult:
+    async def _wait(self, result: ActionResult, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        # Listening before reading: a finish written between the two is not missed.
+        waiter: Deferred[None] = Deferred()
+        waiters = self._waiters.setdefault(result.requestid, [])
+        waiters.append(waiter)
+        try:
+            try:
+                done = (await self.recorded(result)).is_done()
+            except StoreUnavailable:
+                done = False  # cannot tell now: wait to be told (or time out)
+            if not done:
+                waiter.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda _value, _timeout: None)
+                await waiter
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters and self._waiters.get(result.requestid) is waiters:
+                del self._waiters[result.requestid]
+
+    async def recorded(self, result: ActionResult) -> ActionResult:
         """
         C{result} as the store last wrote it: the only state callers may be shown.
 
         @raise StoreUnavailable: if the store cannot be read just now
             (L{last_written} then says what was written).
         """
-        return self._store.get(result.requestid) or self.last_written(result)
+        return (await self._store.reads.get(result.requestid)) or self.last_written(result)
+
+    def _remote_changed(self, change: ResultChange) -> None:
+        """Another instance wrote a result: wake its waiters here once it is done, and publish it."""
+        if change.state in (SUCCESS, FAILURE):
+            self._remote_running.discard(change.requestid)
+            for waiter in list(self._waiters.get(change.requestid, [])):
+                if not waiter.called:
+                    waiter.callback(None)
+        if self._events is None:
+            return
+        if change.state == PENDING:
+            kind = REQUESTED
+        elif change.state == RUNNING:
+            kind = PROGRESS if change.requestid in self._remote_running else STARTED
+            self._remote_running.add(change.requestid)
+        else:
+            kind = FINISHED
+        reading = self._store.reads.get(change.requestid)
+
+        def publish(found: ActionResult | None) -> None:
+            if found is not None and self._events is not None:
+                self._events.publish(kind, found, local=False)
+
+        reading.addCallbacks(publish, lambda failure: None)
 
     def last_written(self, result: ActionResult) -> ActionResult:
         """
@@ -285,20 +401,23 @@ class ActionProcessor(Service):
             if left:
                 self._context_users[id(ctx)] = left
 
-    async def _execute_in(
-        self, ctx: Context, result: ActionResult, action: Action, arguments: dict[str, Any]
-    ) -> None:
+    async def _execute_in(self, ctx: Context, result: ActionResult, action: Action, arguments: dict[str, Any]) -> None:
         log = ActionLog(self._log, result.slave, result.requestid, action.name)
         lock = None
         kind = _kind(action)
         slot = self._work_slot(kind)
         self._work_slots.add(slot)
         pending = True
+        cluster_locked = False
+        handed_over = False
         try:
             if action.exclusive:
                 slave_lock = self._slave_locks.setdefault(_key(result.slave, "")[0], DeferredLock())
                 await slave_lock.acquire()
                 lock = slave_lock
+                if self._cluster is not None:
+                    await self._cluster.lock(_key(result.slave, "")[0], result.requestid)
+                    cluster_locked = True
             await slot.take()
             pending = False
             self._pending[kind] -= 1
@@ -311,13 +430,20 @@ class ActionProcessor(Service):
                 finally:
                     self._active -= 1
         except CancelledError:
-            progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
-            self._finish(result, FAILURE, interrupted_text(progress), log)
+            if result.state == PENDING and self._stopping and self._cluster is not None:
+                # Still queued: it stays so, for an instance that goes on to take over.
+                log.info("Left queued for another instance: this one is stopping")
+                handed_over = True
+            else:
+                progress = result.text if result.state == RUNNING and isinstance(result.text, str) else ""
+                self._finish(result, FAILURE, interrupted_text(progress), log)
         finally:
             slot.close()
             self._work_slots.discard(slot)
             if pending:
                 self._pending[kind] -= 1
+            if cluster_locked and self._cluster is not None:
+                self._unlock_cluster(result, log)
             if lock is not None:
                 lock.release()
                 if not lock.locked and not lock.waiting:
@@ -325,7 +451,18 @@ class ActionProcessor(Service):
             key = _key(result.slave, action.name)
             if self._in_flight.get(key) is result:
                 del self._in_flight[key]
-            await self._persist_and_notify(result, log)
+            if not handed_over:
+                await self._persist_and_notify(result, log)
+
+    def _unlock_cluster(self, result: ActionResult, log: ActionLog) -> None:
+        """Give the machine's cluster-wide lock back; the cluster retries and logs a failure itself."""
+        assert self._cluster is not None  # noqa: S101  # only called with a cluster
+        unlocking = self._cluster.unlock(_key(result.slave, "")[0], result.requestid)
+        unlocking.addErrback(
+            lambda failure: log.error(
+                "Could not release the machine's lock: {reason}", reason=failure.getErrorMessage()
+            )
+        )
 
     def _work_slot(self, kind: str) -> WorkSlot:
         """
@@ -422,7 +559,7 @@ class ActionProcessor(Service):
 
     def _notify(self, result: ActionResult) -> None:
         self._publish(FINISHED, result)
-        for waiter in self._waiters.pop(result.requestid, []):
+        for waiter in list(self._waiters.pop(result.requestid, [])):
             if not waiter.called:
                 waiter.callback(None)
 
@@ -442,6 +579,10 @@ class ActionProcessor(Service):
             try:
                 await self._store.save(result)
                 # Written as it stands: C{result} itself is its last written state from now on.
+                self._written.pop(result.requestid, None)
+                return
+            except ResultTakenOver as error:
+                log.error("Its finish was not recorded: {reason}", reason=str(error))
                 self._written.pop(result.requestid, None)
                 return
             except Exception as error:

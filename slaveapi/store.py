@@ -87,8 +87,11 @@ sort; its fields and steps by their tables' primary keys. A database made by
 an older release gets both tables when opened (its results then have no
 fields and no steps). Pruning a result prunes its fields and steps.
 
-L{IResultStore} is the small surface the rest of the service uses, so that a
-PostgreSQL store for several instances can be dropped in later.
+L{IResultStore} (writes) and L{IResultReads} (reads, as Deferreds) are the
+surface the rest of the service uses; the PostgreSQL store for several
+instances (L{slaveapi.postgres}) provides the same. The SQLite store's own
+reads (C{get}, C{find}, C{page}, C{each}, C{each_chunk}, C{history}) are
+synchronous; L{SynchronousReads} hands them over as Deferreds.
 """
 
 from __future__ import annotations
@@ -103,12 +106,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from slaveapi.datadir import create_private_file
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
@@ -133,6 +136,14 @@ class StoreUnavailable(Exception):
     """
     A write to (or a read from) the results store failed (disk full, I/O
     error); it may work later. The message is the reason, as the database gave it.
+    """
+
+
+class ResultTakenOver(StoreUnavailable):
+    """
+    A result this instance ran was finished or taken over by another
+    instance sharing the database (it had been declared stopped): the write
+    was refused, and retrying cannot help.
     """
 
 
@@ -217,9 +228,7 @@ ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)
 
 _SELECT_HIGH_WATER = f"SELECT value FROM meta WHERE key = '{_LAST_REQUESTID}'"  # noqa: S608  # a constant
 
-_COLUMNS = (
-    "requestid, slave, action, state, text, request_timestamp, start_timestamp, finish_timestamp, client"
-)
+_COLUMNS = "requestid, slave, action, state, text, request_timestamp, start_timestamp, finish_timestamp, client"
 
 _SELECT = f"SELECT {_COLUMNS} FROM results"  # noqa: S608  # a constant
 
@@ -307,11 +316,51 @@ class HistoryEntry:
     steps: tuple[StepRecord, ...]
 
 
-class IResultStore(Interface):
-    """Where action results are kept."""
+class IResultReads(Interface):
+    """
+    Reading results, for the web layer and the processor: each read is a
+    Deferred, since a store may have to ask a database server over the
+    network (the SQLite store answers at once, see L{SynchronousReads}).
+    Each fails with L{StoreUnavailable} when the store cannot be read.
+    """
 
-    def open() -> None:
-        """Check what was stored; fail what a stop interrupted."""
+    def get(requestid: int) -> Deferred[ActionResult | None]:
+        """The result with this request id, as last written, if any: a new object on each call."""
+
+    def find(slave: str | None = None, action: str | None = None) -> Deferred[list[ActionResult]]:
+        """Results as last written, oldest first, optionally only one slave's and one action's."""
+
+    def page(query: ResultQuery) -> Deferred[list[ActionResult]]:
+        """Up to C{query.limit} results matching C{query}, in ascending request-id order."""
+
+    def each_chunk(after: tuple[str, str, int] | None, limit: int) -> Deferred[list[ActionResult]]:
+        """
+        Up to C{limit} results by slave, then action, then request id: the
+        first ones, or those after the key C{(slave, action, requestid)} C{after}.
+        """
+
+    def history(slave: str, before: int | None, limit: int) -> Deferred[list[HistoryEntry]]:
+        """
+        Up to C{limit} results of C{slave} with a request id below C{before}
+        (all when C{None}), newest first, each with its fields and steps.
+        """
+
+
+class IResultStore(Interface):
+    """
+    Where action results are kept: writes here, reads through C{reads}.
+
+    The SQLite store (one instance, the default) and the PostgreSQL store
+    (L{slaveapi.postgres}, several instances on one database) both provide it.
+    """
+
+    reads = Attribute("The store's L{IResultReads}.")
+
+    def open() -> Deferred[None] | None:
+        """
+        Check what was stored (and, for a store of one instance, fail what a
+        stop interrupted); a Deferred when it has to wait for a server.
+        """
 
     def close() -> Deferred[None]:
         """Finish pending writes and release the database."""
@@ -339,24 +388,6 @@ class IResultStore(Interface):
         it could not be.
         """
 
-    def get(requestid: int) -> ActionResult | None:
-        """The result with this request id, as last written, if any: a new object on each call."""
-
-    def find(slave: str | None = None, action: str | None = None) -> list[ActionResult]:
-        """Results as last written, oldest first, optionally only one slave's and one action's."""
-
-    def page(query: ResultQuery) -> list[ActionResult]:
-        """Up to C{query.limit} results matching C{query}, in ascending request-id order."""
-
-    def each() -> Iterator[ActionResult]:
-        """Every result as last written, by slave, then action, then request id."""
-
-    def each_chunk(after: tuple[str, str, int] | None, limit: int) -> list[ActionResult]:
-        """
-        Up to C{limit} results in C{each}'s order: the first ones, or those
-        after the key C{(slave, action, requestid)} C{after}.
-        """
-
     def prune(older_than: float) -> Deferred[int]:
         """
         Forget finished results that finished before C{older_than} (Unix
@@ -370,11 +401,32 @@ class IResultStore(Interface):
         if it could not be.
         """
 
-    def history(slave: str, before: int | None, limit: int) -> list[HistoryEntry]:
-        """
-        Up to C{limit} results of C{slave} with a request id below C{before}
-        (all when C{None}), newest first, each with its fields and steps.
-        """
+
+@implementer(IResultReads)
+class SynchronousReads:
+    """
+    The L{IResultReads} of a store whose reads are synchronous (the SQLite
+    store's): each read is made at once and its answer (or its
+    L{StoreUnavailable}) handed over in an already-fired Deferred.
+    """
+
+    def __init__(self, store: SQLiteResultStore) -> None:
+        self._store = store
+
+    def get(self, requestid: int) -> Deferred[ActionResult | None]:
+        return maybeDeferred(self._store.get, requestid)
+
+    def find(self, slave: str | None = None, action: str | None = None) -> Deferred[list[ActionResult]]:
+        return maybeDeferred(self._store.find, slave, action)
+
+    def page(self, query: ResultQuery) -> Deferred[list[ActionResult]]:
+        return maybeDeferred(self._store.page, query)
+
+    def each_chunk(self, after: tuple[str, str, int] | None, limit: int) -> Deferred[list[ActionResult]]:
+        return maybeDeferred(self._store.each_chunk, after, limit)
+
+    def history(self, slave: str, before: int | None, limit: int) -> Deferred[list[HistoryEntry]]:
+        return maybeDeferred(self._store.history, slave, before, limit)
 
 
 def _row(result: ActionResult) -> tuple[Any, ...]:
@@ -607,6 +659,7 @@ class SQLiteResultStore:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._writer = ThreadPool(minthreads=1, maxthreads=1, name="slaveapi-store")
+        self.reads = SynchronousReads(self)
 
     def open(self) -> None:
         """

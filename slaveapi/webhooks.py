@@ -173,6 +173,8 @@ class WebhookSender(Service):
         return len(self._in_flight)
 
     def _on_event(self, event: ResultEvent) -> None:
+        if not event.local:
+            return  # the instance running the action sends its webhooks
         if event.kind != FINISHED:
             self._open.add(event.requestid)
             return
@@ -263,8 +265,7 @@ class WebhookSender(Service):
             )
         elif delivery.attempt < attempts and not self._stopping:
             self._log.info(
-                "Webhook delivery {delivery} to {url} failed ({reason}); attempt {next} of {attempts}"
-                " in {delay:g}s",
+                "Webhook delivery {delivery} to {url} failed ({reason}); attempt {next} of {attempts} in {delay:g}s",
                 delivery=delivery.delivery_id,
                 url=where,
                 reason=reason,

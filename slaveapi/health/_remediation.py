@@ -99,7 +99,7 @@ class Remediation:
         if not candidates:
             return []
         try:
-            busy = self._busy()
+            busy = await self._busy()
         except StoreUnavailable as error:
             _log.warn("health: no remediation this sweep: results cannot be read ({reason})", reason=str(error))
             return []
@@ -116,7 +116,10 @@ class Remediation:
             if why is not None:
                 _log.info(
                     "health: not rebooting {slave} (pool {pool}): {reason}",
-                    slave=record.name, pool=record.pool, reason=why, decision="skip",
+                    slave=record.name,
+                    pool=record.pool,
+                    reason=why,
+                    decision="skip",
                 )
                 continue
             if await self._submit(record, now, last.get(record.name)):
@@ -124,13 +127,12 @@ class Remediation:
                 rebooting[record.pool] = rebooting.get(record.pool, 0) + 1
         return submitted
 
-    def _busy(self) -> list[ActionResult]:
+    async def _busy(self) -> list[ActionResult]:
         """Every action pending or running now."""
-        return [
-            result
-            for state in (PENDING, RUNNING)
-            for result in self._results.page(ResultQuery(state=state, limit=-1))
-        ]
+        busy: list[ActionResult] = []
+        for state in (PENDING, RUNNING):
+            busy.extend(await self._results.reads.page(ResultQuery(state=state, limit=-1)))
+        return busy
 
     @staticmethod
     def _why_not(
@@ -153,8 +155,7 @@ class Remediation:
         previous = last.get(record.name)
         if previous is not None and now - previous < limits.min_reboot_interval:
             return (
-                f"rebooted by health {now - previous:.0f} s ago"
-                f" (min_reboot_interval {limits.min_reboot_interval:g} s)"
+                f"rebooted by health {now - previous:.0f} s ago (min_reboot_interval {limits.min_reboot_interval:g} s)"
             )
         if rebooting.get(record.pool, 0) >= limits.max_rebooting_per_pool:
             return (
@@ -171,16 +172,22 @@ class Remediation:
         except (QueueFull, StoreUnavailable) as error:
             _log.warn(
                 "health: could not submit a reboot of {slave}: {reason}",
-                slave=record.name, pool=record.pool, reason=str(error), decision="failed",
+                slave=record.name,
+                pool=record.pool,
+                reason=str(error),
+                decision="failed",
             )
             await self._written(self._store.forget_reboot(record.name, previous), record)
             return False
         _log.info(
             "health: rebooting {slave} (pool {pool}), down since {since}: request {requestid}",
-            slave=record.name, pool=record.pool, since=record.since, requestid=result.requestid, decision="reboot",
+            slave=record.name,
+            pool=record.pool,
+            since=record.since,
+            requestid=result.requestid,
+            decision="reboot",
         )
         return True
-
 
     @staticmethod
     async def _written(writing: Deferred[None], record: HealthRecord) -> None:
@@ -196,7 +203,9 @@ class Remediation:
         except Exception as error:
             _log.error(
                 "health: could not store the reboot of {slave}: {reason}",
-                slave=record.name, pool=record.pool, reason=one_line_reason(error),
+                slave=record.name,
+                pool=record.pool,
+                reason=one_line_reason(error),
             )
 
 

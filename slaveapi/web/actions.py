@@ -70,7 +70,7 @@ class ActionView:
 
     action: Action
 
-    def get(self, store: IResultStore, request: IRequest, slave: str) -> bytes:
+    async def get(self, store: IResultStore, request: IRequest, slave: str) -> bytes:
         """
         One result (C{?requestid=N}), or every result of this action for C{slave}
         as C{{"<action>": {"<requestid>": {...}}}}.
@@ -78,17 +78,15 @@ class ActionView:
         requestid = params.requestid(request)
         try:
             if requestid is not None:
-                result = store.get(requestid)
+                result = await store.reads.get(requestid)
                 if result is None or result.slave != slave or result.action != self.action.name:
                     raise not_found(f"requestid: no {self.action.name} request {requestid} for {slave}")
                 return json_body(request, result.to_dict())
             # Read through the (slave, action) index, in request-id order.
-            found = store.find(slave=slave, action=self.action.name)
+            found = await store.reads.find(slave=slave, action=self.action.name)
         except StoreUnavailable as error:
             raise store_unreadable(str(error)) from None
-        return json_body(
-            request, {self.action.name: {str(result.requestid): result.to_dict() for result in found}}
-        )
+        return json_body(request, {self.action.name: {str(result.requestid): result.to_dict() for result in found}})
 
     async def post(
         self, processor: ActionProcessor, request: IRequest, slave: str, client: str | None, ctx: Context
@@ -118,7 +116,7 @@ class ActionView:
         try:
             await processor.wait(result, waittime)
             # Only what is on disk is answered: finished once its final row is written.
-            shown = processor.recorded(result)
+            shown = await processor.recorded(result)
         except StoreUnavailable:
             # Cannot read the store just now: the last state it confirmed writing.
             shown = processor.last_written(result)

@@ -65,7 +65,7 @@ async def machine_history(store: IResultStore, ctx: Context, request: IRequest, 
     machine = await known.machine_name(ctx, name)
     try:
         # One more than the page: whether another page follows.
-        found = store.history(machine, before, limit + 1)
+        found = await store.reads.history(machine, before, limit + 1)
     except StoreUnavailable as error:
         raise store_unreadable(str(error)) from None
     page, more = params.page(found, limit)

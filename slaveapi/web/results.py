@@ -150,9 +150,7 @@ def _state(request: IRequest) -> int | None:
         return int(text)
     if text.upper() in _STATES:
         return _STATES[text.upper()]
-    raise bad_request(
-        f"state: expected 0-3 or one of PENDING, RUNNING, SUCCESS, FAILURE (any case), got {raw[:40]!r}"
-    )
+    raise bad_request(f"state: expected 0-3 or one of PENDING, RUNNING, SUCCESS, FAILURE (any case), got {raw[:40]!r}")
 
 
 def _since(request: IRequest) -> tuple[int | None, int | None]:
@@ -236,9 +234,9 @@ def page_entry(result: ActionResult) -> dict[str, Any]:
     return entry
 
 
-def results_page(store: IResultStore, page: PageRequest) -> dict[str, Any]:
+async def results_page(store: IResultStore, page: PageRequest) -> dict[str, Any]:
     """C{{"results": [...], "next": "/results?..." or None}}."""
-    shown, more = params.page(store.page(page.query()), page.limit)
+    shown, more = params.page(await store.reads.page(page.query()), page.limit)
     return {
         "results": [page_entry(result) for result in shown],
         "next": page.next_path(shown[-1].requestid) if more else None,
@@ -308,7 +306,7 @@ async def stream_results(store: IResultStore, request: IRequest, reactor: Any, c
     written = False
     while not gone:
         try:
-            found = store.each_chunk(after, chunk)
+            found = await store.reads.each_chunk(after, chunk)
         except StoreUnavailable as error:
             if not written:
                 raise store_unreadable(str(error)) from None
@@ -329,10 +327,10 @@ async def stream_results(store: IResultStore, request: IRequest, reactor: Any, c
 
 def all_results(
     store: IResultStore, request: IRequest, ctx: Context, actions: Iterable[Action], reactor: Any = None
-) -> bytes | Deferred[bytes]:
+) -> Deferred[bytes]:
     """
-    Every result in the 2015 shape (streamed: a C{Deferred[bytes]}), or one
-    page when any page parameter is given (C{bytes}); Klein takes either.
+    Every result in the 2015 shape (streamed), or one page when any page
+    parameter is given.
     """
     if not _asked_for_page(request):
         if reactor is None:
@@ -340,7 +338,11 @@ def all_results(
 
             reactor = _reactor
         return Deferred.fromCoroutine(stream_results(store, request, reactor))
+    return Deferred.fromCoroutine(_one_page(store, request, page_request(request, ctx, actions)))
+
+
+async def _one_page(store: IResultStore, request: IRequest, page: PageRequest) -> bytes:
     try:
-        return json_body(request, results_page(store, page_request(request, ctx, actions)))
+        return json_body(request, await results_page(store, page))
     except StoreUnavailable as error:
         raise store_unreadable(str(error)) from None

@@ -165,7 +165,7 @@ class SlaveAPIWeb:
             authorize(client, view.action.scope, view.action.name)
             who = client.name if client is not None else None
             return await view.post(self._processor, request, name, who, self._context())
-        return view.get(self._store, request, known.read_name(self._context(), name))
+        return await view.get(self._store, request, known.read_name(self._context(), name))
 
     @app.route("/", methods=["GET"])
     def page(self, request: IRequest) -> bytes:

@@ -24,6 +24,7 @@ from slaveapi.machines import identify
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import PENDING, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import SQLiteResultStore
+from tests.recorded_now import recorded_now
 
 from .fake_fleet import fake_clients
 
@@ -84,7 +85,7 @@ async def _done(processor: ActionProcessor, result: ActionResult) -> None:
     from twisted.internet import reactor
 
     await processor.wait(result, 3600).addTimeout(5, reactor)
-    assert processor.recorded(result).state == SUCCESS
+    assert recorded_now(processor, result).state == SUCCESS
 
 
 @pytest_twisted.ensureDeferred

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -44,13 +44,14 @@ class _Processor:
 
 
 class _Results:
-    """The pending and running results the store would hold."""
+    """The pending and running results the store would hold (its reads are its own)."""
 
     def __init__(self, *busy: ActionResult) -> None:
         self.busy = list(busy)
+        self.reads = self
 
-    def page(self, query: ResultQuery) -> list[ActionResult]:
-        return [result for result in self.busy if result.state == query.state]
+    def page(self, query: ResultQuery) -> Deferred[list[ActionResult]]:
+        return succeed([result for result in self.busy if result.state == query.state])
 
 
 def _down(name: str, pool: str, for_seconds: float = 1000.0) -> HealthRecord:

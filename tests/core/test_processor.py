@@ -123,6 +123,7 @@ class _SnapshotStore:
 
     def __init__(self, inner: SQLiteResultStore) -> None:
         self._inner = inner
+        self.reads = inner.reads
         self.writes: list[tuple[int, int, Any, int, int]] = []
 
     def _snap(self, result: ActionResult) -> None:

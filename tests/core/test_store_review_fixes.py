@@ -18,6 +18,7 @@ import pytest_twisted
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult, dictify_results
 from slaveapi.store import _SCHEMA, EACH_CHUNK, ResultQuery, SQLiteResultStore, StoreUnavailable, _page_sql
+from tests.recorded_now import recorded_now
 
 from .test_web_contract import _Web, web  # noqa: F401  # the fixture, used by name
 
@@ -79,7 +80,7 @@ def test_recorded_shows_the_last_written_copy_not_the_working_one(
     working = ActionResult(slave="bld-1", action="reboot", requestid=77, state=SUCCESS, text="not written yet")
     processor._written[77] = written
     assert store.get(77) is None
-    assert processor.recorded(working) == written
+    assert recorded_now(processor, working) == written
     assert processor.last_written(working) == written
 
 

@@ -22,6 +22,7 @@ from slaveapi.processor import ActionProcessor
 from slaveapi.results import FAILURE, PENDING, RUNNING, SUCCESS, ActionResult
 from slaveapi.store import INTERRUPTED_TEXT
 from slaveapi.work import current_slot, pause, waiting
+from tests.recorded_now import recorded_now
 
 
 class _Journal:
@@ -90,7 +91,7 @@ def _booting(journal: _Journal, clock: Clock, gates: dict[str, Deferred[None]] |
 
 async def _done(processor: ActionProcessor, result: ActionResult) -> ActionResult:
     await _bounded(processor.wait(result, 3600))
-    return processor.recorded(result)
+    return recorded_now(processor, result)
 
 
 @pytest_twisted.ensureDeferred
@@ -111,7 +112,7 @@ async def test_a_waiting_action_holds_no_slot_so_the_next_one_runs(
         ("bld-2", "working, holds slot: True"),
         ("bld-2", "waiting"),
     ]
-    assert processor.recorded(second).state == RUNNING
+    assert recorded_now(processor, second).state == RUNNING
 
     clock.advance(30)
     assert (await _done(processor, first)).state == SUCCESS
@@ -137,7 +138,7 @@ async def test_an_action_back_from_a_wait_goes_before_one_not_started(
 
     clock.advance(30)  # the first is back and queues for the slot bld-2 holds
     await _settle()
-    assert processor.recorded(third).state == PENDING
+    assert recorded_now(processor, third).state == PENDING
     gates["bld-2"].callback(None)
     await journal.seen("bld-3", "waiting")
 
@@ -161,7 +162,7 @@ async def test_a_machine_stays_locked_while_its_action_waits(
     second = await processor.submit("bld-1", shutdown)
     await _settle()
     # Slots are free, but the machine is not: the second waits for the first to end.
-    assert processor.recorded(second).state == PENDING
+    assert recorded_now(processor, second).state == PENDING
     assert journal.entries.count(("bld-1", "working, holds slot: True")) == 1
 
     clock.advance(30)
@@ -219,7 +220,7 @@ async def test_a_stop_ends_a_waiting_action_without_queueing_it_for_a_slot(
     # bld-1 waits, bld-2 holds the only slot and never lets go of it by itself.
     await _bounded(processor.stopService())
     for result in (first, second):
-        recorded = processor.recorded(result)
+        recorded = recorded_now(processor, result)
         assert recorded.state == FAILURE
         assert recorded.text.startswith(INTERRUPTED_TEXT)
     assert not any(what.startswith("back") for _, what in journal.entries)
@@ -368,7 +369,7 @@ async def test_a_stop_hands_no_slot_to_an_action_back_from_its_wait(
     # bld-2's slot, freed by its cancellation, went to nobody: bld-1 did no more work.
     assert not any(what.startswith("back") for _, what in journal.entries)
     for result in (first, second):
-        assert processor.recorded(result).text.startswith(INTERRUPTED_TEXT)
+        assert recorded_now(processor, result).text.startswith(INTERRUPTED_TEXT)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ from slaveapi.processor import ActionProcessor
 from slaveapi.service import ContextHolder, StoreService
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
+from tests.recorded_now import recorded_now
 
 LIMITS = "concurrency = 3\nread_concurrency = 1\nmax_queued = 2\n"
 
@@ -40,9 +41,9 @@ async def _finished(service: RunningService, processor: ActionProcessor, request
     """The state request C{requestid} finished in, waiting (bounded) for it."""
     from twisted.internet import reactor
 
-    result = processor.recorded(_child(service, StoreService).store.get(requestid))
+    result = recorded_now(processor, _child(service, StoreService).store.get(requestid))
     await processor.wait(result, 120).addTimeout(150, reactor)
-    return processor.recorded(result).state
+    return recorded_now(processor, result).state
 
 
 def _child(service: RunningService, kind: type) -> Any:
