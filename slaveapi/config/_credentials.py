@@ -161,6 +161,8 @@ class Credentials:
     aws_secret_access_key: Secret | None = None
     #: The HMAC-SHA256 key webhook bodies are signed with.
     webhook_secret: Secret | None = None
+    #: The password of C{[store] url}'s PostgreSQL user.
+    postgresql_password: Secret | None = None
     api_tokens: Mapping[str, ApiToken] = field(default_factory=dict, metadata=_read(_api_tokens))
 
 

@@ -145,6 +145,27 @@ def check_webhook_urls(webhooks: IniSection, values: dict[str, Any]) -> None:
             )
 
 
+def read_store_url(store: IniSection, key: str, default: Any) -> str:
+    """
+    C{[store] url}: C{sqlite:} (the default) or a C{postgresql://} URL
+    without a password (the credentials file holds it).
+    """
+    raw = store.raw(key, default, "sqlite: or a postgresql:// URL")
+    if raw is None or raw.strip() in ("", "sqlite:"):
+        return "sqlite:"
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise store.fail(key, "sqlite: or a postgresql://[user@]host[:port]/database URL", shown_url(value[:200]))
+    if parts.password is not None:
+        raise store.fail(
+            key,
+            "a URL without a password (put it in the credentials file as postgresql_password)",
+            shown_url(value[:200]),
+        )
+    return value
+
+
 def check_read_concurrency(server: IniSection, values: dict[str, Any]) -> None:
     """C{[server] read_concurrency}: at most C{concurrency}."""
     read, concurrency = values["read_concurrency"], values["concurrency"]

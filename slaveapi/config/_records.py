@@ -28,6 +28,7 @@ from ._readers import (
     read_name_patterns,
     read_origins,
     read_server_names,
+    read_store_url,
     read_webhook_urls,
 )
 from ._schema import (
@@ -392,9 +393,33 @@ class AWSConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """C{[store]}: how long finished results are kept (0 days: for ever)."""
+    """
+    C{[store]}: where results are kept and how long finished ones are kept
+    (C{keep_days}; 0: for ever).
+
+    C{url} absent or C{sqlite:}: one SQLite file under C{--data}, for one
+    instance (the default). A C{postgresql://} URL (libpq's form, TLS
+    options such as C{sslmode} in its query string; the password comes from
+    the credentials' C{postgresql_password}, never the URL): one database
+    that several instances share (see C{docs/several-instances.rst}). Then
+    C{instance} names this instance among them (default: the host name), an
+    instance that has not heartbeated for C{lease} seconds is taken for
+    stopped (its running actions are marked interrupted, its queued ones
+    taken over), at most C{pool_size} connections are open, and every
+    statement is bounded by C{statement_timeout} seconds.
+    """
 
     keep_days: float = field(default=90.0, metadata=ini(Number(0)))
+    url: str = field(default="sqlite:", metadata=ini(Custom(read_store_url)))
+    instance: str = field(default="", metadata=ini(Text()))
+    lease: float = field(default=30.0, metadata=ini(Number(3)))
+    pool_size: int = field(default=10, metadata=ini(Integer(2)))
+    statement_timeout: float = field(default=10.0, metadata=ini(Number(0.1)))
+
+    @property
+    def postgresql(self) -> bool:
+        """Whether results live in a PostgreSQL database several instances share."""
+        return self.url.startswith(("postgresql://", "postgres://"))
 
 
 @dataclass(frozen=True)
