@@ -430,7 +430,7 @@ def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> 
     [
         ("[ssh]\nknown_host = kh\n", "[ssh] known_host: unknown key; did you mean 'known_hosts'?"),
         ("[store]\nkeepdays = 3\n", "[store] keepdays: unknown key; did you mean 'keep_days'?"),
-        ("[store]\nurl = postgresql://db/slaveapi\n", "[store] url: unknown key; expected one of keep_days"),
+        ("[store]\nurls = postgresql://db/slaveapi\n", "[store] urls: unknown key; did you mean 'url'?"),
         ("[stroe]\nkeep_days = 3\n", "[stroe]: unknown section; did you mean 'store'?"),
         ("[Probes]\nmethod = tcp\n", "[Probes]: unknown section; did you mean 'probes'?"),
         ("[cluster]\nnodes = 3\n", "[cluster]: unknown section; expected one of server, slavealloc, inventory, "
@@ -445,6 +445,36 @@ def test_malformed_values(tmp_path: Path, old: str, new: str, expected: str) -> 
 def test_unknown_sections_and_keys_stop_loading(tmp_path: Path, text: str, expected: str) -> None:
     path = _write(tmp_path, _MINIMAL_INI + "\n" + text, credentials={"ssh": {}})
     assert _error(path) == f"{path}: {expected}"
+
+
+def test_results_stay_in_sqlite_unless_store_url_names_a_postgresql_database(tmp_path: Path) -> None:
+    config = load_config(str(_write(tmp_path, _MINIMAL_INI, credentials={"ssh": {}})))
+    assert (config.store.url, config.store.postgresql) == ("sqlite:", False)
+    ini = _MINIMAL_INI + "\n[store]\nurl = postgresql://slaveapi@db.example.test:5433/slaveapi?sslmode=verify-full\n"
+    ini += "instance = api-2\nlease = 12\n"
+    credentials = {"ssh": {}, "postgresql_password": "pg-password-5150"}
+    config = load_config(str(_write(tmp_path, ini, credentials=credentials)))
+    assert config.store.postgresql
+    assert config.store.url == "postgresql://slaveapi@db.example.test:5433/slaveapi?sslmode=verify-full"
+    assert (config.store.instance, config.store.lease, config.store.pool_size) == ("api-2", 12.0, 10)
+    assert config.credentials.postgresql_password is not None
+    assert config.credentials.postgresql_password.reveal() == "pg-password-5150"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://db/slaveapi", "expected sqlite: or a postgresql://[user@]host[:port]/database URL"),
+        ("postgresql:///slaveapi", "expected sqlite: or a postgresql://[user@]host[:port]/database URL"),
+        ("postgresql://slaveapi:hunter2@db/slaveapi", "put it in the credentials file as postgresql_password"),
+    ],
+)
+def test_a_store_url_that_cannot_work_is_refused(tmp_path: Path, url: str, expected: str) -> None:
+    path = _write(tmp_path, _MINIMAL_INI + f"\n[store]\nurl = {url}\n", credentials={"ssh": {}})
+    message = _error(path)
+    assert message.startswith(f"{path}: [store] url: ")
+    assert expected in message
+    assert "hunter2" not in message
 
 
 def test_a_key_of_a_sibling_section_is_unknown(tmp_path: Path) -> None:
