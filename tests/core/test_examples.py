@@ -72,7 +72,7 @@ def _defaults() -> dict[tuple[str, str], Any]:
         (section.name, key): default
         for section in ini_schema()
         for key, default in section.defaults.items()
-        if isinstance(default, (bool, int, float, str))
+        if isinstance(default, (bool, int, float, str)) and default != ""
     }
 
 
@@ -163,7 +163,7 @@ def test_no_example_secret_shows_in_the_config_repr() -> None:
     secrets = [value for value in raw.values() if isinstance(value, str)]
     secrets += [p for passwords in raw["ssh"].values() for p in passwords]
     secrets += [entry if isinstance(entry, str) else entry["token"] for entry in raw["api_tokens"].values()]
-    assert len(secrets) == 17
+    assert len(secrets) == 18
     assert [secret for secret in secrets if secret in shown] == []
 
 
@@ -215,6 +215,8 @@ def test_endpoint_alternative_replaces_listen_and_port(tmp_path: Any) -> None:
         ("aws", "build_launch_template"),
         ("aws", "test_launch_template"),
         ("redfish", "ca_bundle"),
+        ("store", "url"),
+        ("store", "instance"),
     }
 
 
