@@ -2,8 +2,8 @@
 Where verdicts live, so that they survive a restart.
 
 L{IHealthStore} is the small surface the health loop and the web layer use,
-so that a store shared by several instances (PostgreSQL) can replace
-L{SQLiteHealthStore} later. That one keeps its own SQLite file beside the
+so that a store shared by several instances (PostgreSQL,
+L{slaveapi.postgres._health}) can replace L{SQLiteHealthStore}. That one keeps its own SQLite file beside the
 results database (C{slaveapi-health.sqlite} under C{--data}, 0600): one row
 per machine (its latest record), when the last sweep ended, and when the
 loop last rebooted each machine (so C{[health] min_reboot_interval} holds
@@ -73,8 +73,12 @@ class HealthStoreError(Exception):
 class IHealthStore(Interface):
     """Where verdicts, the last sweep's time and the loop's reboots are kept."""
 
-    def open() -> None:
-        """Read what was stored (raises L{HealthStoreError})."""
+    def open() -> Deferred[None] | None:
+        """
+        Read what was stored (raises L{HealthStoreError}): at once (C{None}),
+        or by the time the Deferred it returns fires (a L{HealthStoreError}
+        failure when it could not).
+        """
 
     def unavailable() -> str | None:
         """Why the store cannot answer (not opened, or it could not be), or C{None} when it can."""
@@ -91,9 +95,7 @@ class IHealthStore(Interface):
     def last_sweep() -> float | None:
         """When the last sweep ended (Unix seconds), or C{None}."""
 
-    def save_sweep(
-        records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
-    ) -> Deferred[None]:
+    def save_sweep(records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()) -> Deferred[None]:
         """Store a sweep's records and its end, and drop the records of C{forget}, in one transaction."""
 
     def last_reboots() -> dict[str, float]:
@@ -121,6 +123,21 @@ def _record(row: tuple[Any, ...]) -> HealthRecord:
         checked_at=checked_at,
         pool=pool,
     )
+
+
+def encode_record(record: HealthRecord) -> str:
+    """C{record} but its name as one JSON text, for a store that keeps it in one column."""
+    _, verdict, evidence, since, checked_at, pool = _row(record)
+    return json.dumps(
+        {"verdict": verdict, "evidence": json.loads(evidence), "since": since, "checked_at": checked_at, "pool": pool}
+    )
+
+
+def decode_record(name: str, text: str) -> HealthRecord:
+    """The record L{encode_record} gave C{text} for (C{ValueError}, C{TypeError} or C{KeyError} if it is not one)."""
+    fields = json.loads(text)
+    evidence = json.dumps(fields["evidence"])
+    return _record((name, fields["verdict"], evidence, fields["since"], fields["checked_at"], fields["pool"]))
 
 
 @implementer(IHealthStore)

@@ -17,13 +17,20 @@ machine's verdict becomes C{unknown}, saying why; so does the stored
 verdict of a machine no longer enabled (it is not checked any more), and
 a machine slavealloc has not listed for L{FORGET_AFTER} seconds is
 forgotten. A stop during a sweep cancels it: nothing is submitted after.
+
+Several instances sharing one database sweep once per interval across the
+cluster, not once each: given a L{Lease}, an instance takes (or renews) the
+C{health-sweep} lease for C{interval + machine_timeout} seconds before each
+sweep, and skips its turn when another instance holds it (or the database
+cannot say); the holder gives it up when it stops. The instances that do not
+sweep serve the verdicts the sweeping one stores (the store shares them).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.base import DelayedCall
@@ -39,12 +46,25 @@ from slaveapi.health._remediation import Remediation
 from slaveapi.health._store import HealthStoreError, IHealthStore
 from slaveapi.health._verdict import UNCHECKED, VERDICTS, Evidence, HealthRecord, next_record, not_checked
 from slaveapi.machines import canonical_name
+from slaveapi.postgres._database import DatabaseUnavailable
 from slaveapi.processor import one_line_reason
 
 #: A stored verdict of a machine slavealloc has not listed for this long (seconds) is forgotten.
 FORGET_AFTER = 30 * 24 * 3600.0
 #: Sweeps further apart than this many intervals (end to start) leave a gap: verdicts start afresh.
 _GAP = 2
+#: The lease the sweeping instance holds.
+SWEEP_LEASE = "health-sweep"
+
+
+class Lease(Protocol):
+    """A lease shared by the instances (L{slaveapi.postgres._health.SweepLease})."""
+
+    def take(self, name: str, seconds: float) -> Deferred[bool]:
+        """Take or renew C{name} for C{seconds}; whether it is ours (fails with L{DatabaseUnavailable})."""
+
+    def release(self, name: str) -> Deferred[None]:
+        """Give C{name} up, if it is ours."""
 
 
 class HealthService(Service):
@@ -54,6 +74,8 @@ class HealthService(Service):
     @param context: the current context (a reload replaces it).
     @param remediation: acts on each sweep's verdicts (it obeys C{[health] remediate}).
     @param ready: the first sweep waits for it (the lab's BMCs start on their own time).
+    @param lease: sweep only while holding it (instances sharing a database);
+        C{None}: sweep every time (a single instance).
     """
 
     _log = Logger(namespace="slaveapi.health")
@@ -65,14 +87,18 @@ class HealthService(Service):
         reactor: Any,
         remediation: Remediation | None = None,
         ready: Deferred[None] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.store = store
         self._context = context
         self._reactor = reactor
         self._remediation = remediation
         self._ready = ready
+        self._lease = lease
+        self._holding = False
+        self._opening: Deferred[None] | None = None
         self._next: DelayedCall | None = None
-        self._sweeping: Deferred[dict[str, int]] | None = None
+        self._sweeping: Deferred[dict[str, int] | None] | None = None
         self._sweep_context: Context | None = None
         self._last_start: float | None = None
         self._opened = False
@@ -80,11 +106,32 @@ class HealthService(Service):
     def startService(self) -> None:
         super().startService()
         try:
-            self.store.open()
+            opening = self.store.open()
         except HealthStoreError as error:
-            self._log.error("health: not checking machines: {reason}", reason=str(error))
+            self._not_checking(error)
             return
+        if opening is None:
+            self._store_opened()
+            return
+        self._opening = opening
+
+        def opened(outcome: Any) -> None:
+            self._opening = None
+            if not isinstance(outcome, Failure):
+                self._store_opened()
+            elif not outcome.check(CancelledError):
+                self._not_checking(outcome.value or Exception("the health store did not open"))
+
+        opening.addBoth(opened)
+
+    def _not_checking(self, error: BaseException) -> None:
+        reason = str(error) if isinstance(error, HealthStoreError) else one_line_reason(error)
+        self._log.error("health: not checking machines: {reason}", reason=reason)
+
+    def _store_opened(self) -> None:
         self._opened = True
+        if not self.running:  # stopped while it opened: the stop closes it
+            return
         if self._ready is None:
             self._schedule(0.0)
             return
@@ -105,11 +152,21 @@ class HealthService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._opening is not None:
+            # The store's open is bounded by its own timeouts; a failure of it was logged.
+            with contextlib.suppress(Exception):
+                await self._opening
         if self._sweeping is not None:
             sweeping = self._sweeping
             sweeping.cancel()
             with contextlib.suppress(CancelledError):
                 await sweeping
+        if self._lease is not None and self._holding:
+            self._holding = False
+            try:
+                await self._lease.release(SWEEP_LEASE)
+            except DatabaseUnavailable as error:
+                self._log.warn("health: could not give the sweep lease up: {reason}", reason=str(error))
         if self._opened:
             self._opened = False
             await self.store.close()
@@ -133,10 +190,11 @@ class HealthService(Service):
     def _start_sweep(self) -> None:
         self._next = None
         started = self._last_start = self._reactor.seconds()
-        if not self._context().config.health.enabled:
-            self._schedule(self._context().config.health.interval)
+        limits = self._context().config.health
+        if not limits.enabled:
+            self._schedule(limits.interval)
             return
-        sweeping = self._sweeping = Deferred.fromCoroutine(self.sweep())
+        sweeping = self._sweeping = Deferred.fromCoroutine(self._turn(limits.interval + limits.machine_timeout))
 
         def done(outcome: Any) -> None:
             self._sweeping = None
@@ -148,6 +206,20 @@ class HealthService(Service):
             self._schedule(max(0.0, started + interval - self._reactor.seconds()))
 
         sweeping.addBoth(done)
+
+    async def _turn(self, lease_seconds: float) -> dict[str, int] | None:
+        """This instance's sweep, when it holds the lease (or there is none); C{None} when it skips it."""
+        if self._lease is not None:
+            try:
+                taken = await self._lease.take(SWEEP_LEASE, lease_seconds)
+            except DatabaseUnavailable as error:
+                self._log.warn("health: not sweeping this time: no sweep lease: {reason}", reason=str(error))
+                return None
+            self._holding = taken
+            if not taken:
+                self._log.debug("health: not sweeping this time: another instance holds the sweep lease")
+                return None
+        return await self.sweep()
 
     async def sweep(self) -> dict[str, int]:
         """
@@ -244,7 +316,9 @@ class HealthService(Service):
         self._log.info(
             "health: checked {machines} machines in {seconds:.1f} s: {ok} ok, {degraded} degraded,"
             " {down} down, {unknown} unknown",
-            machines=len(records), seconds=finished - started, **counts,
+            machines=len(records),
+            seconds=finished - started,
+            **counts,
         )
         try:
             await self.store.save_sweep([*records, *(unchecked or [])], finished, forget or [])
