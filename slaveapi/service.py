@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
@@ -32,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.web.client import HTTPConnectionPool
 
+from slaveapi.actions.registry import ACTIONS
 from slaveapi.admission import server_limits
 from slaveapi.config import (
     Config,
@@ -42,12 +44,15 @@ from slaveapi.config import (
     plain_http_credentials,
 )
 from slaveapi.context import Context, build_context, close_contexts
+from slaveapi.coordination import ICluster
 from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
 from slaveapi.events import ResultEvents
-from slaveapi.health import VERDICTS, HealthService, Remediation, SQLiteHealthStore, default_health_path
+from slaveapi.health import VERDICTS, HealthService, IHealthStore, Remediation, SQLiteHealthStore, default_health_path
 from slaveapi.metrics import ServiceMetrics
 from slaveapi.processor import ActionProcessor
+from slaveapi.results import ActionResult
 from slaveapi.store import (
+    IResultStore,
     SQLiteResultStore,
     StoreUnavailable,
     StoreUnreadable,
@@ -298,21 +303,46 @@ class StoreService(Service):
 
     _log = Logger()
 
-    def __init__(self, store: SQLiteResultStore, reactor: Any, keep_days: float) -> None:
+    def __init__(self, store: IResultStore, reactor: Any, keep_days: float) -> None:
         self.store = store
         self._reactor = reactor
         self._keep_days = keep_days
         self._pruning: LoopingCall | None = None
+        self._opened: Failure | bool = False
+        self._waiting: list[Deferred[None]] = []
+
+    def when_open(self) -> Deferred[None]:
+        """
+        Fires once the store is open (a PostgreSQL store opens over the
+        network); fails, after the reactor is told to stop, if it cannot be.
+        """
+        if isinstance(self._opened, Failure):
+            return fail(self._opened)
+        if self._opened:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
 
     def startService(self) -> None:
-        try:
-            self.store.open()
-        except (StoreUnreadable, StoreUnavailable) as error:
-            # make_service checked the file; this is a race with something else.
-            self._log.critical("slaveapi: not starting: {reason}", reason=str(error))
-            self._reactor.callWhenRunning(self._reactor.stop)
-            return
+        opening = maybeDeferred(self.store.open)
+        opening.addCallbacks(self._open, self._not_open)
+
+    def _not_open(self, failure: Failure) -> None:
+        # For SQLite make_service checked the file: this is a race with something else.
+        self._log.critical("slaveapi: not starting: {reason}", reason=failure.getErrorMessage())
+        self._reactor.callWhenRunning(self._reactor.stop)
+        self._opened = failure
+        for waiting in self._waiting:
+            waiting.errback(failure)
+        self._waiting.clear()
+
+    def _open(self, _: object) -> None:
         super().startService()
+        self._opened = True
+        for waiting in self._waiting:
+            waiting.callback(None)
+        self._waiting.clear()
         if self._keep_days > 0:
             self._pruning = LoopingCall(self._prune)
             self._pruning.clock = self._reactor
@@ -409,19 +439,125 @@ def make_service(options: ServiceOptions, reactor: Any) -> OrderedMultiService:
         raise
 
 
-def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDirLock) -> OrderedMultiService:
-    """Everything but the data directory's lock, which the caller holds."""
+@dataclass
+class _Stores:
+    """
+    Where this instance keeps results and verdicts: SQLite files under
+    C{--data} (alone), or one PostgreSQL database shared with other instances
+    (C{cluster} and C{membership} then say how they agree).
+    """
+
+    results: IResultStore
+    health: IHealthStore
+    cluster: ICluster | None = None
+    membership: Any = None
+    sweep_lease: Any = None
+
+
+def _sqlite_stores(reactor: Any, data_dir: str) -> _Stores:
     store_path = default_store_path(data_dir)
     try:
         prepare_store_file(store_path, reactor.seconds(), Logger(namespace="slaveapi.store"))
     except (StoreUnreadable, StoreUnavailable) as error:
         raise StartupError(str(error)) from None
+    return _Stores(SQLiteResultStore(store_path, reactor), SQLiteHealthStore(default_health_path(data_dir), reactor))
+
+
+def _postgresql_stores(config: Config, reactor: Any, adopt: Callable[[ActionResult, dict[str, str]], None]) -> _Stores:
+    from slaveapi.postgres import (
+        Database,
+        DatabaseSettings,
+        Membership,
+        PostgreSQLCluster,
+        PostgreSQLHealthStore,
+        PostgreSQLResultStore,
+        SweepLease,
+    )
+
+    password = config.credentials.postgresql_password
+    database = Database(
+        DatabaseSettings(
+            config.store.url,
+            password=password.reveal() if password is not None else None,
+            pool_size=config.store.pool_size,
+            statement_timeout=config.store.statement_timeout,
+        )
+    )
+    instance = config.store.instance or socket.gethostname()
+    results = PostgreSQLResultStore(database, instance, reactor)
+
+    def fenced(reason: str) -> None:
+        Logger(namespace="slaveapi.cluster").critical("slaveapi: stopping: {reason}", reason=reason)
+        reactor.callWhenRunning(reactor.stop)
+
+    return _Stores(
+        results,
+        PostgreSQLHealthStore(database, reactor),
+        cluster=PostgreSQLCluster(database, results, instance, reactor),
+        membership=Membership(database, instance, reactor, config.store.lease, adopt=adopt, fenced=fenced),
+        sweep_lease=SweepLease(database, instance, reactor),
+    )
+
+
+class ClusterService(Service):
+    """
+    With several instances on one database: once the store is open, listens
+    for the others' changes and joins the cluster (heartbeats, failover);
+    at stop, after the processor has stopped, leaves it. A start that fails
+    stops the service with one line.
+    """
+
+    _log = Logger(namespace="slaveapi.cluster")
+
+    def __init__(self, stores: _Stores, opened: Callable[[], Deferred[None]], reactor: Any) -> None:
+        self._stores = stores
+        self._opened = opened
+        self._reactor = reactor
+        self._joined = False
+        #: Fires once this instance is in the cluster (or has failed to join).
+        self.joined: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        joining = Deferred.fromCoroutine(self._join())
+        joining.addCallbacks(lambda _: self.joined.callback(None), self._failed)
+
+    async def _join(self) -> None:
+        await self._opened()
+        await self._stores.cluster.start()  # type: ignore[union-attr]
+        await self._stores.membership.start()
+        self._joined = True
+
+    def _failed(self, failure: Failure) -> None:
+        self._log.critical("slaveapi: not starting: {reason}", reason=failure.getErrorMessage())
+        self._reactor.callWhenRunning(self._reactor.stop)
+        self.joined.errback(failure)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if not self._joined:
+            return None
+        self._joined = False
+        stopping: Deferred[None] = self._stores.membership.stop()
+        return stopping
+
+
+def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDirLock) -> OrderedMultiService:
+    """Everything but the data directory's lock, which the caller holds."""
     top = OrderedMultiService()
     # The first child stops last: the directory is given up once all else has stopped.
     DataDirLockService(lock).setServiceParent(top)
     config_path = options.config
     ready: Deferred[None] = succeed(None)
+    processors: list[ActionProcessor] = []
+
+    def adopt(result: ActionResult, fields: dict[str, str]) -> None:
+        processors[0].adopt(result, ACTIONS.get(result.action), fields)
+
+    stores: _Stores | None = None
     if options.lab is not None:
+        # The lab's configuration keeps results in SQLite: its file is checked before the lab starts.
+        stores = _sqlite_stores(reactor, data_dir)
         config_path, ready = _start_lab(options, reactor, data_dir, top)
     assert config_path is not None  # noqa: S101  # the options require --config or --lab
     try:
@@ -441,8 +577,20 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
         raise StartupError(str(error)) from None
 
     LogFileService(config.logging).setServiceParent(top)
-    store = SQLiteResultStore(store_path, reactor)
-    StoreService(store, reactor, config.store.keep_days).setServiceParent(top)
+    if stores is None:
+        stores = _postgresql_stores(config, reactor, adopt) if config.store.postgresql else _sqlite_stores(
+            reactor, data_dir
+        )
+    store = stores.results
+    store_service = StoreService(store, reactor, config.store.keep_days)
+    store_service.setServiceParent(top)
+    if stores.cluster is not None:
+        # Before the processor: it leaves the cluster after the processor has stopped.
+        cluster_service = ClusterService(stores, store_service.when_open, reactor)
+        cluster_service.setServiceParent(top)
+        ready = gatherResults([ready, cluster_service.joined], consumeErrors=True).addCallback(lambda _: None)
+    else:
+        ready = gatherResults([ready, store_service.when_open()], consumeErrors=True).addCallback(lambda _: None)
     metrics = ServiceMetrics()
     holder = ContextHolder(
         config,
@@ -466,14 +614,21 @@ def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDi
         timeouts=lambda: dict(holder.context().config.timeouts),
         limits=lambda: server_limits(holder.context().config.server),
         events=events,
+        cluster=stores.cluster,
     )
+    processors.append(processor)
     processor.setServiceParent(top)
     holder.watch(processor.uses)
     metrics.watch_processor(processor.queued, processor.in_flight)
-    health_store = SQLiteHealthStore(default_health_path(data_dir), reactor)
+    health_store = stores.health
     # After the processor: it stops before it, so no reboot is submitted to a stopped processor.
     health = HealthService(
-        health_store, holder.context, reactor, Remediation(processor, store, health_store, reactor), ready=ready
+        health_store,
+        holder.context,
+        reactor,
+        Remediation(processor, store, health_store, reactor),
+        ready=ready,
+        lease=stores.sweep_lease,
     )
     health.setServiceParent(top)
     metrics.watch_health(health_store, VERDICTS)

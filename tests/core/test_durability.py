@@ -523,7 +523,14 @@ def test_make_service_names_a_corrupt_database_in_one_line(tmp_path: Any) -> Non
     path = os.path.join(data, "slaveapi-results.sqlite")
     with open(path, "wb") as handle:
         handle.write(os.urandom(8192))
+    ini = tmp_path / "slaveapi.ini"
+    ini.write_text(
+        "[secrets]\ncredentials_file = credentials.json\n[slavealloc]\napi_url = http://127.0.0.1:1/api\n"
+        "[inventory]\napi_url = http://127.0.0.1:1/api\n[bugzilla]\napi_url = http://127.0.0.1:1/rest\n"
+        "[buildapi]\napi_url = http://127.0.0.1:1/buildapi\n[slaves]\ndefault_domain = build.example.test\n"
+    )
+    (tmp_path / "credentials.json").write_text('{"ssh": {}}')
     with pytest.raises(StartupError) as raised:
-        make_service(ServiceOptions(config=str(tmp_path / "missing.ini"), data=data), reactor)
+        make_service(ServiceOptions(config=str(ini), data=data, listen="tcp:0:interface=127.0.0.1"), reactor)
     assert str(raised.value).startswith(f"{path}: not a readable SlaveAPI results database (")
     lock_data_dir(data).release()

@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from slaveapi.health import HEALTH_CLIENT
 from slaveapi.results import SUCCESS, ActionResult
 from slaveapi.service import ContextHolder, StoreService
-from slaveapi.store import IResultStore
+from slaveapi.store import SQLiteResultStore
 from tests.e2e.harness import request_json
 from tests.e2e.inprocess import RunningService, start_in_process
 
@@ -129,11 +129,13 @@ def _switch_on_remediation(service: RunningService, max_rebooting_per_pool: int)
     assert holder.reload()
 
 
-def _results(service: RunningService) -> IResultStore:
-    return next(child for child in service.service if isinstance(child, StoreService)).store
+def _results(service: RunningService) -> SQLiteResultStore:
+    store = next(child for child in service.service if isinstance(child, StoreService)).store
+    assert isinstance(store, SQLiteResultStore)  # the lab service keeps results in SQLite
+    return store
 
 
-def _health_reboots(store: IResultStore, machines: Collection[str], before: Collection[int]) -> list[ActionResult]:
+def _health_reboots(store: SQLiteResultStore, machines: Collection[str], before: Collection[int]) -> list[ActionResult]:
     """The reboots of C{machines} the health loop asked for, other than those in C{before}, in request order."""
     return [
         result
