@@ -74,6 +74,10 @@ FINAL_WRITE_MAX_DELAY = 60.0
 FINAL_WRITE_PATIENCE = 3600.0
 
 
+#: How many of other instances' running results the processor remembers seeing start.
+MAX_REMOTE_RUNNING = 100_000
+
+
 class _ActionTimedOut(Exception):
     """An action ran past its time limit and was cancelled."""
 
@@ -128,8 +132,9 @@ class ActionProcessor(Service):
     ) -> None:
         self._store = store
         self._cluster = cluster
-        # Request ids of other instances' results seen running (their next change is progress).
-        self._remote_running: set[int] = set()
+        # Request ids of other instances' results seen running (their next change is progress),
+        # oldest first; bounded, since a finish announced while this instance was not listening is missed.
+        self._remote_running: dict[int, None] = {}
         if cluster is not None:
             cluster.follow(self._remote_changed)
         self._events = events
@@ -350,7 +355,7 @@ class ActionProcessor(Service):
     def _remote_changed(self, change: ResultChange) -> None:
         """Another instance wrote a result: wake its waiters here once it is done, and publish it."""
         if change.state in (SUCCESS, FAILURE):
-            self._remote_running.discard(change.requestid)
+            self._remote_running.pop(change.requestid, None)
             for waiter in list(self._waiters.get(change.requestid, [])):
                 if not waiter.called:
                     waiter.callback(None)
@@ -360,7 +365,9 @@ class ActionProcessor(Service):
             kind = REQUESTED
         elif change.state == RUNNING:
             kind = PROGRESS if change.requestid in self._remote_running else STARTED
-            self._remote_running.add(change.requestid)
+            self._remote_running[change.requestid] = None
+            if len(self._remote_running) > MAX_REMOTE_RUNNING:
+                del self._remote_running[next(iter(self._remote_running))]
         else:
             kind = FINISHED
         reading = self._store.reads.get(change.requestid)
