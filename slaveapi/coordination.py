@@ -76,7 +76,9 @@ class ICluster(Interface):
         """
         Fires once request C{requestid} holds C{machine}'s lock across every
         instance; waits while another request holds it. Cancelling it gives
-        up the wait (and the lock, if it was just taken).
+        up the wait (and the lock, if it was just taken). Fails with
+        L{slaveapi.store.ResultTakenOver} when the request is no longer this
+        instance's (another took it over): it must not run here.
         """
 
     def unlock(machine: str, requestid: int) -> Deferred[None]:

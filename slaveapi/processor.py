@@ -423,7 +423,12 @@ class ActionProcessor(Service):
                 await slave_lock.acquire()
                 lock = slave_lock
                 if self._cluster is not None:
-                    await self._cluster.lock(_key(result.slave, "")[0], result.requestid)
+                    try:
+                        await self._cluster.lock(_key(result.slave, "")[0], result.requestid)
+                    except ResultTakenOver as error:
+                        log.warn("Not running it: {reason}", reason=str(error))
+                        handed_over = True
+                        return
                     cluster_locked = True
             await slot.take()
             pending = False
@@ -577,8 +582,9 @@ class ActionProcessor(Service):
     async def _record_final(self, result: ActionResult, log: ActionLog) -> None:
         """
         Write the finished C{result}, retrying while the store cannot be
-        written; give up after C{FINAL_WRITE_PATIENCE} seconds or when the
-        service stops (the next start then records it as interrupted).
+        written; give up after C{FINAL_WRITE_PATIENCE} seconds (alone; never,
+        sharing a database) or when the service stops (the next start, or
+        another instance, then records it as interrupted).
         """
         delay = FINAL_WRITE_FIRST_DELAY
         give_up_at = self._reactor.seconds() + FINAL_WRITE_PATIENCE
@@ -594,7 +600,9 @@ class ActionProcessor(Service):
                 return
             except Exception as error:
                 reason = one_line_reason(error)
-            if self._stopping or self._reactor.seconds() + delay > give_up_at:
+            # Sharing a database, a row left running would be joined by every later request for
+            # it: keep trying until this instance stops (it stops itself when it cannot heartbeat).
+            if self._stopping or (self._cluster is None and self._reactor.seconds() + delay > give_up_at):
                 break
             log.warn(
                 "Could not record the finished result ({reason}); it shows its last recorded state;"

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from slaveapi.coordination import Created, ICluster, ResultChange
 from slaveapi.postgres._database import Database, DatabaseUnavailable, as_deferred
+from slaveapi.store import ResultTakenOver
 
 if TYPE_CHECKING:
     from slaveapi.postgres._results import PostgreSQLResultStore
@@ -44,10 +45,16 @@ LISTEN_TIMEOUT = 10.0
 #: Attempts L{PostgreSQLCluster.unlock} makes before it gives up.
 UNLOCK_ATTEMPTS = 5
 
+# Taken only for a request that is still this instance's and unfinished: an
+# instance that was failed over (its requests taken from it) can take no lock.
 _TAKE = """
-    INSERT INTO machine_locks (machine, requestid, instance, taken) VALUES (%s, %s, %s, %s)
+    INSERT INTO machine_locks (machine, requestid, instance, taken)
+    SELECT %s, %s, %s, %s
+    WHERE EXISTS (SELECT 1 FROM results WHERE requestid = %s AND instance = %s AND state IN (0, 1))
     ON CONFLICT (machine) DO NOTHING
 """
+_HOLDER = "SELECT requestid, instance FROM machine_locks WHERE machine = %s"
+_STILL_OURS = "SELECT 1 FROM results WHERE requestid = %s AND instance = %s AND state IN (0, 1)"
 
 
 def parse_result_change(payload: str) -> ResultChange:
@@ -156,12 +163,20 @@ class PostgreSQLCluster:
         """Try once to take C{key}'s lock for C{requestid}: whether it holds it now."""
 
         async def take(connection: AsyncConnection[Any]) -> bool:
-            cursor = await connection.execute(_TAKE, (key, requestid, self.instance, self._reactor.seconds()))
+            now = self._reactor.seconds()
+            cursor = await connection.execute(_TAKE, (key, requestid, self.instance, now, requestid, self.instance))
             if cursor.rowcount == 1:
                 return True
-            cursor = await connection.execute("SELECT requestid FROM machine_locks WHERE machine = %s", (key,))
+            cursor = await connection.execute(_HOLDER, (key,))
             row = await cursor.fetchone()
-            return row is not None and row[0] == requestid
+            if row is not None and (row[0], row[1]) == (requestid, self.instance):
+                return True
+            cursor = await connection.execute(_STILL_OURS, (requestid, self.instance))
+            if await cursor.fetchone() is None:
+                raise ResultTakenOver(
+                    f"request {requestid} is no longer this instance's: another instance finished or took it over"
+                )
+            return False
 
         # The statement is let finish even when the lock is given up meanwhile:
         # whether it took the lock is then known, and a lock taken is released.
@@ -181,7 +196,8 @@ class PostgreSQLCluster:
         async def release(connection: AsyncConnection[Any]) -> None:
             async with connection.transaction():
                 await connection.execute(
-                    "DELETE FROM machine_locks WHERE machine = %s AND requestid = %s", (key, requestid)
+                    "DELETE FROM machine_locks WHERE machine = %s AND requestid = %s AND instance = %s",
+                    (key, requestid, self.instance),
                 )
                 await connection.execute("SELECT pg_notify(%s, %s)", (LOCKS_CHANNEL, key))
 

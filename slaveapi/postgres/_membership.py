@@ -58,6 +58,18 @@ _STALE = """
     SELECT name, heartbeat FROM instances WHERE heartbeat < %s AND name <> %s
     ORDER BY name LIMIT 1 FOR UPDATE SKIP LOCKED
 """
+# Names that left unfinished results or machine locks but have no row: an
+# instance failed over (or stopped) while it still wrote.
+_ORPHANS = f"""
+    SELECT instance FROM results WHERE state IN ({PENDING}, {RUNNING}) AND instance <> %s
+        AND NOT EXISTS (SELECT 1 FROM instances WHERE name = results.instance)
+    UNION
+    SELECT instance FROM machine_locks WHERE instance <> %s
+        AND NOT EXISTS (SELECT 1 FROM instances WHERE name = machine_locks.instance)
+    LIMIT {MAX_FAILOVERS_PER_PASS}
+"""  # noqa: S608  # interpolates module constants, never input
+# Serialises, per name, an instance's start with the failover of what that name left.
+_NAME_LOCK = "SELECT pg_advisory_xact_lock(hashtext('slaveapi-instance:' || %s))"
 
 
 class InstanceNameInUse(Exception):
@@ -106,6 +118,8 @@ class Membership:
         self._is_fenced = False
         self._next: Any = None
         self._pass: asyncio.Task[None] | None = None
+        # When this instance last recorded its heartbeat (the reactor's clock).
+        self._last_beat = 0.0
 
     def start(self) -> Deferred[None]:
         """
@@ -139,15 +153,19 @@ class Membership:
 
         async def join(connection: AsyncConnection[Any]) -> _FailedOver | None:
             async with connection.transaction():
+                await connection.execute(_NAME_LOCK, (self.instance,))
                 cursor = await connection.execute(
                     "SELECT heartbeat FROM instances WHERE name = %s FOR UPDATE", (self.instance,)
                 )
                 row = await cursor.fetchone()
-                failed: _FailedOver | None = None
-                if row is not None:
-                    if row[0] > now - self.lease:
-                        raise self._in_use(now - row[0])
-                    failed = await self._fail_over(connection, self.instance, row[0], now)
+                if row is not None and row[0] > now - self.lease:
+                    raise self._in_use(now - row[0])
+                # What an earlier run under this name left (queued, running, locks), row or not.
+                failed: _FailedOver | None = await self._fail_over(
+                    connection, self.instance, row[0] if row is not None else now, now
+                )
+                if failed is not None and not (failed.interrupted or failed.taken_over or row is not None):
+                    failed = None
                 cursor = await connection.execute(_JOIN, (self.instance, now, now))
                 if cursor.rowcount != 1:
                     raise self._in_use(0.0)
@@ -155,6 +173,7 @@ class Membership:
 
         failed = await self._database.execute(join)
         self._started = now
+        self._last_beat = now
         if failed is not None:
             self._failed_over(failed)
         self._schedule()
@@ -190,6 +209,15 @@ class Membership:
             self._log.warn("Cannot heartbeat instance {instance} ({reason})", instance=self.instance, reason=str(error))
         except Exception:
             self._log.failure("Heartbeating instance {instance} failed", instance=self.instance)
+        silent = self._reactor.seconds() - self._last_beat
+        if silent >= self.lease - self.check_interval:
+            # The others fail this instance over once its heartbeat is a lease old: it stops
+            # acting on machines first, a check interval before they can.
+            self._fence(
+                f"instance {self.instance} could not record its heartbeat for {silent:.0f}s"
+                f" (lease {self.lease:g}s): stopping before another instance takes over its actions"
+            )
+            return
         try:
             await self._fail_over_dead()
         except DatabaseUnavailable as error:
@@ -207,27 +235,51 @@ class Membership:
             )
             return cursor.rowcount
 
+        beat_at = self._reactor.seconds()
         if await self._database.execute(beat) > 0:
+            self._last_beat = beat_at
             return True
-        if not self._is_fenced:
-            self._is_fenced = True
-            reason = (
-                f"instance {self.instance} was failed over by another instance"
-                f" (no heartbeat recorded within the lease of {self.lease:g}s)"
-            )
-            self._log.error("{reason}", reason=reason)
-            try:
-                self._fenced(reason)
-            except Exception:
-                self._log.failure("Handling the failover of this instance failed")
+        self._fence(
+            f"instance {self.instance} was failed over by another instance"
+            f" (no heartbeat recorded within the lease of {self.lease:g}s)"
+        )
         return False
+
+    def _fence(self, reason: str) -> None:
+        """This instance must act no more: tell the service, once."""
+        if self._is_fenced:
+            return
+        self._is_fenced = True
+        self._log.error("{reason}", reason=reason)
+        try:
+            self._fenced(reason)
+        except Exception:
+            self._log.failure("Handling the failover of this instance failed")
 
     async def _fail_over_dead(self) -> None:
         for _ in range(MAX_FAILOVERS_PER_PASS):
             failed = await self._database.execute(partial(self._fail_over_one, now=self._reactor.seconds()))
             if failed is None:
-                return
+                break
             self._failed_over(failed)
+        orphans = await self._database.execute(self._orphans)
+        for name in orphans:
+            failed = await self._database.execute(partial(self._fail_over_orphan, name, now=self._reactor.seconds()))
+            if failed is not None:
+                self._failed_over(failed)
+
+    async def _orphans(self, connection: AsyncConnection[Any]) -> list[str]:
+        cursor = await connection.execute(_ORPHANS, (self.instance, self.instance))
+        return [row[0] for row in await cursor.fetchall()]
+
+    async def _fail_over_orphan(self, name: str, connection: AsyncConnection[Any], now: float) -> _FailedOver | None:
+        """Fail over what C{name} left, unless it has started again meanwhile."""
+        async with connection.transaction():
+            await connection.execute(_NAME_LOCK, (name,))
+            cursor = await connection.execute("SELECT 1 FROM instances WHERE name = %s", (name,))
+            if await cursor.fetchone() is not None:
+                return None
+            return await self._fail_over(connection, name, now, now)
 
     async def _fail_over_one(self, connection: AsyncConnection[Any], now: float) -> _FailedOver | None:
         """Fail over one instance that stopped heartbeating, if any (and no other survivor is at it)."""
@@ -243,7 +295,8 @@ class Membership:
     ) -> _FailedOver:
         """In the caller's transaction, with C{dead}'s row locked: fail it over to this instance."""
         failed = _FailedOver(dead, now - heartbeat)
-        failed.interrupted = await self._interrupt(connection, dead, (RUNNING,), now)
+        # Queued ones first: one that starts meanwhile is running by the time
+        # the next statement looks, and is marked interrupted there.
         cursor = await connection.execute(_TAKE_OVER, (self.instance, dead, PENDING))
         rows = await cursor.fetchall()
         fields: dict[int, str] = {}
@@ -252,6 +305,7 @@ class Membership:
             fields = {requestid: raw for requestid, raw in await cursor.fetchall()}
         failed.taken_over = [(row[0], tuple(row), fields.get(row[0])) for row in rows]
         await self._notify(connection, RESULTS_CHANNEL, [f"{row[0]} {PENDING} {self.instance}" for row in rows])
+        failed.interrupted = await self._interrupt(connection, dead, (RUNNING,), now)
         await self._release_locks(connection, dead)
         await connection.execute("DELETE FROM instances WHERE name = %s", (dead,))
         return failed
@@ -267,7 +321,8 @@ class Membership:
         ids = [row[0] for row in rows]
         texts = [json.dumps(interrupted_by_loss_text(instance, _progress(row[1], row[2]))) for row in rows]
         await connection.execute(_INTERRUPT, (FAILURE, int(now), ids, texts))
-        await self._notify(connection, RESULTS_CHANNEL, [f"{requestid} {FAILURE} {self.instance}" for requestid in ids])
+        # Announced in the stopped instance's name: every instance, this one too, hears it finish.
+        await self._notify(connection, RESULTS_CHANNEL, [f"{requestid} {FAILURE} {instance}" for requestid in ids])
         return len(rows)
 
     async def _release_locks(self, connection: AsyncConnection[Any], instance: str) -> None:

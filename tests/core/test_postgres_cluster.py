@@ -36,6 +36,7 @@ from slaveapi.postgres import (
 from slaveapi.postgres._database import as_deferred
 from slaveapi.postgres._schema import migrate
 from slaveapi.results import FAILURE, PENDING, RUNNING, ActionResult
+from slaveapi.store import ResultTakenOver
 
 T = TypeVar("T")
 
@@ -250,10 +251,18 @@ def _signal() -> tuple[Deferred[None], Callable[..., None]]:
 # -- machine locks ----------------------------------------------------------------------------
 
 
+async def _queued(database: Database, **requests: list[int]) -> None:
+    """Queued results (a lock is taken only for its own instance's unfinished request): instance -> ids."""
+    for instance, ids in requests.items():
+        for requestid in ids:
+            await _insert_result(database, requestid, instance, PENDING)
+
+
 @pytest_twisted.ensureDeferred
 async def test_lock_is_exclusive_and_a_release_wakes_a_waiter_on_another_instance(harness: _Harness) -> None:
     a = await harness.node("a")
     b = await harness.node("b")
+    await _queued(a.database, a=[1], b=[2])
     await a.cluster.lock("Slave1", 1)
     # Taking it again for the same request (a retry) holds it still.
     await a.cluster.lock("slave1", 1)
@@ -276,6 +285,7 @@ async def test_lock_is_exclusive_and_a_release_wakes_a_waiter_on_another_instanc
 async def test_a_waiter_polls_when_the_release_is_not_announced(harness: _Harness) -> None:
     a = await harness.node("a")
     b = await harness.node("b", lock_poll=3.0)
+    await _queued(a.database, a=[1], b=[2])
     await a.cluster.lock("slave1", 1)
     tried = b.database.after()
     waiting = b.cluster.lock("slave1", 2)
@@ -292,6 +302,7 @@ async def test_a_waiter_polls_when_the_release_is_not_announced(harness: _Harnes
 @pytest_twisted.ensureDeferred
 async def test_unlock_only_releases_the_holders_lock(harness: _Harness) -> None:
     a = await harness.node("a")
+    await _queued(a.database, a=[1], b=[2])
     await a.cluster.lock("slave1", 1)
     await a.cluster.unlock("slave1", 7)
     assert await _lock_rows(a.database) == [("slave1", 1, "a")]
@@ -302,6 +313,7 @@ async def test_unlock_only_releases_the_holders_lock(harness: _Harness) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_lock_attempt_the_database_refuses_is_tried_again_after_the_poll(harness: _Harness) -> None:
     a = await harness.node("a", lock_poll=2.0)
+    await _queued(a.database, a=[1], b=[2])
     a.database.failing = 2
     with capturedLogs() as events:
         tried = a.database.after()
@@ -321,6 +333,7 @@ async def test_a_lock_attempt_the_database_refuses_is_tried_again_after_the_poll
 @pytest_twisted.ensureDeferred
 async def test_an_unlock_the_database_refuses_is_retried_then_given_up(harness: _Harness) -> None:
     a = await harness.node("a", lock_poll=2.0)
+    await _queued(a.database, a=[1], b=[2])
     await a.cluster.lock("slave1", 1)
     a.database.failing = 5
     with capturedLogs() as events:
@@ -349,6 +362,7 @@ async def test_an_unlock_the_database_refuses_is_retried_then_given_up(harness: 
 async def test_cancelling_a_wait_gives_it_up(harness: _Harness) -> None:
     a = await harness.node("a")
     b = await harness.node("b")
+    await _queued(a.database, a=[1], b=[2])
     await a.cluster.lock("slave1", 1)
     tried = b.database.after()
     waiting = b.cluster.lock("slave1", 2)
@@ -369,6 +383,7 @@ async def test_cancelling_a_wait_gives_it_up(harness: _Harness) -> None:
 async def test_cancelling_just_as_the_lock_is_taken_releases_it(harness: _Harness) -> None:
     a = await harness.node("a")
     b = await harness.node("b")
+    await _queued(a.database, a=[1], b=[2])
     taken_and_released = a.database.after(2)
     taking = a.cluster.lock("slave1", 1)
     taking.cancel()
@@ -481,7 +496,7 @@ async def test_a_survivor_fails_over_an_instance_that_stopped_heartbeating(harne
     c.cluster.follow(follow)
     # b waits for the dead instance's lock; the failover's release wakes it.
     tried = b.database.after()
-    waiting = b.cluster.lock("slave1", 3)
+    waiting = b.cluster.lock("slave1", 4)
     await tried
 
     # a's clock stands still (it heartbeats no more); b's moves past the lease.
@@ -501,9 +516,10 @@ async def test_a_survivor_fails_over_an_instance_that_stopped_heartbeating(harne
     assert await _result(a.database, 4) == (RUNNING, "b's own", 0, "b", None)
     assert await _rows(a.database, "SELECT name FROM instances ORDER BY name") == [("b",)]
     await waiting
-    assert await _lock_rows(a.database) == [("slave1", 3, "b")]
+    assert await _lock_rows(a.database) == [("slave1", 4, "b")]
     await announced
-    assert sorted(followed) == [(1, FAILURE, "b"), (2, FAILURE, "b"), (3, PENDING, "b")]
+    # The interruptions are announced in the stopped instance's name: b hears them too.
+    assert sorted(followed) == [(1, FAILURE, "a"), (2, FAILURE, "a"), (3, PENDING, "b")]
 
     # The instance that was failed over learns it at its next heartbeat, once.
     fenced = a_calls.after()
@@ -568,8 +584,8 @@ async def test_heartbeats_keep_instances_alive_past_the_lease(harness: _Harness)
     for membership in memberships:
         await membership.start()
     for _ in range(8):
-        # Each pass: a heartbeat and a look for the dead (there are none).
-        passed = [node.database.after(2) for node in nodes]
+        # Each pass: a heartbeat, a look for the dead and for what absent instances left (none).
+        passed = [node.database.after(3) for node in nodes]
         for node, membership in zip(nodes, memberships, strict=True):
             node.clock.advance(membership.check_interval)
         for each in passed:
@@ -627,3 +643,94 @@ async def test_a_graceful_stop_with_nothing_queued_deletes_its_row(harness: _Har
     await membership.start()
     await membership.stop()
     assert await _rows(a.database, "SELECT name FROM instances") == []
+
+
+# -- fencing and leftovers --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_is_refused_to_a_request_no_longer_this_instances(harness: _Harness) -> None:
+    a = await harness.node("a")
+    await _insert_result(a.database, 1, "b", PENDING)  # taken over by b
+    await _insert_result(a.database, 2, "a", FAILURE, "interrupted")  # finished by a failover
+    for requestid in (1, 2, 3):
+        with pytest.raises(ResultTakenOver):
+            await a.cluster.lock("slave1", requestid)
+    assert await _lock_rows(a.database) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_request_id_locked_by_another_instance_is_not_this_instances_lock(harness: _Harness) -> None:
+    a = await harness.node("a")
+    b = await harness.node("b")
+    await _queued(a.database, a=[1])
+    await a.cluster.lock("slave1", 1)
+    # b took the request over (a was failed over) while a held the lock: neither may use a's row as its own.
+    await _rows(a.database, "UPDATE results SET instance = 'b' WHERE requestid = 1")
+    waiting = b.cluster.lock("slave1", 1)
+    await a.cluster.unlock("slave1", 1)
+    await waiting
+    assert await _lock_rows(a.database) == [("slave1", 1, "b")]
+    # a's late unlock (its action's end) leaves b's lock alone.
+    await a.cluster.unlock("slave1", 1)
+    assert await _lock_rows(a.database) == [("slave1", 1, "b")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_an_instance_without_a_row_left_is_failed_over(harness: _Harness) -> None:
+    b = await harness.node("b")
+    calls = _Calls()
+    survivor = harness.membership(b.database, "b", b.clock, calls)
+    await survivor.start()
+    # x was failed over (its row is gone) but wrote on until it noticed.
+    await _insert_result(b.database, 1, "x", RUNNING, "rebooting", flight="slave1 reboot")
+    await _insert_result(b.database, 2, "x", PENDING, slave="slave2", fields={"force": "yes"}, flight="slave2 reboot")
+    await _rows(b.database, "INSERT INTO machine_locks VALUES ('slave3', 9, 'x', %s)", (NOW,))
+    adopted = calls.after()
+    await survivor.check()
+    await adopted
+    assert [(result.requestid, fields) for result, fields in calls.adopted] == [(2, {"force": "yes"})]
+    assert await _result(b.database, 1) == (
+        FAILURE,
+        interrupted_by_loss_text("x", "rebooting"),
+        int(NOW),
+        "x",
+        None,
+    )
+    assert (await _result(b.database, 2))[3] == "b"
+    assert await _lock_rows(b.database) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_starting_again_clears_what_its_last_run_left_without_a_row(harness: _Harness) -> None:
+    a = await harness.node("a")
+    await _insert_result(a.database, 1, "a", RUNNING, "half")
+    await _rows(a.database, "INSERT INTO machine_locks VALUES ('slave1', 1, 'a', %s)", (NOW,))
+    calls = _Calls()
+    await harness.membership(a.database, "a", a.clock, calls).start()
+    assert (await _result(a.database, 1))[:2] == (FAILURE, interrupted_by_loss_text("a", "half"))
+    assert await _lock_rows(a.database) == []
+    assert calls.fenced == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_that_cannot_heartbeat_stops_itself_before_the_others_take_over(harness: _Harness) -> None:
+    a = await harness.node("a")
+    calls = _Calls()
+    membership = harness.membership(a.database, "a", a.clock, calls)
+    await membership.start()
+    a.database.failing = 1000
+    passes = int((LEASE - membership.check_interval) // membership.check_interval)
+    for _ in range(passes - 1):
+        scheduled = a.clock.scheduled()
+        a.clock.advance(membership.check_interval)
+        await scheduled
+    assert calls.fenced == []
+    fenced = calls.after()
+    a.clock.advance(membership.check_interval)
+    await fenced
+    assert calls.fenced == [
+        f"instance a could not record its heartbeat for {LEASE - membership.check_interval:.0f}s (lease {LEASE:g}s):"
+        " stopping before another instance takes over its actions"
+    ]
+    a.database.failing = 0
