@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from slaveapi.clients import ClientError, within
 from slaveapi.clients.slavealloc import SlaveRecord, filter_slaves
+from slaveapi.config import HealthConfig
 from slaveapi.context import Context
 from slaveapi.health._checks import SweepLookups, checked
 from slaveapi.health._remediation import Remediation
@@ -263,9 +264,28 @@ class HealthService(Service):
         unchecked, forget = self._not_enabled(listed, enabled)
         counts = await self._save(records, started, unchecked, forget)
         # Stopping cancels the sweep, but a store write that ended just then is no reason to go on.
-        if self._remediation is not None and self.running:
+        if self._remediation is not None and self.running and await self._still_sweeping(limits):
             await self._remediation.after_sweep(limits, {record.name: record for record in records}, listed)
         return counts
+
+    async def _still_sweeping(self, limits: HealthConfig) -> bool:
+        """
+        Whether this instance still holds the sweep lease, renewed for the
+        remediation: a sweep that outlasted it may have a second one beside
+        it, and two would each count the per-pool reboot cap on their own.
+        """
+        if self._lease is None:
+            return True
+        try:
+            held = await self._lease.take(SWEEP_LEASE, limits.interval + limits.machine_timeout)
+        except DatabaseUnavailable as error:
+            self._log.warn(
+                "health: no remediation this sweep: the sweep lease cannot be renewed: {reason}", reason=str(error)
+            )
+            return False
+        if not held:
+            self._log.warn("health: no remediation this sweep: it outlasted its sweep lease, now another's")
+        return held
 
     def _not_enabled(
         self, listed: dict[str, SlaveRecord], enabled: dict[str, SlaveRecord]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, LoopingCall
@@ -19,7 +20,7 @@ from slaveapi.postgres._database import Database, DatabaseSettings, DatabaseUnav
 from slaveapi.postgres._health import PostgreSQLHealthStore, SweepLease
 from slaveapi.postgres._schema import migrate
 
-from .test_health_sweep import INTERVAL, MemoryHealthStore, _fleet
+from .test_health_sweep import INTERVAL, MemoryHealthStore, _fleet, _Remediation
 
 #: Bound on any wait for a notification to be acted on (seconds); a slow machine gets there far sooner.
 _WAIT = 30.0
@@ -294,6 +295,31 @@ def test_an_unreachable_lease_skips_the_sweep_and_the_next_one_still_comes() -> 
     assert store.saves == 0
     fakes.clock.advance(INTERVAL)
     assert store.saves == 1
+    service.stopService()
+
+
+@pytest.mark.parametrize(("renewed", "remediated"), [(True, [{"bld-1", "bld-2"}]), (False, [])])
+def test_a_sweep_remediates_only_if_it_still_holds_the_lease_at_its_end(
+    renewed: bool, remediated: list[set[str]]
+) -> None:
+    fakes = _fleet(count=2)
+    store = MemoryHealthStore()
+    answers = [True, renewed]
+    lease = _Lease(lambda: succeed(answers.pop(0)))
+    remediation = _Remediation()
+    service = HealthService(
+        store,
+        fakes.context,
+        fakes.clock,
+        remediation=remediation,  # type: ignore[arg-type]
+        lease=lease,
+    )
+    service.startService()
+    fakes.clock.advance(0)
+    limits = fakes.config.health
+    assert store.saves == 1
+    assert lease.asked == [(SWEEP_LEASE, limits.interval + limits.machine_timeout)] * 2
+    assert remediation.asked == remediated
     service.stopService()
 
 
