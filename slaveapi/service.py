@@ -9,6 +9,8 @@ actions then clean up, and the store closes last.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -49,6 +51,7 @@ from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensu
 from slaveapi.events import ResultEvents
 from slaveapi.health import VERDICTS, HealthService, IHealthStore, Remediation, SQLiteHealthStore, default_health_path
 from slaveapi.metrics import ServiceMetrics
+from slaveapi.postgres import as_deferred
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import ActionResult
 from slaveapi.store import (
@@ -452,6 +455,7 @@ class _Stores:
     cluster: ICluster | None = None
     membership: Any = None
     sweep_lease: Any = None
+    heartbeats: Any = None
 
 
 def _sqlite_stores(reactor: Any, data_dir: str) -> _Stores:
@@ -475,14 +479,15 @@ def _postgresql_stores(config: Config, reactor: Any, adopt: Callable[[ActionResu
     )
 
     password = config.credentials.postgresql_password
-    database = Database(
-        DatabaseSettings(
-            config.store.url,
-            password=password.reveal() if password is not None else None,
-            pool_size=config.store.pool_size,
-            statement_timeout=config.store.statement_timeout,
-        )
+    settings = DatabaseSettings(
+        config.store.url,
+        password=password.reveal() if password is not None else None,
+        pool_size=config.store.pool_size,
+        statement_timeout=config.store.statement_timeout,
     )
+    database = Database(settings)
+    # Heartbeats have a connection of their own: a busy pool must not make a live instance look stopped.
+    heartbeats = Database(dataclasses.replace(settings, pool_size=1))
     instance = config.store.instance or socket.gethostname()
     results = PostgreSQLResultStore(database, instance, reactor)
 
@@ -494,7 +499,8 @@ def _postgresql_stores(config: Config, reactor: Any, adopt: Callable[[ActionResu
         results,
         PostgreSQLHealthStore(database, reactor),
         cluster=PostgreSQLCluster(database, results, instance, reactor),
-        membership=Membership(database, instance, reactor, config.store.lease, adopt=adopt, fenced=fenced),
+        membership=Membership(heartbeats, instance, reactor, config.store.lease, adopt=adopt, fenced=fenced),
+        heartbeats=heartbeats,
         sweep_lease=SweepLease(database, instance, reactor),
     )
 
@@ -514,17 +520,19 @@ class ClusterService(Service):
         self._opened = opened
         self._reactor = reactor
         self._joined = False
+        self._joining: Deferred[None] | None = None
         #: Fires once this instance is in the cluster (or has failed to join).
         self.joined: Deferred[None] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        joining = Deferred.fromCoroutine(self._join())
-        joining.addCallbacks(lambda _: self.joined.callback(None), self._failed)
+        self._joining = Deferred.fromCoroutine(self._join())
+        self._joining.addCallbacks(lambda _: self.joined.callback(None), self._failed)
 
     async def _join(self) -> None:
         await self._opened()
         await self._stores.cluster.start()  # type: ignore[union-attr]
+        await as_deferred(self._stores.heartbeats.open())
         await self._stores.membership.start()
         self._joined = True
 
@@ -533,13 +541,19 @@ class ClusterService(Service):
         self._reactor.callWhenRunning(self._reactor.stop)
         self.joined.errback(failure)
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        if not self._joined:
-            return None
-        self._joined = False
-        stopping: Deferred[None] = self._stores.membership.stop()
-        return stopping
+        # A stop while joining waits for the join (bounded by the database's timeouts), then leaves.
+        return Deferred.fromCoroutine(self._leave())
+
+    async def _leave(self) -> None:
+        if self._joining is not None and not self._joining.called:
+            with contextlib.suppress(Exception):
+                await self._joining
+        if self._joined:
+            self._joined = False
+            await self._stores.membership.stop()
+        await as_deferred(self._stores.heartbeats.close())
 
 
 def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDirLock) -> OrderedMultiService:

@@ -12,7 +12,7 @@ L{SweepLease}). L{Database} is the bounded connection pool they all go through.
 """
 
 from slaveapi.postgres._cluster import PostgreSQLCluster
-from slaveapi.postgres._database import Database, DatabaseSettings, DatabaseUnavailable
+from slaveapi.postgres._database import Database, DatabaseSettings, DatabaseUnavailable, as_deferred
 from slaveapi.postgres._health import PostgreSQLHealthStore, SweepLease
 from slaveapi.postgres._membership import InstanceNameInUse, Membership
 from slaveapi.postgres._results import DatabaseSchemaTooNew, PostgreSQLResultStore
@@ -28,4 +28,5 @@ __all__ = [
     "PostgreSQLHealthStore",
     "PostgreSQLResultStore",
     "SweepLease",
+    "as_deferred",
 ]

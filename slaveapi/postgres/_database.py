@@ -204,6 +204,8 @@ class Database:
         @return: the listener; C{await listener.listening.wait()} waits until
             its channels are listened on.
         """
+        if self._closed:
+            raise DatabaseUnavailable("the database connection is closed")
         listener = _Listener(self, tuple(channels), notified, reconnected, max_delay)
         self._listeners.append(listener)
         listener.start()
