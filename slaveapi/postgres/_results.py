@@ -36,6 +36,7 @@ password.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -214,6 +215,8 @@ class PostgreSQLResultStore:
         self._database = database
         self._reactor = reactor
         self._writes: set[asyncio.Future[Any]] = set()
+        # requestid -> its latest write not yet ended: the next write of that request waits for it.
+        self._last_write: dict[int, asyncio.Future[Any]] = {}
         self._where = without_password(database.settings.url)
 
     # -- opening and closing ---------------------------------------------------------------
@@ -271,11 +274,27 @@ class PostgreSQLResultStore:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _write(self, work: Coroutine[Any, Any, T]) -> Deferred[T]:
-        """Run the write C{work}, kept among the writes L{close} waits for until it ends."""
-        task = asyncio.ensure_future(work)
+    def _write(self, work: Coroutine[Any, Any, T], requestid: int | None = None) -> Deferred[T]:
+        """
+        Run the write C{work}, kept among the writes L{close} waits for until
+        it ends. Writes of one C{requestid} are made in the order they were
+        asked for (each waits for the one before, whatever its outcome), as
+        the SQLite store's single writer makes them: on a pool, two writes
+        could otherwise commit in either order (a progress report after the
+        result it precedes). Writes of different requests go on at once.
+        """
+        before = self._last_write.get(requestid) if requestid is not None else None
+        task = asyncio.ensure_future(_after(before, work))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        if requestid is not None:
+            self._last_write[requestid] = task
+
+            def forget(done: asyncio.Future[Any]) -> None:
+                if self._last_write.get(requestid) is done:
+                    del self._last_write[requestid]
+
+            task.add_done_callback(forget)
         return Deferred.fromFuture(task)
 
     async def _execute(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -410,7 +429,8 @@ class PostgreSQLResultStore:
         L{StoreUnavailable}). Fails with L{StoreUnavailable} when the
         database cannot be written.
         """
-        return self._write(self._save(result))
+        # As it is now: the caller goes on changing its result while the write waits its turn.
+        return self._write(self._save(dataclasses.replace(result)), result.requestid)
 
     async def _save(self, result: ActionResult) -> None:
         row = _row(result)
@@ -456,7 +476,7 @@ class PostgreSQLResultStore:
             )
 
     def save_step(self, requestid: int, n: int, step: StepRecord) -> Deferred[None]:
-        return self._write(self._save_step(requestid, n, step))
+        return self._write(self._save_step(requestid, n, step), requestid)
 
     async def _save_step(self, requestid: int, n: int, step: StepRecord) -> None:
         row = (requestid, n, step.heading, step.started, step.finished, step.outcome)
@@ -588,3 +608,14 @@ class PostgreSQLResultStore:
             HistoryEntry(result, fields.get(result.requestid, {}), tuple(steps.get(result.requestid, ())))
             for result in results
         ]
+
+
+async def _after(before: asyncio.Future[Any] | None, work: Coroutine[Any, Any, T]) -> T:
+    """C{work}, once C{before} (if any) has ended, however it ended."""
+    if before is not None:
+        try:
+            await asyncio.wait([before])
+        except BaseException:
+            work.close()  # cancelled before it began: it never runs
+            raise
+    return await work

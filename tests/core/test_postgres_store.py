@@ -357,3 +357,45 @@ async def test_names_sort_byte_by_byte_whatever_the_databases_locale(postgres_se
         assert [r.slave for r in await store.each_chunk(("bld-2", "reboot", 2**40), 10)] == ["bld1"]
     finally:
         await store.close()
+
+
+class _HeldDatabase(Database):
+    """Holds its works from the C{hold}th on until the test releases them (a slow connection)."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        super().__init__(settings)
+        self.hold_from: int | None = None
+        self.count = 0
+        self.release = asyncio.Event()
+
+    async def execute(self, work: Any) -> Any:
+        self.count += 1
+        if self.hold_from is not None and self.count == self.hold_from:
+            await self.release.wait()
+        return await super().execute(work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_of_one_request_are_made_in_the_order_asked_even_when_the_first_is_slow(
+    postgres_url: str,
+) -> None:
+    database = _HeldDatabase(DatabaseSettings(url=postgres_url))
+    store = PostgreSQLResultStore(database, "one", reactor)
+    await store.open()
+    try:
+        result = await store.create("bld-1", "reboot", None)
+        result.state, result.text = RUNNING, "Attempting SSH reboot..."
+        database.hold_from = database.count + 1
+        progress = store.save(result)  # held on its connection
+        result.state, result.text, result.finish_timestamp = SUCCESS, "Success!", result.request_timestamp + 5
+        final = store.save(result)
+        other = await store.create("bld-2", "reboot", None)  # another request's write goes on meanwhile
+        assert not progress.called and not final.called
+        database.release.set()
+        await progress
+        await final
+        shown = await store.get(result.requestid)
+        assert shown is not None and (shown.state, shown.text) == (SUCCESS, "Success!")
+        assert (await store.get(other.requestid)) is not None
+    finally:
+        await store.close()
