@@ -478,3 +478,41 @@ async def test_one_instance_on_postgresql_restarts_under_its_name(lab: _Lab, pos
         assert uptime["requestid"] > requestid
     finally:
         service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_instance_waits_on_streams_and_shows_the_history_of_an_action_run_elsewhere(
+    lab: _Lab, postgres_url: str, tmp_path: Any
+) -> None:
+    from twisted.internet import reactor
+
+    from tests.e2e.test_events import _open_stream
+
+    machine = lab.ssh_machines()[_MACHINES + 1]
+    runs = start_service(str(tmp_path / "p"), "--config", _instance_ini(lab, postgres_url, "p"))
+    watches = start_service(str(tmp_path / "q"), "--config", _instance_ini(lab, postgres_url, "q"))
+    reader: Any = None
+    try:
+        _, reader = await _open_stream(f"{watches.url}/events?slave={machine}")
+        asked = await _post(runs, "p", machine, "reboot")
+        reader.requestid = asked.requestid
+        # The same reboot asked through the other instance joins it, and waits there for its end.
+        code, joined = await request_json(
+            "POST", f"{watches.url}/slaves/{machine}/actions/reboot", data={"waittime": f"{GENEROUS:g}"}
+        )
+        assert code == 200, joined
+        assert (joined["requestid"], joined["state"]) == (asked.requestid, 2), joined
+        await reader.finished.addTimeout(GENEROUS, reactor)
+        kinds = [frame["data"]["kind"] for frame in reader.frames if frame["data"]["requestid"] == asked.requestid]
+        assert kinds[0] in ("requested", "started") and kinds[-1] == "finished", kinds
+        finished = reader.frames[-1]["data"]
+        assert (finished["state"], finished["text"]) == (2, joined["text"]), finished
+        code, history = await request_json("GET", f"{watches.url}/slaves/{machine}/history")
+        assert code == 200, history
+        entry = next(entry for entry in history["history"] if entry["requestid"] == asked.requestid)
+        assert entry["steps"] and all(step["outcome"] for step in entry["steps"]), entry
+    finally:
+        if reader is not None:
+            reader.close()
+        runs.stop()
+        watches.stop()
