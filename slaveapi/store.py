@@ -457,6 +457,25 @@ def _from_row(row: tuple[Any, ...]) -> ActionResult:
     )
 
 
+def decode_results(rows: Iterable[tuple[Any, ...]], where: str, log: Logger) -> list[ActionResult]:
+    """
+    Each stored row as a result.
+
+    @raise StoreUnavailable: for a row that cannot be decoded (only an edit
+        behind SlaveAPI's back makes one), logged with its request id and
+        C{where} (the file or database), so that an operator can find it.
+    """
+    results: list[ActionResult] = []
+    for row in rows:
+        try:
+            results.append(_from_row(row))
+        except (ValueError, TypeError, IndexError) as error:
+            log.error("Stored result {requestid} in {where} is malformed: {reason}", requestid=row[0], where=where,
+                      reason=str(error))
+            raise StoreUnavailable(f"stored result {row[0]} is malformed: {error}") from None
+    return results
+
+
 def _unreadable_reason(error: Exception) -> str:
     if isinstance(error, (ValueError, TypeError)):
         return f"a stored result is malformed: {error}"
@@ -856,20 +875,7 @@ class SQLiteResultStore:
         @raise StoreUnavailable: if the database cannot be read, or a row
             cannot be decoded (named by its request id).
         """
-        rows = self._rows(sql, values)
-        results: list[ActionResult] = []
-        for row in rows:
-            try:
-                results.append(_from_row(row))
-            except (ValueError, TypeError, IndexError) as error:
-                self._log.error(
-                    "Stored result {requestid} in {path} is malformed: {reason}",
-                    requestid=row[0],
-                    path=self.path,
-                    reason=str(error),
-                )
-                raise StoreUnavailable(f"stored result {row[0]} is malformed: {error}") from None
-        return results
+        return decode_results(self._rows(sql, values), self.path, self._log)
 
     def get(self, requestid: int) -> ActionResult | None:
         if not 0 <= requestid <= MAX_REQUESTID:

@@ -108,6 +108,22 @@ class IHealthStore(Interface):
         """Undo L{record_reboot}: C{name}'s last reboot is C{previous} again (C{None}: none)."""
 
 
+def remember_sweep(
+    kept: dict[str, HealthRecord], records: Iterable[HealthRecord], forget: Iterable[str]
+) -> tuple[list[HealthRecord], list[str]]:
+    """
+    Put a sweep's C{records} into the in-memory C{kept} (by machine name)
+    and drop C{forget}'s: what a store answers from at once, before its
+    write is made. The records and names, as lists.
+    """
+    chosen, forgotten = list(records), list(forget)
+    for record in chosen:
+        kept[record.name] = record
+    for name in forgotten:
+        kept.pop(name, None)
+    return chosen, forgotten
+
+
 def _row(record: HealthRecord) -> tuple[Any, ...]:
     evidence = json.dumps([item.to_json() for item in record.evidence])
     return (record.name, record.verdict, evidence, record.since, record.checked_at, record.pool)
@@ -226,12 +242,7 @@ class SQLiteHealthStore:
     def save_sweep(
         self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
     ) -> Deferred[None]:
-        chosen = list(records)
-        forgotten = list(forget)
-        for record in chosen:
-            self._records[record.name] = record
-        for name in forgotten:
-            self._records.pop(name, None)
+        chosen, forgotten = remember_sweep(self._records, records, forget)
         self._last_sweep = finished_at
         statements = [(_UPSERT_VERDICT, _row(record)) for record in chosen]
         statements += [(_DELETE_VERDICT, (name,)) for name in forgotten]

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from slaveapi.health._store import HealthStoreError, IHealthStore, decode_record, encode_record
+from slaveapi.health._store import HealthStoreError, IHealthStore, decode_record, encode_record, remember_sweep
 from slaveapi.health._verdict import HealthRecord
 from slaveapi.postgres._database import Database, DatabaseUnavailable, _Listener, as_deferred
 from slaveapi.postgres._schema import SchemaTooNew, migrate
@@ -227,12 +227,7 @@ class PostgreSQLHealthStore:
     def save_sweep(
         self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
     ) -> Deferred[None]:
-        chosen = list(records)
-        forgotten = list(forget)
-        for record in chosen:
-            self._records[record.name] = record
-        for name in forgotten:
-            self._records.pop(name, None)
+        chosen, forgotten = remember_sweep(self._records, records, forget)
         self._last_sweep = finished_at
         upserts = [(record.name, encode_record(record)) for record in chosen]
 

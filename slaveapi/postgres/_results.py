@@ -62,8 +62,8 @@ from slaveapi.store import (
     StepRecord,
     StoreUnavailable,
     StoreUnreadable,
-    _from_row,
     _row,
+    decode_results,
 )
 
 T = TypeVar("T")
@@ -318,19 +318,7 @@ class PostgreSQLResultStore:
         @raise StoreUnavailable: if the database cannot be read, or a row
             cannot be decoded (named by its request id).
         """
-        results: list[ActionResult] = []
-        for row in await self._rows(sql, values):
-            try:
-                results.append(_from_row(row))
-            except (ValueError, TypeError, IndexError) as error:
-                self._log.error(
-                    "Stored result {requestid} in {database} is malformed: {reason}",
-                    requestid=row[0],
-                    database=self._where,
-                    reason=str(error),
-                )
-                raise StoreUnavailable(f"stored result {row[0]} is malformed: {error}") from None
-        return results
+        return decode_results(await self._rows(sql, values), self._where, self._log)
 
     def _notice(self, requestid: int, state: int) -> tuple[str, str]:
         return (RESULTS_CHANNEL, f"{requestid} {state} {self.instance}")
