@@ -79,21 +79,34 @@ _COLUMNS = "requestid, slave, action, state, text, request_timestamp, start_time
 _SELECT = f"SELECT {_COLUMNS} FROM results"  # noqa: S608
 
 # flight is NULL for a request that does not join: it never conflicts.
+# One statement (one round trip, its own transaction): the new row with a
+# fresh id, its fields when there are any, and its announcement
+# ("<requestid> <state> <instance>"); no row at all when its flight is taken.
 _INSERT = """
-INSERT INTO results (requestid, slave, action, state, text, request_timestamp,
-                     start_timestamp, finish_timestamp, client, instance, flight)
-VALUES (nextval('requestids'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (flight) WHERE flight IS NOT NULL DO NOTHING
-RETURNING requestid
+WITH created AS (
+    INSERT INTO results (requestid, slave, action, state, text, request_timestamp,
+                         start_timestamp, finish_timestamp, client, instance, flight)
+    VALUES (nextval('requestids'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (flight) WHERE flight IS NOT NULL DO NOTHING
+    RETURNING requestid
+), kept AS (
+    INSERT INTO result_fields (requestid, fields)
+    SELECT requestid, %s::text FROM created WHERE %s::text IS NOT NULL
+)
+SELECT requestid, pg_notify(%s, requestid::text || ' ' || %s) FROM created
 """
-_INSERT_FIELDS = "INSERT INTO result_fields (requestid, fields) VALUES (%s, %s)"
-_NOTIFY = "SELECT pg_notify(%s, %s)"
 _SELECT_FLIGHT = f"{_SELECT} WHERE flight = %s"
 
+# One statement, so one round trip and its own transaction: the fenced update
+# and, for the row it changed, the announcement (none when it changed nothing).
 _SAVE = """
-UPDATE results SET state = %s, text = %s, start_timestamp = %s, finish_timestamp = %s,
-    flight = CASE WHEN %s THEN NULL ELSE flight END
-WHERE requestid = %s AND instance = %s AND state IN (0, 1)
+WITH saved AS (
+    UPDATE results SET state = %s, text = %s, start_timestamp = %s, finish_timestamp = %s,
+        flight = CASE WHEN %s THEN NULL ELSE flight END
+    WHERE requestid = %s AND instance = %s AND state IN (0, 1)
+    RETURNING requestid
+)
+SELECT pg_notify(%s, %s) FROM saved
 """
 _SELECT_WRITTEN = "SELECT state, text, start_timestamp, finish_timestamp, instance FROM results WHERE requestid = %s"
 
@@ -386,16 +399,12 @@ class PostgreSQLResultStore:
         row = _row(result)
 
         async def insert(connection: AsyncConnection[Any]) -> int | None:
-            async with connection.transaction():
-                cursor = await connection.execute(_INSERT, (*row[1:], self.instance, flight))
-                inserted = await cursor.fetchone()
-                if inserted is None:
-                    return None
-                requestid = int(inserted[0])
-                if fields is not None:
-                    await connection.execute(_INSERT_FIELDS, (requestid, fields))
-                await connection.execute(_NOTIFY, self._notice(requestid, result.state))
-                return requestid
+            cursor = await connection.execute(
+                _INSERT,
+                (*row[1:], self.instance, flight, fields, fields, RESULTS_CHANNEL, f"{result.state} {self.instance}"),
+            )
+            inserted = await cursor.fetchone()
+            return None if inserted is None else int(inserted[0])
 
         try:
             return await self._execute(insert)
@@ -425,13 +434,14 @@ class PostgreSQLResultStore:
         written = (result.state, row[4], result.start_timestamp, result.finish_timestamp, self.instance)
 
         async def update(connection: AsyncConnection[Any]) -> bool:
-            async with connection.transaction():
-                cursor = await connection.execute(
-                    _SAVE, (*written[:4], result.is_done(), result.requestid, self.instance)
-                )
-                if cursor.rowcount == 1:
-                    await connection.execute(_NOTIFY, self._notice(result.requestid, result.state))
-                    return True
+            cursor = await connection.execute(
+                _SAVE,
+                (*written[:4], result.is_done(), result.requestid, self.instance, *self._notice(
+                    result.requestid, result.state
+                )),
+            )
+            if cursor.rowcount == 1:
+                return True
             # Not changed: unless this very state is what is stored (a
             # retried write whose commit was not acknowledged), it is not ours.
             cursor = await connection.execute(_SELECT_WRITTEN, (result.requestid,))
