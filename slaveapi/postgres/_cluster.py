@@ -47,10 +47,12 @@ UNLOCK_ATTEMPTS = 5
 
 # Taken only for a request that is still this instance's and unfinished: an
 # instance that was failed over (its requests taken from it) can take no lock.
+# FOR SHARE waits for a failover changing the request and checks what it
+# committed; a failover that comes after waits for this lock's commit and sees it.
 _TAKE = """
     INSERT INTO machine_locks (machine, requestid, instance, taken)
     SELECT %s, %s, %s, %s
-    WHERE EXISTS (SELECT 1 FROM results WHERE requestid = %s AND instance = %s AND state IN (0, 1))
+    WHERE EXISTS (SELECT 1 FROM results WHERE requestid = %s AND instance = %s AND state IN (0, 1) FOR SHARE)
     ON CONFLICT (machine) DO NOTHING
 """
 _HOLDER = "SELECT requestid, instance FROM machine_locks WHERE machine = %s"

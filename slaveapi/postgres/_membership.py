@@ -118,8 +118,10 @@ class Membership:
         self._is_fenced = False
         self._next: Any = None
         self._pass: asyncio.Task[None] | None = None
-        # When this instance last recorded its heartbeat (the reactor's clock).
+        # When this instance last recorded its heartbeat (the reactor's clock), and
+        # the timer that fences it when no later one is recorded in time.
         self._last_beat = 0.0
+        self._watchdog: Any = None
 
     def start(self) -> Deferred[None]:
         """
@@ -173,7 +175,7 @@ class Membership:
 
         failed = await self._database.execute(join)
         self._started = now
-        self._last_beat = now
+        self._beaten(now)
         if failed is not None:
             self._failed_over(failed)
         self._schedule()
@@ -209,15 +211,6 @@ class Membership:
             self._log.warn("Cannot heartbeat instance {instance} ({reason})", instance=self.instance, reason=str(error))
         except Exception:
             self._log.failure("Heartbeating instance {instance} failed", instance=self.instance)
-        silent = self._reactor.seconds() - self._last_beat
-        if silent >= self.lease - self.check_interval:
-            # The others fail this instance over once its heartbeat is a lease old: it stops
-            # acting on machines first, a check interval before they can.
-            self._fence(
-                f"instance {self.instance} could not record its heartbeat for {silent:.0f}s"
-                f" (lease {self.lease:g}s): stopping before another instance takes over its actions"
-            )
-            return
         try:
             await self._fail_over_dead()
         except DatabaseUnavailable as error:
@@ -237,7 +230,7 @@ class Membership:
 
         beat_at = self._reactor.seconds()
         if await self._database.execute(beat) > 0:
-            self._last_beat = beat_at
+            self._beaten(beat_at)
             return True
         self._fence(
             f"instance {self.instance} was failed over by another instance"
@@ -245,11 +238,39 @@ class Membership:
         )
         return False
 
+    def _beaten(self, at: float) -> None:
+        """
+        A heartbeat was recorded at C{at}: the watchdog moves to a check
+        interval before the lease runs out from there. It is a timer of its
+        own, not part of a pass, since a pass can hang (a dropped link
+        leaves a statement unanswered until TCP gives up): the others fail
+        this instance over once its heartbeat is a lease old, and it stops
+        acting on machines first.
+        """
+        self._last_beat = at
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        due = at + self.lease - self.check_interval - self._reactor.seconds()
+        self._watchdog = self._reactor.callLater(max(0.0, due), self._silent_too_long)
+
+    def _silent_too_long(self) -> None:
+        self._watchdog = None
+        if self._stopped:
+            return
+        silent = self._reactor.seconds() - self._last_beat
+        self._fence(
+            f"instance {self.instance} could not record its heartbeat for {silent:.0f}s"
+            f" (lease {self.lease:g}s): stopping before another instance takes over its actions"
+        )
+
     def _fence(self, reason: str) -> None:
         """This instance must act no more: tell the service, once."""
         if self._is_fenced:
             return
         self._is_fenced = True
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         self._log.error("{reason}", reason=reason)
         try:
             self._fenced(reason)
@@ -258,10 +279,14 @@ class Membership:
 
     async def _fail_over_dead(self) -> None:
         for _ in range(MAX_FAILOVERS_PER_PASS):
+            if self._reactor.seconds() - self._last_beat > self.check_interval:
+                return  # the next heartbeat comes first
             failed = await self._database.execute(partial(self._fail_over_one, now=self._reactor.seconds()))
             if failed is None:
                 break
             self._failed_over(failed)
+        if self._reactor.seconds() - self._last_beat > self.check_interval:
+            return
         orphans = await self._database.execute(self._orphans)
         for name in orphans:
             failed = await self._database.execute(partial(self._fail_over_orphan, name, now=self._reactor.seconds()))
@@ -358,6 +383,9 @@ class Membership:
 
     async def _stop(self) -> None:
         self._stopped = True
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None

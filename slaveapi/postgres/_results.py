@@ -298,6 +298,8 @@ class PostgreSQLResultStore:
         """
         before = self._last_write.get(requestid) if requestid is not None else None
         task = asyncio.ensure_future(_after(before, work))
+        # A task cancelled before its first step never starts _after: its work must not linger unawaited.
+        task.add_done_callback(lambda _: work.close())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         if requestid is not None:

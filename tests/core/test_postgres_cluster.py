@@ -77,23 +77,24 @@ class _WatchedDatabase(Database):
 
 
 class _WatchedClock(Clock):
-    """A clock that tells the test when something is next scheduled on it."""
+    """A clock that tells the test when something (or a call of a given name) is next scheduled on it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._watchers: list[Deferred[None]] = []
+        self._watchers: list[tuple[str | None, Deferred[None]]] = []
 
     def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall:
         call = super().callLater(delay, callable, *args, **kw)
-        for watcher in self._watchers:
-            asyncio.get_running_loop().call_soon(watcher.callback, None)
-        self._watchers.clear()
+        name = getattr(callable, "__name__", None)
+        for watcher in [watcher for watcher in self._watchers if watcher[0] in (None, name)]:
+            self._watchers.remove(watcher)
+            asyncio.get_running_loop().call_soon(watcher[1].callback, None)
         return call
 
-    def scheduled(self) -> Deferred[None]:
-        """Fires (soon) after the next call is scheduled."""
+    def scheduled(self, name: str | None = None) -> Deferred[None]:
+        """Fires (soon) after the next call (of the callable named C{name}, if given) is scheduled."""
         watcher: Deferred[None] = Deferred()
-        self._watchers.append(watcher)
+        self._watchers.append((name, watcher))
         return watcher
 
 
@@ -499,15 +500,22 @@ async def test_a_survivor_fails_over_an_instance_that_stopped_heartbeating(harne
     waiting = b.cluster.lock("slave1", 4)
     await tried
 
-    # a's clock stands still (it heartbeats no more); b's moves past the lease.
+    # a's clock stands still (it heartbeats no more); b's moves on, a pass at a time
+    # (heartbeat, a look for the dead, a look for leftovers), until a is a lease old.
+    passes = int(LEASE // survivor.check_interval)
+    for _ in range(passes):
+        passed = b.clock.scheduled("_tick")  # the pass has ended and the next is scheduled
+        b.clock.advance(survivor.check_interval)
+        await passed
+    assert b_calls.adopted == []
     adopted = b_calls.after()
-    b.clock.advance(LEASE + 1)
+    b.clock.advance(survivor.check_interval)
     await adopted
 
     assert [(result.requestid, result.slave, result.state, fields) for result, fields in b_calls.adopted] == [
         (3, "slave3", PENDING, {"reason": "stuck"})
     ]
-    finish = int(NOW + LEASE + 1)
+    finish = int(NOW + (passes + 1) * survivor.check_interval)
     progress = "step 1 done\nstep 2"
     assert interrupted_by_loss_text("a", progress).endswith("progress so far:\n" + progress)
     assert await _result(a.database, 1) == (FAILURE, interrupted_by_loss_text("a", progress), finish, "a", None)
@@ -584,8 +592,9 @@ async def test_heartbeats_keep_instances_alive_past_the_lease(harness: _Harness)
     for membership in memberships:
         await membership.start()
     for _ in range(8):
-        # Each pass: a heartbeat, a look for the dead and for what absent instances left (none).
-        passed = [node.database.after(3) for node in nodes]
+        # Each pass (a heartbeat, a look for the dead and for what absent instances left) ends
+        # by scheduling the next.
+        passed = [node.clock.scheduled("_tick") for node in nodes]
         for node, membership in zip(nodes, memberships, strict=True):
             node.clock.advance(membership.check_interval)
         for each in passed:
