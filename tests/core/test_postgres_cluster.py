@@ -48,17 +48,21 @@ LEASE = 30.0
 class _WatchedDatabase(Database):
     """
     A database that tells the test when it has completed a number of
-    works, and refuses the next C{failing} ones.
+    works, refuses the next C{failing} ones, and holds every work while
+    C{hung} is clear (a link dropped without a word).
     """
 
     def __init__(self, settings: DatabaseSettings) -> None:
         super().__init__(settings)
         self.completed = 0
         self.failing = 0
+        self.hung = asyncio.Event()
+        self.hung.set()
         self._watchers: list[tuple[int, Deferred[None]]] = []
 
     async def execute(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         try:
+            await self.hung.wait()
             if self.failing > 0:
                 self.failing -= 1
                 raise DatabaseUnavailable("the database is down (test)")
@@ -743,3 +747,22 @@ async def test_an_instance_that_cannot_heartbeat_stops_itself_before_the_others_
         " stopping before another instance takes over its actions"
     ]
     a.database.failing = 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_whose_heartbeat_hangs_stops_itself_all_the_same(harness: _Harness) -> None:
+    a = await harness.node("a")
+    calls = _Calls()
+    membership = harness.membership(a.database, "a", a.clock, calls)
+    await membership.start()
+    a.database.hung.clear()  # every statement from now on goes unanswered
+    a.clock.advance(membership.check_interval)  # a pass starts, and hangs in its heartbeat
+    assert calls.fenced == []
+    fenced = calls.after()
+    a.clock.advance(LEASE - 2 * membership.check_interval)
+    await fenced
+    assert calls.fenced == [
+        f"instance a could not record its heartbeat for {LEASE - membership.check_interval:.0f}s (lease {LEASE:g}s):"
+        " stopping before another instance takes over its actions"
+    ]
+    a.database.hung.set()
