@@ -486,10 +486,12 @@ def _postgresql_stores(config: Config, reactor: Any, adopt: Callable[[ActionResu
         statement_timeout=config.store.statement_timeout,
     )
     database = Database(settings)
+    # Reads have a pool of their own, so that a burst of writes never makes a GET wait behind it.
+    reader = Database(dataclasses.replace(settings, pool_size=max(2, config.store.pool_size // 2)))
     # Heartbeats have a connection of their own: a busy pool must not make a live instance look stopped.
     heartbeats = Database(dataclasses.replace(settings, pool_size=1))
     instance = config.store.instance or socket.gethostname()
-    results = PostgreSQLResultStore(database, instance, reactor)
+    results = PostgreSQLResultStore(database, instance, reactor, reader=reader)
 
     def fenced(reason: str) -> None:
         Logger(namespace="slaveapi.cluster").critical("slaveapi: stopping: {reason}", reason=reason)

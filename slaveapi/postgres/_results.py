@@ -222,10 +222,13 @@ class PostgreSQLResultStore:
 
     _log = Logger()
 
-    def __init__(self, database: Database, instance: str, reactor: Any) -> None:
+    def __init__(self, database: Database, instance: str, reactor: Any, reader: Database | None = None) -> None:
         self.instance = instance
         self.reads = self
         self._database = database
+        # Reads go through a pool of their own when given one: a burst of writes queued for
+        # connections must not make a reader wait behind it.
+        self._reader = reader if reader is not None else database
         self._reactor = reactor
         self._writes: set[asyncio.Future[Any]] = set()
         # requestid -> its latest write not yet ended: the next write of that request waits for it.
@@ -260,6 +263,12 @@ class PostgreSQLResultStore:
         except BaseException:
             await self._database.close()
             raise
+        if self._reader is not self._database:
+            try:
+                await self._reader.open()
+            except DatabaseUnavailable as error:
+                await self._database.close()
+                raise StoreUnavailable(str(error)) from None
         if applied:
             self._log.info(
                 "Migrated {database} to schema version {versions}",
@@ -283,6 +292,8 @@ class PostgreSQLResultStore:
                     count=len(pending),
                     bound=bound,
                 )
+        if self._reader is not self._database:
+            await self._reader.close()
         await self._database.close()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -312,19 +323,26 @@ class PostgreSQLResultStore:
             task.add_done_callback(forget)
         return Deferred.fromFuture(task)
 
-    async def _execute(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """C{work} on a pooled connection; a L{DatabaseUnavailable} as L{StoreUnavailable}."""
+    async def _execute(
+        self, work: Callable[[AsyncConnection[Any]], Awaitable[T]], database: Database | None = None
+    ) -> T:
+        """
+        C{work} on a pooled connection (of C{database}, by default the
+        writers'); a L{DatabaseUnavailable} as L{StoreUnavailable}.
+        """
         try:
-            return await self._database.execute(work)
+            return await (database or self._database).execute(work)
         except DatabaseUnavailable as error:
             raise StoreUnavailable(str(error)) from None
 
     async def _rows(self, sql: str, values: tuple[Any, ...] | list[Any]) -> list[tuple[Any, ...]]:
+        """The rows a read selects, on the readers' pool."""
+
         async def query(connection: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             cursor = await connection.execute(sql, values)
             return await cursor.fetchall()
 
-        return await self._execute(query)
+        return await self._execute(query, self._reader)
 
     async def _results(self, sql: str, values: tuple[Any, ...] | list[Any]) -> list[ActionResult]:
         """

@@ -399,3 +399,24 @@ async def test_writes_of_one_request_are_made_in_the_order_asked_even_when_the_f
         assert (await store.get(other.requestid)) is not None
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_go_through_the_readers_pool_and_writes_never_do(postgres_url: str) -> None:
+    reader = _HeldDatabase(DatabaseSettings(url=postgres_url))
+    store = PostgreSQLResultStore(Database(DatabaseSettings(url=postgres_url)), "one", reactor, reader=reader)
+    await store.open()
+    try:
+        result = await store.create("bld-1", "reboot", None, {"force": "yes"})
+        result.state = RUNNING
+        await store.save(result)
+        await store.save_step(result.requestid, 0, StepRecord("Attempting SSH reboot", 1.0))
+        assert reader.count == 0
+        shown = await store.get(result.requestid)
+        assert shown is not None and shown.state == RUNNING
+        assert [found.requestid for found in await store.find(slave="bld-1")] == [result.requestid]
+        (entry,) = await store.history("bld-1", None, 10)
+        assert (entry.fields, [step.heading for step in entry.steps]) == ({"force": "yes"}, ["Attempting SSH reboot"])
+        assert reader.count == 5  # get, find, and history's three reads
+    finally:
+        await store.close()
