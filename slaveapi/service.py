@@ -5,6 +5,12 @@ configuration reloads, logging, and in C{--lab} mode the simulated fleet.
 The children of the top L{OrderedMultiService} start in order (store, processor,
 health loop, web) and stop in reverse, one at a time, so the port closes first, running
 actions then clean up, and the store closes last.
+
+Results are kept in SQLite under C{--data}, or, with C{[store] url =
+postgresql://...}, in one database several instances share
+(L{slaveapi.postgres}): the instance then joins the cluster (heartbeats,
+failover) once the store is open and before the port listens, and leaves it
+after the processor has stopped.
 """
 
 from __future__ import annotations
@@ -46,12 +52,20 @@ from slaveapi.config import (
     plain_http_credentials,
 )
 from slaveapi.context import Context, build_context, close_contexts
-from slaveapi.coordination import ICluster
 from slaveapi.datadir import DataDirError, DataDirLock, DataDirLockService, ensure_data_dir, lock_data_dir
 from slaveapi.events import ResultEvents
 from slaveapi.health import VERDICTS, HealthService, IHealthStore, Remediation, SQLiteHealthStore, default_health_path
 from slaveapi.metrics import ServiceMetrics
-from slaveapi.postgres import as_deferred
+from slaveapi.postgres import (
+    Database,
+    DatabaseSettings,
+    Membership,
+    PostgreSQLCluster,
+    PostgreSQLHealthStore,
+    PostgreSQLResultStore,
+    SweepLease,
+    as_deferred,
+)
 from slaveapi.processor import ActionProcessor
 from slaveapi.results import ActionResult
 from slaveapi.store import (
@@ -452,10 +466,10 @@ class _Stores:
 
     results: IResultStore
     health: IHealthStore
-    cluster: ICluster | None = None
-    membership: Any = None
-    sweep_lease: Any = None
-    heartbeats: Any = None
+    cluster: PostgreSQLCluster | None = None
+    membership: Membership | None = None
+    sweep_lease: SweepLease | None = None
+    heartbeats: Database | None = None
 
 
 def _sqlite_stores(reactor: Any, data_dir: str) -> _Stores:
@@ -468,16 +482,6 @@ def _sqlite_stores(reactor: Any, data_dir: str) -> _Stores:
 
 
 def _postgresql_stores(config: Config, reactor: Any, adopt: Callable[[ActionResult, dict[str, str]], None]) -> _Stores:
-    from slaveapi.postgres import (
-        Database,
-        DatabaseSettings,
-        Membership,
-        PostgreSQLCluster,
-        PostgreSQLHealthStore,
-        PostgreSQLResultStore,
-        SweepLease,
-    )
-
     password = config.credentials.postgresql_password
     settings = DatabaseSettings(
         config.store.url,
@@ -532,10 +536,12 @@ class ClusterService(Service):
         self._joining.addCallbacks(lambda _: self.joined.callback(None), self._failed)
 
     async def _join(self) -> None:
+        stores = self._stores
+        assert stores.cluster is not None and stores.heartbeats is not None and stores.membership is not None  # noqa: S101  # made so by _postgresql_stores
         await self._opened()
-        await self._stores.cluster.start()  # type: ignore[union-attr]
-        await as_deferred(self._stores.heartbeats.open())
-        await self._stores.membership.start()
+        await stores.cluster.start()
+        await as_deferred(stores.heartbeats.open())
+        await stores.membership.start()
         self._joined = True
 
     def _failed(self, failure: Failure) -> None:
@@ -552,10 +558,11 @@ class ClusterService(Service):
         if self._joining is not None and not self._joining.called:
             with contextlib.suppress(Exception):
                 await self._joining
-        if self._joined:
+        if self._joined and self._stores.membership is not None:
             self._joined = False
             await self._stores.membership.stop()
-        await as_deferred(self._stores.heartbeats.close())
+        if self._stores.heartbeats is not None:
+            await as_deferred(self._stores.heartbeats.close())
 
 
 def _assemble(options: ServiceOptions, reactor: Any, data_dir: str, lock: DataDirLock) -> OrderedMultiService:
