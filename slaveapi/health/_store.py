@@ -108,20 +108,44 @@ class IHealthStore(Interface):
         """Undo L{record_reboot}: C{name}'s last reboot is C{previous} again (C{None}: none)."""
 
 
-def remember_sweep(
-    kept: dict[str, HealthRecord], records: Iterable[HealthRecord], forget: Iterable[str]
-) -> tuple[list[HealthRecord], list[str]]:
+class RememberedHealth:
     """
-    Put a sweep's C{records} into the in-memory C{kept} (by machine name)
-    and drop C{forget}'s: what a store answers from at once, before its
-    write is made. The records and names, as lists.
+    What a health store answers from at once: the verdicts by machine name,
+    the last sweep's end and the loop's reboots, in memory. Each store
+    (SQLite, PostgreSQL) writes them through to its database.
     """
-    chosen, forgotten = list(records), list(forget)
-    for record in chosen:
-        kept[record.name] = record
-    for name in forgotten:
-        kept.pop(name, None)
-    return chosen, forgotten
+
+    def __init__(self) -> None:
+        self._records: dict[str, HealthRecord] = {}
+        self._reboots: dict[str, float] = {}
+        self._last_sweep: float | None = None
+
+    def get(self, name: str) -> HealthRecord | None:
+        return self._records.get(name)
+
+    def records(self) -> dict[str, HealthRecord]:
+        return dict(self._records)
+
+    def last_sweep(self) -> float | None:
+        return self._last_sweep
+
+    def last_reboots(self) -> dict[str, float]:
+        return dict(self._reboots)
+
+    def _remember_sweep(
+        self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str]
+    ) -> tuple[list[HealthRecord], list[str]]:
+        """
+        Keep a sweep's C{records} and end, and drop C{forget}'s records,
+        before its write is made; the records and names, as lists.
+        """
+        chosen, forgotten = list(records), list(forget)
+        for record in chosen:
+            self._records[record.name] = record
+        for name in forgotten:
+            self._records.pop(name, None)
+        self._last_sweep = finished_at
+        return chosen, forgotten
 
 
 def _row(record: HealthRecord) -> tuple[Any, ...]:
@@ -157,17 +181,15 @@ def decode_record(name: str, text: str) -> HealthRecord:
 
 
 @implementer(IHealthStore)
-class SQLiteHealthStore:
+class SQLiteHealthStore(RememberedHealth):
     """Verdicts in one SQLite file, answered from memory and written on a thread of their own."""
 
     def __init__(self, path: str, reactor: Any) -> None:
+        super().__init__()
         self.path = path
         self._reactor = reactor
         self._db: sqlite3.Connection | None = None
         self._writer = ThreadPool(minthreads=1, maxthreads=1, name="slaveapi-health-store")
-        self._records: dict[str, HealthRecord] = {}
-        self._reboots: dict[str, float] = {}
-        self._last_sweep: float | None = None
         self._unavailable: str | None = f"{path}: the health database is not open"
 
     def open(self) -> None:
@@ -230,27 +252,14 @@ class SQLiteHealthStore:
             for sql, values in statements:
                 self._db.execute(sql, values)
 
-    def get(self, name: str) -> HealthRecord | None:
-        return self._records.get(name)
-
-    def records(self) -> dict[str, HealthRecord]:
-        return dict(self._records)
-
-    def last_sweep(self) -> float | None:
-        return self._last_sweep
-
     def save_sweep(
         self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
     ) -> Deferred[None]:
-        chosen, forgotten = remember_sweep(self._records, records, forget)
-        self._last_sweep = finished_at
+        chosen, forgotten = self._remember_sweep(records, finished_at, forget)
         statements = [(_UPSERT_VERDICT, _row(record)) for record in chosen]
         statements += [(_DELETE_VERDICT, (name,)) for name in forgotten]
         statements.append((_UPSERT_SWEEP, (finished_at,)))
         return self._write(self._transaction, statements)
-
-    def last_reboots(self) -> dict[str, float]:
-        return dict(self._reboots)
 
     def record_reboot(self, name: str, at: float) -> Deferred[None]:
         self._reboots[name] = at

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from slaveapi.health._store import HealthStoreError, IHealthStore, decode_record, encode_record, remember_sweep
+from slaveapi.health._store import HealthStoreError, IHealthStore, RememberedHealth, decode_record, encode_record
 from slaveapi.health._verdict import HealthRecord
 from slaveapi.postgres._database import Database, DatabaseUnavailable, _Listener, as_deferred
 from slaveapi.postgres._schema import SchemaTooNew, migrate
@@ -129,7 +129,7 @@ def _shielded(deferred: Deferred[None], log: Logger, what: str) -> Deferred[None
 
 
 @implementer(IHealthStore)
-class PostgreSQLHealthStore:
+class PostgreSQLHealthStore(RememberedHealth):
     """
     Verdicts, the last sweep's end and the loop's reboots in the shared
     database, answered from memory (see the module docstring).
@@ -140,11 +140,9 @@ class PostgreSQLHealthStore:
     _log = Logger(namespace="slaveapi.health")
 
     def __init__(self, database: Database, reactor: Any) -> None:
+        super().__init__()
         self._database = database
         self._reactor = reactor
-        self._records: dict[str, HealthRecord] = {}
-        self._reboots: dict[str, float] = {}
-        self._last_sweep: float | None = None
         self._unavailable: str | None = "the health store is not open"
         self._opened = False
         self._listener: _Listener | None = None
@@ -212,23 +210,10 @@ class PostgreSQLHealthStore:
         await self._writes.acquire()
         self._writes.release()
 
-    def get(self, name: str) -> HealthRecord | None:
-        return self._records.get(name)
-
-    def records(self) -> dict[str, HealthRecord]:
-        return dict(self._records)
-
-    def last_sweep(self) -> float | None:
-        return self._last_sweep
-
-    def last_reboots(self) -> dict[str, float]:
-        return dict(self._reboots)
-
     def save_sweep(
         self, records: Iterable[HealthRecord], finished_at: float, forget: Iterable[str] = ()
     ) -> Deferred[None]:
-        chosen, forgotten = remember_sweep(self._records, records, forget)
-        self._last_sweep = finished_at
+        chosen, forgotten = self._remember_sweep(records, finished_at, forget)
         upserts = [(record.name, encode_record(record)) for record in chosen]
 
         async def save(connection: AsyncConnection[Any]) -> None:
