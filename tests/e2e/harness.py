@@ -45,14 +45,19 @@ class ServiceProcess:
         Stop the process by its PID and return its exit code (twistd ends
         itself with the signal it was stopped by, after a clean shutdown).
         """
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                return self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                return self.process.wait(timeout=10)
-        return self.process.returncode
+        return stop_process(self.process, sig)
+
+
+def stop_process(process: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 20) -> int:
+    """Stop C{process} by its PID with C{sig}, killing it after C{grace} seconds; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(timeout=10)
+    return process.returncode
 
 
 def twistd_command(*args: str) -> list[str]:

@@ -42,7 +42,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.e2e.harness import ServiceProcess, request_json, start_service
+from tests.e2e.harness import ServiceProcess, request_json, start_service, stop_process
 
 #: The lease of the instances in the acceptance test, and their heartbeat
 #: interval (min(lease / 3, 5) seconds, as the service sets it).
@@ -86,15 +86,6 @@ class _Lab:
         with open(self.log_path, encoding="utf-8", errors="replace") as handle:
             found = [match.groups() for match in _LAB_EVENT.finditer(handle.read())]
         return [(name, event) for name, event in found if name in names]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
 
 
 @dataclass
@@ -141,13 +132,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Lab]:
         assert len(running.ssh_machines()) > _MACHINES, roles
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, grace=30)
 
 
 def _first_line(process: subprocess.Popen[str], limit: float) -> str:
